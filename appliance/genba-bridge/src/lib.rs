@@ -1,0 +1,311 @@
+//! The HTTP bridge role. Where an HTTP message enters Genba: `/notify` validates, appends to
+//! the journal (durable before the answer), hands the message to the broker, then answers.
+
+mod auth;
+mod notify;
+mod page;
+mod publisher;
+mod reply;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use genba_config::HttpConfig;
+use genba_store::{Journal, NewMessage, StoreError};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use publisher::split_host_port;
+use reply::{HttpResponse, Problem};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct BridgeSettings {
+    pub http: HttpConfig,
+    /// `host:port` of the broker.
+    pub broker: String,
+    pub internal_user: String,
+    pub internal_secret: String,
+    /// The SQLite file, for `/status`.
+    pub db_path: PathBuf,
+}
+
+struct State {
+    http: HttpConfig,
+    auth: auth::HttpAuth,
+    journal: Journal,
+    publisher: publisher::Publisher,
+    broker: String,
+    internal_secret: String,
+    db_path: PathBuf,
+}
+
+pub struct RunningBridge {
+    pub addr: SocketAddr,
+    /// Ends once shutdown was signalled and open requests finished (at most 10 s).
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the HTTP port and serves until the process ends.
+pub async fn start(
+    settings: BridgeSettings,
+    journal: Journal,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunningBridge, BridgeError> {
+    let listen = settings.http.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| BridgeError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| BridgeError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let publisher = publisher::Publisher::start(
+        &settings.broker,
+        &settings.internal_user,
+        &settings.internal_secret,
+    );
+    let state = Arc::new(State {
+        auth: auth::HttpAuth::new(&settings.http),
+        http: settings.http,
+        journal,
+        publisher,
+        broker: settings.broker,
+        internal_secret: settings.internal_secret,
+        db_path: settings.db_path,
+    });
+    let done = tokio::spawn(serve(listener, state, shutdown));
+    Ok(RunningBridge { addr, done })
+}
+
+async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    let header_timeout = Duration::from_secs(state.http.request_timeout_secs.max(1));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(route(req, &state).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+async fn route(req: Request<Incoming>, state: &State) -> HttpResponse {
+    let path = req.uri().path().to_owned();
+    let result = match (req.method(), path.as_str()) {
+        (&Method::GET, "/") => Ok(page::index()),
+        (&Method::GET, "/health") => Ok(health(state).await),
+        (&Method::GET, "/status") => match state.auth.check(req.headers()).await {
+            Ok(()) => status(state).await,
+            Err(p) => Err(p),
+        },
+        (&Method::GET, "/notify") | (&Method::POST, "/notify") => notify(req, state).await,
+        (_, "/" | "/health" | "/status" | "/notify") => Err(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} is not allowed on {path}", req.method()),
+        )),
+        _ => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+        )),
+    };
+    result.unwrap_or_else(Problem::into_response)
+}
+
+async fn notify(req: Request<Incoming>, state: &State) -> Result<HttpResponse, Problem> {
+    state.auth.check(req.headers()).await?;
+    let query = notify::parse_urlencoded(req.uri().query().unwrap_or_default().as_bytes())?;
+    let note = if req.method() == Method::GET {
+        notify::from_pairs(&query, &state.http)?
+    } else {
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let body = read_body(req, state).await?;
+        match content_type.as_str() {
+            "application/json" => notify::from_json(&body, &state.http)?,
+            "application/x-www-form-urlencoded" => {
+                let mut pairs = notify::parse_urlencoded(&body)?;
+                pairs.extend(query);
+                notify::from_pairs(&pairs, &state.http)?
+            }
+            "text/plain" | "" => {
+                let topic = query
+                    .iter()
+                    .find(|(k, _)| k == "topic")
+                    .map(|(_, v)| v.clone());
+                notify::from_text(&body, topic, &state.http)?
+            }
+            other => {
+                return Err(Problem::field(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "content-type",
+                    format!(
+                        "{other} is not accepted; send application/json, a form, or text/plain"
+                    ),
+                ))
+            }
+        }
+    };
+    let payload = note.message.into_bytes();
+    let committed = state
+        .journal
+        .try_submit(NewMessage {
+            source: "http".into(),
+            topic: note.topic.clone(),
+            payload: payload.clone(),
+            qos: 1,
+            retain: false,
+            mqtt_pid: None,
+            dup: false,
+        })
+        .map_err(store_problem)?;
+    let id = committed
+        .await
+        .map_err(|_| store_problem(StoreError::WriterGone))?
+        .map_err(store_problem)?;
+    let published = state.publisher.publish(&note.topic, payload);
+    Ok(reply::json(
+        StatusCode::OK,
+        &json!({"ok": true, "id": id, "topic": note.topic, "published": published}),
+    ))
+}
+
+fn store_problem(e: StoreError) -> Problem {
+    match e {
+        StoreError::Busy => Problem::busy(1),
+        other => {
+            tracing::error!(error = %other, "journal append failed");
+            let mut p = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the journal is unavailable; nothing was stored",
+            );
+            p.retry_after = Some(5);
+            p
+        }
+    }
+}
+
+async fn read_body(req: Request<Incoming>, state: &State) -> Result<Bytes, Problem> {
+    let max = state.http.max_body_bytes;
+    let too_large = || {
+        Problem::field(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body",
+            format!("is larger than {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let timeout = Duration::from_secs(state.http.request_timeout_secs.max(1));
+    let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect())
+        .await
+        .map_err(|_| {
+            Problem::field(
+                StatusCode::REQUEST_TIMEOUT,
+                "body",
+                "was not received in time",
+            )
+        })?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(Problem::bad("body", format!("could not be read: {e}"))),
+    }
+}
+
+async fn health(state: &State) -> HttpResponse {
+    let broker_up = match state.broker.parse::<SocketAddr>() {
+        Ok(addr) => genba_broker::probe(addr, &state.internal_secret).await,
+        Err(_) => state.publisher.connected(),
+    };
+    let journal_up = !state.journal.is_closed();
+    let ok = broker_up && journal_up;
+    reply::json(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &json!({
+            "status": if ok { "ok" } else { "degraded" },
+            "broker": if broker_up { "up" } else { "down" },
+            "journal": if journal_up { "up" } else { "down" },
+            "journal_pending": state.journal.pending(),
+            "bridge_connected": state.publisher.connected(),
+        }),
+    )
+}
+
+async fn status(state: &State) -> Result<HttpResponse, Problem> {
+    let path = state.db_path.clone();
+    let status = tokio::task::spawn_blocking(move || genba_store::Reader::open(&path)?.status())
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(reply::json(StatusCode::OK, &json!(status)))
+}

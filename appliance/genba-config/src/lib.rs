@@ -1,0 +1,406 @@
+//! Genba's configuration: one TOML file (`genba.toml`) plus a secrets file (mode 600).
+//!
+//! Every field has a default, so `genba up` runs with no file at all. `genba config check`
+//! calls [`Config::load`] and [`Secrets::load`], which name the bad key or file on error.
+
+pub mod credentials;
+mod defaults;
+pub mod passwords;
+mod secrets;
+pub mod topic;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use defaults::EXAMPLE_CONFIG;
+pub use secrets::{Secrets, SecretsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: Option<PathBuf>,
+    /// Path of the secrets file; default `<data_dir>/secrets.toml`.
+    pub secrets_file: Option<PathBuf>,
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub slack: SlackConfig,
+    pub recorder: RecorderConfig,
+}
+
+/// `genba recorder`: journal what an external broker (say an existing Mosquitto) carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecorderConfig {
+    /// `host:port` of the broker to record from.
+    pub broker: Option<String>,
+    pub filters: Vec<String>,
+    pub username: Option<String>,
+    /// Persistent-session client id: the broker keeps QoS 1 messages for it while it is away.
+    pub client_id: String,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        RecorderConfig {
+            broker: None,
+            filters: vec!["#".into()],
+            username: None,
+            client_id: "genba-recorder".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// The one public MQTT port (3.1.1 and 5).
+    pub listen: SocketAddr,
+    /// `true` lets anonymous clients in; `false` refuses them. Unset: anonymous only while
+    /// the broker listens on a loopback address and no users are configured.
+    pub allow_anonymous: Option<bool>,
+    pub users: Vec<MqttUser>,
+    /// Largest PUBLISH payload accepted, bytes.
+    pub max_payload: usize,
+    pub max_connections: usize,
+    /// rumqttd in-memory log per subscription filter: segment size x count bounds its memory.
+    pub segment_size: usize,
+    pub segment_count: usize,
+    /// Address clients of this appliance (bridge, recorder) use to reach the broker.
+    pub connect: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttUser {
+    pub name: String,
+    /// Argon2 PHC string from `genba passwd`.
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub default_topic: String,
+    pub max_body_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_topic_bytes: usize,
+    pub request_timeout_secs: u64,
+    /// SHA-256 (hex) of accepted `X-API-Key` values, from `genba passwd --api-key`.
+    pub api_key_sha256: Vec<String>,
+    /// HTTP Basic users (argon2 hashes).
+    pub users: Vec<MqttUser>,
+    /// Requests waiting for the journal beyond this answer 503 + Retry-After.
+    pub max_pending: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Journal rows older than this are pruned once every sink has passed them.
+    pub retention_hours: u64,
+    /// Rows committed together at most (group commit).
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    pub webhooks: Vec<SlackWebhook>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackWebhook {
+    /// Name of the sink; its URL is `slack.<name>` in the secrets file.
+    pub name: String,
+    /// MQTT topic filters (`+`, `#`) whose messages go to this webhook.
+    pub filters: Vec<String>,
+    #[serde(default = "defaults::slack_rate")]
+    pub rate_per_sec: f64,
+    #[serde(default = "defaults::slack_burst")]
+    pub burst: u32,
+    /// Most messages folded into one Slack post when a backlog builds.
+    #[serde(default = "defaults::slack_coalesce")]
+    pub max_coalesce: usize,
+    #[serde(default = "defaults::slack_timeout")]
+    pub timeout_secs: u64,
+    /// Longest wait between retries of a failing delivery.
+    #[serde(default = "defaults::slack_max_backoff")]
+    pub max_backoff_secs: u64,
+}
+
+impl Config {
+    /// Reads `path`, or returns the built-in defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: filters, hashes, names, anonymous access off the loopback.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        for (i, user) in self.mqtt.users.iter().enumerate() {
+            passwords::check_hash(&user.password_hash)
+                .map_err(|m| invalid(format!("mqtt.users[{i}].password_hash"), m))?;
+        }
+        for (i, user) in self.http.users.iter().enumerate() {
+            passwords::check_hash(&user.password_hash)
+                .map_err(|m| invalid(format!("http.users[{i}].password_hash"), m))?;
+        }
+        for (i, key) in self.http.api_key_sha256.iter().enumerate() {
+            if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    format!("http.api_key_sha256[{i}]"),
+                    "must be 64 hex digits (use `genba passwd --api-key`)".into(),
+                ));
+            }
+        }
+        topic::validate_topic(&self.http.default_topic, self.http.max_topic_bytes)
+            .map_err(|m| invalid("http.default_topic".into(), m.to_string()))?;
+        let mut names = std::collections::HashSet::new();
+        for (i, hook) in self.slack.webhooks.iter().enumerate() {
+            if hook.name.is_empty()
+                || !hook
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(invalid(
+                    format!("slack.webhooks[{i}].name"),
+                    "use letters, digits, - and _".into(),
+                ));
+            }
+            if !names.insert(hook.name.clone()) {
+                return Err(invalid(
+                    format!("slack.webhooks[{i}].name"),
+                    format!("duplicate webhook name {:?}", hook.name),
+                ));
+            }
+            if hook.filters.is_empty() {
+                return Err(invalid(
+                    format!("slack.webhooks[{i}].filters"),
+                    "needs at least one topic filter".into(),
+                ));
+            }
+            for (j, f) in hook.filters.iter().enumerate() {
+                topic::validate_filter(f).map_err(|m| {
+                    invalid(format!("slack.webhooks[{i}].filters[{j}]"), m.to_string())
+                })?;
+            }
+            if !(hook.rate_per_sec > 0.0 && hook.rate_per_sec <= 10.0) {
+                return Err(invalid(
+                    format!("slack.webhooks[{i}].rate_per_sec"),
+                    "must be in (0, 10]".into(),
+                ));
+            }
+            if hook.burst == 0 || hook.max_coalesce == 0 {
+                return Err(invalid(
+                    format!("slack.webhooks[{i}].burst"),
+                    "burst and max_coalesce must be at least 1".into(),
+                ));
+            }
+        }
+        if self.mqtt.users.is_empty() && !self.mqtt.anonymous_allowed() {
+            let message = if self.mqtt.allow_anonymous == Some(false) {
+                "no MQTT users and allow_anonymous = false: nobody could connect"
+            } else {
+                "the broker listens beyond loopback: add [[mqtt.users]] or opt in with allow_anonymous = true"
+            };
+            return Err(invalid("mqtt.users".into(), message.into()));
+        }
+        for (j, f) in self.recorder.filters.iter().enumerate() {
+            topic::validate_filter(f)
+                .map_err(|m| invalid(format!("recorder.filters[{j}]"), m.to_string()))?;
+        }
+        if self.store.max_batch == 0 {
+            return Err(invalid(
+                "store.max_batch".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./genba-data"))
+    }
+
+    pub fn secrets_path(&self) -> PathBuf {
+        self.secrets_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("secrets.toml"))
+    }
+
+    /// `host:port` that this appliance's own clients use to reach the broker.
+    pub fn broker_connect_addr(&self) -> String {
+        if let Some(c) = &self.mqtt.connect {
+            return c.clone();
+        }
+        let listen = self.mqtt.listen;
+        if listen.ip().is_unspecified() {
+            format!("127.0.0.1:{}", listen.port())
+        } else {
+            listen.to_string()
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Whether a CONNECT without credentials is let in.
+    pub fn anonymous_allowed(&self) -> bool {
+        match self.allow_anonymous {
+            Some(explicit) => explicit,
+            None => self.users.is_empty() && self.listen.ip().is_loopback(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: "127.0.0.1:1883".parse().expect("literal address"),
+            allow_anonymous: None,
+            users: Vec::new(),
+            max_payload: 256 * 1024,
+            max_connections: 1000,
+            segment_size: 1024 * 1024,
+            segment_count: 2,
+            connect: None,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+            default_topic: "notify/slack".into(),
+            max_body_bytes: 64 * 1024,
+            max_message_bytes: 16 * 1024,
+            max_topic_bytes: 256,
+            request_timeout_secs: 10,
+            api_key_sha256: Vec::new(),
+            users: Vec::new(),
+            max_pending: 4096,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            retention_hours: 24 * 7,
+            max_batch: 512,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile_dir();
+        let path = dir.join("genba.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path))
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "genba-config-test-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        parse(EXAMPLE_CONFIG).expect("example config must load");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[mqtt]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_filter_names_its_key() {
+        let err = parse("[[slack.webhooks]]\nname = \"ops\"\nfilters = [\"a/#/b\"]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("slack.webhooks[0].filters[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_users_and_no_anonymous_is_refused() {
+        let err = parse("[mqtt]\nallow_anonymous = false\n").unwrap_err();
+        assert!(err.to_string().contains("mqtt.users"), "{err}");
+    }
+
+    #[test]
+    fn lan_listener_without_users_needs_explicit_anonymous() {
+        let err = parse("[mqtt]\nlisten = \"0.0.0.0:1883\"\n").unwrap_err();
+        assert!(err.to_string().contains("allow_anonymous = true"), "{err}");
+        let ok = parse("[mqtt]\nlisten = \"0.0.0.0:1883\"\nallow_anonymous = true\n").unwrap();
+        assert!(ok.mqtt.anonymous_allowed());
+        assert!(
+            Config::default().mqtt.anonymous_allowed(),
+            "loopback default"
+        );
+    }
+
+    #[test]
+    fn bad_password_hash_is_named() {
+        let err = parse(
+            "[mqtt]\nallow_anonymous = false\n[[mqtt.users]]\nname = \"a\"\npassword_hash = \"plain\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("mqtt.users[0].password_hash"),
+            "{err}"
+        );
+    }
+}

@@ -1,1 +1,96 @@
-fn main() {}
+//! `genba`: one binary, one subcommand per role. See README.md.
+
+mod commands;
+mod lifecycle;
+mod recorder;
+mod roles;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "genba",
+    version,
+    about = "Genba: shop-floor MQTT broker, HTTP bridge, SQLite buffer and Slack subscriber"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct Common {
+    /// Config file (TOML). Without it, built-in defaults (loopback only).
+    #[arg(long, short = 'c', env = "GENBA_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory (SQLite journal, run/endpoints.json). Default ./genba-data.
+    #[arg(long, env = "GENBA_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// MQTT listen address (port 0: any free port).
+    #[arg(long, global = true)]
+    pub mqtt: Option<SocketAddr>,
+    /// HTTP listen address (port 0: any free port).
+    #[arg(long, global = true)]
+    pub http: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process: broker, bridge, Slack sinks.
+    Up(Common),
+    /// The MQTT broker (rumqttd behind the journaling front door).
+    Broker(Common),
+    /// The HTTP bridge (/notify, /health, /status).
+    Bridge(Common),
+    /// Journal what an external broker carries ([recorder] in the config).
+    Recorder(Common),
+    /// The Slack sinks ([[slack.webhooks]] in the config).
+    Slack(Common),
+    /// Delivery state of every sink.
+    Status {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Hash a password (read from stdin) for [[mqtt.users]] / [[http.users]], or make an API key.
+    Passwd {
+        /// Generate a new API key and print it with its SHA-256 for http.api_key_sha256.
+        #[arg(long)]
+        api_key: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check the config and secrets files; names the bad key or file.
+    Check(Common),
+    /// Print a commented example config.
+    Example,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up(c) => lifecycle::run(roles::Role::Up, c),
+        Command::Broker(c) => lifecycle::run(roles::Role::Broker, c),
+        Command::Bridge(c) => lifecycle::run(roles::Role::Bridge, c),
+        Command::Recorder(c) => lifecycle::run(roles::Role::Recorder, c),
+        Command::Slack(c) => lifecycle::run(roles::Role::Slack, c),
+        Command::Status { common, json } => commands::status(&common, json),
+        Command::Config(ConfigCommand::Check(c)) => commands::config_check(&c),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", genba_config::EXAMPLE_CONFIG);
+            Ok(())
+        }
+        Command::Passwd { api_key } => commands::passwd(api_key),
+    }
+}

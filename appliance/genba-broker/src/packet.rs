@@ -1,0 +1,402 @@
+//! Just enough MQTT framing for the front door: split the stream into packets, read CONNECT
+//! and PUBLISH, and build the CONNACK refusals. Everything else passes through untouched.
+
+use std::collections::HashMap;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+pub const CONNECT: u8 = 1;
+pub const PUBLISH: u8 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PacketError {
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("packet of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+}
+
+/// One packet: the fixed header's first byte and the bytes after the remaining length.
+pub struct Frame {
+    pub header: u8,
+    pub body: Vec<u8>,
+}
+
+impl Frame {
+    pub fn kind(&self) -> u8 {
+        self.header >> 4
+    }
+
+    /// The packet as it goes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 5);
+        out.push(self.header);
+        encode_varint(self.body.len(), &mut out);
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+pub fn encode_varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Reads one packet; `Closed` on a clean end of stream before its first byte.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Frame, PacketError> {
+    let header = match r.read_u8().await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(PacketError::Closed),
+        Err(e) => return Err(e.into()),
+    };
+    let mut len = 0usize;
+    let mut shift = 0;
+    loop {
+        let byte = r.read_u8().await?;
+        len |= ((byte & 0x7f) as usize) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 21 {
+            return Err(PacketError::Malformed("remaining length"));
+        }
+    }
+    if len > max {
+        return Err(PacketError::TooLarge(len));
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).await?;
+    Ok(Frame { header, body })
+}
+
+/// A cursor over a packet body.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn u8(&mut self, what: &'static str) -> Result<u8, PacketError> {
+        let b = *self.buf.get(self.pos).ok_or(PacketError::Malformed(what))?;
+        self.pos += 1;
+        Ok(b)
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, PacketError> {
+        Ok(u16::from_be_bytes([self.u8(what)?, self.u8(what)?]))
+    }
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PacketError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(PacketError::Malformed(what))?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(PacketError::Malformed(what))?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn binary(&mut self, what: &'static str) -> Result<&'a [u8], PacketError> {
+        let n = self.u16(what)? as usize;
+        self.take(n, what)
+    }
+    fn string(&mut self, what: &'static str) -> Result<&'a str, PacketError> {
+        std::str::from_utf8(self.binary(what)?).map_err(|_| PacketError::Malformed(what))
+    }
+    fn varint(&mut self, what: &'static str) -> Result<usize, PacketError> {
+        let mut n = 0usize;
+        for shift in [0, 7, 14, 21] {
+            let b = self.u8(what)?;
+            n |= ((b & 0x7f) as usize) << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(PacketError::Malformed(what))
+    }
+    /// MQTT 5 properties: returns the block's bytes.
+    fn properties(&mut self, what: &'static str) -> Result<&'a [u8], PacketError> {
+        let n = self.varint(what)?;
+        self.take(n, what)
+    }
+}
+
+/// What the front door needs from a CONNECT.
+#[derive(Debug)]
+pub struct Connect {
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5.
+    pub level: u8,
+    pub keep_alive: u16,
+    /// Offset of the keep-alive field in the body, to rewrite 0.
+    pub keep_alive_at: usize,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
+}
+
+pub fn parse_connect(body: &[u8]) -> Result<Connect, PacketError> {
+    let mut c = Cursor { buf: body, pos: 0 };
+    let name = c.string("protocol name")?;
+    if name != "MQTT" && name != "MQIsdp" {
+        return Err(PacketError::Malformed("protocol name"));
+    }
+    let level = c.u8("protocol level")?;
+    let flags = c.u8("connect flags")?;
+    let keep_alive_at = c.pos;
+    let keep_alive = c.u16("keep alive")?;
+    if level == 5 {
+        c.properties("connect properties")?;
+    }
+    let client_id = c.string("client id")?.to_owned();
+    if flags & 0x04 != 0 {
+        if level == 5 {
+            c.properties("will properties")?;
+        }
+        c.string("will topic")?;
+        c.binary("will payload")?;
+    }
+    let username = if flags & 0x80 != 0 {
+        Some(c.string("username")?.to_owned())
+    } else {
+        None
+    };
+    let password = if flags & 0x40 != 0 {
+        Some(c.binary("password")?.to_vec())
+    } else {
+        None
+    };
+    Ok(Connect {
+        level,
+        keep_alive,
+        keep_alive_at,
+        client_id,
+        username,
+        password,
+    })
+}
+
+/// The parts of a PUBLISH the journal keeps.
+#[derive(Debug, PartialEq)]
+pub struct Publish {
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub pid: Option<u16>,
+    pub payload: Vec<u8>,
+}
+
+/// Parses a PUBLISH; for MQTT 5 resolves topic aliases through `aliases`.
+pub fn parse_publish(
+    frame: &Frame,
+    v5: bool,
+    aliases: &mut HashMap<u16, String>,
+) -> Result<Publish, PacketError> {
+    let qos = (frame.header >> 1) & 0x03;
+    if qos == 3 {
+        return Err(PacketError::Malformed("publish qos"));
+    }
+    let mut c = Cursor {
+        buf: &frame.body,
+        pos: 0,
+    };
+    let mut topic = c.string("topic")?.to_owned();
+    let pid = if qos > 0 {
+        Some(c.u16("packet id")?)
+    } else {
+        None
+    };
+    if v5 {
+        let props = c.properties("publish properties")?;
+        if let Some(alias) = topic_alias(props)? {
+            if topic.is_empty() {
+                topic = aliases
+                    .get(&alias)
+                    .cloned()
+                    .ok_or(PacketError::Malformed("unknown topic alias"))?;
+            } else {
+                aliases.insert(alias, topic.clone());
+            }
+        }
+    }
+    if topic.is_empty() {
+        return Err(PacketError::Malformed("empty topic"));
+    }
+    Ok(Publish {
+        topic,
+        qos,
+        retain: frame.header & 0x01 != 0,
+        dup: frame.header & 0x08 != 0,
+        pid,
+        payload: frame.body[c.pos..].to_vec(),
+    })
+}
+
+/// Finds the Topic Alias (0x23) in an MQTT 5 property block.
+fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
+    let mut c = Cursor { buf: props, pos: 0 };
+    while c.pos < props.len() {
+        let id = c.varint("property id")?;
+        match id {
+            0x23 => return Ok(Some(c.u16("topic alias")?)),
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => {
+                c.u8("property")?;
+            }
+            0x13 | 0x21 | 0x22 => {
+                c.u16("property")?;
+            }
+            0x02 | 0x11 | 0x18 | 0x27 => {
+                c.take(4, "property")?;
+            }
+            0x0B => {
+                c.varint("property")?;
+            }
+            0x03 | 0x08 | 0x12 | 0x15 | 0x1A | 0x1C | 0x1F | 0x09 | 0x16 => {
+                c.binary("property")?;
+            }
+            0x26 => {
+                c.binary("user property")?;
+                c.binary("user property")?;
+            }
+            _ => return Err(PacketError::Malformed("unknown property")),
+        }
+    }
+    Ok(None)
+}
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refusal {
+    BadVersion,
+    BadCredentials,
+    NotAuthorized,
+    ServerBusy,
+}
+
+/// The CONNACK that tells a client why it is refused, in its protocol version.
+pub fn connack_refusal(level: u8, why: Refusal) -> Vec<u8> {
+    if level == 5 {
+        let code = match why {
+            Refusal::BadVersion => 0x84,
+            Refusal::BadCredentials => 0x86,
+            Refusal::NotAuthorized => 0x87,
+            Refusal::ServerBusy => 0x89,
+        };
+        vec![0x20, 0x03, 0x00, code, 0x00]
+    } else {
+        let code = match why {
+            Refusal::BadVersion => 0x01,
+            Refusal::BadCredentials => 0x04,
+            Refusal::NotAuthorized => 0x05,
+            Refusal::ServerBusy => 0x03,
+        };
+        vec![0x20, 0x02, 0x00, code]
+    }
+}
+
+/// An MQTT 3.1.1 CONNECT with credentials, used to probe the internal listeners.
+pub fn connect_v4(client_id: &str, username: &str, password: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for s in ["MQTT"] {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    body.push(4);
+    body.push(0x80 | 0x40 | 0x02);
+    body.extend_from_slice(&30u16.to_be_bytes());
+    for s in [client_id, username, password] {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    Frame { header: 0x10, body }.encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_round_trips_through_framing_and_parsing() {
+        let bytes = connect_v4("probe", "user", "pw");
+        let mut r = &bytes[..];
+        let frame = read_frame(&mut r, 1024).await.unwrap();
+        assert_eq!(frame.kind(), CONNECT);
+        let c = parse_connect(&frame.body).unwrap();
+        assert_eq!(c.level, 4);
+        assert_eq!(c.keep_alive, 30);
+        assert_eq!(c.client_id, "probe");
+        assert_eq!(c.username.as_deref(), Some("user"));
+        assert_eq!(c.password.as_deref(), Some(&b"pw"[..]));
+        assert_eq!(
+            &frame.body[c.keep_alive_at..c.keep_alive_at + 2],
+            &30u16.to_be_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_packet_is_refused_before_reading_its_body() {
+        let mut bytes = vec![0x30];
+        encode_varint(10_000, &mut bytes);
+        let mut r = &bytes[..];
+        assert!(matches!(
+            read_frame(&mut r, 1000).await,
+            Err(PacketError::TooLarge(10_000))
+        ));
+    }
+
+    #[test]
+    fn v5_publish_resolves_topic_alias() {
+        let mut aliases = HashMap::new();
+        // topic "a/b", qos 1, pid 9, properties: topic alias 3, payload "hi"
+        let mut body = vec![0, 3, b'a', b'/', b'b', 0, 9, 3, 0x23, 0, 3];
+        body.extend_from_slice(b"hi");
+        let first = Frame { header: 0x32, body };
+        let p = parse_publish(&first, true, &mut aliases).unwrap();
+        assert_eq!(
+            (p.topic.as_str(), p.qos, p.pid, &p.payload[..]),
+            ("a/b", 1, Some(9), &b"hi"[..])
+        );
+        let mut body = vec![0, 0, 3, 0x23, 0, 3];
+        body.extend_from_slice(b"yo");
+        let second = Frame { header: 0x30, body };
+        let p = parse_publish(&second, true, &mut aliases).unwrap();
+        assert_eq!(
+            (p.topic.as_str(), p.pid, &p.payload[..]),
+            ("a/b", None, &b"yo"[..])
+        );
+    }
+
+    #[test]
+    fn v4_publish_flags_are_read() {
+        let mut aliases = HashMap::new();
+        let body = vec![0, 1, b't', 0, 1, b'x'];
+        let p = parse_publish(&Frame { header: 0x3B, body }, false, &mut aliases).unwrap();
+        assert_eq!((p.qos, p.retain, p.dup, p.pid), (1, true, true, Some(1)));
+    }
+
+    #[test]
+    fn refusals_use_each_versions_codes() {
+        assert_eq!(
+            connack_refusal(4, Refusal::BadCredentials),
+            vec![0x20, 2, 0, 4]
+        );
+        assert_eq!(
+            connack_refusal(5, Refusal::BadCredentials),
+            vec![0x20, 3, 0, 0x86, 0]
+        );
+    }
+}

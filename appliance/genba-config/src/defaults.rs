@@ -1,0 +1,70 @@
+//! Defaults that serde needs as functions, and the commented example printed by `genba config example`.
+
+pub(crate) fn slack_rate() -> f64 {
+    1.0
+}
+pub(crate) fn slack_burst() -> u32 {
+    3
+}
+pub(crate) fn slack_coalesce() -> usize {
+    20
+}
+pub(crate) fn slack_timeout() -> u64 {
+    10
+}
+pub(crate) fn slack_max_backoff() -> u64 {
+    300
+}
+
+/// Printed by `genba config example`; a test checks that it loads.
+pub const EXAMPLE_CONFIG: &str = r##"# genba.toml: every key is optional; the values shown are the defaults unless marked "example".
+# On the Pi this file is /etc/genba/genba.toml; secrets live in a separate file with mode 600.
+
+# data_dir = "/var/lib/genba"            # SQLite journal, run/endpoints.json (default ./genba-data)
+# secrets_file = "/var/lib/genba/secrets.toml"   # default <data_dir>/secrets.toml
+
+[mqtt]
+listen = "127.0.0.1:1883"              # one port for MQTT 3.1.1 and MQTT 5; use "0.0.0.0:1883" on the LAN
+# allow_anonymous = true                 # unset: anonymous only on loopback with no users
+max_payload = 262144                     # bytes per PUBLISH
+max_connections = 1000
+segment_size = 1048576                   # broker memory per subscription filter is at most
+segment_count = 2                        #   segment_size x segment_count
+# connect = "127.0.0.1:1883"             # how genba's own roles reach the broker
+
+# [[mqtt.users]]                         # example; hash from `genba passwd`
+# name = "sensor"
+# password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+
+[http]
+listen = "127.0.0.1:8080"
+default_topic = "notify/slack"
+max_body_bytes = 65536                   # larger bodies get 413
+max_message_bytes = 16384
+max_topic_bytes = 256
+request_timeout_secs = 10
+max_pending = 4096                       # beyond this, 503 + Retry-After
+api_key_sha256 = []                      # X-API-Key values, as printed by `genba passwd --api-key`
+# [[http.users]]                         # example: HTTP Basic auth
+# name = "phone"
+# password_hash = "$argon2id$..."
+
+[store]
+retention_hours = 168                    # prune journal rows older than this once every sink passed them
+max_batch = 512                          # group commit size
+
+# [[slack.webhooks]]                     # example; its URL is `ops = "https://hooks.slack.com/services/..."`
+# name = "ops"                           #   under [slack] in the secrets file
+# filters = ["notify/#", "alert/#"]
+# rate_per_sec = 1.0                     # Slack allows about one message per second per webhook
+# burst = 3
+# max_coalesce = 20                      # messages folded into one post when a backlog builds
+# timeout_secs = 10
+# max_backoff_secs = 300
+
+[recorder]                               # `genba recorder`: journal an external broker's messages
+# broker = "192.0.2.10:1883"             # example; password under [recorder] in the secrets file
+filters = ["#"]
+# username = "genba"
+client_id = "genba-recorder"             # persistent session: QoS 1 messages wait while it is away
+"##;

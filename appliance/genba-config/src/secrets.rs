@@ -1,0 +1,113 @@
+//! The secrets file: Slack webhook URLs and other credentials, readable by the owner only.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("secrets file {path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("secrets file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("secrets file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// Secret values; `Debug` never prints them.
+#[derive(Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Secrets {
+    /// Slack webhook URL per webhook name.
+    pub slack: BTreeMap<String, String>,
+    pub recorder: RecorderSecrets,
+}
+
+#[derive(Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecorderSecrets {
+    /// Password for `recorder.username` on the recorded broker.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secrets")
+            .field("slack", &self.slack.keys().collect::<Vec<_>>())
+            .field(
+                "recorder.password",
+                &self.recorder.password.as_ref().map(|_| "<set>"),
+            )
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// Loads the secrets file; a missing file means no secrets. A file that group or others
+    /// can read is refused, and the error names it.
+    pub fn load(path: &Path) -> Result<Secrets, SecretsError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Secrets::default()),
+            Err(source) => {
+                return Err(SecretsError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        check_private(path)?;
+        toml::from_str(&text).map_err(|e| SecretsError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(unix)]
+fn check_private(path: &Path) -> Result<(), SecretsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| SecretsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SecretsError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_path: &Path) -> Result<(), SecretsError> {
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn world_readable_secrets_are_refused_and_named() {
+        let dir = std::env::temp_dir().join(format!("genba-secrets-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secrets.toml");
+        std::fs::write(&path, "[slack]\nops = \"https://example.invalid/x\"\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Secrets::load(&path).unwrap_err();
+        assert!(err.to_string().contains("secrets.toml"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let secrets = Secrets::load(&path).unwrap();
+        assert!(!format!("{secrets:?}").contains("example.invalid"));
+        assert_eq!(secrets.slack["ops"], "https://example.invalid/x");
+    }
+}

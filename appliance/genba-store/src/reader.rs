@@ -1,0 +1,361 @@
+//! Reading the journal and keeping each sink's cursor, retry state and parked messages.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::{now_ms, Result, StoreError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalEntry {
+    pub id: i64,
+    pub received_at_ms: i64,
+    pub source: String,
+    pub topic: String,
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+/// Delivery state of one sink, as `genba status` and `GET /status` show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SinkState {
+    pub name: String,
+    pub cursor: i64,
+    pub backlog: i64,
+    pub delivered: i64,
+    pub parked: i64,
+    pub failures: i64,
+    pub last_ok_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<i64>,
+    pub retry_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParkedMessage {
+    pub sink: String,
+    pub journal_id: i64,
+    pub topic: String,
+    pub reason: String,
+    pub parked_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreStatus {
+    pub journal_rows: i64,
+    pub last_id: i64,
+    pub sinks: Vec<SinkState>,
+    pub recent_parked: Vec<ParkedMessage>,
+}
+
+/// A connection for sinks and status pages; one per task.
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader> {
+        Ok(Reader {
+            conn: crate::open(path)?,
+            path: path.to_owned(),
+        })
+    }
+
+    fn wrap(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Up to `limit` entries with id greater than `cursor`, oldest first.
+    pub fn after(&self, cursor: i64, limit: usize) -> Result<Vec<JournalEntry>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, received_at, source, topic, payload, qos, retain FROM journal
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.wrap(e))?;
+        let rows = stmt
+            .query_map(params![cursor, limit as i64], |r| {
+                Ok(JournalEntry {
+                    id: r.get(0)?,
+                    received_at_ms: r.get(1)?,
+                    source: r.get(2)?,
+                    topic: r.get(3)?,
+                    payload: r.get(4)?,
+                    qos: r.get(5)?,
+                    retain: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.wrap(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.wrap(e))
+    }
+
+    /// Registers a sink (a new sink starts after what the journal holds now) and returns its state.
+    pub fn register_sink(&self, name: &str) -> Result<SinkState> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO sinks (name, cursor)
+                 VALUES (?1, (SELECT COALESCE(MAX(id), 0) FROM journal))",
+                params![name],
+            )
+            .map_err(|e| self.wrap(e))?;
+        self.sink(name)?
+            .ok_or_else(|| self.wrap(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    pub fn sink(&self, name: &str) -> Result<Option<SinkState>> {
+        self.conn
+            .query_row(
+                &format!("{SINK_SELECT} WHERE name = ?1"),
+                params![name],
+                sink_row,
+            )
+            .optional()
+            .map_err(|e| self.wrap(e))
+    }
+
+    /// Moves a sink's cursor to `cursor` after `delivered` messages reached it.
+    pub fn record_delivery(&self, name: &str, cursor: i64, delivered: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE sinks SET cursor = MAX(cursor, ?2), delivered = delivered + ?3, failures = 0,
+                 last_ok_at = ?4, retry_at = NULL WHERE name = ?1",
+                params![name, cursor, delivered, now_ms()],
+            )
+            .map_err(|e| self.wrap(e))?;
+        Ok(())
+    }
+
+    /// Moves a sink's cursor past messages it does not take (no matching filter).
+    pub fn skip_to(&self, name: &str, cursor: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE sinks SET cursor = MAX(cursor, ?2) WHERE name = ?1",
+                params![name, cursor],
+            )
+            .map_err(|e| self.wrap(e))?;
+        Ok(())
+    }
+
+    /// Records a failed attempt that will be retried at `retry_at_ms`.
+    pub fn record_failure(&self, name: &str, error: &str, retry_at_ms: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE sinks SET failures = failures + 1, last_error = ?2, last_error_at = ?3,
+                 retry_at = ?4 WHERE name = ?1",
+                params![name, error, now_ms(), retry_at_ms],
+            )
+            .map_err(|e| self.wrap(e))?;
+        Ok(())
+    }
+
+    /// Parks messages that the sink refused for good, with the reason, and moves past them.
+    pub fn park(&mut self, name: &str, entries: &[JournalEntry], reason: &str) -> Result<()> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        let now = now_ms();
+        let mut last = 0;
+        for e in entries {
+            tx.execute(
+                "INSERT OR IGNORE INTO parked (sink, journal_id, topic, reason, parked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, e.id, e.topic, reason, now],
+            )
+            .map_err(wrap)?;
+            last = last.max(e.id);
+        }
+        tx.execute(
+            "UPDATE sinks SET cursor = MAX(cursor, ?2), parked = parked + ?3, failures = 0,
+             last_error = ?4, last_error_at = ?5, retry_at = NULL WHERE name = ?1",
+            params![name, last, entries.len() as i64, reason, now],
+        )
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)
+    }
+
+    pub fn status(&self) -> Result<StoreStatus> {
+        let (journal_rows, last_id): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0)
+                 FROM journal",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.wrap(e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{SINK_SELECT} ORDER BY name"))
+            .map_err(|e| self.wrap(e))?;
+        let sinks = stmt
+            .query_map([], sink_row)
+            .map_err(|e| self.wrap(e))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.wrap(e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT sink, journal_id, topic, reason, parked_at FROM parked
+                 ORDER BY parked_at DESC, journal_id DESC LIMIT 20",
+            )
+            .map_err(|e| self.wrap(e))?;
+        let recent_parked = stmt
+            .query_map([], |r| {
+                Ok(ParkedMessage {
+                    sink: r.get(0)?,
+                    journal_id: r.get(1)?,
+                    topic: r.get(2)?,
+                    reason: r.get(3)?,
+                    parked_at_ms: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.wrap(e))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.wrap(e))?;
+        Ok(StoreStatus {
+            journal_rows,
+            last_id,
+            sinks,
+            recent_parked,
+        })
+    }
+
+    /// Deletes journal rows older than `older_than_ms` that every sink has passed.
+    /// Returns how many rows went.
+    pub fn prune(&self, older_than_ms: i64) -> Result<usize> {
+        let min_cursor: Option<i64> = self
+            .conn
+            .query_row("SELECT MIN(cursor) FROM sinks", [], |r| r.get(0))
+            .map_err(|e| self.wrap(e))?;
+        let limit = min_cursor.unwrap_or(i64::MAX);
+        let mut total = 0;
+        loop {
+            // Small batches keep the write lock short for the journal writer.
+            let n = self
+                .conn
+                .execute(
+                    "DELETE FROM journal WHERE id IN (
+                        SELECT id FROM journal WHERE id <= ?1 AND received_at < ?2 ORDER BY id LIMIT 5000)",
+                    params![limit, older_than_ms],
+                )
+                .map_err(|e| self.wrap(e))?;
+            total += n;
+            if n < 5000 {
+                break;
+            }
+        }
+        self.conn
+            .execute(
+                "DELETE FROM parked WHERE parked_at < ?1",
+                params![older_than_ms],
+            )
+            .map_err(|e| self.wrap(e))?;
+        Ok(total)
+    }
+
+    /// `PRAGMA integrity_check`: "ok" when the file is sound.
+    pub fn integrity_check(&self) -> Result<String> {
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.wrap(e))
+    }
+}
+
+const SINK_SELECT: &str = "SELECT name, cursor,
+    (SELECT COUNT(*) FROM journal j WHERE j.id > s.cursor),
+    delivered, parked, failures, last_ok_at, last_error, last_error_at, retry_at FROM sinks s";
+
+fn sink_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SinkState> {
+    Ok(SinkState {
+        name: r.get(0)?,
+        cursor: r.get(1)?,
+        backlog: r.get(2)?,
+        delivered: r.get(3)?,
+        parked: r.get(4)?,
+        failures: r.get(5)?,
+        last_ok_at_ms: r.get(6)?,
+        last_error: r.get(7)?,
+        last_error_at_ms: r.get(8)?,
+        retry_at_ms: r.get(9)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Journal, NewMessage};
+
+    async fn fill(journal: &Journal, n: usize) {
+        for i in 0..n {
+            journal
+                .append(NewMessage {
+                    source: "t".into(),
+                    topic: format!("t/{i}"),
+                    payload: vec![b'x'],
+                    qos: 0,
+                    retain: false,
+                    mqtt_pid: None,
+                    dup: false,
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn prune_never_drops_what_a_sink_has_not_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite3");
+        let journal = Journal::start(&path, 8, 8).unwrap();
+        let reader = Reader::open(&path).unwrap();
+        reader.register_sink("slow").unwrap();
+        fill(&journal, 10).await;
+        reader.record_delivery("slow", 4, 4).unwrap();
+        let pruned = reader.prune(i64::MAX).unwrap();
+        assert_eq!(pruned, 4);
+        let left = reader.after(0, 100).unwrap();
+        assert_eq!(left.first().map(|e| e.id), Some(5));
+        assert_eq!(reader.sink("slow").unwrap().unwrap().backlog, 6);
+    }
+
+    #[tokio::test]
+    async fn ids_are_not_reused_after_pruning_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite3");
+        let journal = Journal::start(&path, 8, 8).unwrap();
+        let reader = Reader::open(&path).unwrap();
+        fill(&journal, 3).await;
+        reader.prune(i64::MAX).unwrap();
+        fill(&journal, 1).await;
+        assert_eq!(reader.after(0, 10).unwrap()[0].id, 4);
+    }
+
+    #[tokio::test]
+    async fn parking_moves_the_cursor_and_keeps_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.sqlite3");
+        let journal = Journal::start(&path, 8, 8).unwrap();
+        let mut reader = Reader::open(&path).unwrap();
+        reader.register_sink("ops").unwrap();
+        fill(&journal, 2).await;
+        let entries = reader.after(0, 10).unwrap();
+        reader.park("ops", &entries, "no_service").unwrap();
+        let status = reader.status().unwrap();
+        assert_eq!(status.sinks[0].parked, 2);
+        assert_eq!(status.sinks[0].backlog, 0);
+        assert_eq!(status.recent_parked[0].reason, "no_service");
+        assert_eq!(reader.integrity_check().unwrap(), "ok");
+    }
+}

@@ -1,0 +1,78 @@
+//! Schema migrations, numbered by `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+pub(crate) enum MigrateError {
+    Sqlite(rusqlite::Error),
+    TooNew { found: i64, supported: i64 },
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        MigrateError::Sqlite(e)
+    }
+}
+
+/// Each entry moves the schema from version i to i + 1.
+const MIGRATIONS: &[&str] = &[
+    // 1: journal, sink cursors, parked messages.
+    "CREATE TABLE journal (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused, so cursors stay valid after pruning
+        received_at INTEGER NOT NULL,                  -- unix ms
+        source      TEXT    NOT NULL,                  -- 'http', 'mqtt:<client id>'
+        topic       TEXT    NOT NULL,
+        payload     BLOB    NOT NULL,
+        qos         INTEGER NOT NULL,
+        retain      INTEGER NOT NULL,
+        mqtt_pid    INTEGER                            -- packet id of a QoS 1/2 publish, to drop DUP resends
+     );
+     CREATE INDEX journal_received ON journal(received_at);
+     CREATE INDEX journal_resend ON journal(source, mqtt_pid) WHERE mqtt_pid IS NOT NULL;
+     CREATE TABLE sinks (
+        name          TEXT PRIMARY KEY,
+        cursor        INTEGER NOT NULL,                -- last journal id this sink has passed
+        delivered     INTEGER NOT NULL DEFAULT 0,
+        parked        INTEGER NOT NULL DEFAULT 0,
+        failures      INTEGER NOT NULL DEFAULT 0,      -- consecutive failed attempts
+        last_ok_at    INTEGER,
+        last_error    TEXT,
+        last_error_at INTEGER,
+        retry_at      INTEGER
+     );
+     CREATE TABLE parked (
+        sink       TEXT    NOT NULL,
+        journal_id INTEGER NOT NULL,
+        topic      TEXT    NOT NULL,
+        reason     TEXT    NOT NULL,
+        parked_at  INTEGER NOT NULL,
+        PRIMARY KEY (sink, journal_id)
+     );",
+];
+
+pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(MigrateError::TooNew {
+            found: version,
+            supported,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        // IMMEDIATE takes the write lock first, so two roles starting together migrate once.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let step = (|| {
+            let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now <= i as i64 {
+                conn.execute_batch(sql)?;
+                conn.pragma_update(None, "user_version", (i + 1) as i64)?;
+            }
+            conn.execute_batch("COMMIT")
+        })();
+        if let Err(e) = step {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}

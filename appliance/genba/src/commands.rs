@@ -1,0 +1,103 @@
+//! The one-shot subcommands: status, config check, passwd.
+
+use std::io::Read;
+
+use anyhow::{Context, Result};
+use genba_config::{passwords, Secrets};
+
+use crate::lifecycle::load_config;
+use crate::Common;
+
+pub fn status(common: &Common, json: bool) -> Result<()> {
+    let config = load_config(common)?;
+    let db = genba_store::db_path(&config.data_dir());
+    if !db.exists() {
+        anyhow::bail!(
+            "no journal at {} (has genba run with this data dir?)",
+            db.display()
+        );
+    }
+    let status = genba_store::Reader::open(&db)?.status()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "journal: {} rows, last id {}",
+        status.journal_rows, status.last_id
+    );
+    println!(
+        "{:<20} {:>8} {:>8} {:>10} {:>7} {:>8}  last error",
+        "sink", "cursor", "backlog", "delivered", "parked", "failures"
+    );
+    for s in &status.sinks {
+        println!(
+            "{:<20} {:>8} {:>8} {:>10} {:>7} {:>8}  {}",
+            s.name,
+            s.cursor,
+            s.backlog,
+            s.delivered,
+            s.parked,
+            s.failures,
+            s.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    for p in &status.recent_parked {
+        println!(
+            "parked: {} #{} {}: {}",
+            p.sink, p.journal_id, p.topic, p.reason
+        );
+    }
+    Ok(())
+}
+
+pub fn config_check(common: &Common) -> Result<()> {
+    let config = load_config(common)?;
+    let secrets_path = config.secrets_path();
+    let secrets = Secrets::load(&secrets_path)?;
+    for hook in &config.slack.webhooks {
+        if !secrets.slack.contains_key(&hook.name) {
+            anyhow::bail!(
+                "secrets file {}: missing `{}` under [slack] for slack.webhooks name {:?}",
+                secrets_path.display(),
+                hook.name,
+                hook.name
+            );
+        }
+    }
+    println!(
+        "config ok ({}), secrets ok ({})",
+        common
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into()),
+        secrets_path.display()
+    );
+    Ok(())
+}
+
+pub fn passwd(api_key: bool) -> Result<()> {
+    if api_key {
+        let key = passwords::generate_api_key();
+        println!("api key (give it to the client; shown once): {key}");
+        println!(
+            "for genba.toml [http] api_key_sha256: \"{}\"",
+            passwords::api_key_digest(&key)
+        );
+        return Ok(());
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("reading the password from stdin")?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("empty password on stdin (try: echo -n 'secret' | genba passwd)");
+    }
+    println!(
+        "{}",
+        passwords::hash_password(password).map_err(anyhow::Error::msg)?
+    );
+    Ok(())
+}

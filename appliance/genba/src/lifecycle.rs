@@ -1,0 +1,163 @@
+//! What every role shares: config, logging, the data dir, sd_notify READY/WATCHDOG, and a
+//! clean exit on SIGTERM/SIGINT after in-flight work drained.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use genba_config::{Config, Secrets};
+use tokio::sync::watch;
+
+use crate::roles::{self, Role, Started};
+use crate::Common;
+
+/// Loads the config file (or defaults) and applies the command-line overrides.
+pub fn load_config(common: &Common) -> Result<Config> {
+    let mut config = Config::load(common.config.as_deref())?;
+    if let Some(d) = &common.data_dir {
+        config.data_dir = Some(d.clone());
+    }
+    if let Some(a) = common.mqtt {
+        config.mqtt.listen = a;
+    }
+    if let Some(a) = common.http {
+        config.http.listen = a;
+    }
+    let path = common
+        .config
+        .clone()
+        .unwrap_or_else(|| "(command line)".into());
+    config.validate(&path)?;
+    Ok(config)
+}
+
+pub fn run(role: Role, common: Common) -> Result<()> {
+    init_logging();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = load_config(&common)?;
+    let secrets = Secrets::load(&config.secrets_path())?;
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(data_dir.join("run"))
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("genba")
+        .build()
+        .context("starting the async runtime")?;
+    let code = runtime.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let started = roles::start(role, &config, &secrets, stop_rx).await?;
+        write_endpoints(&data_dir, &started)?;
+        print_banner(role, &config, &started);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        spawn_watchdog(&started);
+        wait_for_signal().await;
+        tracing::info!("stopping: draining in-flight work");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let _ = stop_tx.send(true);
+        started.drain(Duration::from_secs(15)).await;
+        tracing::info!("stopped");
+        anyhow::Ok(0)
+    })?;
+    // rumqttd's threads never return, so leave without waiting for them.
+    std::process::exit(code)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("GENBA_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    if under_systemd {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn write_endpoints(data_dir: &Path, started: &Started) -> Result<()> {
+    let path = data_dir.join("run").join("endpoints.json");
+    let body = serde_json::json!({
+        "mqtt": started.mqtt.map(|a| a.to_string()),
+        "http": started.http.map(|a| a.to_string()),
+        "pid": std::process::id(),
+        "database": genba_store::db_path(data_dir),
+    });
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn print_banner(role: Role, config: &genba_config::Config, started: &Started) {
+    let mut lines = vec![format!("genba {}: serving", role.name())];
+    if let Some(a) = started.mqtt {
+        lines.push(format!("  MQTT   {a}   (MQTT 3.1.1 and 5 on one port)"));
+    }
+    if let Some(a) = started.http {
+        lines.push(format!("  HTTP   http://{a}/"));
+    }
+    lines.push(format!(
+        "  data   {}",
+        genba_store::db_path(&config.data_dir()).display()
+    ));
+    for hook in &config.slack.webhooks {
+        lines.push(format!(
+            "  slack  {} <- {}",
+            hook.name,
+            hook.filters.join(", ")
+        ));
+    }
+    if let (Some(m), Some(h)) = (started.mqtt, started.http) {
+        lines.push("try it:".into());
+        lines.push(format!(
+            "  mosquitto_sub -h {} -p {} -t 'notify/#' -v",
+            m.ip(),
+            m.port()
+        ));
+        lines.push(format!("  curl 'http://{h}/notify?message=hello'"));
+        lines.push(format!("  curl -X POST http://{h}/notify -H 'Content-Type: application/json' -d '{{\"topic\":\"alert/stock\",\"message\":\"low\"}}'"));
+    }
+    println!("{}", lines.join("\n"));
+}
+
+/// Pings WATCHDOG=1 at half the configured interval while the role is healthy; a hung or
+/// broken role stops pinging and systemd restarts it.
+fn spawn_watchdog(started: &Started) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let every = interval / 2;
+    let health = started.health();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if health.check().await {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::error!("health check failed; not pinging the watchdog");
+            }
+        }
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

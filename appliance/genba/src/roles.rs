@@ -1,0 +1,273 @@
+//! Starting the roles: each subcommand starts some of them; `up` starts all in one process.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use genba_config::{Config, Secrets};
+use genba_store::Journal;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Up,
+    Broker,
+    Bridge,
+    Recorder,
+    Slack,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Up => "up",
+            Role::Broker => "broker",
+            Role::Bridge => "bridge",
+            Role::Recorder => "recorder",
+            Role::Slack => "slack",
+        }
+    }
+    fn runs_broker(self) -> bool {
+        matches!(self, Role::Up | Role::Broker)
+    }
+    fn runs_bridge(self) -> bool {
+        matches!(self, Role::Up | Role::Bridge)
+    }
+    fn runs_slack(self) -> bool {
+        matches!(self, Role::Up | Role::Slack)
+    }
+}
+
+/// What a role left running.
+pub struct Started {
+    pub mqtt: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    journal: Option<Journal>,
+    internal_secret: String,
+    bridge: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A role's liveness, as the watchdog sees it.
+pub struct Health {
+    broker: Option<SocketAddr>,
+    secret: String,
+    journal: Option<Journal>,
+    tasks_alive: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Health {
+    pub fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            let journal_ok = self.journal.as_ref().is_none_or(|j| !j.is_closed());
+            let broker_ok = match self.broker {
+                Some(addr) => genba_broker::probe(addr, &self.secret).await,
+                None => true,
+            };
+            journal_ok && broker_ok && (self.tasks_alive)()
+        })
+    }
+}
+
+impl Started {
+    pub fn health(&self) -> Health {
+        let handles: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
+        Health {
+            broker: self.mqtt,
+            secret: self.internal_secret.clone(),
+            journal: self.journal.clone(),
+            tasks_alive: Arc::new(move || handles.iter().all(|h| !h.is_finished())),
+        }
+    }
+
+    /// After shutdown was signalled: lets open requests, sink posts and queued journal
+    /// appends finish, for at most `limit`.
+    pub async fn drain(self, limit: Duration) {
+        let work = async {
+            if let Some(b) = self.bridge {
+                let _ = b.await;
+            }
+            for t in self.tasks {
+                let _ = t.await;
+            }
+            if let Some(j) = &self.journal {
+                while j.pending() > 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        if tokio::time::timeout(limit, work).await.is_err() {
+            tracing::warn!("some work did not finish within {limit:?}");
+        }
+    }
+}
+
+pub async fn start(
+    role: Role,
+    config: &Config,
+    secrets: &Secrets,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Started> {
+    let data_dir = config.data_dir();
+    let db = genba_store::db_path(&data_dir);
+    let internal_secret = internal_secret(&data_dir)?;
+    let needs_journal = role.runs_broker() || role.runs_bridge() || role == Role::Recorder;
+    let journal = if needs_journal {
+        Some(
+            Journal::start(
+                &db,
+                config.http.max_pending.max(1024),
+                config.store.max_batch,
+            )
+            .with_context(|| format!("opening the journal {}", db.display()))?,
+        )
+    } else {
+        None
+    };
+    let mut started = Started {
+        mqtt: None,
+        http: None,
+        journal: journal.clone(),
+        internal_secret: internal_secret.clone(),
+        bridge: None,
+        tasks: Vec::new(),
+    };
+
+    if role.runs_broker() {
+        let journal = journal.clone().context("broker needs the journal")?;
+        let broker = genba_broker::start(&config.mqtt, journal, &internal_secret).await?;
+        tracing::info!(addr = %broker.addr, "mqtt broker ready");
+        started.mqtt = Some(broker.addr);
+        started.tasks.push(tokio::spawn(retention(
+            db.clone(),
+            config.store.retention_hours,
+            shutdown.clone(),
+        )));
+    }
+    if role.runs_bridge() {
+        let journal = journal.clone().context("bridge needs the journal")?;
+        let broker = started
+            .mqtt
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| config.broker_connect_addr());
+        let bridge = genba_bridge::start(
+            genba_bridge::BridgeSettings {
+                http: config.http.clone(),
+                broker,
+                internal_user: genba_broker::INTERNAL_USER.into(),
+                internal_secret: internal_secret.clone(),
+                db_path: db.clone(),
+            },
+            journal,
+            shutdown.clone(),
+        )
+        .await?;
+        tracing::info!(addr = %bridge.addr, "http bridge ready");
+        started.http = Some(bridge.addr);
+        started.bridge = Some(bridge.done);
+    }
+    if role.runs_slack() {
+        for hook in &config.slack.webhooks {
+            let url = secrets.slack.get(&hook.name).cloned().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "secrets file {}: no URL for slack webhook {:?} (add `{} = \"https://hooks.slack.com/...\"` under [slack])",
+                    config.secrets_path().display(),
+                    hook.name,
+                    hook.name
+                )
+            })?;
+            let sink = genba_slack::SlackSink {
+                hook: hook.clone(),
+                url,
+                db_path: db.clone(),
+                wake: journal.as_ref().map(Journal::committed),
+            };
+            let stop = shutdown.clone();
+            started.tasks.push(tokio::spawn(async move {
+                if let Err(e) = sink.run(stop).await {
+                    tracing::error!(error = %e, "slack sink stopped");
+                }
+            }));
+        }
+    }
+    if role == Role::Recorder {
+        let broker = config
+            .recorder
+            .broker
+            .clone()
+            .context("genba recorder needs `broker` under [recorder] in the config")?;
+        let journal = journal.clone().context("recorder needs the journal")?;
+        let fut = crate::recorder::run(
+            broker,
+            config.recorder.clone(),
+            secrets.recorder.password.clone(),
+            journal,
+            shutdown.clone(),
+        );
+        started.tasks.push(tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(error = %format!("{e:#}"), "recorder stopped");
+            }
+        }));
+    }
+    Ok(started)
+}
+
+/// The secret genba's own roles use to reach the broker; made once, mode 600.
+fn internal_secret(data_dir: &Path) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("internal.secret");
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            let secret = genba_config::passwords::generate_api_key();
+            f.write_all(secret.as_bytes())
+                .and_then(|_| f.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(secret)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another role may be writing it right now.
+            for _ in 0..50 {
+                let s = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if !s.is_empty() {
+                    return Ok(s.trim().to_owned());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            anyhow::bail!("{} is empty", path.display())
+        }
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+/// Prunes journal rows past retention that every sink has passed, every ten minutes.
+async fn retention(db: std::path::PathBuf, hours: u64, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let path = db.clone();
+        let cutoff = chrono::Utc::now().timestamp_millis() - (hours as i64) * 3_600_000;
+        let result =
+            tokio::task::spawn_blocking(move || genba_store::Reader::open(&path)?.prune(cutoff))
+                .await;
+        match result {
+            Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "pruned journal"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "journal pruning failed"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
