@@ -61,8 +61,16 @@ impl Cfg {
             .map(str::to_owned)
             .ok_or_else(|| format!("[{section}] {key} must be a string"))
     }
-    fn int(&self, section: &str, key: &str, range: std::ops::RangeInclusive<i64>) -> Result<i64, String> {
-        let v = self.get(section, key)?.as_integer().ok_or_else(|| format!("[{section}] {key} must be an integer"))?;
+    fn int(
+        &self,
+        section: &str,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<i64, String> {
+        let v = self
+            .get(section, key)?
+            .as_integer()
+            .ok_or_else(|| format!("[{section}] {key} must be an integer"))?;
         if range.contains(&v) {
             Ok(v)
         } else {
@@ -70,7 +78,9 @@ impl Cfg {
         }
     }
     fn bool(&self, section: &str, key: &str) -> Result<bool, String> {
-        self.get(section, key)?.as_bool().ok_or_else(|| format!("[{section}] {key} must be true or false"))
+        self.get(section, key)?
+            .as_bool()
+            .ok_or_else(|| format!("[{section}] {key} must be true or false"))
     }
 }
 
@@ -83,14 +93,21 @@ fn generate() -> Result<(), String> {
         );
     }
     let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let table: toml::Table = text.parse().map_err(|e| format!("{}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let c = Cfg { table };
 
     let device_id = c.str("device", "id")?;
     telemetry::validate_device_id(&device_id).map_err(|e| format!("[device] id: {e}"))?;
-    let interval = c.int("device", "report_interval_s", i64::from(MIN_INTERVAL_S)..=i64::from(MAX_INTERVAL_S))?;
+    let interval = c.int(
+        "device",
+        "report_interval_s",
+        i64::from(MIN_INTERVAL_S)..=i64::from(MAX_INTERVAL_S),
+    )?;
     let offsets = c.str("device", "offsets")?;
-    Offsets::<{ telemetry::MAX_READINGS }>::parse_list(&offsets).map_err(|e| format!("[device] offsets: {e}"))?;
+    Offsets::<{ telemetry::MAX_READINGS }>::parse_list(&offsets)
+        .map_err(|e| format!("[device] offsets: {e}"))?;
     let backlog = c.int("device", "backlog", 4..=64)?;
 
     let pin = |key: &str| -> Result<i64, String> {
@@ -98,7 +115,9 @@ fn generate() -> Result<(), String> {
         if FREE_GPIOS.contains(&n) {
             Ok(n)
         } else {
-            Err(format!("[pins] {key} = {n}: use one of GPIO {FREE_GPIOS:?}"))
+            Err(format!(
+                "[pins] {key} = {n}: use one of GPIO {FREE_GPIOS:?}"
+            ))
         }
     };
     let onewire = pin("onewire_gpio")?;
@@ -114,7 +133,9 @@ fn generate() -> Result<(), String> {
         return Err("[wifi] ssid must be 1..=32 bytes".into());
     }
     if !(wifi_pw.is_empty() || (8..=63).contains(&wifi_pw.len())) {
-        return Err("[wifi] password must be 8..=63 characters, or empty for an open network".into());
+        return Err(
+            "[wifi] password must be 8..=63 characters, or empty for an open network".into(),
+        );
     }
     let ntp = c.str("time", "ntp_server")?;
     check_host(&ntp).map_err(|e| format!("[time] ntp_server: {e}"))?;
@@ -129,7 +150,10 @@ fn generate() -> Result<(), String> {
             mqtt_user = c.str("mqtt", "username")?;
             mqtt_pw = c.str("mqtt", "password")?;
             if mqtt_user.is_empty() || mqtt_user.len() > 64 || mqtt_pw.len() > 128 {
-                return Err("[mqtt] username (1..=64) and password (..=128) are required by the appliance".into());
+                return Err(
+                    "[mqtt] username (1..=64) and password (..=128) are required by the appliance"
+                        .into(),
+                );
             }
             (http_url, api_key) = (String::new(), String::new());
         }
@@ -140,17 +164,29 @@ fn generate() -> Result<(), String> {
                 return Err("[http] url: https is not supported by this firmware yet (see firmware/README.md)".into());
             }
             api_key = c.str("http", "api_key")?;
-            if api_key.is_empty() || api_key.len() > 128 || api_key.chars().any(|ch| ch.is_ascii_control()) {
+            if api_key.is_empty()
+                || api_key.len() > 128
+                || api_key.chars().any(|ch| ch.is_ascii_control())
+            {
                 return Err("[http] api_key must be 1..=128 printable characters".into());
             }
-            (mqtt_host, mqtt_port, mqtt_user, mqtt_pw) = (String::new(), 0, String::new(), String::new());
+            (mqtt_host, mqtt_port, mqtt_user, mqtt_pw) =
+                (String::new(), 0, String::new(), String::new());
         }
-        other => return Err(format!("[transport] kind = {other:?}: use \"mqtt\" or \"http\"")),
+        other => {
+            return Err(format!(
+                "[transport] kind = {other:?}: use \"mqtt\" or \"http\""
+            ));
+        }
     }
 
     let mut out = String::new();
     let w = &mut out;
-    let _ = writeln!(w, "// generated by build.rs from {} - do not edit", path.display());
+    let _ = writeln!(
+        w,
+        "// generated by build.rs from {} - do not edit",
+        path.display()
+    );
     let _ = writeln!(w, "pub const FROM_EXAMPLE: bool = {is_example};");
     let _ = writeln!(w, "pub const DEVICE_ID: &str = {device_id:?};");
     let _ = writeln!(w, "pub const REPORT_INTERVAL_S: u32 = {interval};");
@@ -168,9 +204,15 @@ fn generate() -> Result<(), String> {
     let _ = writeln!(w, "pub const HTTP_URL: &str = {http_url:?};");
     let _ = writeln!(w, "pub const HTTP_API_KEY: &str = {api_key:?};");
     let _ = writeln!(w, "/// The 1-Wire data pin, GPIO{onewire}.");
-    let _ = writeln!(w, "macro_rules! onewire_pin {{ ($p:ident) => {{ $p.GPIO{onewire} }}; }}");
+    let _ = writeln!(
+        w,
+        "macro_rules! onewire_pin {{ ($p:ident) => {{ $p.GPIO{onewire} }}; }}"
+    );
     let _ = writeln!(w, "/// The status LED pin, GPIO{led}.");
-    let _ = writeln!(w, "macro_rules! led_pin {{ ($p:ident) => {{ $p.GPIO{led} }}; }}");
+    let _ = writeln!(
+        w,
+        "macro_rules! led_pin {{ ($p:ident) => {{ $p.GPIO{led} }}; }}"
+    );
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     fs::write(out_dir.join("provisioning.rs"), out).map_err(|e| e.to_string())
@@ -180,7 +222,13 @@ fn generate() -> Result<(), String> {
 fn check_host(host: &str) -> Result<(), String> {
     let ok = !host.is_empty()
         && host.len() <= 253
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         && !host.starts_with(['-', '.']);
-    if ok { Ok(()) } else { Err(format!("{host:?} is not an IPv4 address or DNS name")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{host:?} is not an IPv4 address or DNS name"))
+    }
 }

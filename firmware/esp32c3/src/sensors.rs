@@ -42,7 +42,10 @@ pub struct Bus {
 impl Bus {
     /// Takes a `Flex` pin already configured as open-drain input/output with pull-up.
     pub fn new(pin: Flex<'static>) -> Self {
-        Bus { pin, delay: Delay::new() }
+        Bus {
+            pin,
+            delay: Delay::new(),
+        }
     }
 
     /// Finds every DS18B20 on the bus (other 1-Wire families and bad ROM codes are skipped).
@@ -79,22 +82,34 @@ impl Bus {
             Ok(false) => return Err(BusError::NoPresence),
             Err(_) => return Err(BusError::WireLow),
         }
-        wire.write_bytes(&mut self.delay, &[ds18b20::CMD_SKIP_ROM, ds18b20::CMD_CONVERT_T])
-            .map_err(|_| BusError::WireLow)
+        wire.write_bytes(
+            &mut self.delay,
+            &[ds18b20::CMD_SKIP_ROM, ds18b20::CMD_CONVERT_T],
+        )
+        .map_err(|_| BusError::WireLow)
     }
 
     /// Reads and decodes one probe's scratchpad, retrying CRC failures.
     pub fn read(&mut self, rom: &RomCode) -> Result<Scratchpad, BusError> {
-        let device = onewire::Device { address: rom.bytes() };
+        let device = onewire::Device {
+            address: rom.bytes(),
+        };
         let mut last = BusError::NoPresence;
         for _ in 0..READ_ATTEMPTS {
             let mut wire = onewire::OneWire::new(&mut self.pin, false);
             let mut pad = [0u8; 9];
-            match wire.reset_select_write_read(&mut self.delay, &device, &[ds18b20::CMD_READ_SCRATCHPAD], &mut pad) {
+            match wire.reset_select_write_read(
+                &mut self.delay,
+                &device,
+                &[ds18b20::CMD_READ_SCRATCHPAD],
+                &mut pad,
+            ) {
                 Ok(()) => match ds18b20::decode_scratchpad(&pad) {
                     Ok(sp) => return Ok(sp),
                     // the power-on value is not a transmission error: retrying cannot help
-                    Err(ds18b20::Error::PowerOnValue) => return Err(BusError::Decode(ds18b20::Error::PowerOnValue)),
+                    Err(ds18b20::Error::PowerOnValue) => {
+                        return Err(BusError::Decode(ds18b20::Error::PowerOnValue));
+                    }
                     Err(e) => last = BusError::Decode(e),
                 },
                 Err(_) => last = BusError::WireLow,
@@ -158,7 +173,10 @@ pub async fn sensor_task(mut bus: Bus) {
             let uptime_ms = Instant::now().as_millis();
             match bus.start_conversion() {
                 Ok(()) => {
-                    Timer::after(Duration::from_millis(u64::from(Resolution::Bits12.conversion_time_ms()))).await;
+                    Timer::after(Duration::from_millis(u64::from(
+                        Resolution::Bits12.conversion_time_ms(),
+                    )))
+                    .await;
                     if let Some(batch) = take_batch(&mut bus, &roms, uptime_ms) {
                         let (evicted, waiting) = state::with(&BACKLOG, |b| {
                             let evicted = b.push(batch).is_some();
@@ -166,7 +184,9 @@ pub async fn sensor_task(mut bus: Bus) {
                         });
                         if evicted {
                             let dropped = state::with(&BACKLOG, |b| b.dropped());
-                            warn!("backlog full: dropped the oldest batch ({dropped} dropped so far)");
+                            warn!(
+                                "backlog full: dropped the oldest batch ({dropped} dropped so far)"
+                            );
                         }
                         info!("batch queued ({waiting} waiting)");
                         DATA_READY.signal(());
@@ -176,6 +196,10 @@ pub async fn sensor_task(mut bus: Bus) {
             }
         }
         let interval = state::with(&SETTINGS, |s| s.interval_s);
-        select(Timer::after(Duration::from_secs(u64::from(interval))), WAKE_SENSORS.wait()).await;
+        select(
+            Timer::after(Duration::from_secs(u64::from(interval))),
+            WAKE_SENSORS.wait(),
+        )
+        .await;
     }
 }

@@ -20,7 +20,8 @@ use crate::provisioning::{BACKLOG_LEN, REPORT_INTERVAL_S};
 pub type Shared<T> = Mutex<CriticalSectionRawMutex, RefCell<T>>;
 
 /// Batches not yet accepted by the appliance, oldest first.
-pub static BACKLOG: Shared<Backlog<Telemetry, BACKLOG_LEN>> = Mutex::new(RefCell::new(Backlog::new()));
+pub static BACKLOG: Shared<Backlog<Telemetry, BACKLOG_LEN>> =
+    Mutex::new(RefCell::new(Backlog::new()));
 
 /// LED, report interval and per-sensor offsets (changed by commands).
 pub static SETTINGS: Shared<Settings<MAX_READINGS>> = Mutex::new(RefCell::new(Settings {

@@ -1,0 +1,444 @@
+//! The network loop: SNTP, then MQTT (publish the backlog oldest first, receive commands) or
+//! HTTP (`POST /api/telemetry` with `X-API-Key`), reconnecting with backoff and jitter.
+
+use embassy_futures::select::{Either, select};
+use embassy_net::dns::DnsQueryType;
+use embassy_net::tcp::TcpSocket;
+use embassy_net::udp::{PacketMetadata, UdpSocket};
+use embassy_net::{IpAddress, Stack};
+use embassy_time::{Duration, Instant, Timer, with_timeout};
+use embedded_io_async::Write as _;
+use esp_hal::gpio::{Level, Output};
+use esp_hal::rng::Rng;
+use genba_firmware_core::backoff::Backoff;
+use genba_firmware_core::clock::{self, NTP_PORT};
+use genba_firmware_core::command::{Command, Effect};
+use genba_firmware_core::http::{self, Outcome};
+use genba_firmware_core::telemetry::{self, JSON_MAX_LEN, Topic};
+use log::{error, info, warn};
+
+use crate::provisioning::{
+    DEVICE_ID, HTTP_API_KEY, HTTP_URL, LED_ACTIVE_LOW, MQTT_HOST, MQTT_PASSWORD, MQTT_PORT,
+    MQTT_USERNAME, NTP_SERVER, TRANSPORT_HTTP,
+};
+use crate::state::{self, BACKLOG, CLOCK, DATA_READY, SETTINGS, WAKE_SENSORS};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MQTT_KEEPALIVE_S: u16 = 30;
+/// Resync the clock this often once synced (the RC-derived clock drifts).
+const RESYNC_MS: u64 = 6 * 3600 * 1000;
+/// Retry SNTP this often until the first sync.
+const UNSYNCED_RETRY_MS: u64 = 60 * 1000;
+
+/// Why a connection attempt or session ended.
+#[derive(Debug)]
+enum NetError {
+    Dns,
+    Timeout,
+    Connect(embassy_net::tcp::ConnectError),
+    Tcp(embassy_net::tcp::Error),
+    Mqtt,
+    HttpStatus(u16),
+    Http(http::Error),
+}
+
+impl core::fmt::Display for NetError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NetError::Dns => f.write_str("name not resolved"),
+            NetError::Timeout => f.write_str("timed out"),
+            NetError::Connect(e) => write!(f, "TCP connect failed: {e:?}"),
+            NetError::Tcp(e) => write!(f, "TCP error: {e:?}"),
+            NetError::Mqtt => f.write_str("MQTT session ended"),
+            NetError::HttpStatus(s) => write!(f, "HTTP status {s}"),
+            NetError::Http(e) => write!(f, "HTTP: {e}"),
+        }
+    }
+}
+
+/// SNTP bookkeeping.
+struct TimeSync {
+    last_attempt: Option<Instant>,
+    last_success: Option<Instant>,
+}
+
+impl TimeSync {
+    fn due(&self) -> bool {
+        let elapsed_ms = |t: Option<Instant>| t.map(|t| t.elapsed().as_millis());
+        match (elapsed_ms(self.last_success), elapsed_ms(self.last_attempt)) {
+            (Some(ok), Some(tried)) => ok >= RESYNC_MS && tried >= UNSYNCED_RETRY_MS,
+            (None, Some(tried)) => tried >= UNSYNCED_RETRY_MS,
+            (_, None) => true,
+        }
+    }
+
+    async fn run_if_due(&mut self, stack: Stack<'static>) {
+        if !self.due() {
+            return;
+        }
+        self.last_attempt = Some(Instant::now());
+        match sntp(stack).await {
+            Ok(epoch_ms) => {
+                self.last_success = Some(Instant::now());
+                let uptime = Instant::now().as_millis();
+                let boot = state::with(&CLOCK, |c| c.sync(epoch_ms, uptime));
+                // batches taken before the first sync get real timestamps now
+                let fixed = state::with(&BACKLOG, |b| {
+                    b.iter_mut()
+                        .map(|t| t.resolve_time(boot))
+                        .filter(|&changed| changed)
+                        .count()
+                });
+                info!(
+                    "time synced: {} ({fixed} queued batches re-stamped)",
+                    clock::rfc3339(epoch_ms)
+                );
+            }
+            Err(e) => warn!("SNTP with {NTP_SERVER} failed: {e}; readings stay marked unsynced"),
+        }
+    }
+}
+
+async fn resolve(stack: Stack<'static>, host: &str) -> Result<IpAddress, NetError> {
+    let found = with_timeout(CONNECT_TIMEOUT, stack.dns_query(host, DnsQueryType::A))
+        .await
+        .map_err(|_| NetError::Timeout)?
+        .map_err(|_| NetError::Dns)?;
+    found.first().copied().ok_or(NetError::Dns)
+}
+
+#[derive(Debug)]
+enum SntpFailure {
+    Net(NetError),
+    Udp,
+    Answer(clock::SntpError),
+}
+
+impl core::fmt::Display for SntpFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SntpFailure::Net(e) => write!(f, "{e}"),
+            SntpFailure::Udp => f.write_str("UDP error"),
+            SntpFailure::Answer(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+async fn sntp(stack: Stack<'static>) -> Result<u64, SntpFailure> {
+    let server = resolve(stack, NTP_SERVER).await.map_err(SntpFailure::Net)?;
+    let (mut rx_meta, mut tx_meta) = ([PacketMetadata::EMPTY; 2], [PacketMetadata::EMPTY; 2]);
+    let (mut rx_buf, mut tx_buf) = ([0u8; 128], [0u8; 64]);
+    let mut sock = UdpSocket::new(stack, &mut rx_meta, &mut rx_buf, &mut tx_meta, &mut tx_buf);
+    sock.bind(0).map_err(|_| SntpFailure::Udp)?;
+    let rng = Rng::new();
+    let nonce = (u64::from(rng.random()) << 32) | u64::from(rng.random());
+    sock.send_to(&clock::sntp_request(nonce), (server, NTP_PORT))
+        .await
+        .map_err(|_| SntpFailure::Udp)?;
+    let mut buf = [0u8; 128];
+    // a stray packet is skipped; stop at the deadline
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (n, _from) = with_timeout(left, sock.recv_from(&mut buf))
+            .await
+            .map_err(|_| SntpFailure::Net(NetError::Timeout))?
+            .map_err(|_| SntpFailure::Udp)?;
+        match clock::sntp_parse(&buf[..n], nonce) {
+            Ok(ms) => return Ok(ms),
+            Err(clock::SntpError::WrongNonce) => continue,
+            Err(e) => return Err(SntpFailure::Answer(e)),
+        }
+    }
+}
+
+fn set_led(led: &mut Output<'static>, on: bool) {
+    led.set_level(if on != LED_ACTIVE_LOW {
+        Level::High
+    } else {
+        Level::Low
+    });
+}
+
+/// Applies a command payload received on `devices/{id}/commands`.
+fn handle_command(payload: &[u8], led: &mut Output<'static>) {
+    let cmd = match Command::parse(payload) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("command refused: {e}");
+            return;
+        }
+    };
+    match state::with(&SETTINGS, |s| s.apply(&cmd)) {
+        Ok(Effect::Led(on)) => {
+            set_led(led, on);
+            info!("command: LED {}", if on { "on" } else { "off" });
+        }
+        Ok(Effect::Interval) => {
+            info!(
+                "command: report interval now {} s",
+                state::with(&SETTINGS, |s| s.interval_s)
+            );
+            WAKE_SENSORS.signal(());
+        }
+        Ok(Effect::Offset) => info!("command: offset updated ({cmd:?})"),
+        Ok(Effect::SendNow) => {
+            info!("command: send now");
+            WAKE_SENSORS.signal(());
+        }
+        Err(e) => warn!("command refused: {e}"),
+    }
+}
+
+/// Serialises the oldest batch into `buf`. Batches that cannot be serialised (impossible for
+/// batches built by this firmware) are dropped so they cannot block the queue.
+fn oldest_json(buf: &mut [u8]) -> Option<usize> {
+    state::with(&BACKLOG, |b| {
+        loop {
+            let result = b.front()?.to_json(buf);
+            match result {
+                Ok(n) => return Some(n),
+                Err(e) => {
+                    error!("dropping a batch that does not serialise: {e}");
+                    b.pop_front();
+                }
+            }
+        }
+    })
+}
+
+/// Runs forever: keeps the clock synced and the backlog flowing to the appliance.
+pub async fn run(stack: Stack<'static>, mut led: Output<'static>) -> ! {
+    set_led(&mut led, false);
+    let mut backoff = Backoff::new(1_000, 60_000);
+    let mut time = TimeSync {
+        last_attempt: None,
+        last_success: None,
+    };
+    // MQTT session buffers live across reconnects, so QoS 1 state survives an outage
+    let mut mqtt_rx = [0u8; 1024];
+    let mut mqtt_tx = [0u8; 2 * JSON_MAX_LEN + 512];
+    let config = minimq::ConfigBuilder::new(minimq::Buffers::new(&mut mqtt_rx, &mut mqtt_tx))
+        .client_id(DEVICE_ID)
+        .and_then(|c| c.auth(MQTT_USERNAME, MQTT_PASSWORD.as_bytes()))
+        .map(|c| c.keepalive_interval(MQTT_KEEPALIVE_S));
+    let mut session = match config {
+        Ok(c) => Some(minimq::Session::new(c)),
+        Err(e) => {
+            // only reachable with a provisioning file the build script should have refused
+            error!("MQTT configuration refused: {e:?}");
+            None
+        }
+    };
+    loop {
+        if !stack.is_config_up() {
+            info!("waiting for Wi-Fi and DHCP");
+            stack.wait_config_up().await;
+            if let Some(cfg) = stack.config_v4() {
+                info!("IP address {}", cfg.address);
+            }
+        }
+        time.run_if_due(stack).await;
+        let result = match (&mut session, TRANSPORT_HTTP) {
+            (_, true) => http_loop(stack, &mut backoff, &mut time).await,
+            (Some(session), false) => {
+                mqtt_loop(stack, session, &mut backoff, &mut time, &mut led).await
+            }
+            (None, false) => {
+                Timer::after(Duration::from_secs(3600)).await;
+                continue;
+            }
+        };
+        let delay = backoff.next_delay_ms(Rng::new().random());
+        warn!(
+            "link to the appliance lost ({result}); retry {} in {delay} ms",
+            backoff.attempts()
+        );
+        Timer::after(Duration::from_millis(u64::from(delay))).await;
+    }
+}
+
+/// One MQTT connection: connect, subscribe, then publish the backlog oldest first (QoS 1;
+/// a batch leaves the backlog only when its PUBACK arrives) and handle commands.
+async fn mqtt_loop(
+    stack: Stack<'static>,
+    session: &mut minimq::Session<'_>,
+    backoff: &mut Backoff,
+    time: &mut TimeSync,
+    led: &mut Output<'static>,
+) -> NetError {
+    let (telemetry_topic, commands_topic): (Topic, Topic) = match (
+        telemetry::telemetry_topic(DEVICE_ID),
+        telemetry::commands_topic(DEVICE_ID),
+    ) {
+        (Ok(t), Ok(c)) => (t, c),
+        _ => return NetError::Mqtt,
+    };
+    let broker = match resolve(stack, MQTT_HOST).await {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let mut rx = [0u8; 1536];
+    let mut tx = [0u8; 2560];
+    let mut socket = TcpSocket::new(stack, &mut rx, &mut tx);
+    socket.set_timeout(Some(Duration::from_secs(u64::from(MQTT_KEEPALIVE_S) * 3)));
+    match with_timeout(CONNECT_TIMEOUT, socket.connect((broker, MQTT_PORT))).await {
+        Err(_) => return NetError::Timeout,
+        Ok(Err(e)) => return NetError::Connect(e),
+        Ok(Ok(())) => {}
+    }
+    let mut conn = match with_timeout(CONNECT_TIMEOUT, session.connect(socket)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            warn!("MQTT connect refused: {e:?}");
+            return NetError::Mqtt;
+        }
+        Err(_) => return NetError::Timeout,
+    };
+    info!(
+        "MQTT connected to {MQTT_HOST}:{MQTT_PORT} as {DEVICE_ID} ({:?})",
+        conn.connect_event()
+    );
+    backoff.reset();
+    if conn.connect_event() == minimq::ConnectEvent::Connected {
+        if let Err(e) = conn
+            .subscribe(&[minimq::TopicFilter::new(&commands_topic)], &[])
+            .await
+        {
+            warn!("subscribe to {commands_topic} failed: {e:?}");
+            return NetError::Mqtt;
+        }
+        info!("subscribed to {commands_topic}");
+    }
+    let mut json = [0u8; JSON_MAX_LEN];
+    let mut inflight: Option<minimq::Op> = None;
+    loop {
+        // a batch leaves the backlog once the broker acknowledged it
+        if let Some(op) = &inflight {
+            if conn.is_complete(op) {
+                let left = state::with(&BACKLOG, |b| {
+                    b.pop_front();
+                    b.len()
+                });
+                info!("batch delivered ({left} waiting)");
+                inflight = None;
+            } else if conn.is_invalidated(op) {
+                // the broker dropped our session state: publish the same batch again
+                inflight = None;
+            }
+        }
+        if inflight.is_none()
+            && let Some(n) = oldest_json(&mut json)
+        {
+            let publication = minimq::Publication::new(&telemetry_topic, &json[..n])
+                .qos(minimq::QoS::AtLeastOnce);
+            match conn.publish(publication).await {
+                Ok(Some(op)) => inflight = Some(op),
+                Ok(None) => {
+                    state::with(&BACKLOG, |b| b.pop_front());
+                }
+                Err(minimq::PubError::Session(minimq::Error::NotReady)) => {}
+                Err(e) => {
+                    warn!("publish failed: {e:?}");
+                    return NetError::Mqtt;
+                }
+            }
+        }
+        time.run_if_due(stack).await;
+
+        let idle = inflight.is_none() && state::with(&BACKLOG, |b| b.is_empty());
+        let wake = async {
+            if idle {
+                // new data, or a minute to re-check the clock
+                let _ = with_timeout(Duration::from_secs(60), DATA_READY.wait()).await;
+            } else {
+                Timer::after(Duration::from_millis(200)).await;
+            }
+        };
+        match select(conn.poll(), wake).await {
+            Either::First(Ok(Some(msg))) => {
+                if msg.topic() == commands_topic.as_str() {
+                    handle_command(msg.payload(), led);
+                } else {
+                    warn!("message on unexpected topic {}", msg.topic());
+                }
+            }
+            Either::First(Ok(None)) | Either::Second(()) => {}
+            Either::First(Err(e)) => {
+                warn!("MQTT connection lost: {e:?}");
+                return NetError::Mqtt;
+            }
+        }
+    }
+}
+
+/// HTTP transport: one `POST /api/telemetry` per batch, oldest first, `Connection: close`.
+async fn http_loop(stack: Stack<'static>, backoff: &mut Backoff, time: &mut TimeSync) -> NetError {
+    let url = match http::parse_url(HTTP_URL) {
+        Ok(u) => u,
+        Err(e) => return NetError::Http(e),
+    };
+    let mut json = [0u8; JSON_MAX_LEN];
+    let mut request = [0u8; JSON_MAX_LEN + 512];
+    loop {
+        time.run_if_due(stack).await;
+        let Some(body_len) = oldest_json(&mut json) else {
+            let _ = with_timeout(Duration::from_secs(60), DATA_READY.wait()).await;
+            continue;
+        };
+        let len = match http::write_post(&mut request, &url, HTTP_API_KEY, &json[..body_len]) {
+            Ok(n) => n,
+            Err(e) => return NetError::Http(e),
+        };
+        let status = match post(stack, &url, &request[..len]).await {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        match http::outcome(status) {
+            Outcome::Delivered => {
+                backoff.reset();
+                let left = state::with(&BACKLOG, |b| {
+                    b.pop_front();
+                    b.len()
+                });
+                info!("batch delivered over HTTP ({left} waiting)");
+            }
+            Outcome::Rejected => {
+                state::with(&BACKLOG, |b| b.pop_front());
+                error!("appliance rejected a batch with HTTP {status}; dropped it");
+            }
+            Outcome::Retry => return NetError::HttpStatus(status),
+        }
+    }
+}
+
+async fn post(stack: Stack<'static>, url: &http::Url<'_>, request: &[u8]) -> Result<u16, NetError> {
+    let server = resolve(stack, url.host).await?;
+    let mut rx = [0u8; 512];
+    let mut tx = [0u8; 1024];
+    let mut socket = TcpSocket::new(stack, &mut rx, &mut tx);
+    socket.set_timeout(Some(Duration::from_secs(15)));
+    match with_timeout(CONNECT_TIMEOUT, socket.connect((server, url.port))).await {
+        Err(_) => return Err(NetError::Timeout),
+        Ok(Err(e)) => return Err(NetError::Connect(e)),
+        Ok(Ok(())) => {}
+    }
+    socket.write_all(request).await.map_err(NetError::Tcp)?;
+    socket.flush().await.map_err(NetError::Tcp)?;
+    // the status line is all we need; read until it is complete or the server closes
+    let mut head = [0u8; 64];
+    let mut got = 0;
+    while got < head.len() {
+        let n = socket.read(&mut head[got..]).await.map_err(NetError::Tcp)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+        if head[..got].contains(&b'\n') {
+            break;
+        }
+    }
+    socket.close();
+    let _ = with_timeout(Duration::from_secs(2), socket.flush()).await;
+    http::parse_status(&head[..got]).map_err(NetError::Http)
+}
