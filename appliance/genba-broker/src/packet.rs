@@ -310,13 +310,7 @@ pub fn connack_refusal(level: u8, why: Refusal) -> Vec<u8> {
 
 /// An MQTT 3.1.1 CONNECT with credentials, used to probe the internal listeners.
 pub fn connect_v4(client_id: &str, username: &str, password: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    for s in ["MQTT"] {
-        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        body.extend_from_slice(s.as_bytes());
-    }
-    body.push(4);
-    body.push(0x80 | 0x40 | 0x02);
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x80 | 0x40 | 0x02];
     body.extend_from_slice(&30u16.to_be_bytes());
     for s in [client_id, username, password] {
         body.extend_from_slice(&(s.len() as u16).to_be_bytes());

@@ -1,0 +1,220 @@
+//! Test harness: runs the real `genba` binary on free ports in a temp dir, and a fake Slack.
+#![allow(dead_code)]
+
+pub mod fake_slack;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A `genba up` child process with its own data directory.
+pub struct Appliance {
+    pub dir: tempfile::TempDir,
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Appliance {
+    /// Starts `genba up` with `config` (TOML; may be empty) and `secrets` (TOML; mode 600).
+    pub fn start(config: &str, secrets: &str) -> Appliance {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("genba.toml");
+        std::fs::write(&config_path, config).unwrap();
+        write_secrets(&dir.path().join("data").join("secrets.toml"), secrets);
+        let mut a = Appliance {
+            mqtt: free_port(),
+            http: free_port(),
+            dir,
+            config: config_path,
+            child: None,
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir().join("genba.sqlite3")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// Starts the process (again) on the same ports and data directory; waits until it serves.
+    pub fn spawn(&mut self) {
+        let endpoints = self.data_dir().join("run").join("endpoints.json");
+        let _ = std::fs::remove_file(&endpoints);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("genba.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_genba"))
+            .arg("up")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--mqtt")
+            .arg(self.mqtt.to_string())
+            .arg("--http")
+            .arg(self.http.to_string())
+            .env("GENBA_LOG", "info,rumqttd=error")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn genba");
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&endpoints) {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if v["pid"].as_u64() == Some(pid as u64) {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("genba exited early ({status}); log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "genba did not start; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("genba.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "genba did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// Runs a `genba` subcommand against this data dir; returns (status ok, stdout+stderr).
+    pub fn genba(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_genba"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .output()
+            .unwrap();
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Journal rows as (topic, payload as text).
+    pub fn journal(&self) -> Vec<(String, String)> {
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT topic, payload FROM journal ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| {
+            let p: Vec<u8> = r.get(1)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                String::from_utf8_lossy(&p).into_owned(),
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    pub fn integrity_check(&self) -> String {
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap()
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn write_secrets(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Path of a Debian mosquitto client tool; tests need the real thing.
+pub fn mosquitto_tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: install Debian's mosquitto-clients (scripts/install-deps does)");
+}
