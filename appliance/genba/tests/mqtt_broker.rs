@@ -14,26 +14,8 @@ const AUTH_CONFIG_USER: &str = "sensor";
 const AUTH_CONFIG_PASS: &str = "s3cret-pw";
 
 fn auth_config() -> String {
-    let hash = genba_config_hash(AUTH_CONFIG_PASS);
+    let hash = common::hash_password(AUTH_CONFIG_PASS);
     format!("[mqtt]\nallow_anonymous = false\n[[mqtt.users]]\nname = \"{AUTH_CONFIG_USER}\"\npassword_hash = \"{hash}\"\n")
-}
-
-fn genba_config_hash(password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_genba"))
-        .arg("passwd")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn v4_client(a: &Appliance, id: &str) -> (Client, rumqttc::Connection) {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake_slack;
+pub mod http;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -217,4 +218,19 @@ pub fn mosquitto_tool(name: &str) -> PathBuf {
         }
     }
     panic!("{name} not found: install Debian's mosquitto-clients (scripts/install-deps does)");
+}
+
+/// An argon2 hash from `genba passwd`, the way an operator makes one.
+pub fn hash_password(password: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genba"))
+        .arg("passwd")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(password.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
