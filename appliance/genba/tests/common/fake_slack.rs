@@ -138,6 +138,16 @@ async fn handle(
         (Answer::Ok, _, None) => Answer::Error(400, "no_text", None),
         _ => answer,
     };
+    // Recorded on arrival, so the order and times are those of the attempts.
+    shared.lock().unwrap().received.push(Received {
+        at: Instant::now(),
+        text: text.unwrap_or_default(),
+        answered: match &answer {
+            Answer::Ok => "ok".into(),
+            Answer::Error(_, b, _) => (*b).into(),
+            Answer::Hang(_) => "hang".into(),
+        },
+    });
     let (status, body, retry_after) = match &answer {
         Answer::Ok => (200, "ok", None),
         Answer::Error(s, b, r) => (*s, *b, *r),
@@ -146,15 +156,6 @@ async fn handle(
             (200, "ok", None)
         }
     };
-    shared.lock().unwrap().received.push(Received {
-        at: Instant::now(),
-        text: text.unwrap_or_default(),
-        answered: if matches!(answer, Answer::Hang(_)) {
-            "hang".into()
-        } else {
-            body.into()
-        },
-    });
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
     r.headers_mut()
