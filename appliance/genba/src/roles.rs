@@ -130,6 +130,9 @@ pub async fn start(
     } else {
         None
     };
+    if journal.is_some() {
+        register_sinks(&db, config)?;
+    }
     let mut started = Started {
         mqtt: None,
         http: None,
@@ -217,6 +220,17 @@ pub async fn start(
         }));
     }
     Ok(started)
+}
+
+/// Registers every configured sink before anything is accepted, so a new sink's cursor starts
+/// before the first message it should see (a sink registered later starts at the journal's end).
+fn register_sinks(db: &Path, config: &Config) -> Result<()> {
+    let reader = genba_store::Reader::open(db)
+        .with_context(|| format!("opening the journal {}", db.display()))?;
+    for hook in &config.slack.webhooks {
+        reader.register_sink(&genba_slack::sink_name(hook))?;
+    }
+    Ok(())
 }
 
 /// The secret genba's own roles use to reach the broker; made once, mode 600.
