@@ -17,14 +17,25 @@ use rand::Rng;
 type Acked = Arc<Mutex<BTreeSet<String>>>;
 
 /// Sequential HTTP publishers; a message counts as acknowledged only on a 200.
-fn http_publishers(url: String, stop: Arc<AtomicBool>, acked: Acked) -> std::thread::JoinHandle<u64> {
+fn http_publishers(
+    url: String,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
             let mut tasks = Vec::new();
             for task in 0..4 {
-                let (client, url, stop, acked) = (client.clone(), url.clone(), stop.clone(), acked.clone());
+                let (client, url, stop, acked) =
+                    (client.clone(), url.clone(), stop.clone(), acked.clone());
                 tasks.push(tokio::spawn(async move {
                     let mut attempts = 0u64;
                     let mut n = 0u64;
@@ -73,7 +84,9 @@ fn mqtt_publisher(port: u16, stop: Arc<AtomicBool>, acked: Acked) -> std::thread
                 }
                 let msg = format!("q-{n}");
                 n += 1;
-                client.publish("crash/mqtt", rumqttc::QoS::AtLeastOnce, false, msg.clone()).unwrap();
+                client
+                    .publish("crash/mqtt", rumqttc::QoS::AtLeastOnce, false, msg.clone())
+                    .unwrap();
                 current = Some(msg);
             }
             match conn.recv_timeout(Duration::from_secs(1)) {
@@ -131,8 +144,14 @@ fn acknowledged_messages_survive_repeated_sigkill_exactly_once_in_the_journal() 
     let mqtt_sent = mqtt.join().unwrap();
 
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.iter().any(|m| m.starts_with("h-")), "no HTTP message acknowledged ({http_attempts} attempts)");
-    assert!(acked.iter().any(|m| m.starts_with("q-")), "no MQTT message acknowledged ({mqtt_sent} sent)");
+    assert!(
+        acked.iter().any(|m| m.starts_with("h-")),
+        "no HTTP message acknowledged ({http_attempts} attempts)"
+    );
+    assert!(
+        acked.iter().any(|m| m.starts_with("q-")),
+        "no MQTT message acknowledged ({mqtt_sent} sent)"
+    );
 
     // In the journal exactly once.
     let journal = a.journal();
@@ -141,14 +160,26 @@ fn acknowledged_messages_survive_repeated_sigkill_exactly_once_in_the_journal() 
         *count.entry(payload.as_str()).or_default() += 1;
     }
     for m in &acked {
-        assert_eq!(count.get(m.as_str()), Some(&1), "{m} acknowledged but journaled {:?} times", count.get(m.as_str()));
+        assert_eq!(
+            count.get(m.as_str()),
+            Some(&1),
+            "{m} acknowledged but journaled {:?} times",
+            count.get(m.as_str())
+        );
     }
-    assert!(journal.iter().all(|(_, p)| count[p.as_str()] == 1), "a message was journaled twice");
+    assert!(
+        journal.iter().all(|(_, p)| count[p.as_str()] == 1),
+        "a message was journaled twice"
+    );
     assert_eq!(a.integrity_check(), "ok");
 
     // At least once at the fake Slack.
     let delivered = || -> BTreeSet<String> {
-        slack.delivered_texts().iter().flat_map(|t| message_ids(t).map(str::to_owned).collect::<Vec<_>>()).collect()
+        slack
+            .delivered_texts()
+            .iter()
+            .flat_map(|t| message_ids(t).map(str::to_owned).collect::<Vec<_>>())
+            .collect()
     };
     assert!(
         wait_until(Duration::from_secs(120), || acked.is_subset(&delivered())),

@@ -20,9 +20,24 @@ fn get_json_form_and_text_posts_are_journaled_with_their_topics() {
     let r = h.get(&a.url("/notify?message=reception%20call"), &[]);
     id_of(&r);
     assert_eq!(r.json["topic"], "notify/slack", "default topic");
-    id_of(&h.post(&a.url("/notify"), "application/json", r#"{"topic":"alert/stock","message":"bolts M6 low"}"#, &[]));
-    id_of(&h.post(&a.url("/notify"), "application/x-www-form-urlencoded", "topic=notify%2Fline1&message=line+1+stopped", &[]));
-    id_of(&h.post(&a.url("/notify?topic=notify/text"), "text/plain; charset=utf-8", "plain text é", &[]));
+    id_of(&h.post(
+        &a.url("/notify"),
+        "application/json",
+        r#"{"topic":"alert/stock","message":"bolts M6 low"}"#,
+        &[],
+    ));
+    id_of(&h.post(
+        &a.url("/notify"),
+        "application/x-www-form-urlencoded",
+        "topic=notify%2Fline1&message=line+1+stopped",
+        &[],
+    ));
+    id_of(&h.post(
+        &a.url("/notify?topic=notify/text"),
+        "text/plain; charset=utf-8",
+        "plain text é",
+        &[],
+    ));
     assert_eq!(
         a.journal(),
         vec![
@@ -38,39 +53,141 @@ fn get_json_form_and_text_posts_are_journaled_with_their_topics() {
 fn bad_inputs_get_a_json_error_naming_the_field_and_lose_nothing_accepted() {
     let a = Appliance::start("", "");
     let h = Http::new();
-    let first = id_of(&h.post(&a.url("/notify"), "application/json", r#"{"message":"before"}"#, &[]));
+    let first = id_of(&h.post(
+        &a.url("/notify"),
+        "application/json",
+        r#"{"message":"before"}"#,
+        &[],
+    ));
 
     let json = "application/json";
     let form = "application/x-www-form-urlencoded";
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
-        ("wrong type", json, br#"{"message": 5}"#.to_vec(), 400, "message"),
-        ("topic not a string", json, br#"{"message":"x","topic":["a"]}"#.to_vec(), 400, "topic"),
-        ("missing message", json, br#"{"topic":"a/b"}"#.to_vec(), 400, "message"),
+        (
+            "wrong type",
+            json,
+            br#"{"message": 5}"#.to_vec(),
+            400,
+            "message",
+        ),
+        (
+            "topic not a string",
+            json,
+            br#"{"message":"x","topic":["a"]}"#.to_vec(),
+            400,
+            "topic",
+        ),
+        (
+            "missing message",
+            json,
+            br#"{"topic":"a/b"}"#.to_vec(),
+            400,
+            "message",
+        ),
         ("empty message", form, b"message=".to_vec(), 400, "message"),
         ("not an object", json, b"[1,2]".to_vec(), 400, "body"),
         ("broken json", json, b"{\"message\":".to_vec(), 400, "body"),
-        ("invalid utf-8 in json", json, b"{\"message\":\"\xff\xfe\"}".to_vec(), 400, "body"),
-        ("invalid utf-8 in form", form, b"message=%FF%FE".to_vec(), 400, "message"),
-        ("invalid utf-8 text", "text/plain", b"\xc3\x28".to_vec(), 400, "message"),
-        ("wildcard #", json, br#"{"message":"x","topic":"alert/#"}"#.to_vec(), 400, "topic"),
-        ("wildcard +", json, br#"{"message":"x","topic":"alert/+/x"}"#.to_vec(), 400, "topic"),
-        ("system topic", json, br#"{"message":"x","topic":"$SYS/x"}"#.to_vec(), 400, "topic"),
-        ("empty level", json, br#"{"message":"x","topic":"a//b"}"#.to_vec(), 400, "topic"),
-        ("control char", json, b"{\"message\":\"x\",\"topic\":\"a\\u0000b\"}".to_vec(), 400, "topic"),
-        ("long topic", json, format!(r#"{{"message":"x","topic":"{}"}}"#, "t".repeat(300)).into_bytes(), 400, "topic"),
-        ("long message", json, format!(r#"{{"message":"{}"}}"#, "m".repeat(20_000)).into_bytes(), 400, "message"),
-        ("huge body", json, format!(r#"{{"message":"{}"}}"#, "m".repeat(100_000)).into_bytes(), 413, "body"),
-        ("unknown type", "application/xml", b"<m/>".to_vec(), 415, "content-type"),
+        (
+            "invalid utf-8 in json",
+            json,
+            b"{\"message\":\"\xff\xfe\"}".to_vec(),
+            400,
+            "body",
+        ),
+        (
+            "invalid utf-8 in form",
+            form,
+            b"message=%FF%FE".to_vec(),
+            400,
+            "message",
+        ),
+        (
+            "invalid utf-8 text",
+            "text/plain",
+            b"\xc3\x28".to_vec(),
+            400,
+            "message",
+        ),
+        (
+            "wildcard #",
+            json,
+            br#"{"message":"x","topic":"alert/#"}"#.to_vec(),
+            400,
+            "topic",
+        ),
+        (
+            "wildcard +",
+            json,
+            br#"{"message":"x","topic":"alert/+/x"}"#.to_vec(),
+            400,
+            "topic",
+        ),
+        (
+            "system topic",
+            json,
+            br#"{"message":"x","topic":"$SYS/x"}"#.to_vec(),
+            400,
+            "topic",
+        ),
+        (
+            "empty level",
+            json,
+            br#"{"message":"x","topic":"a//b"}"#.to_vec(),
+            400,
+            "topic",
+        ),
+        (
+            "control char",
+            json,
+            b"{\"message\":\"x\",\"topic\":\"a\\u0000b\"}".to_vec(),
+            400,
+            "topic",
+        ),
+        (
+            "long topic",
+            json,
+            format!(r#"{{"message":"x","topic":"{}"}}"#, "t".repeat(300)).into_bytes(),
+            400,
+            "topic",
+        ),
+        (
+            "long message",
+            json,
+            format!(r#"{{"message":"{}"}}"#, "m".repeat(20_000)).into_bytes(),
+            400,
+            "message",
+        ),
+        (
+            "huge body",
+            json,
+            format!(r#"{{"message":"{}"}}"#, "m".repeat(100_000)).into_bytes(),
+            413,
+            "body",
+        ),
+        (
+            "unknown type",
+            "application/xml",
+            b"<m/>".to_vec(),
+            415,
+            "content-type",
+        ),
     ];
     for (what, ct, body, status, field) in cases {
         let r = h.post(&a.url("/notify"), ct, body, &[]);
         assert_eq!(r.status, status, "{what}: {}", r.json);
         assert_eq!(r.json["ok"], false, "{what}");
         assert_eq!(r.json["field"], field, "{what}: {}", r.json);
-        assert!(r.json["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}");
+        assert!(
+            r.json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}"
+        );
     }
     // Invalid UTF-8 in the query string, sent raw (clients would escape it).
-    let answer = raw_exchange(a.http, b"GET /notify?message=%C3%28 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(5));
+    let answer = raw_exchange(
+        a.http,
+        b"GET /notify?message=%C3%28 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(raw_json(&answer)["field"], "message");
     // Wrong method and unknown path.
@@ -80,7 +197,13 @@ fn bad_inputs_get_a_json_error_naming_the_field_and_lose_nothing_accepted() {
     // Still serving, and the journal holds exactly the accepted messages.
     let last = id_of(&h.post(&a.url("/notify"), json, r#"{"message":"after"}"#, &[]));
     assert!(last > first);
-    assert_eq!(a.journal(), vec![("notify/slack".to_string(), "before".to_string()), ("notify/slack".into(), "after".into())]);
+    assert_eq!(
+        a.journal(),
+        vec![
+            ("notify/slack".to_string(), "before".to_string()),
+            ("notify/slack".into(), "after".into())
+        ]
+    );
 }
 
 #[test]
@@ -115,7 +238,11 @@ fn slow_clients_time_out_while_others_are_served() {
         let addr = a.http;
         move || {
             let started = std::time::Instant::now();
-            let answer = raw_exchange(addr, b"GET /notify?message=x HTTP/1.1\r\nHost: x\r\n", Duration::from_secs(10));
+            let answer = raw_exchange(
+                addr,
+                b"GET /notify?message=x HTTP/1.1\r\nHost: x\r\n",
+                Duration::from_secs(10),
+            );
             (answer, started.elapsed())
         }
     });
@@ -126,17 +253,41 @@ fn slow_clients_time_out_while_others_are_served() {
     assert_eq!(raw_json(&answer)["field"], "body");
     let (answer, waited) = slowloris.join().unwrap();
     assert!(!answer.contains("200 OK"), "{answer}");
-    assert!(waited < Duration::from_secs(10), "the half-sent request was not cut off");
-    assert_eq!(a.journal(), vec![("notify/slack".to_string(), "served".to_string())]);
+    assert!(
+        waited < Duration::from_secs(10),
+        "the half-sent request was not cut off"
+    );
+    assert_eq!(
+        a.journal(),
+        vec![("notify/slack".to_string(), "served".to_string())]
+    );
 }
 
 #[test]
 fn api_key_and_basic_auth_are_required_when_configured() {
     let (key, digest) = {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_genba")).args(["passwd", "--api-key"]).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_genba"))
+            .args(["passwd", "--api-key"])
+            .output()
+            .unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
-        let key = text.lines().next().unwrap().rsplit(' ').next().unwrap().to_owned();
-        let digest = text.lines().nth(1).unwrap().rsplit(' ').next().unwrap().trim_matches('"').to_owned();
+        let key = text
+            .lines()
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_owned();
+        let digest = text
+            .lines()
+            .nth(1)
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
         (key, digest)
     };
     let hash = common::hash_password("phone-pw");
@@ -154,15 +305,29 @@ fn api_key_and_basic_auth_are_required_when_configured() {
     assert_eq!(wrong.status, 401);
     assert_eq!(wrong.json["field"], "x-api-key");
     use base64::Engine;
-    let basic_bad = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("phone:nope"));
+    let basic_bad = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("phone:nope")
+    );
     assert_eq!(h.get(&url, &[("authorization", &basic_bad)]).status, 401);
-    assert_eq!(h.get(&a.url("/status"), &[]).status, 401, "status needs auth too");
+    assert_eq!(
+        h.get(&a.url("/status"), &[]).status,
+        401,
+        "status needs auth too"
+    );
 
     id_of(&h.get(&url, &[("x-api-key", &key)]));
-    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("phone:phone-pw"));
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("phone:phone-pw")
+    );
     id_of(&h.get(&url, &[("authorization", &basic)]));
     assert_eq!(h.get(&a.url("/status"), &[("x-api-key", &key)]).status, 200);
-    assert_eq!(h.get(&a.url("/health"), &[]).status, 200, "health is open for probes");
+    assert_eq!(
+        h.get(&a.url("/health"), &[]).status,
+        200,
+        "health is open for probes"
+    );
     assert_eq!(a.journal().len(), 2, "refused requests journal nothing");
 }
 
@@ -195,13 +360,19 @@ fn a_flood_of_concurrent_requests_gets_only_200_or_503_and_every_200_is_journale
     });
     assert_eq!(answers.len(), 64 * 40);
     let accepted: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 200).collect();
-    assert!(answers.iter().all(|(s, _, _)| *s == 200 || *s == 503), "only 200 or 503 under a flood");
+    assert!(
+        answers.iter().all(|(s, _, _)| *s == 200 || *s == 503),
+        "only 200 or 503 under a flood"
+    );
     assert!(!accepted.is_empty());
     let journal = a.journal();
     assert_eq!(journal.len(), accepted.len(), "each 200 is one journal row");
     let payloads: std::collections::HashSet<_> = journal.iter().map(|(_, p)| p.clone()).collect();
     for (_, _, msg) in &accepted {
-        assert!(payloads.contains(msg), "{msg} answered 200 but is not in the journal");
+        assert!(
+            payloads.contains(msg),
+            "{msg} answered 200 but is not in the journal"
+        );
     }
     assert_eq!(h.get(&a.url("/health"), &[]).status, 200);
 }

@@ -34,7 +34,12 @@ fn delivered_numbers(slack: &FakeSlack) -> Vec<u32> {
 }
 
 fn send(h: &Http, a: &Appliance, topic: &str, text: &str) {
-    let r = h.post(&a.url("/notify"), "application/json", serde_json::json!({"topic": topic, "message": text}).to_string(), &[]);
+    let r = h.post(
+        &a.url("/notify"),
+        "application/json",
+        serde_json::json!({"topic": topic, "message": text}).to_string(),
+        &[],
+    );
     assert_eq!(r.status, 200, "{}", r.json);
 }
 
@@ -55,24 +60,43 @@ fn after_an_outage_of_500s_429_and_timeouts_every_message_arrives_once_in_order(
     }
     send(&h, &a, "other/topic", "m-999 not for this webhook");
     assert!(
-        wait_until(Duration::from_secs(60), || delivered_numbers(&slack).len() >= 30),
+        wait_until(Duration::from_secs(60), || delivered_numbers(&slack).len()
+            >= 30),
         "delivered so far: {:?}\nlog:\n{}",
         delivered_numbers(&slack),
         a.log()
     );
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(delivered_numbers(&slack), (0..30).collect::<Vec<_>>(), "each once, in order");
+    assert_eq!(
+        delivered_numbers(&slack),
+        (0..30).collect::<Vec<_>>(),
+        "each once, in order"
+    );
 
     let received = slack.received();
     let failed: Vec<_> = received.iter().filter(|r| r.answered != "ok").collect();
-    assert_eq!(failed.len(), 5, "one attempt per scripted failure, no more: {:?}", received);
+    assert_eq!(
+        failed.len(),
+        5,
+        "one attempt per scripted failure, no more: {:?}",
+        received
+    );
     // 429 Retry-After: 2 is honoured before the next attempt.
-    let i429 = received.iter().position(|r| r.answered == "rate_limited").unwrap();
+    let i429 = received
+        .iter()
+        .position(|r| r.answered == "rate_limited")
+        .unwrap();
     let gap = received[i429 + 1].at.duration_since(received[i429].at);
-    assert!(gap >= Duration::from_millis(1900), "retried {gap:?} after a 429 with Retry-After: 2");
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "retried {gap:?} after a 429 with Retry-After: 2"
+    );
     // Backoff: never two failed attempts closer than the first backoff step (0.5 s minimum).
     for pair in failed.windows(2) {
-        assert!(pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(450), "retry storm: {received:?}");
+        assert!(
+            pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(450),
+            "retry storm: {received:?}"
+        );
     }
     let (ok, status) = a.genba(&["status", "--json"]);
     assert!(ok, "{status}");
@@ -81,7 +105,10 @@ fn after_an_outage_of_500s_429_and_timeouts_every_message_arrives_once_in_order(
     assert_eq!(sink["name"], "slack:ops");
     assert_eq!(sink["backlog"], 0);
     assert_eq!(sink["parked"], 0);
-    assert!(!status.contains("XXXXSECRETXXXX") && !a.log().contains("XXXXSECRETXXXX"), "webhook URL leaked");
+    assert!(
+        !status.contains("XXXXSECRETXXXX") && !a.log().contains("XXXXSECRETXXXX"),
+        "webhook URL leaked"
+    );
 }
 
 #[test]
@@ -91,11 +118,23 @@ fn a_permanent_error_parks_the_message_with_its_reason_and_delivery_goes_on() {
     let a = Appliance::start(&config(10.0), &secrets(&slack));
     let h = Http::new();
     send(&h, &a, "notify/a", "m-001 lost channel");
-    assert!(wait_until(Duration::from_secs(20), || !slack.received().is_empty()));
+    assert!(wait_until(Duration::from_secs(20), || !slack
+        .received()
+        .is_empty()));
     send(&h, &a, "notify/a", "m-002 after");
-    assert!(wait_until(Duration::from_secs(20), || delivered_numbers(&slack) == vec![2]), "{:?}", slack.received());
+    assert!(
+        wait_until(Duration::from_secs(20), || delivered_numbers(&slack)
+            == vec![2]),
+        "{:?}",
+        slack.received()
+    );
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(slack.received().len(), 2, "the parked message is not retried: {:?}", slack.received());
+    assert_eq!(
+        slack.received().len(),
+        2,
+        "the parked message is not retried: {:?}",
+        slack.received()
+    );
 
     let (ok, text) = a.genba(&["status"]);
     assert!(ok, "{text}");
@@ -103,7 +142,14 @@ fn a_permanent_error_parks_the_message_with_its_reason_and_delivery_goes_on() {
     let r = h.get(&a.url("/status"), &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.json["sinks"][0]["parked"], 1, "{}", r.json);
-    assert_eq!(r.json["recent_parked"][0]["reason"].as_str().map(|s| s.contains("channel_not_found")), Some(true), "{}", r.json);
+    assert_eq!(
+        r.json["recent_parked"][0]["reason"]
+            .as_str()
+            .map(|s| s.contains("channel_not_found")),
+        Some(true),
+        "{}",
+        r.json
+    );
     assert!(!r.json.to_string().contains("XXXXSECRETXXXX"));
 }
 
@@ -117,10 +163,24 @@ fn a_backlog_is_coalesced_and_posts_stay_within_the_rate() {
     for i in 0..60 {
         send(&h, &a, "notify/burst", &format!("m-{i:03}"));
     }
-    assert!(wait_until(Duration::from_secs(20), || !slack.received().is_empty()));
+    assert!(wait_until(Duration::from_secs(20), || !slack
+        .received()
+        .is_empty()));
     slack.set_default(None);
-    assert!(wait_until(Duration::from_secs(60), || delivered_numbers(&slack).len() >= 60), "{:?}", delivered_numbers(&slack));
+    assert!(
+        wait_until(Duration::from_secs(60), || delivered_numbers(&slack).len()
+            >= 60),
+        "{:?}",
+        delivered_numbers(&slack)
+    );
     assert_eq!(delivered_numbers(&slack), (0..60).collect::<Vec<_>>());
-    let posts = slack.received().iter().filter(|r| r.answered == "ok").count();
-    assert!(posts <= 4, "60 queued messages took {posts} posts; expected folding (max_coalesce 20)");
+    let posts = slack
+        .received()
+        .iter()
+        .filter(|r| r.answered == "ok")
+        .count();
+    assert!(
+        posts <= 4,
+        "60 queued messages took {posts} posts; expected folding (max_coalesce 20)"
+    );
 }

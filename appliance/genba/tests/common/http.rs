@@ -50,8 +50,18 @@ impl Http {
         self.rt.block_on(send(req))
     }
 
-    pub fn post(&self, url: &str, content_type: &str, body: impl Into<Vec<u8>>, headers: &[(&str, &str)]) -> Reply {
-        let mut req = self.client.post(url).header("content-type", content_type).body(body.into());
+    pub fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: impl Into<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self
+            .client
+            .post(url)
+            .header("content-type", content_type)
+            .body(body.into());
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -60,11 +70,18 @@ impl Http {
 }
 
 pub async fn send(req: reqwest::RequestBuilder) -> Reply {
-    let r = req.send().await.expect("request failed at the transport level");
+    let r = req
+        .send()
+        .await
+        .expect("request failed at the transport level");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let bytes = r.bytes().await.unwrap_or_default();
-    Reply { status, json: serde_json::from_slice(&bytes).unwrap_or(Value::Null), headers }
+    Reply {
+        status,
+        json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        headers,
+    }
 }
 
 /// Sends raw bytes and reads the whole answer (the server closes or the timeout passes).
@@ -91,14 +108,21 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8], read_timeout: Duration) ->
 /// True once a response with a Content-Length has fully arrived.
 fn complete_response(bytes: &[u8]) -> bool {
     let text = String::from_utf8_lossy(bytes);
-    let Some(head_end) = text.find("\r\n\r\n") else { return false };
-    let len = text[..head_end]
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)));
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let len = text[..head_end].lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+    });
     len.is_some_and(|n| bytes.len() >= head_end + 4 + n)
 }
 
 /// The JSON body of a raw HTTP answer.
 pub fn raw_json(answer: &str) -> Value {
-    answer.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or(Value::Null)
+    answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null)
 }

@@ -1,0 +1,191 @@
+//! Process lifecycle as systemd sees it: READY=1, WATCHDOG=1 and STOPPING=1 on a real
+//! notify socket, port 0 resolved into endpoints.json, SIGTERM exits 0 after draining;
+//! and the config checks that refuse to start.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http::Http;
+
+/// Reads notify datagrams until one contains `want` (or the limit passes).
+fn wait_for_state(sock: &UnixDatagram, want: &str, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("no {want} within {limit:?}; saw {seen:?}");
+}
+
+#[test]
+fn up_notifies_ready_pings_the_watchdog_and_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genba"))
+        .args([
+            "up",
+            "--mqtt",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env("GENBA_LOG", "info,rumqttd=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_state(&sock, "READY=1", Duration::from_secs(30));
+
+    // Port 0 became real ports, written for other tools.
+    let endpoints: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("run/endpoints.json")).unwrap())
+            .unwrap();
+    let http: std::net::SocketAddr = endpoints["http"].as_str().unwrap().parse().unwrap();
+    let mqtt: std::net::SocketAddr = endpoints["mqtt"].as_str().unwrap().parse().unwrap();
+    assert_ne!(http.port(), 0);
+    assert_ne!(mqtt.port(), 0);
+    assert_eq!(endpoints["pid"], child.id());
+
+    // Healthy, so the watchdog is pinged (WATCHDOG_USEC = 1 s: every 0.5 s).
+    wait_for_state(&sock, "WATCHDOG=1", Duration::from_secs(10));
+
+    let h = Http::new();
+    let r = h.get(&format!("http://{http}/notify?message=before-stop"), &[]);
+    assert_eq!(r.status, 200);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_for_state(&sock, "STOPPING=1", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "genba did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    assert!(log.contains("stopped"), "{log}");
+
+    let conn = rusqlite::Connection::open(data.join("genba.sqlite3")).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM journal WHERE payload = CAST('before-stop' AS BLOB)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+fn genba(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_genba"))
+        .args(args)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn config_check_refuses_a_secrets_file_readable_by_others_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.toml");
+    std::fs::write(
+        &secrets,
+        "[slack]\nops = \"https://hooks.slack.com/services/T/B/SECRET\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("genba.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "secrets_file = \"{}\"\n[[slack.webhooks]]\nname = \"ops\"\nfilters = [\"notify/#\"]\n",
+            secrets.display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, text) = genba(&["config", "check", "--config", cfg]);
+    assert!(!ok, "a world-readable secrets file was accepted: {text}");
+    assert!(
+        text.contains(secrets.to_str().unwrap()),
+        "the file is not named: {text}"
+    );
+    assert!(!text.contains("SECRET"), "the secret leaked: {text}");
+    // Every role refuses to start with it too.
+    let (ok, text) = genba(&[
+        "up",
+        "--config",
+        cfg,
+        "--http",
+        "127.0.0.1:0",
+        "--mqtt",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok);
+    assert!(text.contains(secrets.to_str().unwrap()), "{text}");
+
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, text) = genba(&["config", "check", "--config", cfg]);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_printed_example_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("genba.toml");
+    let cfg = config.to_str().unwrap();
+    std::fs::write(&config, "[http]\nmax_body_bytes = \"big\"\n").unwrap();
+    let (ok, text) = genba(&["config", "check", "--config", cfg]);
+    assert!(!ok);
+    assert!(text.contains("max_body_bytes"), "{text}");
+    std::fs::write(
+        &config,
+        "[[slack.webhooks]]\nname = \"ops\"\nfilters = [\"a/#/b\"]\n",
+    )
+    .unwrap();
+    let (ok, text) = genba(&["config", "check", "--config", cfg]);
+    assert!(!ok);
+    assert!(text.contains("filters"), "{text}");
+
+    let (ok, example) = genba(&["config", "example"]);
+    assert!(ok);
+    std::fs::write(&config, example).unwrap();
+    let (ok, text) = genba(&["config", "check", "--config", cfg]);
+    assert!(
+        ok,
+        "the printed example does not pass its own check: {text}"
+    );
+}
