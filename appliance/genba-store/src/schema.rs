@@ -47,6 +47,31 @@ const MIGRATIONS: &[&str] = &[
         parked_at  INTEGER NOT NULL,
         PRIMARY KEY (sink, journal_id)
      );",
+    // 2: HACCP temperature readings (unique per device, device time and probe) and device API keys.
+    "CREATE TABLE readings (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT, -- consumers (Exment) keep cursors on it
+        device_id    TEXT    NOT NULL,
+        recorded_at  TEXT    NOT NULL,                  -- as the device sent it ('' when unsynced)
+        ts_device    INTEGER NOT NULL,                  -- device time, unix ms
+        sensor_hw_id TEXT    NOT NULL,
+        raw_celsius  REAL    NOT NULL,
+        offset_c     REAL    NOT NULL,
+        celsius      REAL    NOT NULL,
+        rssi         INTEGER NOT NULL,
+        source       TEXT    NOT NULL,                  -- 'http:<address>' or 'mqtt:<client id>'
+        received_at  INTEGER NOT NULL,                  -- unix ms
+        UNIQUE (device_id, ts_device, sensor_hw_id)
+     );
+     CREATE INDEX readings_device_time ON readings(device_id, ts_device);
+     CREATE TABLE api_keys (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id    TEXT    NOT NULL,                  -- owner
+        key_sha256   TEXT    NOT NULL UNIQUE,           -- hex SHA-256 of the key; the key itself is never stored
+        scopes       TEXT    NOT NULL,                  -- space separated, e.g. 'telemetry:write'
+        enabled      INTEGER NOT NULL DEFAULT 1,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER
+     );",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {
