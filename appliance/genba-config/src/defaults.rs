@@ -62,6 +62,11 @@ max_batch = 512                          # group commit size
 # timeout_secs = 10
 # max_backoff_secs = 300
 
+[telemetry]                              # POST /api/telemetry (X-API-Key from `genba keys add`)
+rate_per_sec = 5.0                       # per API key and per source address; beyond: 429 + Retry-After
+burst = 20
+publish = true                           # also publish accepted batches on devices/{id}/telemetry
+
 [recorder]                               # `genba recorder`: journal an external broker's messages
 # broker = "192.0.2.10:1883"             # example; password under [recorder] in the secrets file
 filters = ["#"]

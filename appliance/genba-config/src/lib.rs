@@ -6,6 +6,7 @@
 pub mod credentials;
 mod defaults;
 pub mod passwords;
+pub mod rate;
 mod secrets;
 pub mod topic;
 
@@ -45,6 +46,28 @@ pub struct Config {
     pub store: StoreConfig,
     pub slack: SlackConfig,
     pub recorder: RecorderConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `POST /api/telemetry` and `devices/{id}/telemetry`: HACCP temperature readings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Requests a second per API key and per source address (bursts of `burst`); beyond: 429.
+    pub rate_per_sec: f64,
+    pub burst: u32,
+    /// Publish each accepted HTTP batch on `devices/{id}/telemetry` for live subscribers.
+    pub publish: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            rate_per_sec: 5.0,
+            burst: 20,
+            publish: true,
+        }
+    }
 }
 
 /// `genba recorder`: journal what an external broker (say an existing Mosquitto) carries.
@@ -190,6 +213,18 @@ impl Config {
                     "must be 64 hex digits (use `genba passwd --api-key`)".into(),
                 ));
             }
+        }
+        if !(self.telemetry.rate_per_sec > 0.0 && self.telemetry.rate_per_sec.is_finite()) {
+            return Err(invalid(
+                "telemetry.rate_per_sec".into(),
+                "must be a positive number".into(),
+            ));
+        }
+        if self.telemetry.burst == 0 {
+            return Err(invalid(
+                "telemetry.burst".into(),
+                "must be at least 1".into(),
+            ));
         }
         topic::validate_topic(&self.http.default_topic, self.http.max_topic_bytes)
             .map_err(|m| invalid("http.default_topic".into(), m.to_string()))?;

@@ -2,7 +2,7 @@
 
 mod deliver;
 mod format;
-mod rate;
+
 mod sink;
 
 pub use deliver::{classify, Outcome};

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::deliver::{self, Outcome};
 use crate::format;
-use crate::rate::TokenBucket;
+use genba_config::rate::TokenBucket;
 
 /// Journal rows read per step.
 const READ_BATCH: usize = 1000;

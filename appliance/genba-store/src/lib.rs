@@ -11,7 +11,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use reader::{JournalEntry, Reader, SinkState, StoreStatus};
-pub use writer::{Journal, NewMessage};
+pub use writer::{Journal, NewMessage, NewReading, NewReadings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -22,10 +22,39 @@ pub struct NewMessage {
     pub dup: bool,
 }
 
+/// One temperature reading (requirement H1), stored once per (device, device time, probe).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReading {
+    pub device_id: String,
+    pub recorded_at: String,
+    pub ts_device: i64,
+    pub sensor_hw_id: String,
+    pub raw_celsius: f64,
+    pub offset_c: f64,
+    pub celsius: f64,
+    pub rssi: i64,
+}
+
+/// A batch of readings from one request or message, with an optional consumer cursor that
+/// moves in the same transaction (the MQTT telemetry consumer of the journal).
+#[derive(Debug, Clone)]
+pub struct NewReadings {
+    pub source: String,
+    pub readings: Vec<NewReading>,
+    pub cursor: Option<(String, i64)>,
+}
+
+/// Work for the writer; every kind commits in the same group transaction.
+enum Work {
+    Message(NewMessage),
+    Readings(NewReadings),
+}
+
+/// The journal id of a message, or the number of readings newly inserted.
 type Reply = oneshot::Sender<Result<i64>>;
 
 struct Request {
-    message: NewMessage,
+    work: Work,
     reply: Option<Reply>,
 }
 
@@ -76,7 +105,7 @@ impl Journal {
         let (tx, rx) = oneshot::channel();
         self.queue
             .send(Request {
-                message,
+                work: Work::Message(message),
                 reply: Some(tx),
             })
             .await
@@ -86,10 +115,36 @@ impl Journal {
 
     /// Queues an append without waiting for room: `Busy` when the queue is full.
     pub fn try_submit(&self, message: NewMessage) -> Result<oneshot::Receiver<Result<i64>>> {
+        self.try_queue(Work::Message(message))
+    }
+
+    /// Stores readings (duplicates ignored) without waiting for room: `Busy` when the queue is
+    /// full. The receiver resolves, once committed, to the number of readings newly inserted.
+    pub fn try_submit_readings(
+        &self,
+        readings: NewReadings,
+    ) -> Result<oneshot::Receiver<Result<i64>>> {
+        self.try_queue(Work::Readings(readings))
+    }
+
+    /// Stores readings, waiting for room and for the commit; returns the number inserted.
+    pub async fn store_readings(&self, readings: NewReadings) -> Result<i64> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send(Request {
+                work: Work::Readings(readings),
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    fn try_queue(&self, work: Work) -> Result<oneshot::Receiver<Result<i64>>> {
         let (tx, rx) = oneshot::channel();
         self.queue
             .try_send(Request {
-                message,
+                work,
                 reply: Some(tx),
             })
             .map_err(|e| match e {
@@ -137,7 +192,13 @@ fn write_loop(
         }
         match commit_batch(&mut conn, &batch) {
             Ok(ids) => {
-                let last = ids.iter().copied().max().unwrap_or(0);
+                let last = batch
+                    .iter()
+                    .zip(&ids)
+                    .filter(|(r, _)| matches!(r.work, Work::Message(_)))
+                    .map(|(_, id)| *id)
+                    .max()
+                    .unwrap_or(0);
                 for (req, id) in batch.drain(..).zip(ids) {
                     if let Some(reply) = req.reply {
                         let _ = reply.send(Ok(id));
@@ -180,9 +241,41 @@ fn commit_batch(conn: &mut Connection, batch: &[Request]) -> rusqlite::Result<Ve
             "SELECT id FROM journal WHERE source = ?1 AND mqtt_pid = ?2 AND topic = ?3 AND payload = ?4
              ORDER BY id DESC LIMIT 1",
         )?;
+        let mut insert_reading = tx.prepare_cached(
+            "INSERT OR IGNORE INTO readings (device_id, recorded_at, ts_device, sensor_hw_id,
+             raw_celsius, offset_c, celsius, rssi, source, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        let mut move_cursor = tx.prepare_cached(
+            "UPDATE sinks SET cursor = MAX(cursor, ?2), delivered = delivered + 1 WHERE name = ?1",
+        )?;
         let now = now_ms();
         for req in batch {
-            let m = &req.message;
+            let m = match &req.work {
+                Work::Message(m) => m,
+                Work::Readings(batch) => {
+                    let mut inserted = 0;
+                    for r in &batch.readings {
+                        inserted += insert_reading.execute(params![
+                            r.device_id,
+                            r.recorded_at,
+                            r.ts_device,
+                            r.sensor_hw_id,
+                            r.raw_celsius,
+                            r.offset_c,
+                            r.celsius,
+                            r.rssi,
+                            batch.source,
+                            now
+                        ])? as i64;
+                    }
+                    if let Some((sink, cursor)) = &batch.cursor {
+                        move_cursor.execute(params![sink, cursor])?;
+                    }
+                    ids.push(inserted);
+                    continue;
+                }
+            };
             if m.dup {
                 if let Some(pid) = m.mqtt_pid {
                     let existing: Option<i64> = find_resend
@@ -261,5 +354,44 @@ mod tests {
         // Same packet id without DUP is a new message (pids are reused after PUBACK).
         assert_ne!(journal.append(first).await.unwrap(), id);
         assert_eq!(Reader::open(&path).unwrap().after(0, 10).unwrap().len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod readings_tests {
+    use super::*;
+
+    fn reading(sensor: &str, ts: i64, c: f64) -> NewReading {
+        NewReading {
+            device_id: "fridge-1".into(),
+            recorded_at: "2026-02-15T12:00:00Z".into(),
+            ts_device: ts,
+            sensor_hw_id: sensor.into(),
+            raw_celsius: c,
+            offset_c: 0.0,
+            celsius: c,
+            rssi: -60,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resent_batch_inserts_nothing_and_a_partly_new_one_only_the_new_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::start(&dir.path().join("r.sqlite3"), 8, 8).unwrap();
+        let batch = NewReadings {
+            source: "http:127.0.0.1".into(),
+            readings: vec![reading("A", 1000, 3.5), reading("B", 1000, 4.0)],
+            cursor: None,
+        };
+        assert_eq!(journal.store_readings(batch.clone()).await.unwrap(), 2);
+        assert_eq!(journal.store_readings(batch.clone()).await.unwrap(), 0);
+        let mut more = batch;
+        more.readings.push(reading("A", 2000, 3.6));
+        assert_eq!(journal.store_readings(more).await.unwrap(), 1);
+        let conn = crate::open(journal.path()).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM readings", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3);
     }
 }

@@ -1,0 +1,175 @@
+//! `genba-bench`: the load generator behind `scripts/bench`. One run measures, with the same
+//! client code for both peers:
+//!   (a) MQTT: Genba's broker (`genba up`) against Mosquitto, QoS 0 and 1, 1->1 and 10->10:
+//!       messages/s received and p50/p99 publish-to-receive latency;
+//!   (b) HTTP: `GET /notify` requests/s and p50/p99 at 1, 32 and 128 concurrent clients;
+//!   (c) resident memory of `genba up`, idle and after the load.
+//! It prints a table with Genba/Mosquitto ratios. Usage:
+//!   genba-bench --genba PATH [--mosquitto PATH] [--seconds N]
+
+mod http_load;
+mod mqtt_load;
+mod peers;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// What one load case measured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Figures {
+    pub per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Received / sent (MQTT) or 2xx / requests (HTTP).
+    pub delivered: f64,
+}
+
+impl Figures {
+    pub fn from_samples(
+        count: u64,
+        expected: u64,
+        elapsed: Duration,
+        mut lat_us: Vec<u64>,
+    ) -> Figures {
+        lat_us.sort_unstable();
+        let pct = |p: f64| {
+            if lat_us.is_empty() {
+                0
+            } else {
+                lat_us[((lat_us.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        Figures {
+            per_sec: count as f64 / elapsed.as_secs_f64().max(1e-9),
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            delivered: if expected == 0 {
+                0.0
+            } else {
+                count as f64 / expected as f64
+            },
+        }
+    }
+}
+
+struct Args {
+    genba: String,
+    mosquitto: String,
+    seconds: u64,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        genba: String::new(),
+        mosquitto: "/usr/sbin/mosquitto".into(),
+        seconds: 5,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--genba" => args.genba = value()?,
+            "--mosquitto" => args.mosquitto = value()?,
+            "--seconds" => args.seconds = value()?.parse().context("--seconds")?,
+            "-h" | "--help" => {
+                println!("genba-bench --genba PATH [--mosquitto PATH] [--seconds N]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if args.genba.is_empty() {
+        bail!("--genba PATH is required (scripts/bench passes target/release/genba)");
+    }
+    Ok(args)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b == 0.0 {
+        "-".into()
+    } else {
+        format!("{:.2}", a / b)
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+async fn run(args: Args) -> Result<()> {
+    let seconds = Duration::from_secs(args.seconds);
+    let genba = peers::Genba::start(&args.genba).await?;
+    let mosquitto = peers::Mosquitto::start(&args.mosquitto).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = peers::rss_kib(genba.pid())?;
+    let mosq_idle = peers::rss_kib(mosquitto.pid())?;
+
+    println!(
+        "## (a) MQTT broker: genba up vs mosquitto ({}), same load generator, {}s per case",
+        peers::mosquitto_version(&args.mosquitto),
+        args.seconds
+    );
+    println!();
+    println!("| case | genba msg/s | mosquitto msg/s | ratio | genba p50/p99 ms | mosquitto p50/p99 ms | p99 ratio | delivered genba/mosq |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for qos in [0u8, 1] {
+        for pairs in [1usize, 10] {
+            let g = mqtt_load::run(genba.mqtt, pairs, qos, seconds).await?;
+            let m = mqtt_load::run(mosquitto.addr, pairs, qos, seconds).await?;
+            println!(
+                "| QoS {qos}, {pairs}->{pairs} | {:.0} | {:.0} | {} | {}/{} | {}/{} | {} | {:.0}%/{:.0}% |",
+                g.per_sec, m.per_sec, ratio(g.per_sec, m.per_sec),
+                ms(g.p50_us), ms(g.p99_us), ms(m.p50_us), ms(m.p99_us),
+                ratio(g.p99_us as f64, m.p99_us as f64),
+                g.delivered * 100.0, m.delivered * 100.0
+            );
+        }
+    }
+    println!();
+    println!(
+        "## (b) HTTP /notify (journal commit + broker hand-off per request), {}s per case",
+        args.seconds
+    );
+    println!();
+    println!("| clients | req/s | p50 ms | p99 ms | 2xx |");
+    println!("|---:|---:|---:|---:|---:|");
+    for clients in [1usize, 32, 128] {
+        let f = http_load::run(genba.http, clients, seconds).await?;
+        println!(
+            "| {clients} | {:.0} | {} | {} | {:.1}% |",
+            f.per_sec,
+            ms(f.p50_us),
+            ms(f.p99_us),
+            f.delivered * 100.0
+        );
+    }
+    let load_rss = peers::rss_kib(genba.pid())?;
+    let peak_rss = peers::peak_rss_kib(genba.pid())?;
+    let mosq_peak = peers::peak_rss_kib(mosquitto.pid())?;
+    println!();
+    println!("## (c) resident memory");
+    println!();
+    println!("| process | idle | after load | peak |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| genba up | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+        idle_rss as f64 / 1024.0,
+        load_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    println!(
+        "| mosquitto | {:.1} MiB | - | {:.1} MiB |",
+        mosq_idle as f64 / 1024.0,
+        mosq_peak as f64 / 1024.0
+    );
+    Ok(())
+}

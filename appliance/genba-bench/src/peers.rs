@@ -1,0 +1,145 @@
+//! The processes under test: `genba up` and Mosquitto, each on free loopback ports with its own
+//! temporary directory, stopped when dropped.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+fn free_port() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+async fn wait_for_port(addr: SocketAddr, child: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("process exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listens on {addr} after 30 s")
+}
+
+pub struct Genba {
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Genba {
+    pub async fn start(bin: &str) -> Result<Genba> {
+        let dir = tempfile::tempdir()?;
+        let (mqtt, http) = (free_port()?, free_port()?);
+        let mut child = Command::new(bin)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--mqtt", &mqtt.to_string(), "--http", &http.to_string()])
+            .env("GENBA_LOG", "warn,rumqttd=error")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        wait_for_port(http, &mut child).await?;
+        wait_for_port(mqtt, &mut child).await?;
+        Ok(Genba {
+            mqtt,
+            http,
+            child,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Genba {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Mosquitto {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Mosquitto with settings that do not throttle the load: anonymous on loopback, a deep
+    /// queue and the same in-flight window the client uses.
+    pub async fn start(bin: &str) -> Result<Mosquitto> {
+        let dir = tempfile::tempdir()?;
+        let addr = free_port()?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 100000\npersistence false\n",
+                addr.port()
+            ),
+        )?;
+        let mut child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin} (install Debian's mosquitto)"))?;
+        wait_for_port(addr, &mut child).await?;
+        Ok(Mosquitto {
+            addr,
+            child,
+            _dir: dir,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn mosquitto_version(bin: &str) -> String {
+    let out = Command::new(bin).arg("-h").output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_else(|| "mosquitto".into())
+}
+
+fn status_field_kib(pid: u32, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {field} for pid {pid}"))
+}
+
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_field_kib(pid, "VmRSS:")
+}
+
+pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+    status_field_kib(pid, "VmHWM:")
+}
