@@ -6,6 +6,7 @@ mod notify;
 mod page;
 mod publisher;
 mod reply;
+mod telemetry;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,8 +45,9 @@ pub struct BridgeSettings {
     pub broker: String,
     pub internal_user: String,
     pub internal_secret: String,
-    /// The SQLite file, for `/status`.
+    /// The SQLite file, for `/status` and API keys.
     pub db_path: PathBuf,
+    pub telemetry: genba_config::TelemetryConfig,
 }
 
 struct State {
@@ -56,6 +58,7 @@ struct State {
     broker: String,
     internal_secret: String,
     db_path: PathBuf,
+    telemetry: telemetry::Telemetry,
 }
 
 pub struct RunningBridge {
@@ -93,6 +96,7 @@ pub async fn start(
         publisher,
         broker: settings.broker,
         internal_secret: settings.internal_secret,
+        telemetry: telemetry::Telemetry::new(&settings.telemetry, &settings.db_path),
         db_path: settings.db_path,
     });
     let done = tokio::spawn(serve(listener, state, shutdown));
@@ -107,7 +111,7 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
             a = listener.accept() => a,
             _ = shutdown.changed() => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
@@ -119,7 +123,7 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
         let state = state.clone();
         let service = hyper::service::service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(route(req, &state).await) }
+            async move { Ok::<_, Infallible>(route(req, &state, peer).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -134,7 +138,7 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
-async fn route(req: Request<Incoming>, state: &State) -> HttpResponse {
+async fn route(req: Request<Incoming>, state: &State, peer: SocketAddr) -> HttpResponse {
     let path = req.uri().path().to_owned();
     let result = match (req.method(), path.as_str()) {
         (&Method::GET, "/") => Ok(page::index()),
@@ -144,7 +148,8 @@ async fn route(req: Request<Incoming>, state: &State) -> HttpResponse {
             Err(p) => Err(p),
         },
         (&Method::GET, "/notify") | (&Method::POST, "/notify") => notify(req, state).await,
-        (_, "/" | "/health" | "/status" | "/notify") => Err(Problem::new(
+        (&Method::POST, "/api/telemetry") => telemetry::handle(req, state, peer.ip()).await,
+        (_, "/" | "/health" | "/status" | "/notify" | "/api/telemetry") => Err(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {} is not allowed on {path}", req.method()),
         )),
@@ -224,7 +229,7 @@ async fn notify(req: Request<Incoming>, state: &State) -> Result<HttpResponse, P
     ))
 }
 
-fn store_problem(e: StoreError) -> Problem {
+pub(crate) fn store_problem(e: StoreError) -> Problem {
     match e {
         StoreError::Busy => Problem::busy(1),
         other => {
@@ -239,7 +244,7 @@ fn store_problem(e: StoreError) -> Problem {
     }
 }
 
-async fn read_body(req: Request<Incoming>, state: &State) -> Result<Bytes, Problem> {
+pub(crate) async fn read_body(req: Request<Incoming>, state: &State) -> Result<Bytes, Problem> {
     let max = state.http.max_body_bytes;
     let too_large = || {
         Problem::field(

@@ -162,30 +162,30 @@ mod tests {
     #[test]
     fn invalid_utf8_in_query_names_the_field() {
         let err = parse_urlencoded(b"message=%FF%FE").unwrap_err();
-        assert_eq!(err.field, Some("message"));
+        assert_eq!(err.field.as_deref(), Some("message"));
     }
 
     #[test]
     fn json_wrong_type_and_missing_message_name_the_field() {
         let err = from_json(br#"{"topic":"a/b","message":5}"#, &cfg()).unwrap_err();
-        assert_eq!(err.field, Some("message"));
+        assert_eq!(err.field.as_deref(), Some("message"));
         assert!(err.error.contains("a number"));
         let err = from_json(br#"{"topic":7,"message":"x"}"#, &cfg()).unwrap_err();
-        assert_eq!(err.field, Some("topic"));
+        assert_eq!(err.field.as_deref(), Some("topic"));
         let err = from_json(br#"{"topic":"a"}"#, &cfg()).unwrap_err();
-        assert_eq!(err.field, Some("message"));
+        assert_eq!(err.field.as_deref(), Some("message"));
         let err = from_json(br#"[1]"#, &cfg()).unwrap_err();
-        assert_eq!(err.field, Some("body"));
+        assert_eq!(err.field.as_deref(), Some("body"));
     }
 
     #[test]
     fn wildcard_topic_and_long_message_are_rejected() {
         let err = from_json(br#"{"topic":"a/#","message":"x"}"#, &cfg()).unwrap_err();
-        assert_eq!(err.field, Some("topic"));
+        assert_eq!(err.field.as_deref(), Some("topic"));
         let long = "x".repeat(cfg().max_message_bytes + 1);
         let err = from_text(long.as_bytes(), None, &cfg()).unwrap_err();
-        assert_eq!(err.field, Some("message"));
+        assert_eq!(err.field.as_deref(), Some("message"));
         let err = from_text(&[0xff, 0xfe], None, &cfg()).unwrap_err();
-        assert_eq!(err.field, Some("message"));
+        assert_eq!(err.field.as_deref(), Some("message"));
     }
 }

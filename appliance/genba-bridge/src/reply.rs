@@ -1,5 +1,7 @@
 //! JSON responses: every error names what was wrong and, where there is one, the field.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
@@ -22,7 +24,7 @@ pub fn json(status: StatusCode, body: &Value) -> HttpResponse {
 pub struct Problem {
     pub status: StatusCode,
     pub error: String,
-    pub field: Option<&'static str>,
+    pub field: Option<Cow<'static, str>>,
     pub retry_after: Option<u64>,
 }
 
@@ -36,14 +38,18 @@ impl Problem {
         }
     }
 
-    pub fn field(status: StatusCode, field: &'static str, error: impl Into<String>) -> Self {
+    pub fn field(
+        status: StatusCode,
+        field: impl Into<Cow<'static, str>>,
+        error: impl Into<String>,
+    ) -> Self {
         Problem {
-            field: Some(field),
+            field: Some(field.into()),
             ..Problem::new(status, error)
         }
     }
 
-    pub fn bad(field: &'static str, error: impl Into<String>) -> Self {
+    pub fn bad(field: impl Into<Cow<'static, str>>, error: impl Into<String>) -> Self {
         Problem::field(StatusCode::BAD_REQUEST, field, error)
     }
 
@@ -59,7 +65,7 @@ impl Problem {
 
     pub fn into_response(self) -> HttpResponse {
         let mut body = json!({"ok": false, "error": self.error});
-        if let Some(f) = self.field {
+        if let Some(f) = &self.field {
             body["field"] = json!(f);
         }
         let mut r = json(self.status, &body);

@@ -101,3 +101,55 @@ pub fn passwd(api_key: bool) -> Result<()> {
     );
     Ok(())
 }
+
+/// `genba keys add|list|revoke|enable`.
+pub fn keys(cmd: crate::KeysCommand) -> Result<()> {
+    use crate::KeysCommand;
+    use genba_telemetry::keys;
+    let open = |common: &Common| -> Result<rusqlite::Connection> {
+        let config = load_config(common)?;
+        let db = genba_store::db_path(&config.data_dir());
+        Ok(genba_store::open(&db)?)
+    };
+    let show = |k: &keys::KeyInfo| {
+        let when = |ms: Option<i64>| {
+            ms.and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:>4}  {:<20} {:<8} {:<30} created {}  last used {}",
+            k.id,
+            k.device_id,
+            if k.enabled { "enabled" } else { "REVOKED" },
+            k.scopes.join(","),
+            when(Some(k.created_at_ms)),
+            when(k.last_used_at_ms)
+        );
+    };
+    match cmd {
+        KeysCommand::Add {
+            common,
+            device,
+            scopes,
+        } => {
+            let (info, key) = keys::add(&open(&common)?, &device, &scopes)?;
+            println!(
+                "API key for device {} (id {}; shown once, give it to the device as X-API-Key):",
+                info.device_id, info.id
+            );
+            println!("{key}");
+        }
+        KeysCommand::List { common, json } => {
+            let list = keys::list(&open(&common)?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                list.iter().for_each(show);
+            }
+        }
+        KeysCommand::Revoke { common, id } => show(&keys::set_enabled(&open(&common)?, id, false)?),
+        KeysCommand::Enable { common, id } => show(&keys::set_enabled(&open(&common)?, id, true)?),
+    }
+    Ok(())
+}

@@ -2,6 +2,7 @@
 
 mod commands;
 mod lifecycle;
+mod readings;
 mod recorder;
 mod roles;
 
@@ -61,11 +62,48 @@ enum Command {
     /// Validate or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Device API keys for POST /api/telemetry.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Hash a password (read from stdin) for [[mqtt.users]] / [[http.users]], or make an API key.
     Passwd {
         /// Generate a new API key and print it with its SHA-256 for http.api_key_sha256.
         #[arg(long)]
         api_key: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Make a key for a device; prints it once (only its SHA-256 is stored).
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// The device id the key belongs to (it may only post its own readings).
+        #[arg(long)]
+        device: String,
+        /// Scopes (default telemetry:write); repeat for several.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id: it gets 401 at once; other keys are unaffected.
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        id: i64,
+    },
+    /// Enable a revoked key again.
+    Enable {
+        #[command(flatten)]
+        common: Common,
+        id: i64,
     },
 }
 
@@ -91,6 +129,7 @@ fn main() -> Result<()> {
             print!("{}", genba_config::EXAMPLE_CONFIG);
             Ok(())
         }
+        Command::Keys(cmd) => commands::keys(cmd),
         Command::Passwd { api_key } => commands::passwd(api_key),
     }
 }

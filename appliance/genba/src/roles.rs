@@ -131,7 +131,7 @@ pub async fn start(
         None
     };
     if journal.is_some() {
-        register_sinks(&db, config)?;
+        register_sinks(&db, config, role.runs_broker())?;
     }
     let mut started = Started {
         mqtt: None,
@@ -144,9 +144,15 @@ pub async fn start(
 
     if role.runs_broker() {
         let journal = journal.clone().context("broker needs the journal")?;
-        let broker = genba_broker::start(&config.mqtt, journal, &internal_secret).await?;
+        let broker = genba_broker::start(&config.mqtt, journal.clone(), &internal_secret).await?;
         tracing::info!(addr = %broker.addr, "mqtt broker ready");
         started.mqtt = Some(broker.addr);
+        let (db2, j2, stop) = (db.clone(), journal.clone(), shutdown.clone());
+        started.tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::readings::run(db2, j2, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "readings consumer stopped");
+            }
+        }));
         started.tasks.push(tokio::spawn(retention(
             db.clone(),
             config.store.retention_hours,
@@ -166,6 +172,7 @@ pub async fn start(
                 internal_user: genba_broker::INTERNAL_USER.into(),
                 internal_secret: internal_secret.clone(),
                 db_path: db.clone(),
+                telemetry: config.telemetry.clone(),
             },
             journal,
             shutdown.clone(),
@@ -224,11 +231,14 @@ pub async fn start(
 
 /// Registers every configured sink before anything is accepted, so a new sink's cursor starts
 /// before the first message it should see (a sink registered later starts at the journal's end).
-fn register_sinks(db: &Path, config: &Config) -> Result<()> {
+fn register_sinks(db: &Path, config: &Config, readings: bool) -> Result<()> {
     let reader = genba_store::Reader::open(db)
         .with_context(|| format!("opening the journal {}", db.display()))?;
     for hook in &config.slack.webhooks {
         reader.register_sink(&genba_slack::sink_name(hook))?;
+    }
+    if readings {
+        reader.register_sink(genba_telemetry::READINGS_SINK)?;
     }
     Ok(())
 }

@@ -1,0 +1,131 @@
+//! `POST /api/telemetry` (requirement H1): where temperature readings enter over HTTP.
+//! Order: API key (401/403), rate limit per key and address (429), body (413/408), fields
+//! (400 naming the field), then the readings are committed (duplicates ignored) before the
+//! answer `{ok, inserted, readings}`; the batch is then published on
+//! `devices/{id}/telemetry` for live subscribers.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use genba_store::NewReadings;
+use genba_telemetry::keys::{self, KeyError, KeyInfo, SCOPE_TELEMETRY_WRITE};
+use genba_telemetry::limiter::Limiter;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use rusqlite::Connection;
+use serde_json::json;
+
+use crate::reply::{self, HttpResponse, Problem};
+use crate::State;
+
+pub(crate) struct Telemetry {
+    limiter: Limiter,
+    publish: bool,
+    db_path: PathBuf,
+    /// One connection for key checks, opened on first use.
+    keys: Arc<Mutex<Option<Connection>>>,
+}
+
+impl Telemetry {
+    pub fn new(cfg: &genba_config::TelemetryConfig, db_path: &Path) -> Self {
+        Telemetry {
+            limiter: Limiter::new(cfg.rate_per_sec, cfg.burst),
+            publish: cfg.publish,
+            db_path: db_path.to_owned(),
+            keys: Arc::default(),
+        }
+    }
+
+    async fn authorize(&self, key: String) -> Result<KeyInfo, Problem> {
+        let (conn, path) = (self.keys.clone(), self.db_path.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.is_none() {
+                *guard = Some(genba_store::open(&path).map_err(|e| e.to_string())?);
+            }
+            let conn = guard.as_ref().ok_or("no key database")?;
+            Ok::<_, String>(keys::authorize(conn, &key, SCOPE_TELEMETRY_WRITE))
+        })
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "api key check failed");
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "API keys are unavailable")
+        })?;
+        checked.map_err(|e| match e {
+            KeyError::MissingScope(_) => {
+                Problem::field(StatusCode::FORBIDDEN, "x-api-key", e.to_string())
+            }
+            KeyError::Unknown | KeyError::Revoked => {
+                Problem::field(StatusCode::UNAUTHORIZED, "x-api-key", e.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "api key check failed");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "API keys are unavailable")
+            }
+        })
+    }
+}
+
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    state: &State,
+    peer: IpAddr,
+) -> Result<HttpResponse, Problem> {
+    let t = &state.telemetry;
+    let key = req
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Problem::field(
+                StatusCode::UNAUTHORIZED,
+                "x-api-key",
+                "missing X-API-Key header",
+            )
+        })?;
+    let device = t.authorize(key).await?;
+    if let Err(wait) = t.limiter.check(
+        &[&format!("key:{}", device.id), &format!("addr:{peer}")],
+        Instant::now(),
+    ) {
+        let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate limit: slow down");
+        p.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        return Err(p);
+    }
+    let body = crate::read_body(req, state).await?;
+    let batch = genba_telemetry::parse(&body).map_err(|e| Problem::bad(e.field, e.message))?;
+    if batch.device_id != device.device_id {
+        return Err(Problem::field(
+            StatusCode::FORBIDDEN,
+            "device_id",
+            format!("this API key belongs to device {:?}", device.device_id),
+        ));
+    }
+    let count = batch.readings.len();
+    let committed = state
+        .journal
+        .try_submit_readings(NewReadings {
+            source: format!("http:{peer}"),
+            readings: batch.readings,
+            cursor: None,
+        })
+        .map_err(crate::store_problem)?;
+    let inserted = committed
+        .await
+        .map_err(|_| crate::store_problem(genba_store::StoreError::WriterGone))?
+        .map_err(crate::store_problem)?;
+    if t.publish {
+        state.publisher.publish(
+            &format!("devices/{}/telemetry", batch.device_id),
+            body.to_vec(),
+        );
+    }
+    Ok(reply::json(
+        StatusCode::OK,
+        &json!({"ok": true, "inserted": inserted, "readings": count}),
+    ))
+}
