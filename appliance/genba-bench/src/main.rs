@@ -10,6 +10,7 @@
 mod http_load;
 mod mqtt_load;
 mod peers;
+mod telemetry_load;
 
 use std::time::Duration;
 
@@ -152,6 +153,34 @@ async fn run(args: Args) -> Result<()> {
             f.delivered * 100.0
         );
     }
+    println!();
+    println!(
+        "## (b2) durable /api/telemetry ingest ({} readings per request, one key per device), {}s per case",
+        telemetry_load::READINGS_PER_REQUEST, args.seconds
+    );
+    println!();
+    println!("| devices | readings/s | p50 ms | p99 ms | 2xx |");
+    println!("|---:|---:|---:|---:|---:|");
+    let keys = genba.device_keys(64)?;
+    for devices in [1usize, 16, 64] {
+        let f = telemetry_load::run(genba.http, &keys[..devices], seconds).await?;
+        println!(
+            "| {devices} | {:.0} | {} | {} | {:.1}% |",
+            f.per_sec,
+            ms(f.p50_us),
+            ms(f.p99_us),
+            f.delivered * 100.0
+        );
+    }
+    let raw_dir = tempfile::tempdir()?;
+    let raw4 = telemetry_load::raw_sqlite_rate(
+        raw_dir.path(),
+        telemetry_load::READINGS_PER_REQUEST,
+        seconds,
+    )?;
+    let raw1000 = telemetry_load::raw_sqlite_rate(raw_dir.path(), 1000, seconds)?;
+    println!();
+    println!("Raw SQLite reference, same rows and schema, WAL + synchronous=FULL, one thread: {raw4:.0} rows/s committing every 4 rows, {raw1000:.0} rows/s committing every 1000 rows.");
     let load_rss = peers::rss_kib(genba.pid())?;
     let peak_rss = peers::peak_rss_kib(genba.pid())?;
     let mosq_peak = peers::peak_rss_kib(mosquitto.pid())?;

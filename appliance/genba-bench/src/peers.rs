@@ -29,16 +29,25 @@ async fn wait_for_port(addr: SocketAddr, child: &mut Child) -> Result<()> {
 pub struct Genba {
     pub mqtt: SocketAddr,
     pub http: SocketAddr,
+    bin: String,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Genba {
     pub async fn start(bin: &str) -> Result<Genba> {
         let dir = tempfile::tempdir()?;
         let (mqtt, http) = (free_port()?, free_port()?);
+        // The per-key and per-address telemetry limits would throttle a load from one address.
+        let config = dir.path().join("genba.toml");
+        std::fs::write(
+            &config,
+            "[telemetry]\nrate_per_sec = 1000000.0\nburst = 1000000\n",
+        )?;
         let mut child = Command::new(bin)
             .arg("up")
+            .arg("--config")
+            .arg(&config)
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--mqtt", &mqtt.to_string(), "--http", &http.to_string()])
@@ -51,9 +60,29 @@ impl Genba {
         Ok(Genba {
             mqtt,
             http,
+            bin: bin.to_owned(),
             child,
-            _dir: dir,
+            dir,
         })
+    }
+
+    /// Makes `n` device keys with `genba keys add`; returns (device id, key).
+    pub fn device_keys(&self, n: usize) -> Result<Vec<(String, String)>> {
+        (0..n)
+            .map(|i| {
+                let device = format!("bench-dev-{i:02}");
+                let out = Command::new(&self.bin)
+                    .args(["keys", "add", "--device", &device, "--data-dir"])
+                    .arg(self.dir.path())
+                    .output()?;
+                if !out.status.success() {
+                    bail!("genba keys add: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                let text = String::from_utf8_lossy(&out.stdout);
+                let key = text.lines().last().unwrap_or_default().trim().to_owned();
+                Ok((device, key))
+            })
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {
