@@ -153,3 +153,39 @@ pub fn keys(cmd: crate::KeysCommand) -> Result<()> {
     }
     Ok(())
 }
+
+/// `genba simulate`: targets the running appliance of this data dir (run/endpoints.json), or
+/// the configured listen addresses.
+pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<()> {
+    let config = load_config(common)?;
+    let data_dir = config.data_dir();
+    let endpoints: Option<serde_json::Value> =
+        std::fs::read_to_string(data_dir.join("run").join("endpoints.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+    let addr = |key: &str, fallback: std::net::SocketAddr| {
+        endpoints
+            .as_ref()
+            .and_then(|e| e[key].as_str())
+            .and_then(|a| a.parse().ok())
+            .filter(|_| common.mqtt.is_none() && common.http.is_none())
+            .unwrap_or(fallback)
+    };
+    let mqtt = addr("mqtt", config.mqtt.listen);
+    let http = addr("http", config.http.listen);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = rt.block_on(crate::simulate::run(
+        args,
+        mqtt,
+        http,
+        genba_store::db_path(&data_dir),
+    ))?;
+    println!("{}", serde_json::to_string(&summary)?);
+    if summary.unsent > 0 {
+        anyhow::bail!("{} batches could not be sent", summary.unsent);
+    }
+    Ok(())
+}

@@ -5,6 +5,7 @@ mod lifecycle;
 mod readings;
 mod recorder;
 mod roles;
+mod simulate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +63,13 @@ enum Command {
     /// Validate or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Simulated thermometers (the firmware core on the host) against a running appliance.
+    Simulate {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: simulate::SimulateArgs,
+    },
     /// Device API keys for POST /api/telemetry.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -130,6 +138,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => commands::keys(cmd),
+        Command::Simulate { common, args } => commands::simulate(&common, args),
         Command::Passwd { api_key } => commands::passwd(api_key),
     }
 }

@@ -144,16 +144,20 @@ impl Appliance {
         }
     }
 
-    /// Runs a `genba` subcommand against this data dir; returns (status ok, stdout+stderr).
-    pub fn genba(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_genba"))
-            .args(args)
+    /// A `genba` subcommand against this config and data dir, not started yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_genba"));
+        c.args(args)
             .arg("--config")
             .arg(&self.config)
             .arg("--data-dir")
-            .arg(self.data_dir())
-            .output()
-            .unwrap();
+            .arg(self.data_dir());
+        c
+    }
+
+    /// Runs a `genba` subcommand against this data dir; returns (status ok, stdout+stderr).
+    pub fn genba(&self, args: &[&str]) -> (bool, String) {
+        let out = self.command(args).output().unwrap();
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)

@@ -1,0 +1,349 @@
+//! `genba simulate`: thermometers on the host, built from the firmware core (telemetry format,
+//! bounded backlog sent oldest first, reconnect backoff with jitter), against a running
+//! appliance. For demos, load tests and outage tests: readings carry unique device times, so
+//! however often a batch is resent, the appliance stores each reading once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use genba_firmware_core::backlog::Backlog;
+use genba_firmware_core::backoff::Backoff;
+use genba_firmware_core::telemetry::{self, Reading, Telemetry};
+use rand::Rng;
+use serde::Serialize;
+
+/// Batches a simulated device keeps while it cannot send (the firmware's bound).
+const BACKLOG: usize = 256;
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    Mqtt,
+    Http,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct SimulateArgs {
+    /// Number of devices (sim-000, sim-001, ...).
+    #[arg(long, default_value_t = 3)]
+    pub devices: usize,
+    /// DS18B20 probes per device.
+    #[arg(long, default_value_t = 2)]
+    pub sensors: usize,
+    /// Seconds between readings (fractions allowed).
+    #[arg(long, default_value_t = 60.0)]
+    pub interval: f64,
+    #[arg(long, value_enum, default_value_t = Via::Mqtt)]
+    pub via: Via,
+    /// Stop after this many batches per device, once all are sent (default: run until Ctrl-C).
+    #[arg(long)]
+    pub batches: Option<u64>,
+    /// A device-side network outage: START+LENGTH in seconds from the start, e.g. 10+5.
+    #[arg(long)]
+    pub outage: Option<String>,
+    /// MQTT user name and password (when the broker requires them).
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long, env = "GENBA_SIM_PASSWORD")]
+    pub password: Option<String>,
+    /// Give up sending the backlog this many seconds after the last batch.
+    #[arg(long, default_value_t = 120)]
+    pub drain_timeout: u64,
+}
+
+/// What one run did, printed as JSON at the end.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub devices: usize,
+    pub batches: u64,
+    pub readings: u64,
+    pub sent: u64,
+    pub retries: u64,
+    pub dropped: u64,
+    pub unsent: u64,
+}
+
+struct Outage {
+    start: Duration,
+    end: Duration,
+}
+
+fn parse_outage(s: &str) -> Result<Outage> {
+    let (a, b) = s
+        .split_once('+')
+        .context("--outage: START+LENGTH in seconds, e.g. 10+5")?;
+    let start: f64 = a.trim().parse().context("--outage START")?;
+    let len: f64 = b.trim().parse().context("--outage LENGTH")?;
+    Ok(Outage {
+        start: Duration::from_secs_f64(start),
+        end: Duration::from_secs_f64(start + len),
+    })
+}
+
+/// Where and how a device sends one batch.
+#[derive(Clone)]
+enum Transport {
+    Mqtt(Arc<MqttDevice>),
+    Http {
+        url: String,
+        key: String,
+        client: reqwest::Client,
+    },
+}
+
+enum SendError {
+    /// Worth retrying later (outage, timeout, 429, 5xx).
+    Retry(String),
+    /// The appliance refused this batch for good (400/401/403): drop it.
+    Refused(String),
+}
+
+pub async fn run(
+    args: SimulateArgs,
+    mqtt: SocketAddr,
+    http: SocketAddr,
+    db: std::path::PathBuf,
+) -> Result<Summary> {
+    if args.devices == 0 || args.sensors == 0 || args.sensors > telemetry::MAX_READINGS {
+        bail!(
+            "--devices must be at least 1 and --sensors 1..={}",
+            telemetry::MAX_READINGS
+        );
+    }
+    if !args.interval.is_finite() || args.interval <= 0.0 {
+        bail!("--interval must be positive");
+    }
+    let outage = args.outage.as_deref().map(parse_outage).transpose()?;
+    let interval = Duration::from_secs_f64(args.interval);
+    let started = Instant::now();
+    let outage = Arc::new(outage);
+    let mut tasks = Vec::new();
+    for d in 0..args.devices {
+        let device_id = format!("sim-{d:03}");
+        let transport = match args.via {
+            Via::Mqtt => Transport::Mqtt(Arc::new(MqttDevice::connect(&device_id, mqtt, &args)?)),
+            Via::Http => Transport::Http {
+                url: format!("http://{http}/api/telemetry"),
+                key: device_key(&db, &device_id)?,
+                client: reqwest::Client::builder().timeout(SEND_TIMEOUT).build()?,
+            },
+        };
+        let (args, outage) = (args.clone(), outage.clone());
+        tasks.push(tokio::spawn(async move {
+            device(device_id, d, transport, args, interval, started, outage).await
+        }));
+    }
+    let mut total = Summary {
+        devices: args.devices,
+        ..Summary::default()
+    };
+    for t in tasks {
+        let s = t.await.context("device task")??;
+        total.batches += s.batches;
+        total.readings += s.readings;
+        total.sent += s.sent;
+        total.retries += s.retries;
+        total.dropped += s.dropped;
+        total.unsent += s.unsent;
+    }
+    Ok(total)
+}
+
+/// A key for `device_id` in the appliance's database on this machine (HTTP mode).
+fn device_key(db: &std::path::Path, device_id: &str) -> Result<String> {
+    let conn = genba_store::open(db).with_context(|| format!("opening {}", db.display()))?;
+    let (_, key) = genba_telemetry::keys::add(&conn, device_id, &[])?;
+    Ok(key)
+}
+
+async fn device(
+    device_id: String,
+    index: usize,
+    transport: Transport,
+    args: SimulateArgs,
+    interval: Duration,
+    started: Instant,
+    outage: Arc<Option<Outage>>,
+) -> Result<Summary> {
+    let mut backlog: Backlog<Telemetry, BACKLOG> = Backlog::new();
+    let mut backoff = Backoff::new(250, 5_000);
+    let mut summary = Summary::default();
+    let mut temps: Vec<f32> = (0..args.sensors).map(|s| 3.0 + s as f32).collect();
+    let t0 = now_ms();
+    let mut next_batch = Instant::now();
+    let mut retry_at = Instant::now();
+    let mut last_batch_at: Option<Instant> = None;
+    let in_outage = |now: Instant| {
+        outage
+            .as_ref()
+            .as_ref()
+            .is_some_and(|o| (o.start..o.end).contains(&now.duration_since(started)))
+    };
+    loop {
+        let now = Instant::now();
+        let done_making = args.batches.is_some_and(|b| summary.batches >= b);
+        if !done_making && now >= next_batch {
+            let t = batch(
+                &device_id,
+                index,
+                &mut temps,
+                t0 + summary.batches * interval.as_millis() as u64,
+            )?;
+            summary.readings += t.readings.len() as u64;
+            summary.batches += 1;
+            if backlog.push(t).is_some() {
+                summary.dropped += 1;
+            }
+            next_batch += interval;
+            if args.batches.is_some_and(|b| summary.batches >= b) {
+                last_batch_at = Some(now);
+            }
+        }
+        // Send the backlog oldest first until it is empty or a send fails.
+        while now >= retry_at && !in_outage(Instant::now()) {
+            let Some(front) = backlog.front() else { break };
+            match send(&transport, front).await {
+                Ok(()) => {
+                    backlog.pop_front();
+                    summary.sent += 1;
+                    backoff.reset();
+                }
+                Err(SendError::Refused(why)) => {
+                    tracing::warn!(device = %device_id, %why, "batch refused; dropped");
+                    backlog.pop_front();
+                    summary.dropped += 1;
+                }
+                Err(SendError::Retry(why)) => {
+                    summary.retries += 1;
+                    let delay = backoff.next_delay_ms(rand::rng().random());
+                    tracing::debug!(device = %device_id, %why, delay_ms = delay, "send failed; backing off");
+                    retry_at = Instant::now() + Duration::from_millis(delay as u64);
+                    break;
+                }
+            }
+        }
+        if done_making && backlog.is_empty() {
+            break;
+        }
+        if let Some(at) = last_batch_at {
+            if at.elapsed() > Duration::from_secs(args.drain_timeout) {
+                summary.unsent = backlog.len() as u64;
+                break;
+            }
+        }
+        let wake = if done_making {
+            retry_at
+        } else {
+            next_batch.min(retry_at.max(Instant::now()))
+        };
+        tokio::time::sleep_until(wake.max(Instant::now() + Duration::from_millis(10)).into()).await;
+    }
+    if let Transport::Mqtt(m) = &transport {
+        m.disconnect().await;
+    }
+    Ok(summary)
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
+/// One batch: every probe read once, temperatures drifting like a fridge's, on the 1/16 °C grid.
+fn batch(device_id: &str, index: usize, temps: &mut [f32], ts: u64) -> Result<Telemetry> {
+    let mut rng = rand::rng();
+    let recorded_at = genba_firmware_core::clock::rfc3339(ts);
+    let mut t = Telemetry::new(device_id, &recorded_at, ts, -40 - (index % 40) as i16)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (s, temp) in temps.iter_mut().enumerate() {
+        *temp = (*temp + rng.random_range(-0.25f32..0.25)).clamp(-25.0, 12.0);
+        let raw = (*temp * 16.0).round() / 16.0;
+        let id = format!("28{index:06X}{s:08X}");
+        t.push(Reading::new(&id, raw, 0.0).map_err(|e| anyhow::anyhow!("{e}"))?)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(t)
+}
+
+async fn send(transport: &Transport, t: &Telemetry) -> Result<(), SendError> {
+    let mut buf = vec![0u8; telemetry::JSON_MAX_LEN];
+    let n = t
+        .to_json(&mut buf)
+        .map_err(|e| SendError::Refused(e.to_string()))?;
+    buf.truncate(n);
+    match transport {
+        Transport::Mqtt(m) => m.publish(&t.device_id, buf).await,
+        Transport::Http { url, key, client } => {
+            let r = client
+                .post(url)
+                .header("x-api-key", key)
+                .header("content-type", "application/json")
+                .body(buf)
+                .send()
+                .await
+                .map_err(|e| SendError::Retry(e.to_string()))?;
+            match r.status().as_u16() {
+                200..=299 => Ok(()),
+                429 | 500..=599 => Err(SendError::Retry(format!("HTTP {}", r.status()))),
+                _ => Err(SendError::Refused(format!(
+                    "HTTP {}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ))),
+            }
+        }
+    }
+}
+
+/// A device's MQTT session: the event loop runs on its own task and reports PUBACKs.
+struct MqttDevice {
+    client: rumqttc::AsyncClient,
+    acks: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
+}
+
+impl MqttDevice {
+    fn connect(device_id: &str, addr: SocketAddr, args: &SimulateArgs) -> Result<MqttDevice> {
+        let mut o = rumqttc::MqttOptions::new(device_id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(15));
+        if let (Some(u), Some(p)) = (&args.username, &args.password) {
+            o.set_credentials(u, p);
+        }
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 16);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        let _ = tx.try_send(());
+                    }
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        });
+        Ok(MqttDevice {
+            client,
+            acks: tokio::sync::Mutex::new(rx),
+        })
+    }
+
+    async fn publish(&self, device_id: &str, payload: Vec<u8>) -> Result<(), SendError> {
+        let topic =
+            telemetry::telemetry_topic(device_id).map_err(|e| SendError::Refused(e.to_string()))?;
+        let mut acks = self.acks.lock().await;
+        while acks.try_recv().is_ok() {} // stale acks of earlier timed-out sends
+        self.client
+            .try_publish(topic.as_str(), rumqttc::QoS::AtLeastOnce, false, payload)
+            .map_err(|e| SendError::Retry(e.to_string()))?;
+        match tokio::time::timeout(SEND_TIMEOUT, acks.recv()).await {
+            Ok(Some(())) => Ok(()),
+            _ => Err(SendError::Retry("no PUBACK".into())),
+        }
+    }
+
+    async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+    }
+}
