@@ -4,10 +4,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{mosquitto_tool, wait_until, Appliance};
+use common::{wait_until, Appliance};
 use rumqttc::{Client, Event, LastWill, MqttOptions, Packet, QoS};
 
 const AUTH_CONFIG_USER: &str = "sensor";
@@ -181,9 +180,9 @@ fn wrong_password_and_anonymous_get_a_connack_refusal_when_auth_is_on() {
         other => panic!("v5 wrong password was not refused: {other:?}"),
     }
     // The right password works, through mosquitto_pub from Debian.
-    let out = Command::new(mosquitto_tool("mosquitto_pub"))
-        .args(["-h", "127.0.0.1", "-p", &a.mqtt.port().to_string()])
-        .args([
+    let out = common::mosquitto_pub(
+        a.mqtt.port(),
+        &[
             "-u",
             AUTH_CONFIG_USER,
             "-P",
@@ -194,17 +193,16 @@ fn wrong_password_and_anonymous_get_a_connack_refusal_when_auth_is_on() {
             "batch/done",
             "-m",
             "ok",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let refused = Command::new(mosquitto_tool("mosquitto_pub"))
-        .args(["-h", "127.0.0.1", "-p", &a.mqtt.port().to_string()])
-        .args([
+    let refused = common::mosquitto_pub(
+        a.mqtt.port(),
+        &[
             "-u",
             AUTH_CONFIG_USER,
             "-P",
@@ -213,9 +211,8 @@ fn wrong_password_and_anonymous_get_a_connack_refusal_when_auth_is_on() {
             "batch/done",
             "-m",
             "bad",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(!refused.status.success());
     assert!(wait_until(Duration::from_secs(5), || a.journal()
         == vec![("batch/done".to_string(), "ok".to_string())]));
@@ -246,43 +243,16 @@ fn keep_alive_zero_is_accepted() {
 #[test]
 fn mosquitto_sub_receives_what_mosquitto_pub_and_http_send() {
     let a = Appliance::start("", "");
-    let port = a.mqtt.port().to_string();
-    let sub = Command::new(mosquitto_tool("mosquitto_sub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "notify/#",
-            "-t",
-            "alert/#",
-            "-v",
-            "-C",
-            "2",
-            "-W",
-            "20",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Give mosquitto_sub time to subscribe: retry publishing until it has seen both.
-    std::thread::sleep(Duration::from_millis(700));
-    let out = Command::new(mosquitto_tool("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-q",
-            "1",
-            "-t",
-            "alert/stock",
-            "-m",
-            "stock low: bolts M6",
-        ])
-        .output()
-        .unwrap();
+    let sub = common::mosquitto_sub(
+        a.mqtt.port(),
+        &[
+            "-t", "notify/#", "-t", "alert/#", "-v", "-C", "2", "-W", "20",
+        ],
+    );
+    let out = common::mosquitto_pub(
+        a.mqtt.port(),
+        &["-q", "1", "-t", "alert/stock", "-m", "stock low: bolts M6"],
+    );
     assert!(out.status.success());
     common::install_crypto();
     let r =

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::http::Http;
-use common::{mosquitto_tool, wait_until, Appliance};
+use common::{mosquitto_pub, mosquitto_sub, wait_until, Appliance};
 
 const SEED_BODY: &str = r#"{"device_id":"esp32-kitchen-01","recorded_at":"2026-02-15 12:00:00","ts_device":1771156800000,"rssi":-61,"readings":[{"sensor_hw_id":"28FF4C3A91160457","raw_celsius":3.5,"offset_c":-0.25,"celsius":3.25},{"sensor_hw_id":"28FF4C3A91160458","raw_celsius":-18.0625,"offset_c":0.0,"celsius":-18.0625}]}"#;
 
@@ -221,42 +221,23 @@ fn a_key_over_its_rate_gets_429_with_retry_after() {
 #[test]
 fn telemetry_over_mqtt_lands_in_the_same_table_once_and_http_batches_are_published_live() {
     let a = Appliance::start("", "");
-    let port = a.mqtt.port().to_string();
-    let sub = Command::new(mosquitto_tool("mosquitto_sub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            "devices/+/telemetry",
-            "-C",
-            "1",
-            "-W",
-            "20",
-            "-v",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    let sub = mosquitto_sub(
+        a.mqtt.port(),
+        &["-t", "devices/+/telemetry", "-C", "1", "-W", "20", "-v"],
+    );
     let mqtt_body = SEED_BODY.replace("esp32-kitchen-01", "esp32-mqtt-03");
     for _ in 0..2 {
-        let out = Command::new(mosquitto_tool("mosquitto_pub"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
+        let out = mosquitto_pub(
+            a.mqtt.port(),
+            &[
                 "-q",
                 "1",
                 "-t",
                 "devices/esp32-mqtt-03/telemetry",
                 "-m",
                 &mqtt_body,
-            ])
-            .output()
-            .unwrap();
+            ],
+        );
         assert!(out.status.success());
     }
     let out = sub.wait_with_output().unwrap();
@@ -268,21 +249,17 @@ fn telemetry_over_mqtt_lands_in_the_same_table_once_and_http_batches_are_publish
     );
 
     // A bad body is parked with its reason, not stored.
-    let out = Command::new(mosquitto_tool("mosquitto_pub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
+    let out = mosquitto_pub(
+        a.mqtt.port(),
+        &[
             "-q",
             "1",
             "-t",
             "devices/esp32-mqtt-03/telemetry",
             "-m",
             "{\"oops\":1}",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(out.status.success());
     assert!(
         wait_until(Duration::from_secs(10), || a
@@ -294,23 +271,17 @@ fn telemetry_over_mqtt_lands_in_the_same_table_once_and_http_batches_are_publish
     );
 
     // An HTTP batch is published for live subscribers.
-    let sub = Command::new(mosquitto_tool("mosquitto_sub"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
+    let sub = mosquitto_sub(
+        a.mqtt.port(),
+        &[
             "-t",
             "devices/esp32-kitchen-01/telemetry",
             "-C",
             "1",
             "-W",
             "20",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+        ],
+    );
     let (_, key) = add_key(&a, "esp32-kitchen-01", None);
     assert_eq!(curl_telemetry(&a, &key, SEED_BODY).0, 200);
     let out = sub.wait_with_output().unwrap();

@@ -243,3 +243,24 @@ pub fn hash_password(password: &str) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// `mosquitto_pub -h 127.0.0.1 -p PORT ARGS...`, waited for.
+pub fn mosquitto_pub(port: u16, args: &[&str]) -> std::process::Output {
+    Command::new(mosquitto_tool("mosquitto_pub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("mosquitto_pub")
+}
+
+/// `mosquitto_sub -h 127.0.0.1 -p PORT ARGS...` running, stdout piped; give it time to subscribe.
+pub fn mosquitto_sub(port: u16, args: &[&str]) -> Child {
+    let child = Command::new(mosquitto_tool("mosquitto_sub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    std::thread::sleep(Duration::from_millis(700));
+    child
+}
