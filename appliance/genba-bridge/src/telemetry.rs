@@ -12,6 +12,7 @@ use std::time::Instant;
 use genba_store::NewReadings;
 use genba_telemetry::keys::{self, KeyError, KeyInfo, SCOPE_TELEMETRY_WRITE};
 use genba_telemetry::limiter::Limiter;
+use genba_telemetry::signing::{self, ReplayGuard, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use rusqlite::Connection;
@@ -22,6 +23,7 @@ use crate::State;
 
 pub(crate) struct Telemetry {
     limiter: Limiter,
+    replays: ReplayGuard,
     publish: bool,
     db_path: PathBuf,
     /// One connection for key checks, opened on first use.
@@ -32,6 +34,7 @@ impl Telemetry {
     pub fn new(cfg: &genba_config::TelemetryConfig, db_path: &Path) -> Self {
         Telemetry {
             limiter: Limiter::new(cfg.rate_per_sec, cfg.burst),
+            replays: ReplayGuard::default(),
             publish: cfg.publish,
             db_path: db_path.to_owned(),
             keys: Arc::default(),
@@ -96,7 +99,29 @@ pub(crate) async fn handle(
         p.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
         return Err(p);
     }
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
     let body = crate::read_body(req, state).await?;
+    if let Some(secret) = &device.signing_secret {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        signing::verify(
+            secret,
+            timestamp.as_deref(),
+            signature.as_deref(),
+            &body,
+            now,
+            &t.replays,
+        )
+        .map_err(|e| Problem::field(StatusCode::UNAUTHORIZED, SIGNATURE_HEADER, e.to_string()))?;
+    }
     let batch = genba_telemetry::parse(&body).map_err(|e| Problem::bad(e.field, e.message))?;
     if batch.device_id != device.device_id {
         return Err(Problem::field(

@@ -72,6 +72,8 @@ const MIGRATIONS: &[&str] = &[
         created_at   INTEGER NOT NULL,
         last_used_at INTEGER
      );",
+    // 3: optional request signing per key (HMAC-SHA256 of timestamp and body).
+    "ALTER TABLE api_keys ADD COLUMN signing_secret TEXT; -- NULL: this key's requests are not signed",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {

@@ -199,11 +199,7 @@ fn write_loop(
                     .map(|(_, id)| *id)
                     .max()
                     .unwrap_or(0);
-                for (req, id) in batch.drain(..).zip(ids) {
-                    if let Some(reply) = req.reply {
-                        let _ = reply.send(Ok(id));
-                    }
-                }
+                // Readers learn of the commit before any writer is answered.
                 committed.send_if_modified(|v| {
                     let moved = last > *v;
                     if moved {
@@ -211,6 +207,11 @@ fn write_loop(
                     }
                     moved
                 });
+                for (req, id) in batch.drain(..).zip(ids) {
+                    if let Some(reply) = req.reply {
+                        let _ = reply.send(Ok(id));
+                    }
+                }
             }
             Err(source) => {
                 tracing::error!(path = %path.display(), error = %source, "journal commit failed");

@@ -38,6 +38,11 @@ pub struct KeyInfo {
     pub enabled: bool,
     pub created_at_ms: i64,
     pub last_used_at_ms: Option<i64>,
+    /// Whether requests with this key must be signed (see [`crate::signing`]).
+    pub signed: bool,
+    /// The HMAC secret; never serialized or printed after `add`.
+    #[serde(skip)]
+    pub signing_secret: Option<String>,
 }
 
 fn now_ms() -> i64 {
@@ -47,11 +52,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Makes a key for `device_id`; returns its record and the key itself (shown once).
+/// Makes a key for `device_id`; returns its record and the key itself (shown once). With
+/// `sign`, the record's `signing_secret` holds the HMAC secret to give the device (shown once).
 pub fn add(
     conn: &Connection,
     device_id: &str,
     scopes: &[String],
+    sign: bool,
 ) -> Result<(KeyInfo, String), KeyError> {
     genba_firmware_core::telemetry::validate_device_id(device_id)
         .map_err(|_| KeyError::BadDevice(device_id.to_owned()))?;
@@ -64,16 +71,24 @@ pub fn add(
         return Err(KeyError::BadScope(bad.clone()));
     }
     let key = generate_api_key();
+    let secret = sign.then(generate_api_key);
     conn.execute(
-        "INSERT INTO api_keys (device_id, key_sha256, scopes, enabled, created_at) VALUES (?1, ?2, ?3, 1, ?4)",
-        params![device_id, api_key_digest(&key), scopes.join(" "), now_ms()],
+        "INSERT INTO api_keys (device_id, key_sha256, scopes, enabled, created_at, signing_secret)
+         VALUES (?1, ?2, ?3, 1, ?4, ?5)",
+        params![
+            device_id,
+            api_key_digest(&key),
+            scopes.join(" "),
+            now_ms(),
+            secret
+        ],
     )?;
     let info = get(conn, conn.last_insert_rowid())?;
     Ok((info, key))
 }
 
 const SELECT: &str =
-    "SELECT id, device_id, scopes, enabled, created_at, last_used_at FROM api_keys";
+    "SELECT id, device_id, scopes, enabled, created_at, last_used_at, signing_secret FROM api_keys";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<KeyInfo> {
     let scopes: String = r.get(2)?;
@@ -84,6 +99,8 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<KeyInfo> {
         enabled: r.get(3)?,
         created_at_ms: r.get(4)?,
         last_used_at_ms: r.get(5)?,
+        signing_secret: r.get(6)?,
+        signed: r.get::<_, Option<String>>(6)?.is_some(),
     })
 }
 
@@ -149,9 +166,9 @@ mod tests {
     fn keys_are_stored_hashed_and_revocation_and_scopes_are_enforced() {
         let dir = tempfile::tempdir().unwrap();
         let conn = genba_store::open(&dir.path().join("k.sqlite3")).unwrap();
-        let (a, key_a) = add(&conn, "fridge-1", &[]).unwrap();
-        let (_, key_b) = add(&conn, "fridge-2", &[]).unwrap();
-        let (_, key_r) = add(&conn, "dashboard", &[SCOPE_TELEMETRY_READ.into()]).unwrap();
+        let (a, key_a) = add(&conn, "fridge-1", &[], false).unwrap();
+        let (_, key_b) = add(&conn, "fridge-2", &[], true).unwrap();
+        let (_, key_r) = add(&conn, "dashboard", &[SCOPE_TELEMETRY_READ.into()], false).unwrap();
         let stored: String = conn
             .query_row("SELECT group_concat(key_sha256) FROM api_keys", [], |r| {
                 r.get(0)
@@ -186,7 +203,7 @@ mod tests {
         assert!(authorize(&conn, &key_a, SCOPE_TELEMETRY_WRITE).is_ok());
         assert!(list(&conn).unwrap()[0].last_used_at_ms.is_some());
         assert!(matches!(
-            add(&conn, "x", &["admin".into()]),
+            add(&conn, "x", &["admin".into()], false),
             Err(KeyError::BadScope(_))
         ));
         assert!(matches!(

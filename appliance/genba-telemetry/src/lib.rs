@@ -11,6 +11,7 @@
 pub mod keys;
 pub mod limiter;
 pub mod parse;
+pub mod signing;
 
 pub use parse::{parse, FieldError};
 

@@ -132,8 +132,14 @@ pub fn keys(cmd: crate::KeysCommand) -> Result<()> {
             common,
             device,
             scopes,
+            sign,
         } => {
-            let (info, key) = keys::add(&open(&common)?, &device, &scopes)?;
+            let (info, key) = keys::add(&open(&common)?, &device, &scopes, sign)?;
+            if let Some(secret) = &info.signing_secret {
+                println!(
+                    "signing secret (shown once; HMAC-SHA256 key for X-Genba-Signature): {secret}"
+                );
+            }
             println!(
                 "API key for device {} (id {}; shown once, give it to the device as X-API-Key):",
                 info.device_id, info.id

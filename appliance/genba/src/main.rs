@@ -93,6 +93,10 @@ pub enum KeysCommand {
         /// Scopes (default telemetry:write); repeat for several.
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// Also make an HMAC signing secret: requests must then carry X-Genba-Timestamp and
+        /// X-Genba-Signature (HMAC-SHA256 of "<timestamp>." + body).
+        #[arg(long)]
+        sign: bool,
     },
     /// List keys (never the keys themselves).
     List {

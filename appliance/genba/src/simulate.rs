@@ -154,7 +154,7 @@ pub async fn run(
 /// A key for `device_id` in the appliance's database on this machine (HTTP mode).
 fn device_key(db: &std::path::Path, device_id: &str) -> Result<String> {
     let conn = genba_store::open(db).with_context(|| format!("opening {}", db.display()))?;
-    let (_, key) = genba_telemetry::keys::add(&conn, device_id, &[])?;
+    let (_, key) = genba_telemetry::keys::add(&conn, device_id, &[], false)?;
     Ok(key)
 }
 

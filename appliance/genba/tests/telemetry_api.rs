@@ -289,3 +289,64 @@ fn telemetry_over_mqtt_lands_in_the_same_table_once_and_http_batches_are_publish
     assert_eq!(live["device_id"], "esp32-kitchen-01");
     assert_eq!(readings_count(&a), 4);
 }
+
+#[test]
+fn a_signing_key_needs_a_fresh_valid_signature_and_a_replay_is_refused() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let (ok, out) = a.genba(&["keys", "add", "--device", "esp32-kitchen-01", "--sign"]);
+    assert!(ok, "{out}");
+    let secret = out
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let key = out.lines().last().unwrap().trim().to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let sig = genba_telemetry::signing::sign(&secret, &now, SEED_BODY.as_bytes());
+    let post = |ts: &str, sig: &str| {
+        h.post(
+            &a.url("/api/telemetry"),
+            "application/json",
+            SEED_BODY,
+            &[
+                ("x-api-key", &key),
+                ("x-genba-timestamp", ts),
+                ("x-genba-signature", sig),
+            ],
+        )
+    };
+    let unsigned = h.post(
+        &a.url("/api/telemetry"),
+        "application/json",
+        SEED_BODY,
+        &[("x-api-key", &key)],
+    );
+    assert_eq!(
+        (unsigned.status, unsigned.json["field"].as_str()),
+        (401, Some("x-genba-signature"))
+    );
+    assert_eq!(post(&now, &"0".repeat(64)).status, 401, "wrong signature");
+    let r = post(&now, &sig);
+    assert_eq!(r.status, 200, "{}", r.json);
+    let replay = post(&now, &sig);
+    assert_eq!(replay.status, 401, "replay: {}", replay.json);
+    let old = "1000000000";
+    assert_eq!(
+        post(
+            old,
+            &genba_telemetry::signing::sign(&secret, old, SEED_BODY.as_bytes())
+        )
+        .status,
+        401,
+        "skew"
+    );
+    assert_eq!(readings_count(&a), 2);
+}
