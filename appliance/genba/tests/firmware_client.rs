@@ -1,0 +1,133 @@
+//! The firmware's own MQTT client (minimq 0.13, MQTT 5, as built into firmware/esp32c3) against
+//! the real appliance broker on the host: it authenticates, publishes telemetry made by the
+//! firmware core, which lands in the readings table, and receives a command sent by
+//! mosquitto_pub over MQTT 3.1.1, which the firmware core's parser accepts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{mosquitto_pub, Appliance};
+use embedded_io_adapters::tokio_1::FromTokio;
+use genba_firmware_core::command::Command as DeviceCommand;
+use genba_firmware_core::telemetry::{Reading, Telemetry};
+
+const USER: &str = "thermo";
+const PASSWORD: &str = "c3-secret";
+const DEVICE: &str = "genba-thermo-01";
+
+fn appliance() -> Appliance {
+    let hash = common::hash_password(PASSWORD);
+    Appliance::start(
+        &format!("[mqtt]\nallow_anonymous = false\n[[mqtt.users]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n"),
+        "",
+    )
+}
+
+fn readings(a: &Appliance) -> i64 {
+    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM readings WHERE device_id = ?1",
+        [DEVICE],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimq_publishes_telemetry_into_the_readings_table_and_receives_a_command() {
+    let a = appliance();
+    let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
+    let mut session = minimq::Session::new(
+        minimq::ConfigBuilder::new(minimq::Buffers::new(&mut rx, &mut tx))
+            .client_id(DEVICE)
+            .unwrap()
+            .auth(USER, PASSWORD.as_bytes())
+            .unwrap()
+            .keepalive_interval(30),
+    );
+    let io = FromTokio::new(tokio::net::TcpStream::connect(a.mqtt).await.unwrap());
+    let mut conn = session
+        .connect(io)
+        .await
+        .expect("minimq connects with username/password");
+    let commands = format!("devices/{DEVICE}/commands");
+    conn.subscribe(&[minimq::TopicFilter::new(&commands)], &[])
+        .await
+        .unwrap();
+
+    let mut t = Telemetry::new(DEVICE, "2026-02-15T12:00:00Z", 1_771_156_800_000, -58).unwrap();
+    t.push(Reading::new("28FF4C3A91160457", 3.5, -0.25).unwrap())
+        .unwrap();
+    t.push(Reading::new("28FF4C3A91160458", -18.0625, 0.0).unwrap())
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = t.to_json(&mut buf).unwrap();
+    let topic = format!("devices/{DEVICE}/telemetry");
+    conn.publish(minimq::Publication::new(topic.as_str(), &buf[..n]).qos(minimq::QoS::AtLeastOnce))
+        .await
+        .unwrap();
+
+    // Drive the client (PUBACK, keep-alive) until the readings are stored.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while readings(&a) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "telemetry from minimq did not reach the readings table"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), conn.poll()).await;
+    }
+    assert_eq!(readings(&a), 2);
+
+    // A command from an MQTT 3.1.1 client reaches the MQTT 5 device.
+    let port = a.mqtt.port();
+    let sender = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        mosquitto_pub(
+            port,
+            &[
+                "-V",
+                "mqttv311",
+                "-u",
+                USER,
+                "-P",
+                PASSWORD,
+                "-q",
+                "1",
+                "-t",
+                &format!("devices/{DEVICE}/commands"),
+                "-m",
+                r#"{"cmd":"led","on":true}"#,
+            ],
+        )
+    });
+    let msg = tokio::time::timeout(Duration::from_secs(10), conn.recv())
+        .await
+        .expect("command received")
+        .unwrap();
+    assert_eq!(msg.topic(), commands);
+    assert_eq!(
+        DeviceCommand::parse(msg.payload()),
+        Ok(DeviceCommand::Led(true))
+    );
+    assert!(sender.await.unwrap().status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimq_with_a_wrong_password_is_refused() {
+    let a = appliance();
+    let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
+    let mut session = minimq::Session::new(
+        minimq::ConfigBuilder::new(minimq::Buffers::new(&mut rx, &mut tx))
+            .client_id(DEVICE)
+            .unwrap()
+            .auth(USER, b"wrong")
+            .unwrap()
+            .keepalive_interval(30),
+    );
+    let io = FromTokio::new(tokio::net::TcpStream::connect(a.mqtt).await.unwrap());
+    let refused = tokio::time::timeout(Duration::from_secs(10), session.connect(io))
+        .await
+        .expect("an answer");
+    assert!(refused.is_err(), "a wrong password was accepted");
+}
