@@ -67,6 +67,24 @@ rate_per_sec = 5.0                       # per API key and per source address; b
 burst = 20
 publish = true                           # also publish accepted batches on devices/{id}/telemetry
 
+[exment]                                 # `genba exment`: HACCP check records to Exment
+# base_url = "https://exment.example.com" # example; client_id, client_secret, api_key go under
+table = "haccp_temp"                     #   [exment] in the secrets file
+scope = "value_read value_write"
+slot_minutes = 30                        # one record per device, probe and slot
+aggregation = "nearest"                  # nearest | min | max | avg
+grace_minutes = 5                        # send a slot this long after it ended
+max_rows_per_request = 100               # Exment's bulk limit
+max_requests_per_minute = 60             # Exment's rate limit
+timeout_secs = 15
+max_backoff_secs = 300
+[exment.columns]
+unique_key = "unique_key"                # needs a search index in Exment
+check_slot = "check_slot"
+temperature = "temp_c"
+device = "device_id"
+sensor = "sensor_id"
+
 [recorder]                               # `genba recorder`: journal an external broker's messages
 # broker = "192.0.2.10:1883"             # example; password under [recorder] in the secrets file
 filters = ["#"]

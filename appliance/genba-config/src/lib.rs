@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use defaults::EXAMPLE_CONFIG;
-pub use secrets::{Secrets, SecretsError};
+pub use secrets::{ExmentSecrets, Secrets, SecretsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,6 +47,71 @@ pub struct Config {
     pub slack: SlackConfig,
     pub recorder: RecorderConfig,
     pub telemetry: TelemetryConfig,
+    pub exment: ExmentConfig,
+}
+
+/// `genba exment`: HACCP check records built from the readings, sent to an Exment table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExmentConfig {
+    /// e.g. `https://exment.example.com` (the API lives under `/admin`).
+    pub base_url: Option<String>,
+    /// Exment table name or numeric id.
+    pub table: String,
+    pub scope: String,
+    /// Length of a check slot; one record per (device, probe, slot).
+    pub slot_minutes: u32,
+    /// `nearest` (the reading nearest the slot start), `min`, `max` or `avg`.
+    pub aggregation: String,
+    /// A slot is sent once it ended this long ago (late readings still count).
+    pub grace_minutes: u32,
+    pub max_rows_per_request: usize,
+    pub max_requests_per_minute: u32,
+    pub timeout_secs: u64,
+    pub max_backoff_secs: u64,
+    pub columns: ExmentColumns,
+}
+
+/// Exment column names the record's values go to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExmentColumns {
+    /// Holds `<device>:<probe>:<slot start>`; needs a search index (duplicates are looked up by it).
+    pub unique_key: String,
+    pub check_slot: String,
+    pub temperature: String,
+    pub device: String,
+    pub sensor: String,
+}
+
+impl Default for ExmentColumns {
+    fn default() -> Self {
+        ExmentColumns {
+            unique_key: "unique_key".into(),
+            check_slot: "check_slot".into(),
+            temperature: "temp_c".into(),
+            device: "device_id".into(),
+            sensor: "sensor_id".into(),
+        }
+    }
+}
+
+impl Default for ExmentConfig {
+    fn default() -> Self {
+        ExmentConfig {
+            base_url: None,
+            table: "haccp_temp".into(),
+            scope: "value_read value_write".into(),
+            slot_minutes: 30,
+            aggregation: "nearest".into(),
+            grace_minutes: 5,
+            max_rows_per_request: 100,
+            max_requests_per_minute: 60,
+            timeout_secs: 15,
+            max_backoff_secs: 300,
+            columns: ExmentColumns::default(),
+        }
+    }
 }
 
 /// `POST /api/telemetry` and `devices/{id}/telemetry`: HACCP temperature readings.
@@ -224,6 +289,31 @@ impl Config {
             return Err(invalid(
                 "telemetry.burst".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        let e = &self.exment;
+        if !["nearest", "min", "max", "avg"].contains(&e.aggregation.as_str()) {
+            return Err(invalid(
+                "exment.aggregation".into(),
+                "must be nearest, min, max or avg".into(),
+            ));
+        }
+        if e.slot_minutes == 0 || 1440 % e.slot_minutes != 0 {
+            return Err(invalid(
+                "exment.slot_minutes".into(),
+                "must divide a day (e.g. 15, 30, 60)".into(),
+            ));
+        }
+        if !(1..=100).contains(&e.max_rows_per_request) {
+            return Err(invalid(
+                "exment.max_rows_per_request".into(),
+                "must be 1..=100 (Exment's bulk limit)".into(),
+            ));
+        }
+        if !(1..=60).contains(&e.max_requests_per_minute) {
+            return Err(invalid(
+                "exment.max_requests_per_minute".into(),
+                "must be 1..=60 (Exment's rate limit)".into(),
             ));
         }
         topic::validate_topic(&self.http.default_topic, self.http.max_topic_bytes)

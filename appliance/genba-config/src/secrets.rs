@@ -26,6 +26,16 @@ pub struct Secrets {
     /// Slack webhook URL per webhook name.
     pub slack: BTreeMap<String, String>,
     pub recorder: RecorderSecrets,
+    pub exment: ExmentSecrets,
+}
+
+/// Exment API credentials (H6: only on the appliance, never on a device).
+#[derive(Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExmentSecrets {
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub api_key: Option<String>,
 }
 
 #[derive(Default, Deserialize, Clone)]
@@ -42,6 +52,10 @@ impl fmt::Debug for Secrets {
             .field(
                 "recorder.password",
                 &self.recorder.password.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "exment",
+                &self.exment.client_secret.as_ref().map(|_| "<set>"),
             )
             .finish()
     }

@@ -1,0 +1,125 @@
+//! Exment data calls: bulk create (`POST /admin/api/data/{table}` with `{"value":[...]}`) and the
+//! lookup by unique key (`GET .../query-column?q=<col> eq <key>`), each answer classified.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::slots::Record;
+
+#[derive(Debug, PartialEq)]
+pub enum CallError {
+    /// 401 code 108: the token is no longer valid; get a new one and try once more.
+    TokenRejected,
+    /// 429: wait this long.
+    RateLimited(Duration),
+    /// 5xx, timeouts, connection errors: try again after a backoff. The request may have
+    /// reached Exment.
+    Retry(String),
+    /// Exment refused the request for good (400 codes 103/109, 403, 404 unknown table).
+    Refused(String),
+    /// The token endpoint refused our credentials: a configuration error.
+    Credentials(String),
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub table: String,
+    pub columns: genba_config::ExmentColumns,
+}
+
+fn describe(status: u16, body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let code = v["code"].as_str().unwrap_or("-");
+    let msg = v["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| v["errors"].to_string());
+    format!("HTTP {status} code {code}: {msg}")
+}
+
+impl Client {
+    fn data_url(&self) -> String {
+        format!(
+            "{}/admin/api/data/{}",
+            self.base.trim_end_matches('/'),
+            self.table
+        )
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder, token: &str) -> Result<String, CallError> {
+        let r = req
+            .bearer_auth(token)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| CallError::Retry(e.without_url().to_string()))?;
+        let status = r.status().as_u16();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = r
+            .text()
+            .await
+            .map_err(|e| CallError::Retry(e.without_url().to_string()))?;
+        match status {
+            200..=299 => Ok(body),
+            401 => Err(CallError::TokenRejected),
+            429 => Err(CallError::RateLimited(Duration::from_secs(
+                retry_after.unwrap_or(60),
+            ))),
+            408 | 500..=599 => Err(CallError::Retry(describe(status, &body))),
+            _ => Err(CallError::Refused(describe(status, &body))),
+        }
+    }
+
+    pub fn row(&self, r: &Record) -> Value {
+        let c = &self.columns;
+        let slot = chrono::DateTime::from_timestamp_millis(r.slot_start_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        json!({
+            c.unique_key.as_str(): r.key, c.check_slot.as_str(): slot, c.temperature.as_str(): r.celsius,
+            c.device.as_str(): r.device_id, c.sensor.as_str(): r.sensor_hw_id,
+        })
+    }
+
+    pub async fn create(&self, records: &[Record], token: &str) -> Result<(), CallError> {
+        let rows: Vec<Value> = records.iter().map(|r| self.row(r)).collect();
+        self.call(
+            self.http
+                .post(self.data_url())
+                .json(&json!({ "value": rows })),
+            token,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Which of `keys` (at most 100) Exment already holds, in one `query-column` request
+    /// (`<col> eq A,<col> eq B,...` with `or=1`).
+    pub async fn existing(&self, keys: &[String], token: &str) -> Result<Vec<String>, CallError> {
+        let col = self.columns.unique_key.as_str();
+        let q: Vec<String> = keys.iter().map(|k| format!("{col} eq {k}")).collect();
+        let url = format!(
+            "{}/query-column?or=1&count=100&q={}",
+            self.data_url(),
+            form_urlencoded::byte_serialize(q.join(",").as_bytes()).collect::<String>()
+        );
+        let body = self.call(self.http.get(url), token).await?;
+        let v: Value = serde_json::from_str(&body)
+            .map_err(|e| CallError::Retry(format!("lookup answer: {e}")))?;
+        Ok(v["data"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|row| row["value"][col].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,322 @@
+//! A fake Exment on a real socket, written from shared/refs/exment-api.md: the api_key token
+//! grant with its 401 `{"message"}` answers, Bearer check (401 code 108), scope check (403 code
+//! 106), unknown table 404 `[]`, single create 201, bulk 200, >100 rows 400 code 109, validation
+//! 400 code 103, 60 requests a minute (429 + Retry-After), query-column lookup, and injected
+//! 500s, hangs, and token expiry.
+#![allow(dead_code)]
+
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+pub const CLIENT_ID: &str = "9d6c3a1e-0000-4000-8000-000000000001";
+pub const CLIENT_SECRET: &str = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3";
+pub const API_KEY: &str = "key_dpmqhSHm1dj7RfTUnenVOOngxlUTaB";
+pub const TABLE: &str = "haccp_temp";
+const TABLE_ID: &str = "7";
+
+#[derive(Clone, Debug)]
+pub enum Inject {
+    /// Answer 500.
+    Fail500,
+    /// Store the rows, then answer only after this long (the client times out first).
+    AcceptThenHang(Duration),
+}
+
+#[derive(Default)]
+pub struct State {
+    tokens: HashSet<String>,
+    issued: u64,
+    pub token_requests: u64,
+    /// Stored records (their `value` objects).
+    pub records: Vec<Value>,
+    /// Times of data API calls (for the rate limit and the budget check).
+    pub calls: Vec<Instant>,
+    pub script: VecDeque<Inject>,
+    /// After this many more data calls, every issued token becomes invalid.
+    pub expire_after: Option<usize>,
+    pub rate_limit: usize,
+    /// 429 answers given.
+    pub rejected_429: usize,
+}
+
+#[derive(Clone)]
+pub struct FakeExment {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<State>>,
+}
+
+impl FakeExment {
+    pub async fn start() -> FakeExment {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            rate_limit: 60,
+            ..State::default()
+        }));
+        let s = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(req, s.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FakeExment { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r["unique_key"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The most data calls seen in any 60-second window.
+    pub fn max_calls_per_minute(&self) -> usize {
+        let calls = self.state.lock().unwrap().calls.clone();
+        (0..calls.len())
+            .map(|i| {
+                calls[i..]
+                    .iter()
+                    .take_while(|t| t.duration_since(calls[i]) < Duration::from_secs(60))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<Mutex<State>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let method = req.method().clone();
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let is_form = req.headers().get("content-type").is_some_and(|v| {
+        v.as_bytes()
+            .starts_with(b"application/x-www-form-urlencoded")
+    });
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+
+    if path == "/admin/oauth/token" && method == hyper::Method::POST {
+        return Ok(token(&state, &body, is_form));
+    }
+    let Some(rest) = path.strip_prefix("/admin/api/data/") else {
+        return Ok(reply(404, json!({"message": "Not Found"})));
+    };
+    let (response, delay) = data(&state, &method, rest, &query, bearer, &body);
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    Ok(response)
+}
+
+/// The data API, answered under the lock; a delay to apply before answering, if injected.
+fn data(
+    state: &Arc<Mutex<State>>,
+    method: &hyper::Method,
+    rest: &str,
+    query: &str,
+    bearer: Option<String>,
+    body: &[u8],
+) -> (Response<Full<Bytes>>, Option<Duration>) {
+    let no_delay = |r| (r, None);
+    let mut st = state.lock().unwrap();
+    // Bearer check first, as AuthenticateApi does.
+    if !bearer.as_ref().is_some_and(|t| st.tokens.contains(t)) {
+        return no_delay(reply(
+            401,
+            json!({"code": "108", "message": "Could not authenticate. The access token is incorrect or has expired."}),
+        ));
+    }
+    let now = Instant::now();
+    st.calls
+        .retain(|t| now.duration_since(*t) < Duration::from_secs(3600));
+    let recent: Vec<Instant> = st
+        .calls
+        .iter()
+        .copied()
+        .filter(|t| now.duration_since(*t) < Duration::from_secs(60))
+        .collect();
+    if recent.len() >= st.rate_limit {
+        let wait = 60 - now.duration_since(recent[0]).as_secs().min(59);
+        st.rejected_429 += 1;
+        let mut r = reply(429, json!({"message": "Too Many Attempts."}));
+        r.headers_mut().insert("retry-after", wait.into());
+        return no_delay(r);
+    }
+    st.calls.push(now);
+    if let Some(n) = st.expire_after.as_mut() {
+        if *n == 0 {
+            st.tokens.clear();
+            st.expire_after = None;
+            return no_delay(reply(
+                401,
+                json!({"code": "108", "message": "Could not authenticate. The access token is incorrect or has expired."}),
+            ));
+        }
+        *n -= 1;
+    }
+    let (table, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    if table != TABLE && table != TABLE_ID {
+        return no_delay(reply(404, json!([])));
+    }
+    if *method == hyper::Method::GET && tail == "query-column" {
+        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let q = params
+            .iter()
+            .find(|(k, _)| k == "q")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let wanted: HashSet<String> = q
+            .split(',')
+            .filter_map(|c| c.trim().strip_prefix("unique_key eq "))
+            .map(str::to_owned)
+            .collect();
+        let data: Vec<Value> = st
+            .records
+            .iter()
+            .filter(|r| r["unique_key"].as_str().is_some_and(|k| wanted.contains(k)))
+            .map(|v| json!({"id": 1, "value": v}))
+            .collect();
+        let total = data.len();
+        return no_delay(reply(
+            200,
+            json!({"current_page": 1, "data": data, "total": total, "per_page": 100}),
+        ));
+    }
+    if *method != hyper::Method::POST || !tail.is_empty() {
+        return no_delay(reply(404, json!({"message": "Not Found"})));
+    }
+    let inject = st.script.pop_front();
+    if let Some(Inject::Fail500) = inject {
+        return no_delay(reply(500, json!({"message": "Server Error"})));
+    }
+    let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let (rows, single) = match &parsed["value"] {
+        Value::Array(a) => (a.clone(), false),
+        Value::Object(_) => (vec![parsed["value"].clone()], true),
+        _ => {
+            return no_delay(reply(
+                400,
+                json!({"errors": {"value": "The value field is required when data is not present."}, "code": "103"}),
+            ))
+        }
+    };
+    if rows.len() > 100 {
+        return no_delay(reply(
+            400,
+            json!({"message": "The number of data that can be newly created at the same time is 100.", "code": "109"}),
+        ));
+    }
+    for (i, row) in rows.iter().enumerate() {
+        if !row["temp_c"].is_number() || !row["unique_key"].is_string() {
+            return no_delay(reply(
+                400,
+                json!({"errors": [{"line_no": i, "error": {"temp_c": "The temp_c must be a number."}}], "code": "103"}),
+            ));
+        }
+    }
+    st.records.extend(rows.iter().cloned());
+    let created: Vec<Value> = rows.iter().map(|v| json!({"id": 1, "value": v})).collect();
+    let delay = match inject {
+        Some(Inject::AcceptThenHang(d)) => Some(d),
+        _ => None,
+    };
+    (
+        if single {
+            reply(201, created[0].clone())
+        } else {
+            reply(200, json!(created))
+        },
+        delay,
+    )
+}
+
+fn token(state: &Arc<Mutex<State>>, body: &[u8], is_form: bool) -> Response<Full<Bytes>> {
+    let p: Value = if is_form {
+        let m: serde_json::Map<String, Value> = form_urlencoded::parse(body)
+            .into_owned()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        Value::Object(m)
+    } else {
+        serde_json::from_slice(body).unwrap_or(Value::Null)
+    };
+    let mut st = state.lock().unwrap();
+    st.token_requests += 1;
+    let msg = |m: &str| reply(401, json!({"message": m}));
+    if p["grant_type"] != "api_key" {
+        return msg("The authorization grant type is not supported by the authorization server.");
+    }
+    if p["client_id"] != CLIENT_ID || p["client_secret"] != CLIENT_SECRET {
+        return msg("Client authentication failed");
+    }
+    let Some(key) = p["api_key"].as_str() else {
+        return msg("The request is missing a required parameter, includes an invalid parameter value, includes a parameter more than once, or is otherwise malformed.");
+    };
+    if key != API_KEY {
+        return msg("The user credentials were incorrect.");
+    }
+    let known = ["me", "table_read", "value_read", "value_write"];
+    if !p["scope"]
+        .as_str()
+        .unwrap_or_default()
+        .split_whitespace()
+        .all(|s| known.contains(&s))
+    {
+        return msg("The requested scope is invalid, unknown, or malformed");
+    }
+    st.issued += 1;
+    let t = format!("eyJ0eXAiOiJKV1Q.fake.{}", st.issued);
+    st.tokens.insert(t.clone());
+    reply(
+        200,
+        json!({"token_type": "Bearer", "expires_in": 31622400, "access_token": t, "refresh_token": "def50200fake"}),
+    )
+}
