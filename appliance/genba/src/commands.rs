@@ -195,3 +195,32 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
     }
     Ok(())
 }
+
+/// `genba exment replay|status`.
+pub fn exment(common: &Common, cmd: crate::ExmentCommand) -> Result<()> {
+    let config = load_config(common)?;
+    let secrets = genba_config::Secrets::load(&config.secrets_path())?;
+    let db = genba_store::db_path(&config.data_dir());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut f = genba_exment::Forwarder::new(&config.exment, secrets.exment.clone(), db)?;
+        match cmd {
+            crate::ExmentCommand::Replay { since, device } => {
+                let since = chrono::DateTime::parse_from_rfc3339(&since)
+                    .map_err(|e| {
+                        anyhow::anyhow!("--since {since:?}: {e} (use e.g. 2026-02-15T00:00:00Z)")
+                    })?
+                    .timestamp_millis();
+                let report = f.replay(since, device.as_deref()).await?;
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            crate::ExmentCommand::Status => {
+                println!("{}", serde_json::to_string_pretty(&f.status()?)?)
+            }
+        }
+        anyhow::Ok(())
+    })
+}

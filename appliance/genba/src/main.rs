@@ -63,6 +63,13 @@ enum Command {
     /// Validate or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The Exment forwarder (HACCP check records); `replay` and `status` below.
+    Exment {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        cmd: Option<ExmentCommand>,
+    },
     /// Simulated thermometers (the firmware core on the host) against a running appliance.
     Simulate {
         #[command(flatten)]
@@ -79,6 +86,20 @@ enum Command {
         #[arg(long)]
         api_key: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ExmentCommand {
+    /// Re-send the records of a range; what Exment already has is looked up and skipped.
+    Replay {
+        /// Slots starting at or after this time (RFC 3339, e.g. 2026-02-15T00:00:00Z).
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Backlog, last success and last error (never secrets).
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -142,6 +163,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => commands::keys(cmd),
+        Command::Exment { common, cmd: None } => lifecycle::run(roles::Role::Exment, common),
+        Command::Exment {
+            common,
+            cmd: Some(cmd),
+        } => commands::exment(&common, cmd),
         Command::Simulate { common, args } => commands::simulate(&common, args),
         Command::Passwd { api_key } => commands::passwd(api_key),
     }

@@ -21,6 +21,7 @@ pub enum Role {
     Bridge,
     Recorder,
     Slack,
+    Exment,
 }
 
 impl Role {
@@ -31,6 +32,7 @@ impl Role {
             Role::Bridge => "bridge",
             Role::Recorder => "recorder",
             Role::Slack => "slack",
+            Role::Exment => "exment",
         }
     }
     fn runs_broker(self) -> bool {
@@ -41,6 +43,10 @@ impl Role {
     }
     fn runs_slack(self) -> bool {
         matches!(self, Role::Up | Role::Slack)
+    }
+    /// `up` runs the forwarder only when Exment is configured; `genba exment` requires it.
+    fn runs_exment(self, config: &Config) -> bool {
+        self == Role::Exment || (self == Role::Up && config.exment.base_url.is_some())
     }
 }
 
@@ -205,6 +211,17 @@ pub async fn start(
                 }
             }));
         }
+    }
+    if role.runs_exment(config) {
+        let forwarder =
+            genba_exment::Forwarder::new(&config.exment, secrets.exment.clone(), db.clone())
+                .context("starting the Exment forwarder")?;
+        let stop = shutdown.clone();
+        started.tasks.push(tokio::spawn(async move {
+            if let Err(e) = forwarder.run(stop).await {
+                tracing::error!(error = %e, "exment forwarder stopped");
+            }
+        }));
     }
     if role == Role::Recorder {
         let broker = config
