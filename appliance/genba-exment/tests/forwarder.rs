@@ -52,10 +52,19 @@ fn setup(readings_per_day: bool) -> tempfile::TempDir {
 }
 
 fn forwarder(fake: &FakeExment, dir: &tempfile::TempDir, secret: &str) -> Forwarder {
+    forwarder_with(fake, dir, secret, ExmentConfig::default())
+}
+
+fn forwarder_with(
+    fake: &FakeExment,
+    dir: &tempfile::TempDir,
+    secret: &str,
+    cfg: ExmentConfig,
+) -> Forwarder {
     let cfg = ExmentConfig {
         base_url: Some(fake.url()),
         timeout_secs: 1,
-        ..ExmentConfig::default()
+        ..cfg
     };
     let secrets = ExmentSecrets {
         client_id: Some(CLIENT_ID.into()),
@@ -180,4 +189,95 @@ async fn a_429_is_waited_out_and_delivery_completes() {
     // Retry-After is honoured: the next run waits for the window before its lookups succeed.
     let _ = tokio::time::timeout(Duration::from_secs(90), f.drain_once()).await;
     assert_exactly_one_per_slot(&fake);
+}
+
+#[tokio::test]
+async fn an_unknown_table_or_a_missing_scope_parks_the_records_with_exments_reason() {
+    let fake = FakeExment::start().await;
+    let dir = setup(true);
+    let cfg = ExmentConfig {
+        table: "no_such_table".into(),
+        ..ExmentConfig::default()
+    };
+    let report = forwarder_with(&fake, &dir, CLIENT_SECRET, cfg)
+        .drain_once()
+        .await
+        .unwrap();
+    assert_eq!((report.created, report.refused), (0, 1920));
+    let status = forwarder(&fake, &dir, CLIENT_SECRET).status().unwrap();
+    assert!(
+        status
+            .last_error
+            .as_ref()
+            .is_some_and(|(e, _)| e.contains("HTTP 404")),
+        "{status:?}"
+    );
+    assert_eq!(status.refused, 1920);
+    assert!(fake.keys().is_empty());
+
+    let fake = FakeExment::start().await;
+    let dir = setup(true);
+    let cfg = ExmentConfig {
+        scope: "value_read".into(),
+        ..ExmentConfig::default()
+    };
+    let report = forwarder_with(&fake, &dir, CLIENT_SECRET, cfg)
+        .drain_once()
+        .await
+        .unwrap();
+    assert_eq!(report.refused, 1920);
+    let status = forwarder(&fake, &dir, CLIENT_SECRET).status().unwrap();
+    assert!(
+        status
+            .last_error
+            .as_ref()
+            .is_some_and(|(e, _)| e.contains("code 106")),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn exments_bulk_limit_and_validation_errors_are_permanent_refusals() {
+    use genba_exment::client::{CallError, Client};
+    use genba_exment::slots::Record;
+    let fake = FakeExment::start().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let mut tokens = genba_exment::token::Tokens::new(
+        &fake.url(),
+        "value_write",
+        ExmentSecrets {
+            client_id: Some(CLIENT_ID.into()),
+            client_secret: Some(CLIENT_SECRET.into()),
+            api_key: Some(API_KEY.into()),
+        },
+        tempfile::tempdir().unwrap().path().join("t.json"),
+    );
+    let token = tokens.get(&http).await.unwrap();
+    let client = Client {
+        http,
+        base: fake.url(),
+        table: "haccp_temp".into(),
+        columns: Default::default(),
+    };
+    let rec = |i: i64| Record {
+        key: format!("d:s:{i}"),
+        device_id: "d".into(),
+        sensor_hw_id: "s".into(),
+        slot_start_ms: i,
+        celsius: 4.0,
+    };
+    let too_many: Vec<Record> = (0..101).map(rec).collect();
+    match client.create(&too_many, &token).await {
+        Err(CallError::Refused(r)) => assert!(r.contains("code 109"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+    let mut bad = rec(1);
+    bad.celsius = f64::NAN; // serialized as null: not a number for Exment
+    match client.create(&[bad], &token).await {
+        Err(CallError::Refused(r)) => assert!(r.contains("code 103"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.create(&[rec(2)], &token).await, Ok(()));
+    assert_eq!(fake.keys(), vec!["d:s:2".to_string()]);
 }

@@ -33,7 +33,8 @@ pub enum Inject {
 
 #[derive(Default)]
 pub struct State {
-    tokens: HashSet<String>,
+    /// Token -> its scopes.
+    tokens: std::collections::HashMap<String, String>,
     issued: u64,
     pub token_requests: u64,
     /// Stored records (their `value` objects).
@@ -166,10 +167,21 @@ fn data(
     let no_delay = |r| (r, None);
     let mut st = state.lock().unwrap();
     // Bearer check first, as AuthenticateApi does.
-    if !bearer.as_ref().is_some_and(|t| st.tokens.contains(t)) {
+    let Some(scopes) = bearer.as_ref().and_then(|t| st.tokens.get(t)).cloned() else {
         return no_delay(reply(
             401,
             json!({"code": "108", "message": "Could not authenticate. The access token is incorrect or has expired."}),
+        ));
+    };
+    let needed: &[&str] = if *method == hyper::Method::POST {
+        &["value_write"]
+    } else {
+        &["value_read", "value_write"]
+    };
+    if !scopes.split_whitespace().any(|s| needed.contains(&s)) {
+        return no_delay(reply(
+            403,
+            json!({"code": "106", "message": "There is an error in the scope for executing the API. Please contact the developer."}),
         ));
     }
     let now = Instant::now();
@@ -314,7 +326,10 @@ fn token(state: &Arc<Mutex<State>>, body: &[u8], is_form: bool) -> Response<Full
     }
     st.issued += 1;
     let t = format!("eyJ0eXAiOiJKV1Q.fake.{}", st.issued);
-    st.tokens.insert(t.clone());
+    st.tokens.insert(
+        t.clone(),
+        p["scope"].as_str().unwrap_or_default().to_owned(),
+    );
     reply(
         200,
         json!({"token_type": "Bearer", "expires_in": 31622400, "access_token": t, "refresh_token": "def50200fake"}),
