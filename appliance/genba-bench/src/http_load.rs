@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 use crate::Figures;
@@ -39,17 +39,34 @@ async fn client(
     started: Instant,
     duration: Duration,
 ) -> Result<(u64, u64, Vec<u64>)> {
+    closed_loop(addr, started, duration, |n| {
+        Ok(
+            hyper::Request::get(format!("/notify?topic=bench/http/{c}&message=load+{n}"))
+                .header("host", addr.to_string())
+                .body(Full::new(Bytes::new()))?,
+        )
+    })
+    .await
+}
+
+/// One keep-alive connection sending requests back to back until `duration` has passed;
+/// returns (2xx answers, requests, latencies in µs). The first request must succeed.
+pub async fn closed_loop(
+    addr: SocketAddr,
+    started: Instant,
+    duration: Duration,
+    mut request: impl FnMut(u64) -> Result<hyper::Request<Full<Bytes>>>,
+) -> Result<(u64, u64, Vec<u64>)> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
-        .context("connecting to /notify")?;
+        .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let (mut ok, mut n, mut latencies) = (0u64, 0u64, Vec::new());
     while started.elapsed() < duration {
-        let req = hyper::Request::get(format!("/notify?topic=bench/http/{c}&message=load+{n}"))
-            .header("host", addr.to_string())
-            .body(Empty::<Bytes>::new())?;
+        let req = request(n)?;
+        let path = req.uri().path().to_owned();
         let t = Instant::now();
         let resp = sender.send_request(req).await?;
         let status = resp.status();
@@ -58,6 +75,8 @@ async fn client(
         n += 1;
         if status.is_success() {
             ok += 1;
+        } else if n == 1 {
+            bail!("{path} answered {status}");
         }
     }
     Ok((ok, n, latencies))

@@ -6,10 +6,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 
 use crate::Figures;
 
@@ -59,31 +58,15 @@ async fn device_loop(
     started: Instant,
     duration: Duration,
 ) -> Result<(u64, u64, Vec<u64>)> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let (mut ok, mut n, mut latencies) = (0u64, 0u64, Vec::new());
     let base = 1_771_156_800_000u64;
-    while started.elapsed() < duration {
-        let req = hyper::Request::post("/api/telemetry")
+    crate::http_load::closed_loop(addr, started, duration, |n| {
+        Ok(hyper::Request::post("/api/telemetry")
             .header("host", addr.to_string())
             .header("content-type", "application/json")
             .header("x-api-key", &key)
-            .body(Full::new(Bytes::from(body(&device, base + n))))?;
-        let t = Instant::now();
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        resp.into_body().collect().await?;
-        latencies.push(t.elapsed().as_micros() as u64);
-        n += 1;
-        if status.is_success() {
-            ok += 1;
-        } else if n == 1 {
-            bail!("/api/telemetry answered {status} for {device}");
-        }
-    }
-    Ok((ok, n, latencies))
+            .body(Full::new(Bytes::from(body(&device, base + n))))?)
+    })
+    .await
 }
 
 /// Raw SQLite: the same rows into the same schema, `rows_per_tx` rows per committed transaction.

@@ -24,6 +24,18 @@ fn appliance() -> Appliance {
     )
 }
 
+/// A minimq session configured as the firmware configures it (client id = device id, MQTT 5).
+fn session<'a>(rx: &'a mut [u8], tx: &'a mut [u8], password: &'a str) -> minimq::Session<'a> {
+    minimq::Session::new(
+        minimq::ConfigBuilder::new(minimq::Buffers::new(rx, tx))
+            .client_id(DEVICE)
+            .unwrap()
+            .auth(USER, password.as_bytes())
+            .unwrap()
+            .keepalive_interval(30),
+    )
+}
+
 fn readings(a: &Appliance) -> i64 {
     let conn = rusqlite::Connection::open(a.db_path()).unwrap();
     conn.query_row(
@@ -38,14 +50,7 @@ fn readings(a: &Appliance) -> i64 {
 async fn minimq_publishes_telemetry_into_the_readings_table_and_receives_a_command() {
     let a = appliance();
     let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
-    let mut session = minimq::Session::new(
-        minimq::ConfigBuilder::new(minimq::Buffers::new(&mut rx, &mut tx))
-            .client_id(DEVICE)
-            .unwrap()
-            .auth(USER, PASSWORD.as_bytes())
-            .unwrap()
-            .keepalive_interval(30),
-    );
+    let mut session = session(&mut rx, &mut tx, PASSWORD);
     let io = FromTokio::new(tokio::net::TcpStream::connect(a.mqtt).await.unwrap());
     let mut conn = session
         .connect(io)
@@ -117,14 +122,7 @@ async fn minimq_publishes_telemetry_into_the_readings_table_and_receives_a_comma
 async fn minimq_with_a_wrong_password_is_refused() {
     let a = appliance();
     let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
-    let mut session = minimq::Session::new(
-        minimq::ConfigBuilder::new(minimq::Buffers::new(&mut rx, &mut tx))
-            .client_id(DEVICE)
-            .unwrap()
-            .auth(USER, b"wrong")
-            .unwrap()
-            .keepalive_interval(30),
-    );
+    let mut session = session(&mut rx, &mut tx, "wrong");
     let io = FromTokio::new(tokio::net::TcpStream::connect(a.mqtt).await.unwrap());
     let refused = tokio::time::timeout(Duration::from_secs(10), session.connect(io))
         .await
