@@ -8,6 +8,7 @@ mod defaults;
 pub mod passwords;
 pub mod rate;
 mod secrets;
+pub mod settings;
 pub mod topic;
 
 use std::net::SocketAddr;
@@ -238,12 +239,34 @@ pub struct SlackWebhook {
     pub max_backoff_secs: u64,
 }
 
+impl SlackWebhook {
+    /// A webhook with the default rate, burst, coalescing and timeouts.
+    pub fn new(name: &str, filters: Vec<String>) -> SlackWebhook {
+        SlackWebhook {
+            name: name.into(),
+            filters,
+            rate_per_sec: defaults::slack_rate(),
+            burst: defaults::slack_burst(),
+            max_coalesce: defaults::slack_coalesce(),
+            timeout_secs: defaults::slack_timeout(),
+            max_backoff_secs: defaults::slack_max_backoff(),
+        }
+    }
+}
+
 impl Config {
     /// Reads `path`, or returns the built-in defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
             return Ok(Config::default());
         };
+        let config = Config::read(path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Parses `path` without [`Config::validate`]: for tools that edit the file.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -252,7 +275,6 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        config.validate(path)?;
         Ok(config)
     }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -20,7 +20,7 @@ pub enum SecretsError {
 }
 
 /// Secret values; `Debug` never prints them.
-#[derive(Default, Deserialize, Clone)]
+#[derive(Default, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct Secrets {
     /// Slack webhook URL per webhook name.
@@ -30,18 +30,22 @@ pub struct Secrets {
 }
 
 /// Exment API credentials (H6: only on the appliance, never on a device).
-#[derive(Default, Deserialize, Clone)]
+#[derive(Default, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExmentSecrets {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
 }
 
-#[derive(Default, Deserialize, Clone)]
+#[derive(Default, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecorderSecrets {
     /// Password for `recorder.username` on the recorded broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
 }
 

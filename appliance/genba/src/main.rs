@@ -1,6 +1,7 @@
 //! `genba`: one binary, one subcommand per role. See README.md.
 
 mod commands;
+mod firstboot;
 mod lifecycle;
 mod readings;
 mod recorder;
@@ -80,6 +81,14 @@ enum Command {
     /// Device API keys for POST /api/telemetry.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Apply the settings file from the boot partition (run once per boot by the image).
+    Firstboot {
+        /// The genba.toml to update (may be a symlink to the data partition).
+        #[arg(long, short = 'c', env = "GENBA_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: firstboot::FirstbootArgs,
+    },
     /// Hash a password (read from stdin) for [[mqtt.users]] / [[http.users]], or make an API key.
     Passwd {
         /// Generate a new API key and print it with its SHA-256 for http.api_key_sha256.
@@ -169,6 +178,7 @@ fn main() -> Result<()> {
             cmd: Some(cmd),
         } => commands::exment(&common, cmd),
         Command::Simulate { common, args } => commands::simulate(&common, args),
+        Command::Firstboot { config, args } => firstboot::run(config.as_deref(), &args),
         Command::Passwd { api_key } => commands::passwd(api_key),
     }
 }
