@@ -38,6 +38,16 @@ pub struct Settings {
     pub mqtt_users: Vec<UserSetting>,
     pub slack: Option<SlackSetting>,
     pub exment: Option<ExmentSetting>,
+    /// Thermometers and other devices posting to /api/telemetry with `X-API-Key`.
+    pub devices: Vec<DeviceSetting>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSetting {
+    pub id: String,
+    /// The key the device sends; only its SHA-256 is stored.
+    pub api_key: String,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +104,7 @@ pub struct Applied {
     pub slack: bool,
     pub exment: bool,
     pub wifi: bool,
+    pub devices: usize,
 }
 
 impl Settings {
@@ -152,6 +163,15 @@ impl Settings {
                 }
             }
         }
+        for (i, device) in self.devices.iter().enumerate() {
+            let key = &device.api_key;
+            if !(20..=128).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    format!("devices[{i}].api_key"),
+                    "20 to 128 printable ASCII characters without spaces",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -200,6 +220,7 @@ impl Settings {
             applied.exment = true;
         }
         applied.wifi = self.wifi.is_some();
+        applied.devices = self.devices.len();
         Ok(applied)
     }
 }

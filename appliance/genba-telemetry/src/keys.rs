@@ -24,6 +24,8 @@ pub enum KeyError {
     BadScope(String),
     #[error("device id {0:?}: 1-32 characters from A-Z a-z 0-9 - _ .")]
     BadDevice(String),
+    #[error("this API key already belongs to another device")]
+    KeyInUse,
     #[error("no API key with id {0}")]
     NoSuchKey(i64),
     #[error("api_keys table: {0}")]
@@ -60,6 +62,41 @@ pub fn add(
     scopes: &[String],
     sign: bool,
 ) -> Result<(KeyInfo, String), KeyError> {
+    let key = generate_api_key();
+    let secret = sign.then(generate_api_key);
+    let info = insert(conn, device_id, scopes, &key, secret)?;
+    Ok((info, key))
+}
+
+/// Stores a key the operator chose (the first-boot settings file's `[[devices]]`), unsigned.
+/// Storing the same key again for the same device changes nothing.
+pub fn add_given(
+    conn: &Connection,
+    device_id: &str,
+    scopes: &[String],
+    key: &str,
+) -> Result<KeyInfo, KeyError> {
+    let existing = conn
+        .query_row(
+            &format!("{SELECT} WHERE key_sha256 = ?1"),
+            params![api_key_digest(key)],
+            row,
+        )
+        .optional()?;
+    match existing {
+        Some(info) if info.device_id == device_id => Ok(info),
+        Some(_) => Err(KeyError::KeyInUse),
+        None => insert(conn, device_id, scopes, key, None),
+    }
+}
+
+fn insert(
+    conn: &Connection,
+    device_id: &str,
+    scopes: &[String],
+    key: &str,
+    secret: Option<String>,
+) -> Result<KeyInfo, KeyError> {
     genba_firmware_core::telemetry::validate_device_id(device_id)
         .map_err(|_| KeyError::BadDevice(device_id.to_owned()))?;
     let scopes: Vec<String> = if scopes.is_empty() {
@@ -70,21 +107,18 @@ pub fn add(
     if let Some(bad) = scopes.iter().find(|s| !KNOWN_SCOPES.contains(&s.as_str())) {
         return Err(KeyError::BadScope(bad.clone()));
     }
-    let key = generate_api_key();
-    let secret = sign.then(generate_api_key);
     conn.execute(
         "INSERT INTO api_keys (device_id, key_sha256, scopes, enabled, created_at, signing_secret)
          VALUES (?1, ?2, ?3, 1, ?4, ?5)",
         params![
             device_id,
-            api_key_digest(&key),
+            api_key_digest(key),
             scopes.join(" "),
             now_ms(),
             secret
         ],
     )?;
-    let info = get(conn, conn.last_insert_rowid())?;
-    Ok((info, key))
+    get(conn, conn.last_insert_rowid())
 }
 
 const SELECT: &str =

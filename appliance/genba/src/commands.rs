@@ -199,6 +199,16 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
 /// `genba exment replay|status`.
 pub fn exment(common: &Common, cmd: crate::ExmentCommand) -> Result<()> {
     let config = load_config(common)?;
+    if let crate::ExmentCommand::Check = cmd {
+        match &config.exment.base_url {
+            Some(url) => println!("exment configured: {url}"),
+            None => {
+                println!("exment not configured (no exment.base_url)");
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
     let secrets = genba_config::Secrets::load(&config.secrets_path())?;
     let db = genba_store::db_path(&config.data_dir());
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -220,6 +230,7 @@ pub fn exment(common: &Common, cmd: crate::ExmentCommand) -> Result<()> {
             crate::ExmentCommand::Status => {
                 println!("{}", serde_json::to_string_pretty(&f.status()?)?)
             }
+            crate::ExmentCommand::Check => {}
         }
         anyhow::Ok(())
     })

@@ -45,9 +45,10 @@ pub fn run(config_path: Option<&Path>, args: &FirstbootArgs) -> Result<()> {
                 .with_context(|| format!("removing {}", args.settings.display()))?;
             sync_parent(&args.settings)?;
             println!(
-                "applied {}: users {:?}, slack {}, exment {}, wifi {}; removed it",
+                "applied {}: users {:?}, devices {}, slack {}, exment {}, wifi {}; removed it",
                 args.settings.display(),
                 applied.users,
+                applied.devices,
                 applied.slack,
                 applied.exment,
                 applied.wifi
@@ -83,6 +84,9 @@ fn apply(config_path: &Path, args: &FirstbootArgs) -> Result<Applied> {
     let mut secrets = Secrets::load(&secrets_path)?;
     let applied = settings.apply(&mut config, &mut secrets)?;
     config.validate(&config_path)?;
+    if !settings.devices.is_empty() {
+        store_device_keys(&settings, &config.data_dir())?;
+    }
 
     // genba's files belong to whoever owns the directory they are in (the genba user).
     let owner = |path: &Path| -> Result<Option<(u32, u32)>> {
@@ -115,6 +119,31 @@ fn apply(config_path: &Path, args: &FirstbootArgs) -> Result<Applied> {
         write_file(&args.wifi_conf, conf.as_bytes(), 0o600, None)?;
     }
     Ok(applied)
+}
+
+/// The `[[devices]]` keys go into the store's api_keys table; the database files keep the data
+/// directory's owner so the services can still write them.
+fn store_device_keys(settings: &Settings, data_dir: &Path) -> Result<()> {
+    let db = genba_store::db_path(data_dir);
+    let stored = (|| -> Result<()> {
+        let conn = genba_store::open(&db)?;
+        let tx = conn.unchecked_transaction()?;
+        for (i, device) in settings.devices.iter().enumerate() {
+            genba_telemetry::keys::add_given(&tx, &device.id, &[], &device.api_key)
+                .with_context(|| format!("settings file: key `devices[{i}]`"))?;
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    let meta = fs::metadata(data_dir).with_context(|| format!("{}", data_dir.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", db.display()));
+        if path.exists() {
+            std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()))
+                .with_context(|| format!("chown {}", path.display()))?;
+        }
+    }
+    stored
 }
 
 /// Writes `path` atomically: a temporary file beside it, fsync, rename, fsync of the directory.

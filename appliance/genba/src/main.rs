@@ -109,6 +109,8 @@ pub enum ExmentCommand {
     },
     /// Backlog, last success and last error (never secrets).
     Status,
+    /// Exit 0 when Exment is configured (base_url set), 1 when not: the unit's ExecCondition.
+    Check,
 }
 
 #[derive(Subcommand)]

@@ -77,7 +77,8 @@ fn settings_file_is_applied_with_mode_600_removed_and_the_appliance_uses_it() {
             "[wifi]\ncountry = \"JP\"\nssid = \"shop floor\"\npassword = \"wifi-pass-1\"\n\n\
              [admin]\npassword = \"admin-pass-1\"\n\n\
              [[mqtt_users]]\nname = \"thermo\"\npassword = \"thermo-pass\"\n\n\
-             [slack]\nwebhook_url = \"{}\"\n",
+             [slack]\nwebhook_url = \"{}\"\n\n\
+             [[devices]]\nid = \"fridge-1\"\napi_key = \"fridge-1-key-0123456789\"\n",
             slack.url()
         ),
     )
@@ -100,7 +101,40 @@ fn settings_file_is_applied_with_mode_600_removed_and_the_appliance_uses_it() {
     assert!(!std::fs::read_to_string(&wifi)
         .unwrap()
         .contains("wifi-pass-1"));
-    assert!(out.contains("\"admin\", \"thermo\""), "{out}");
+    assert!(out.contains("\"admin\", \"thermo\"], devices 1"), "{out}");
+    let keys = Command::new(env!("CARGO_BIN_EXE_genba"))
+        .args(["keys", "list", "--json", "--config"])
+        .arg(card.config())
+        .output()
+        .unwrap();
+    let keys: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
+    assert_eq!(keys[0]["device_id"], "fridge-1", "{keys}");
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+
+    // The Exment unit's ExecCondition: not configured yet (exit 1), then configured.
+    let exment_check = || {
+        Command::new(env!("CARGO_BIN_EXE_genba"))
+            .args(["exment", "check", "--config"])
+            .arg(card.config())
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(exment_check(), Some(1));
+    std::fs::write(
+        card.settings(),
+        "[exment]\nbase_url = \"https://exment.example.com\"\nclient_id = \"i\"\nclient_secret = \"s\"\napi_key = \"k\"\n",
+    )
+    .unwrap();
+    let (ok, out) = card.firstboot();
+    assert!(ok, "{out}");
+    assert_eq!(exment_check(), Some(0));
+    let secrets_text = std::fs::read_to_string(&secrets).unwrap();
+    assert!(
+        secrets_text.contains(&slack.url()),
+        "earlier settings are kept"
+    );
+    let config_text = std::fs::read_to_string(card.config()).unwrap();
 
     // A second run without a file changes nothing.
     let (ok, out) = card.firstboot();
@@ -145,6 +179,10 @@ fn bad_settings_change_nothing_keep_the_file_and_name_the_key() {
             "UTF-8",
         ),
         (&b"[slack]\nwebhook_url = 42\n"[..], "webhook_url"),
+        (
+            &b"[admin]\npassword = \"long enough\"\n[[devices]]\nid = \"bad id!\"\napi_key = \"0123456789abcdefghijk\"\n"[..],
+            "devices[0]",
+        ),
     ] {
         std::fs::write(card.settings(), text).unwrap();
         let (ok, out) = card.firstboot();
