@@ -1,0 +1,402 @@
+#!/usr/bin/env python3
+"""Boot test of the Genba SD-card image under qemu-system-aarch64 (-M virt, software emulation).
+
+On a copy of the image, grown by 512 MiB like a bigger SD card:
+ 1. a settings file goes on the boot partition (admin password, an MQTT user, a device key, and a
+    Slack webhook pointing at a fake Slack on this host, reached from the guest as 10.0.2.2);
+ 2. first boot: waits for the console's `genba-ready:` line, then over forwarded ports publishes
+    over MQTT (Debian's mosquitto_pub), calls /notify and /api/telemetry, and waits for both
+    messages at the fake Slack;
+ 3. a write burst of /notify requests, and the VM is killed (a hard power-off) in the middle;
+ 4. second boot: ready again, serves, delivers the burst, then a second hard power-off;
+ 5. the card is read on the host: the settings file is gone, the data partition grew, the root
+    partition is byte-identical to the image's (read-only), the data file system is clean after
+    its journal replay, secrets.toml has mode 600, and the SQLite database passes
+    integrity_check and holds every acknowledged message exactly once and the readings.
+
+The fake Slack answers like Slack's incoming webhooks (200 "ok"); Slack cannot be reached here.
+"""
+import argparse
+import base64
+import http.server
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+ADMIN_PASSWORD = "admin-boot-test-1"
+MQTT_USER, MQTT_PASSWORD = "thermo", "thermo-boot-test"
+DEVICE, DEVICE_KEY = "fridge-1", "fridge-1-boot-test-key-0123456789"
+GROW_MIB = 512
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def fail(msg):
+    log(f"FAIL: {msg}")
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+    log(f"ok: {msg}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*cmd, ok_codes=(0,), **kw):
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if p.returncode not in ok_codes:
+        fail(f"{' '.join(cmd)} exited {p.returncode}: {p.stdout}{p.stderr}")
+    return p
+
+
+class FakeSlack:
+    """Records incoming-webhook posts; answers 200 "ok" as Slack does."""
+
+    def __init__(self):
+        self.texts = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                try:
+                    text = json.loads(body).get("text", "")
+                except ValueError:
+                    self.send_response(400)
+                    self.end_headers()
+                    self.wfile.write(b"invalid_payload")
+                    return
+                with outer.lock:
+                    outer.texts.append(text)
+                self.send_response(200)
+                self.send_header("content-type", "text/html")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def all_text(self):
+        with self.lock:
+            return "\n".join(self.texts)
+
+
+class Card:
+    """The image copy and its partitions (start, size in bytes) from sfdisk."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def partitions(self):
+        table = json.loads(run("sfdisk", "-J", self.path).stdout)["partitiontable"]
+        return [(p["start"] * 512, p["size"] * 512) for p in table["partitions"]]
+
+    def fat(self):
+        return f"{self.path}@@{self.partitions()[0][0]}"
+
+    def fat_files(self):
+        out = run("mdir", "-b", "-i", self.fat(), "::", env=mtools_env()).stdout
+        return [os.path.basename(l.strip()) for l in out.splitlines()]
+
+    def extract(self, index, dest):
+        start, size = self.partitions()[index]
+        with open(self.path, "rb") as src, open(dest, "wb") as out:
+            src.seek(start)
+            left = size
+            while left:
+                chunk = src.read(min(left, 1 << 22))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+
+
+def mtools_env():
+    return dict(os.environ, MTOOLS_SKIP_CHECK="1")
+
+
+class Vm:
+    def __init__(self, work, card, kernel, initrd, http_port, mqtt_port, name):
+        self.log_path = os.path.join(work, f"serial-{name}.log")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [
+                "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2",
+                "-m", "1024", "-nographic", "-kernel", kernel, "-initrd", initrd,
+                "-append", "root=LABEL=GENBAROOT ro rootwait console=ttyAMA0 net.ifnames=0",
+                "-drive", f"if=none,id=hd,file={card.path},format=raw,cache=writeback",
+                "-device", "virtio-blk-pci,drive=hd",
+                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{http_port}-:80,"
+                f"hostfwd=tcp:127.0.0.1:{mqtt_port}-:1883",
+                "-device", "virtio-net-pci,netdev=n0,romfile=",
+                "-device", "virtio-rng-pci",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.log_path, "wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def console(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(r"genba-ready: [^\r\n]*", self.console())
+            if m:
+                return m.group(0), time.monotonic() - self.started
+            if self.proc.poll() is not None:
+                break
+            time.sleep(1)
+        print(self.console()[-6000:])
+        fail(f"no genba-ready line within {timeout} s (console above, log {self.log_path})")
+
+    def power_off(self):
+        """A hard power cut: SIGKILL, no shutdown of the guest."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+def http(method, url, body=None, headers=None, timeout=20):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def notify(base, topic, message, auth=True):
+    headers = {"content-type": "application/json"}
+    if auth:
+        headers["authorization"] = basic("admin", ADMIN_PASSWORD)
+    body = json.dumps({"topic": topic, "message": message}).encode()
+    return http("POST", f"{base}/notify", body, headers)
+
+
+def wait_for(what, timeout, cond):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(1)
+    fail(f"{what} within {timeout} s")
+
+
+def burst(base, seconds_before_cut, vm):
+    """4 writers post numbered messages; returns what was acknowledged before the power cut."""
+    acked, lock, stop = [], threading.Lock(), threading.Event()
+
+    def writer(t):
+        n = 0
+        while not stop.is_set():
+            msg = f"burst-{t}-{n}"
+            try:
+                status, _ = notify(base, f"burst/{t}", msg)
+            except (OSError, urllib.error.URLError):
+                return
+            if status == 200:
+                with lock:
+                    acked.append(msg)
+            n += 1
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds_before_cut)
+    vm.power_off()
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    return acked
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("image")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds to wait for ready per boot")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="genba-boot-test.")
+    log(f"work dir {work}")
+    card = Card(os.path.join(work, "card.img"))
+    run("cp", "--sparse=always", args.image, card.path)
+    original_size = os.path.getsize(card.path)
+    os.truncate(card.path, original_size + GROW_MIB * 1024 * 1024)
+    parts0 = card.partitions()
+
+    slack = FakeSlack()
+    settings = os.path.join(work, "genba-settings.toml")
+    with open(settings, "w") as f:
+        f.write(
+            f'[admin]\npassword = "{ADMIN_PASSWORD}"\n\n'
+            f'[[mqtt_users]]\nname = "{MQTT_USER}"\npassword = "{MQTT_PASSWORD}"\n\n'
+            f'[[devices]]\nid = "{DEVICE}"\napi_key = "{DEVICE_KEY}"\n\n'
+            f'[slack]\nwebhook_url = "http://10.0.2.2:{slack.port}/services/T0/B0/boot-test"\n'
+        )
+    run("mcopy", "-i", card.fat(), settings, "::genba-settings.toml", env=mtools_env())
+    files = card.fat_files()
+    kernel = next(f for f in files if f.startswith("vmlinuz-"))
+    initrd = next(f for f in files if f.startswith("initrd.img-"))
+    for f in (kernel, initrd):
+        run("mcopy", "-o", "-i", card.fat(), f"::{f}", os.path.join(work, f), env=mtools_env())
+    kernel, initrd = os.path.join(work, kernel), os.path.join(work, initrd)
+
+    http_port, mqtt_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{http_port}"
+    figures = {}
+
+    # --- first boot -------------------------------------------------------------------------
+    log("first boot")
+    vm = Vm(work, card, kernel, initrd, http_port, mqtt_port, "boot1")
+    ready, seconds = vm.wait_ready(args.timeout)
+    figures["first boot to ready (s)"] = round(seconds, 1)
+    log(ready)
+    for unit in ("genba-broker", "genba-bridge", "genba-slack"):
+        check(f"{unit}=active" in ready, f"{unit} is active")
+    check("genba-exment=active" not in ready, "genba-exment is skipped (Exment not configured)")
+    failed = re.findall(r"genba-failed: [^\r\n]*", vm.console())
+    check(not failed, f"no failed units ({failed})")
+    check("applied /boot/firmware/genba-settings.toml" in vm.console(),
+          "firstboot applied the settings file (console)")
+
+    status, body = http("GET", f"{base}/health")
+    check(status == 200, f"GET /health answers 200 ({body[:80]!r})")
+    status, _ = notify(base, "kitchen/door", "anonymous", auth=False)
+    check(status == 401, "/notify without the admin password is refused (401)")
+    status, body = notify(base, "kitchen/door", "http message from the boot test")
+    check(status == 200, f"/notify with the admin password is accepted ({body[:80]!r})")
+    pub = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mqtt_port), "-q", "1",
+           "-t", "kitchen/fridge", "-m", "mqtt message from the boot test"]
+    p = subprocess.run(pub + ["-u", MQTT_USER, "-P", "wrong-password"], capture_output=True)
+    check(p.returncode != 0, "MQTT with a wrong password is refused")
+    p = subprocess.run(pub + ["-u", MQTT_USER, "-P", MQTT_PASSWORD], capture_output=True, text=True)
+    check(p.returncode == 0, f"MQTT QoS 1 publish as {MQTT_USER} ({p.stderr.strip()})")
+    reading = {
+        "device_id": DEVICE, "ts_device": 1771156800000,
+        "readings": [
+            {"sensor_hw_id": "28FF4C3A91160457", "raw_celsius": 3.5, "offset_c": -0.25,
+             "celsius": 3.25},
+            {"sensor_hw_id": "28FF4C3A91160458", "raw_celsius": -18.0625, "offset_c": 0.0,
+             "celsius": -18.0625},
+        ],
+    }
+    status, body = http("POST", f"{base}/api/telemetry", json.dumps(reading).encode(),
+                        {"content-type": "application/json", "x-api-key": DEVICE_KEY})
+    check(status == 200 and json.loads(body).get("inserted") == 2,
+          f"/api/telemetry with the device key stores 2 readings ({body!r})")
+    status, _ = http("POST", f"{base}/api/telemetry", json.dumps(reading).encode(),
+                     {"content-type": "application/json", "x-api-key": "not-a-key-0123456789"})
+    check(status == 401, "/api/telemetry with an unknown key is refused (401)")
+    wait_for("both messages at the fake Slack", 120,
+             lambda: "http message from the boot test" in slack.all_text()
+             and "mqtt message from the boot test" in slack.all_text())
+    log("ok: the /notify and the MQTT message reached the fake Slack")
+
+    log("write burst, then a hard power-off in the middle of it")
+    acked = burst(base, 6, vm)
+    figures["acknowledged in the burst before the power cut"] = len(acked)
+    check(len(acked) > 0, f"{len(acked)} burst messages acknowledged before the power cut")
+
+    # --- second boot ------------------------------------------------------------------------
+    log("second boot after the power cut")
+    vm = Vm(work, card, kernel, initrd, http_port, mqtt_port, "boot2")
+    ready, seconds = vm.wait_ready(args.timeout)
+    figures["boot to ready after the power cut (s)"] = round(seconds, 1)
+    log(ready)
+    check("genba-broker=active" in ready and "genba-bridge=active" in ready,
+          "broker and bridge active again")
+    status, _ = notify(base, "kitchen/door", "after the power cut")
+    check(status == 200, "/notify works after the power cut")
+    wait_for("every acknowledged burst message at the fake Slack", 300,
+             lambda: all(m in slack.all_text() for m in acked + ["after the power cut"]))
+    log(f"ok: all {len(acked)} acknowledged burst messages reached the fake Slack")
+    vm.power_off()
+
+    # --- the card, read on the host ---------------------------------------------------------
+    log("reading the card on the host")
+    files = card.fat_files()
+    check("genba-settings.toml" not in files and "genba-settings-error.txt" not in files,
+          "the settings file is gone from the boot partition")
+    parts = card.partitions()
+    check(parts[2][1] > parts0[2][1] + (GROW_MIB - 8) * 1024 * 1024,
+          f"the data partition grew from {parts0[2][1] >> 20} to {parts[2][1] >> 20} MiB")
+    root_img, card_root = os.path.join(work, "root-orig.ext4"), os.path.join(work, "root.ext4")
+    Card(args.image).extract(1, root_img)
+    card.extract(1, card_root)
+    same = run("cmp", "-s", root_img, card_root, ok_codes=(0, 1)).returncode == 0
+    check(same, "the root partition is byte-identical to the image's (mounted read-only)")
+    data = os.path.join(work, "data.ext4")
+    card.extract(2, data)
+    fsck = run("e2fsck", "-fy", data, ok_codes=range(256))
+    check(fsck.returncode in (0, 1),
+          f"data file system consistent after its journal replay (e2fsck exit {fsck.returncode}: "
+          f"{fsck.stdout.strip().splitlines()[-1:]})")
+    blocks = int(re.search(r"Block count:\s+(\d+)", run("dumpe2fs", "-h", data).stdout).group(1))
+    check(blocks * 4096 > (64 + GROW_MIB // 2) * 1024 * 1024,
+          f"the data file system grew to {blocks * 4096 >> 20} MiB")
+    stat = run("debugfs", "-R", "stat /genba/secrets.toml", data).stdout
+    check(re.search(r"Mode:\s+0600", stat) is not None, "secrets.toml has mode 600")
+    dbdir = os.path.join(work, "db")
+    os.mkdir(dbdir)
+    ls = run("debugfs", "-R", "ls -p /genba", data).stdout
+    for name in ("genba.sqlite3", "genba.sqlite3-wal"):
+        if f"/{name}/" in ls:
+            run("debugfs", "-R", f"dump /genba/{name} {os.path.join(dbdir, name)}", data)
+    db = sqlite3.connect(os.path.join(dbdir, "genba.sqlite3"))
+    check(db.execute("PRAGMA integrity_check").fetchone()[0] == "ok",
+          "the guest's SQLite database passes integrity_check")
+    payloads = [r[0] if isinstance(r[0], str) else bytes(r[0]).decode("utf-8", "replace")
+                for r in db.execute("SELECT payload FROM journal")]
+    counts = {}
+    for p in payloads:
+        counts[p] = counts.get(p, 0) + 1
+    missing = [m for m in acked if counts.get(m, 0) != 1]
+    check(not missing, f"every acknowledged burst message is in the journal exactly once "
+                       f"({len(acked)} acknowledged, {len(missing)} missing or duplicated)")
+    for m in ("http message from the boot test", "mqtt message from the boot test",
+              "after the power cut"):
+        check(counts.get(m) == 1, f"journal holds {m!r}")
+    rows = db.execute("SELECT COUNT(*) FROM readings WHERE device_id = ?", (DEVICE,)).fetchone()[0]
+    check(rows == 2, f"the guest's readings table holds the {rows} readings of {DEVICE}")
+    figures["journal rows"] = len(payloads)
+
+    log("figures: " + json.dumps(figures))
+    if args.keep:
+        log(f"kept {work}")
+    else:
+        shutil.rmtree(work)
+    log("boot test passed")
+
+
+if __name__ == "__main__":
+    main()
