@@ -181,7 +181,7 @@ class Vm:
         self.proc.wait()
 
 
-def http(method, url, body=None, headers=None, timeout=20):
+def request(method, url, body=None, headers=None, timeout=20):
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -199,7 +199,7 @@ def notify(base, topic, message, auth=True):
     if auth:
         headers["authorization"] = basic("admin", ADMIN_PASSWORD)
     body = json.dumps({"topic": topic, "message": message}).encode()
-    return http("POST", f"{base}/notify", body, headers)
+    return request("POST", f"{base}/notify", body, headers)
 
 
 def wait_for(what, timeout, cond):
@@ -289,7 +289,7 @@ def main():
     check("applied /boot/firmware/genba-settings.toml" in vm.console(),
           "firstboot applied the settings file (console)")
 
-    status, body = http("GET", f"{base}/health")
+    status, body = request("GET", f"{base}/health")
     check(status == 200, f"GET /health answers 200 ({body[:80]!r})")
     status, _ = notify(base, "kitchen/door", "anonymous", auth=False)
     check(status == 401, "/notify without the admin password is refused (401)")
@@ -310,11 +310,11 @@ def main():
              "celsius": -18.0625},
         ],
     }
-    status, body = http("POST", f"{base}/api/telemetry", json.dumps(reading).encode(),
+    status, body = request("POST", f"{base}/api/telemetry", json.dumps(reading).encode(),
                         {"content-type": "application/json", "x-api-key": DEVICE_KEY})
     check(status == 200 and json.loads(body).get("inserted") == 2,
           f"/api/telemetry with the device key stores 2 readings ({body!r})")
-    status, _ = http("POST", f"{base}/api/telemetry", json.dumps(reading).encode(),
+    status, _ = request("POST", f"{base}/api/telemetry", json.dumps(reading).encode(),
                      {"content-type": "application/json", "x-api-key": "not-a-key-0123456789"})
     check(status == 401, "/api/telemetry with an unknown key is refused (401)")
     wait_for("both messages at the fake Slack", 120,
@@ -361,9 +361,11 @@ def main():
     check(fsck.returncode in (0, 1),
           f"data file system consistent after its journal replay (e2fsck exit {fsck.returncode}: "
           f"{fsck.stdout.strip().splitlines()[-1:]})")
-    blocks = int(re.search(r"Block count:\s+(\d+)", run("dumpe2fs", "-h", data).stdout).group(1))
-    check(blocks * 4096 > (64 + GROW_MIB // 2) * 1024 * 1024,
-          f"the data file system grew to {blocks * 4096 >> 20} MiB")
+    header = run("dumpe2fs", "-h", data).stdout
+    fs_bytes = (int(re.search(r"Block count:\s+(\d+)", header).group(1))
+                * int(re.search(r"Block size:\s+(\d+)", header).group(1)))
+    check(fs_bytes > (64 + GROW_MIB // 2) * 1024 * 1024,
+          f"the data file system grew to {fs_bytes >> 20} MiB")
     stat = run("debugfs", "-R", "stat /genba/secrets.toml", data).stdout
     check(re.search(r"Mode:\s+0600", stat) is not None, "secrets.toml has mode 600")
     dbdir = os.path.join(work, "db")
