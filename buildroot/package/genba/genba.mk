@@ -9,6 +9,8 @@ GENBA_SITE = $(BR2_EXTERNAL_GENBA_PATH)/..
 GENBA_SITE_METHOD = local
 GENBA_LICENSE = MIT or Apache-2.0
 GENBA_CARGO_BUILD_OPTS = -p genba
+# The units run as genba; the user is made at build time (the root file system is read-only).
+GENBA_USERS = genba -1 genba -1 * /var/lib/genba - - Genba appliance
 # The firmware has its own workspace; only the appliance is built here.
 GENBA_SUBDIR =
 
