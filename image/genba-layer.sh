@@ -11,7 +11,7 @@
 #       Every mtime in TREE later than SOURCE_DATE_EPOCH set to it.
 #   genba-layer.sh ext4 LABEL UUID TREE IMAGE SIZE_MB [root-owned]
 #       A reproducible ext4 image of TREE: mtimes clamped to SOURCE_DATE_EPOCH, fixed UUID and
-#       hash seed, every inode's ctime reset; with root-owned, every file owned by 0:0 (for
+#       hash seed, every inode's ctime and atime reset; with root-owned, every file owned by 0:0 (for
 #       trees made without root, as in Buildroot's post-image).
 #
 # Environment: SYSTEMCTL (default systemctl; Buildroot passes its host systemctl),
@@ -63,13 +63,17 @@ layer_ext4() {
   E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -T default -L "$label" -U "$uuid" \
     -E "hash_seed=${HASH_SEED:-6e3b1a52-8f0d-4c2a-9b7e-2d41c0a9e0ff},root_owner=0:0" \
     -d "$tree" "$image" "${size_mb}M"
-  # mke2fs -d copies each file's ctime, which is when it was extracted: reset them all.
+  # mke2fs -d copies each file's ctime and atime, which are when the build extracted or read
+  # it: set them all to SOURCE_DATE_EPOCH.
   cmds=$(mktemp)
   {
-    echo "sif / ctime @$SOURCE_DATE_EPOCH"
-    echo "sif /lost+found ctime @$SOURCE_DATE_EPOCH"
+    for p in / /lost+found; do
+      echo "sif $p ctime @$SOURCE_DATE_EPOCH"
+      echo "sif $p atime @$SOURCE_DATE_EPOCH"
+    done
     find "$tree" -mindepth 1 -printf '%P\n' | while IFS= read -r p; do
       echo "sif \"/$p\" ctime @$SOURCE_DATE_EPOCH"
+      echo "sif \"/$p\" atime @$SOURCE_DATE_EPOCH"
       if [ "$owner" = root-owned ]; then
         echo "sif \"/$p\" uid 0"
         echo "sif \"/$p\" gid 0"
