@@ -18,7 +18,7 @@ PKGS=$(grep -v '^#' "$HERE/packages.list" | grep . | paste -sd, -)
 DIVERT='chroot "$1" dpkg-divert --local --rename --add /usr/sbin/update-initramfs && printf "#!/bin/sh\nexit 0\n" > "$1/usr/sbin/update-initramfs" && chmod 755 "$1/usr/sbin/update-initramfs"'
 UNDIVERT='rm "$1/usr/sbin/update-initramfs" && chroot "$1" dpkg-divert --local --rename --remove /usr/sbin/update-initramfs'
 RASPI='sed -i -e "s|^#\?ROOTPART=.*|ROOTPART=LABEL=GENBAROOT|" -e "s|^#\?CONSOLES=.*|CONSOLES=\"ttyS1,115200 tty0\"|" "$1/etc/default/raspi-firmware"; grep -q ^ROOTPART= "$1/etc/default/raspi-firmware" || echo ROOTPART=LABEL=GENBAROOT >> "$1/etc/default/raspi-firmware"'
-INITRAMFS='chroot "$1" sh -c "for v in \$(ls /lib/modules); do update-initramfs -c -k \$v; done"'
+INITRAMFS='echo "I: building the initramfs (update-initramfs under qemu-user: 5-8 minutes)" && chroot "$1" sh -c "for v in \$(ls /lib/modules); do update-initramfs -c -k \$v; done"'
 # The host's hostname and resolv.conf leak into the tree: replace them.
 NAMES='echo genba > "$1/etc/hostname" && chmod 644 "$1/etc/hostname" && printf "127.0.0.1\tlocalhost\n127.0.1.1\tgenba\n::1\tlocalhost ip6-localhost ip6-loopback\n" > "$1/etc/hosts" && ln -sf ../run/systemd/resolve/stub-resolv.conf "$1/etc/resolv.conf"'
 # Package state the appliance never needs at run time (apt lists and caches, logs of the build).
