@@ -135,6 +135,7 @@ async fn run(args: Args) -> Result<()> {
             );
         }
     }
+    let after_mqtt = peers::rss_kib(genba.pid())?;
     println!();
     println!(
         "## (b) HTTP /notify (journal commit + broker hand-off per request), {}s per case",
@@ -153,6 +154,7 @@ async fn run(args: Args) -> Result<()> {
             f.delivered * 100.0
         );
     }
+    let after_http = peers::rss_kib(genba.pid())?;
     println!();
     println!(
         "## (b2) durable /api/telemetry ingest ({} readings per request, one key per device), {}s per case",
@@ -187,18 +189,21 @@ async fn run(args: Args) -> Result<()> {
     println!();
     println!("## (c) resident memory");
     println!();
-    println!("| process | idle | after load | peak |");
-    println!("|---|---:|---:|---:|");
+    println!("| process | idle | after (a) MQTT | after (b) HTTP | after (b2) telemetry | peak |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
     println!(
-        "| genba up | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
-        idle_rss as f64 / 1024.0,
-        load_rss as f64 / 1024.0,
-        peak_rss as f64 / 1024.0
+        "| genba up | {} | {} | {} | {} | {} |",
+        mib(idle_rss),
+        mib(after_mqtt),
+        mib(after_http),
+        mib(load_rss),
+        mib(peak_rss)
     );
     println!(
-        "| mosquitto | {:.1} MiB | - | {:.1} MiB |",
-        mosq_idle as f64 / 1024.0,
-        mosq_peak as f64 / 1024.0
+        "| mosquitto | {} | - | - | - | {} |",
+        mib(mosq_idle),
+        mib(mosq_peak)
     );
     Ok(())
 }

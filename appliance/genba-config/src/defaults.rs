@@ -28,8 +28,8 @@ listen = "127.0.0.1:1883"              # one port for MQTT 3.1.1 and MQTT 5; use
 # allow_anonymous = true                 # unset: anonymous only on loopback with no users
 max_payload = 262144                     # bytes per PUBLISH
 max_connections = 1000
-segment_size = 1048576                   # broker memory per subscription filter is at most
-segment_count = 2                        #   segment_size x segment_count
+segment_size = 262144                    # broker log per subscription filter: segment_count segments
+segment_count = 2                        #   of max(segment_size, max_payload + 1024) payload bytes
 # connect = "127.0.0.1:1883"             # how genba's own roles reach the broker
 
 # [[mqtt.users]]                         # example; hash from `genba passwd`

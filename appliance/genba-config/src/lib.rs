@@ -171,7 +171,8 @@ pub struct MqttConfig {
     /// Largest PUBLISH payload accepted, bytes.
     pub max_payload: usize,
     pub max_connections: usize,
-    /// rumqttd in-memory log per subscription filter: segment size x count bounds its memory.
+    /// rumqttd in-memory log per subscription filter: `segment_count` segments of
+    /// `max(segment_size, max_payload + 1024)` topic and payload bytes.
     pub segment_size: usize,
     pub segment_count: usize,
     /// Address clients of this appliance (bridge, recorder) use to reach the broker.
@@ -448,7 +449,7 @@ impl Default for MqttConfig {
             users: Vec::new(),
             max_payload: 256 * 1024,
             max_connections: 1000,
-            segment_size: 1024 * 1024,
+            segment_size: 256 * 1024,
             segment_count: 2,
             connect: None,
         }
