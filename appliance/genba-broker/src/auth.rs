@@ -1,6 +1,9 @@
 //! Who may connect to the broker: configured users, the appliance's own roles (internal
 //! secret), and anonymous clients when the config allows them.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use genba_config::credentials::{constant_time_eq, Credentials};
 
 /// The user name genba's own roles (bridge, recorder) connect with.
@@ -18,6 +21,11 @@ pub enum Access {
 #[derive(Clone)]
 pub struct Verifier {
     users: Credentials,
+    names: Arc<HashSet<String>>,
+    /// A configured user whose hash an unknown user's password is checked against (and
+    /// refused whatever the result), so an unknown name costs the same argon2 run as a wrong
+    /// password: user names cannot be told apart by timing.
+    stand_in: Option<String>,
     internal_secret: String,
     anonymous: bool,
 }
@@ -26,6 +34,8 @@ impl Verifier {
     pub fn new(users: &[genba_config::MqttUser], internal_secret: String, anonymous: bool) -> Self {
         Verifier {
             users: Credentials::new(users),
+            names: Arc::new(users.iter().map(|u| u.name.clone()).collect()),
+            stand_in: users.first().map(|u| u.name.clone()),
             internal_secret,
             anonymous,
         }
@@ -48,10 +58,30 @@ impl Verifier {
             let ok = constant_time_eq(password, self.internal_secret.as_bytes());
             return if ok { Access::Internal } else { Access::Denied };
         }
-        if self.users.verify(user, password).await {
-            Access::Client
+        match self.name_to_verify(user) {
+            Some(name) if name == user => {
+                if self.users.verify(user, password).await {
+                    Access::Client
+                } else {
+                    Access::Denied
+                }
+            }
+            Some(stand_in) => {
+                // Same work as a wrong password; the result does not matter.
+                let _ = self.users.verify(stand_in, password).await;
+                Access::Denied
+            }
+            None => Access::Denied,
+        }
+    }
+
+    /// Whose hash `user`'s password is checked against: its own, or the stand-in's for an
+    /// unknown user (`None` when no user is configured, so there is no name to guess).
+    fn name_to_verify<'a>(&'a self, user: &'a str) -> Option<&'a str> {
+        if self.names.contains(user) {
+            Some(user)
         } else {
-            Access::Denied
+            self.stand_in.as_deref()
         }
     }
 }
@@ -81,5 +111,23 @@ mod tests {
         );
         let anon = Verifier::new(&[], "inner".into(), true);
         assert_eq!(anon.check(None, None).await, Access::Client);
+    }
+
+    #[tokio::test]
+    async fn unknown_users_are_checked_against_a_real_hash_and_refused() {
+        let users = vec![genba_config::MqttUser {
+            name: "sensor".into(),
+            password_hash: hash_password("pw").unwrap(),
+        }];
+        let v = Verifier::new(&users, "inner".into(), false);
+        // An unknown name runs argon2 on the stand-in's hash, like a wrong password does.
+        assert_eq!(v.name_to_verify("ghost"), Some("sensor"));
+        assert_eq!(v.name_to_verify("sensor"), Some("sensor"));
+        // Even with the stand-in's own password, an unknown name is refused.
+        assert_eq!(v.check(Some("ghost"), Some(b"pw")).await, Access::Denied);
+        assert_eq!(v.check(Some("ghost"), Some(b"x")).await, Access::Denied);
+        let none = Verifier::new(&[], "inner".into(), false);
+        assert_eq!(none.name_to_verify("ghost"), None);
+        assert_eq!(none.check(Some("ghost"), Some(b"x")).await, Access::Denied);
     }
 }

@@ -3,65 +3,138 @@
 //! Each connection's CONNECT is read here: MQTT 3.1.1 goes to rumqttd's v4 listener, MQTT 5
 //! to its v5 listener (both on loopback), so one port serves both. Bad credentials get a
 //! CONNACK with the reason code (rumqttd would just close), and keep-alive 0 is accepted.
-//! Every PUBLISH from a client is appended to the journal; QoS 1/2 publishes are forwarded
-//! to the broker only after the commit, so a PUBACK/PUBREC always means "durable".
+//! Every PUBLISH from a client is checked (topic, packet id, size) and appended to the journal;
+//! QoS 1/2 publishes are forwarded to the broker only after the commit, so a PUBACK/PUBREC
+//! always means "durable". A publish the front door refuses is neither journaled nor forwarded:
+//! MQTT 5 clients get a DISCONNECT with the reason code, MQTT 3.1.1 clients are disconnected.
+//!
+//! A connection takes its slot when it is accepted, so sockets that never send CONNECT count
+//! against `max_connections`. When the slots are full, genba's own roles (the health probe)
+//! still get in through a few reserved slots, and clients get CONNACK "server busy".
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use genba_store::{Journal, NewMessage};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::{Access, Verifier};
-use crate::packet::{self, connack_refusal, read_frame, Frame, PacketError, Refusal};
+use crate::auth::{Access, Verifier, INTERNAL_USER};
+use crate::packet::{
+    self, connack_refusal, read_frame, Frame, PacketError, Refusal, Violation, PUBACK, PUBREC,
+};
 
 /// Keep-alive that replaces 0 (rumqttd refuses 0): the longest MQTT allows, about 18 hours.
 const KEEP_ALIVE_FOR_ZERO: u16 = u16::MAX;
 /// Packets in flight between a client's reader and its journal-ordered forwarder.
 const FORWARD_QUEUE: usize = 256;
+/// How long a connection holding a slot may take to send CONNECT.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long a connection without a slot may take to send CONNECT (to be told "busy").
+const BUSY_CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How long the last packet to a client (a DISCONNECT) may wait for the packet in front of it.
+const LAST_WORD_WAIT: Duration = Duration::from_secs(2);
+
+/// Counters the front door keeps.
+#[derive(Debug, Default)]
+pub struct DoorStats {
+    /// Connections refused because every slot was taken (CONNACK "server busy" or closed).
+    pub refused_busy: AtomicU64,
+}
 
 pub(crate) struct FrontDoor {
     pub v4: SocketAddr,
     pub v5: SocketAddr,
     pub verifier: Verifier,
     pub journal: Journal,
+    /// Largest PUBLISH payload accepted (bytes); larger is refused, never journaled.
+    pub max_payload: usize,
+    /// Largest packet read at all (remaining length).
     pub max_packet: usize,
+    /// Client slots, taken when a connection is accepted.
     pub connections: Arc<Semaphore>,
+    /// Slots for genba's own roles when the client slots are full.
+    pub internal: Arc<Semaphore>,
+    /// Connections being told "server busy" (bounded: beyond it they are just closed).
+    pub refusing: Arc<Semaphore>,
+    pub stats: Arc<DoorStats>,
+}
+
+/// What the client is to be told before its connection is closed.
+enum LastWord {
+    /// Nothing: close (MQTT 3.1.1, or the client went away).
+    None,
+    Packet(Vec<u8>),
 }
 
 impl FrontDoor {
-    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut backoff = AcceptBackoff::default();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stop_requested(&mut stop) => return,
+            };
+            let (stream, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "mqtt accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    // EMFILE/ENFILE: waiting is the only cure; do not spin or flood the log.
+                    let wait = backoff.failed(&e, Instant::now());
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop_requested(&mut stop) => return,
+                    }
                     continue;
                 }
             };
+            backoff.succeeded();
+            let slot = self.connections.clone().try_acquire_owned().ok();
             let _ = stream.set_nodelay(true);
             let door = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = door.handle(stream).await {
+                if let Err(e) = door.handle(stream, slot).await {
                     tracing::debug!(%peer, error = %e, "mqtt connection ended");
                 }
             });
         }
     }
 
-    async fn handle(&self, stream: TcpStream) -> Result<(), PacketError> {
+    async fn handle(
+        &self,
+        stream: TcpStream,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), PacketError> {
+        // Without a client slot: read the CONNECT only to say "busy" (or let genba's own
+        // probe in), and only for a bounded number of sockets at once.
+        let refusing = match slot {
+            Some(_) => None,
+            None => match self.refusing.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            },
+        };
         let (rd, mut wr) = stream.into_split();
         let mut rd = BufReader::with_capacity(16 * 1024, rd);
-        let first = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            read_frame(&mut rd, 64 * 1024),
-        )
-        .await
-        .map_err(|_| PacketError::Malformed("no CONNECT within 10 s"))??;
+        let wait = if slot.is_some() {
+            CONNECT_WAIT
+        } else {
+            BUSY_CONNECT_WAIT
+        };
+        let first = tokio::time::timeout(wait, read_frame(&mut rd, 64 * 1024))
+            .await
+            .map_err(|_| PacketError::Malformed("no CONNECT in time"))??;
         if first.kind() != packet::CONNECT {
             return Err(PacketError::Malformed("first packet is not CONNECT"));
         }
@@ -76,10 +149,12 @@ impl FrontDoor {
                 return Ok(());
             }
         };
-        let Ok(_slot) = self.connections.clone().try_acquire_owned() else {
+        let claims_internal = connect.username.as_deref() == Some(INTERNAL_USER);
+        if slot.is_none() && !claims_internal {
+            self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
             wr.write_all(&refuse(Refusal::ServerBusy)).await?;
             return Ok(());
-        };
+        }
         let access = self
             .verifier
             .check(connect.username.as_deref(), connect.password.as_deref())
@@ -94,44 +169,96 @@ impl FrontDoor {
             wr.write_all(&refuse(why)).await?;
             return Ok(());
         }
+        // Genba's own roles use the reserved slots first, leaving client slots to clients.
+        let _slot = if access == Access::Internal {
+            match self.internal.clone().try_acquire_owned() {
+                Ok(p) => {
+                    drop(slot);
+                    p
+                }
+                Err(_) => match slot {
+                    Some(s) => s,
+                    None => {
+                        wr.write_all(&refuse(Refusal::ServerBusy)).await?;
+                        return Ok(());
+                    }
+                },
+            }
+        } else {
+            match slot {
+                Some(s) => s,
+                None => {
+                    self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                    wr.write_all(&refuse(Refusal::ServerBusy)).await?;
+                    return Ok(());
+                }
+            }
+        };
+        drop(refusing);
         if connect.keep_alive == 0 {
             let at = connect.keep_alive_at;
             connect_frame.body[at..at + 2].copy_from_slice(&KEEP_ALIVE_FOR_ZERO.to_be_bytes());
         }
         let upstream = TcpStream::connect(upstream_addr).await?;
         let _ = upstream.set_nodelay(true);
-        let (mut up_rd, up_wr) = upstream.into_split();
+        let (up_rd, up_wr) = upstream.into_split();
         let mut up_wr = BufWriter::with_capacity(16 * 1024, up_wr);
         up_wr.write_all(&connect_frame.encode()).await?;
         up_wr.flush().await?;
 
-        // Broker -> client: bytes as they come.
-        let down = tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut up_rd, &mut wr).await;
-            let _ = wr.shutdown().await;
-        });
+        // Broker -> client: bytes as they come, with the front door's own packets slotted in
+        // between two of the broker's.
+        let (say_tx, say_rx) = mpsc::channel(16);
+        let mut down = tokio::spawn(pump_down(up_rd, wr, say_rx));
         // Client -> broker: packets, publishes held until their journal commit.
         let (fwd_tx, fwd_rx) = mpsc::channel(FORWARD_QUEUE);
         let forward = tokio::spawn(forward_in_order(fwd_rx, up_wr));
-        let journal_it = access == Access::Client;
-        let source = format!("mqtt:{}", connect.client_id);
-        let result = self
-            .read_client(&mut rd, connect.level == 5, journal_it, &source, fwd_tx)
-            .await;
-        let _ = forward.await;
+        let session = Session {
+            v5: connect.level == 5,
+            journal_it: access == Access::Client,
+            source: format!("mqtt:{}", connect.client_id),
+        };
+        let result = self.read_client(&mut rd, &session, fwd_tx, &say_tx).await;
+        // Keep the broker connection open until the client has had the last word.
+        let up_wr = forward.await.ok().flatten();
+        let result = match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let last = match e.violation() {
+                    Some(v) if session.v5 => LastWord::Packet(packet::disconnect_v5(v)),
+                    _ => LastWord::None,
+                };
+                if let Some(v) = e.violation() {
+                    tracing::info!(source = %session.source, error = %e, reason = v as u8, "mqtt client disconnected for a protocol violation");
+                }
+                if let LastWord::Packet(p) = last {
+                    if say_tx.send(Say::Last(p)).await.is_ok()
+                        && tokio::time::timeout(LAST_WORD_WAIT, &mut down)
+                            .await
+                            .is_ok()
+                    {
+                        drop(up_wr);
+                        return Err(e);
+                    }
+                }
+                Err(e)
+            }
+        };
+        drop(up_wr);
         down.abort();
         result
     }
 
     async fn read_client(
         &self,
-        rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-        v5: bool,
-        journal_it: bool,
-        source: &str,
+        rd: &mut BufReader<OwnedReadHalf>,
+        session: &Session,
         fwd: mpsc::Sender<(Frame, Option<Commit>)>,
+        say: &mpsc::Sender<Say>,
     ) -> Result<(), PacketError> {
         let mut aliases = HashMap::new();
+        // QoS 2 packet ids the front door answered itself (PUBREC), so it answers their PUBREL.
+        let mut own_qos2: HashSet<u16> = HashSet::new();
         loop {
             let frame = match read_frame(rd, self.max_packet).await {
                 Ok(f) => f,
@@ -139,28 +266,78 @@ impl FrontDoor {
                 Err(e) => return Err(e),
             };
             let mut commit = None;
-            if journal_it && frame.kind() == packet::PUBLISH {
-                let p = packet::parse_publish(&frame, v5, &mut aliases)?;
-                if !p.topic.starts_with('$') {
-                    let qos = p.qos;
-                    let rx = self
-                        .journal
-                        .submit(NewMessage {
-                            source: source.to_owned(),
-                            topic: p.topic,
-                            payload: p.payload,
-                            qos,
-                            retain: p.retain,
-                            mqtt_pid: p.pid,
-                            dup: p.dup,
-                        })
-                        .await
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    // QoS 0 has no acknowledgement to hold back.
-                    if qos > 0 {
-                        commit = Some(rx);
+            match frame.kind() {
+                packet::CONNECT => {
+                    return Err(PacketError::Refused(
+                        Violation::Protocol,
+                        "second CONNECT on a connection",
+                    ))
+                }
+                packet::PUBLISH => {
+                    let p = packet::parse_publish(&frame, session.v5, &mut aliases)?;
+                    if p.payload.len() > self.max_payload {
+                        return Err(PacketError::Refused(
+                            Violation::TooLarge,
+                            "publish payload over max_payload",
+                        ));
+                    }
+                    if p.topic.starts_with("$SYS") {
+                        // Clients do not write the broker's own topics. Like Mosquitto: MQTT 5
+                        // gets "not authorized" in its acknowledgement; 3.1.1 has no code for
+                        // it and gets a plain acknowledgement so it does not resend forever.
+                        if let Some(pid) = p.pid {
+                            let kind = if p.qos == 1 { PUBACK } else { PUBREC };
+                            let ack = if session.v5 {
+                                packet::ack_v5(kind, pid, 0x87)
+                            } else {
+                                let [hi, lo] = pid.to_be_bytes();
+                                if p.qos == 2 {
+                                    own_qos2.insert(pid);
+                                }
+                                vec![kind << 4, 0x02, hi, lo]
+                            };
+                            if say.send(Say::Packet(ack)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        continue;
+                    }
+                    if session.journal_it && !p.topic.starts_with('$') {
+                        let qos = p.qos;
+                        let rx = self
+                            .journal
+                            .submit(NewMessage {
+                                source: session.source.clone(),
+                                topic: p.topic,
+                                payload: p.payload,
+                                qos,
+                                retain: p.retain,
+                                mqtt_pid: p.pid,
+                                dup: p.dup,
+                            })
+                            .await
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        // QoS 0 has no acknowledgement to hold back.
+                        if qos > 0 {
+                            commit = Some(rx);
+                        }
                     }
                 }
+                packet::PUBREL if !own_qos2.is_empty() => {
+                    if let [hi, lo, ..] = frame.body[..] {
+                        if own_qos2.remove(&u16::from_be_bytes([hi, lo])) {
+                            if say
+                                .send(Say::Packet(vec![0x70, 0x02, hi, lo]))
+                                .await
+                                .is_err()
+                            {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                    }
+                }
+                _ => {}
             }
             if fwd.send((frame, commit)).await.is_err() {
                 return Ok(());
@@ -169,32 +346,292 @@ impl FrontDoor {
     }
 }
 
+/// Resolves once `stop` says true; never if its sender is gone (the caller dropped the
+/// `RunningBroker` handle, which does not mean "stop").
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// What the front door knows about one client connection.
+struct Session {
+    v5: bool,
+    journal_it: bool,
+    source: String,
+}
+
 type Commit = oneshot::Receiver<genba_store::Result<i64>>;
 
 /// Writes packets to the broker in arrival order, each after its journal commit. A failed
-/// commit ends the connection, so the client never gets an acknowledgement for it.
+/// commit ends the connection, so the client never gets an acknowledgement for it. Returns
+/// the writer (flushed, still open) unless the connection to the broker failed.
 async fn forward_in_order(
     mut rx: mpsc::Receiver<(Frame, Option<Commit>)>,
-    mut up: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
-) {
+    mut up: BufWriter<OwnedWriteHalf>,
+) -> Option<BufWriter<OwnedWriteHalf>> {
     while let Some((frame, commit)) = rx.recv().await {
         if let Some(commit) = commit {
             match commit.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "journal commit failed; closing the client connection");
-                    return;
+                    return None;
                 }
-                Err(_) => return,
+                Err(_) => return None,
             }
         }
         if up.write_all(&frame.encode()).await.is_err() {
-            return;
+            return None;
         }
         if rx.is_empty() && up.flush().await.is_err() {
-            return;
+            return None;
         }
     }
-    let _ = up.flush().await;
-    let _ = up.shutdown().await;
+    up.flush().await.ok()?;
+    Some(up)
+}
+
+/// A packet the front door itself sends to a client.
+enum Say {
+    Packet(Vec<u8>),
+    /// The last packet: the connection is closed after it.
+    Last(Vec<u8>),
+}
+
+/// Copies the broker's bytes to the client, and slots the front door's own packets in at
+/// packet boundaries of that stream.
+async fn pump_down(
+    mut up: OwnedReadHalf,
+    mut client: OwnedWriteHalf,
+    mut say: mpsc::Receiver<Say>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut framing = Framing::default();
+    let mut pending: Vec<Say> = Vec::new();
+    let mut say_open = true;
+    loop {
+        if framing.at_boundary() && !pending.is_empty() {
+            match write_said(&mut client, &mut pending).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => break,
+            }
+        }
+        tokio::select! {
+            msg = say.recv(), if say_open => match msg {
+                Some(m) => pending.push(m),
+                None => say_open = false,
+            },
+            n = up.read(&mut buf) => {
+                let n = match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let mut chunk = &buf[..n];
+                while !pending.is_empty() && !chunk.is_empty() {
+                    let k = framing.advance(chunk, true);
+                    if client.write_all(&chunk[..k]).await.is_err() {
+                        return;
+                    }
+                    chunk = &chunk[k..];
+                    if framing.at_boundary() {
+                        match write_said(&mut client, &mut pending).await {
+                            Ok(true) => {}
+                            Ok(false) | Err(_) => return shutdown(client).await,
+                        }
+                    }
+                }
+                framing.advance(chunk, false);
+                if client.write_all(chunk).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    if framing.at_boundary() && !pending.is_empty() {
+        let _ = write_said(&mut client, &mut pending).await;
+    }
+    shutdown(client).await;
+}
+
+async fn shutdown(mut client: OwnedWriteHalf) {
+    let _ = client.shutdown().await;
+}
+
+/// Writes the pending packets; `false` once the last one is written (close now).
+async fn write_said(client: &mut OwnedWriteHalf, pending: &mut Vec<Say>) -> std::io::Result<bool> {
+    for m in pending.drain(..) {
+        match m {
+            Say::Packet(p) => client.write_all(&p).await?,
+            Say::Last(p) => {
+                client.write_all(&p).await?;
+                client.flush().await?;
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Follows MQTT packet boundaries in a byte stream without buffering it.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum Framing {
+    /// Next byte is a fixed header's first byte.
+    #[default]
+    Boundary,
+    /// In the remaining length (value so far, shift of the next byte).
+    Length(usize, u32),
+    /// Body bytes still to come.
+    Body(usize),
+    /// The stream is not MQTT (never from rumqttd): no boundary is ever found again.
+    Lost,
+}
+
+impl Framing {
+    fn at_boundary(&self) -> bool {
+        *self == Framing::Boundary
+    }
+
+    /// Consumes `chunk` (or, with `stop`, its bytes up to the next packet boundary); returns
+    /// how many bytes were consumed.
+    fn advance(&mut self, chunk: &[u8], stop: bool) -> usize {
+        let mut i = 0;
+        loop {
+            if (stop && self.at_boundary()) || i == chunk.len() {
+                return i;
+            }
+            *self = match *self {
+                Framing::Boundary => {
+                    i += 1;
+                    Framing::Length(0, 0)
+                }
+                Framing::Length(value, shift) => {
+                    let b = chunk[i];
+                    i += 1;
+                    let value = value | ((b & 0x7f) as usize) << shift;
+                    if b & 0x80 == 0 {
+                        if value == 0 {
+                            Framing::Boundary
+                        } else {
+                            Framing::Body(value)
+                        }
+                    } else if shift >= 21 {
+                        Framing::Lost
+                    } else {
+                        Framing::Length(value, shift + 7)
+                    }
+                }
+                Framing::Body(rest) => {
+                    let take = rest.min(chunk.len() - i);
+                    i += take;
+                    if take == rest {
+                        Framing::Boundary
+                    } else {
+                        Framing::Body(rest - take)
+                    }
+                }
+                Framing::Lost => return chunk.len(),
+            };
+        }
+    }
+}
+
+/// Accept failures (the open-file limit): wait 100 ms, doubling to 1 s while they last, and
+/// log at most once per `LOG_EVERY` with the number of failures since the last line.
+#[derive(Debug)]
+struct AcceptBackoff {
+    wait: Duration,
+    failures: u64,
+    logged_at: Option<Instant>,
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff {
+            wait: BACKOFF_FIRST,
+            failures: 0,
+            logged_at: None,
+        }
+    }
+}
+
+impl AcceptBackoff {
+    /// Records a failure at `now`; returns how long to wait before accepting again.
+    fn failed(&mut self, e: &std::io::Error, now: Instant) -> Duration {
+        self.failures += 1;
+        if self.should_log(now) {
+            tracing::warn!(error = %e, failures = self.failures, "mqtt accept failing (open-file limit?); backing off");
+            self.failures = 0;
+            self.logged_at = Some(now);
+        }
+        let wait = self.wait;
+        self.wait = (self.wait * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    fn should_log(&self, now: Instant) -> bool {
+        self.logged_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= LOG_EVERY)
+    }
+
+    fn succeeded(&mut self) {
+        self.wait = BACKOFF_FIRST;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_finds_packet_boundaries_across_chunks() {
+        // PINGRESP, then a PUBLISH with a 200-byte body (two-byte length), then PUBACK.
+        let mut stream = vec![0xD0, 0x00, 0x30, 0xC8, 0x01];
+        stream.extend(std::iter::repeat_n(7u8, 200));
+        stream.extend([0x40, 0x02, 0x00, 0x01]);
+        let mut boundaries = Vec::new();
+        let mut f = Framing::default();
+        let mut pos = 0;
+        // Feed in small chunks, stopping at each boundary.
+        for chunk in stream.chunks(3) {
+            let mut c = chunk;
+            while !c.is_empty() {
+                let k = f.advance(c, true);
+                let k = if k == 0 {
+                    boundaries.push(pos);
+                    f.advance(&c[..1], false)
+                } else {
+                    k
+                };
+                pos += k;
+                c = &c[k..];
+            }
+        }
+        assert!(f.at_boundary());
+        assert_eq!(boundaries, vec![0, 2, 205]);
+    }
+
+    #[test]
+    fn accept_backoff_grows_to_a_second_and_logs_once_per_interval() {
+        let mut b = AcceptBackoff::default();
+        let e = std::io::Error::from_raw_os_error(24);
+        let t0 = Instant::now();
+        let waits: Vec<_> = (0..6)
+            .map(|i| b.failed(&e, t0 + Duration::from_millis(i)))
+            .collect();
+        let ms: Vec<u128> = waits.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![100, 200, 400, 800, 1000, 1000]);
+        // Logged on the first failure only; the count restarts after each line.
+        assert_eq!(b.logged_at, Some(t0));
+        assert_eq!(b.failures, 5);
+        assert!(!b.should_log(t0 + Duration::from_secs(9)));
+        assert!(b.should_log(t0 + LOG_EVERY));
+        b.succeeded();
+        assert_eq!(b.failed(&e, t0 + LOG_EVERY), BACKOFF_FIRST);
+        assert_eq!(b.failures, 0);
+    }
 }

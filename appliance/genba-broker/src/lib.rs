@@ -6,6 +6,7 @@ pub mod packet;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub use auth::{Access, Verifier, INTERNAL_USER};
+
+/// Log filter directives for the embedded broker, to add to the process's defaults.
+///
+/// rumqttd logs at ERROR what is normal operation behind the front door: every client that
+/// goes away without DISCONNECT ("disconnected"), every probe that closes right after its
+/// CONNACK, a client that reconnects with its client id. Those targets are cut to OFF; the
+/// rest of rumqttd stays at WARN, so its real failures (router stopped, listener errors) show.
+pub const LOG_DIRECTIVES: &str = "rumqttd=warn,rumqttd::server::broker=off";
+
+/// Slots for genba's own roles (health probe, bridge, recorder) beyond `max_connections`.
+const INTERNAL_SLOTS: usize = 8;
+/// Sockets being told "server busy" at once.
+const REFUSING_SLOTS: usize = 32;
+/// File descriptors each client costs: its socket, the front door's loopback connection to
+/// rumqttd, and rumqttd's end of it.
+const FDS_PER_CONNECTION: u64 = 3;
+/// File descriptors kept for everything else (SQLite, HTTP clients, listeners, logs).
+const FDS_RESERVED: u64 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -33,6 +52,44 @@ pub enum BrokerError {
 pub struct RunningBroker {
     /// The public address (the one clients use).
     pub addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    stats: Arc<frontdoor::DoorStats>,
+}
+
+impl RunningBroker {
+    /// Stops accepting connections on the public port (connections already in stay).
+    pub fn stop_accepting(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Connections refused because every client slot was taken.
+    pub fn refused_busy(&self) -> u64 {
+        self.stats.refused_busy.load(Ordering::Relaxed)
+    }
+}
+
+/// Raises the soft open-file limit to the hard one; returns the soft limit in force.
+fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "raised the open-file limit");
+                return Some(hard);
+            }
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        }
+    }
+    Some(soft)
+}
+
+/// How many client connections fit in `fd_limit` open files (at least 1).
+fn connections_within(fd_limit: u64, wanted: usize) -> usize {
+    let extra = (INTERNAL_SLOTS + REFUSING_SLOTS) as u64;
+    let fit = fd_limit.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
+    let fit = fit.saturating_sub(extra).max(1);
+    wanted.min(usize::try_from(fit).unwrap_or(usize::MAX))
 }
 
 /// Starts rumqttd and the front door. Returns once both accept connections.
@@ -41,6 +98,18 @@ pub async fn start(
     journal: Journal,
     internal_secret: &str,
 ) -> Result<RunningBroker, BrokerError> {
+    let mut max_connections = cfg.max_connections;
+    if let Some(limit) = raise_open_file_limit() {
+        max_connections = connections_within(limit, cfg.max_connections);
+        if max_connections < cfg.max_connections {
+            tracing::warn!(
+                max_connections = cfg.max_connections,
+                open_file_limit = limit,
+                serving = max_connections,
+                "the open-file limit is too low for max_connections (3 per client); serving fewer (raise LimitNOFILE)"
+            );
+        }
+    }
     let verifier = Verifier::new(
         &cfg.users,
         internal_secret.to_owned(),
@@ -70,16 +139,30 @@ pub async fn start(
         addr: cfg.listen,
         source,
     })?;
+    let stats = Arc::new(frontdoor::DoorStats::default());
     let door = Arc::new(frontdoor::FrontDoor {
         v4,
         v5,
         verifier,
         journal,
-        max_packet: cfg.max_payload + 64 * 1024,
-        connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+        max_payload: cfg.max_payload,
+        max_packet: max_packet(cfg),
+        connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        internal: Arc::new(tokio::sync::Semaphore::new(INTERNAL_SLOTS)),
+        refusing: Arc::new(tokio::sync::Semaphore::new(REFUSING_SLOTS)),
+        stats: stats.clone(),
     });
-    tokio::spawn(door.serve(listener));
-    Ok(RunningBroker { addr })
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(door.serve(listener, stopped));
+    Ok(RunningBroker { addr, stop, stats })
+}
+
+/// The largest packet (remaining length) the front door reads and rumqttd accepts: a payload
+/// of `max_payload` with room for a topic and MQTT 5 properties. rumqttd's own limit counts the
+/// whole packet, so it is set to this, and the front door enforces `max_payload` itself (a
+/// refused publish is never journaled).
+fn max_packet(cfg: &MqttConfig) -> usize {
+    cfg.max_payload + 64 * 1024
 }
 
 fn rumqttd_config(
@@ -96,7 +179,7 @@ fn rumqttd_config(
             next_connection_delay_ms: 0,
             connections: rumqttd::ConnectionSettings {
                 connection_timeout_ms: 10_000,
-                max_payload_size: cfg.max_payload,
+                max_payload_size: max_packet(cfg),
                 max_inflight_count: 100,
                 auth: None,
                 external_auth: None,
@@ -116,7 +199,7 @@ fn rumqttd_config(
     rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
-            max_connections: cfg.max_connections + 16,
+            max_connections: cfg.max_connections + INTERNAL_SLOTS + 16,
             max_outgoing_packet_count: 200,
             max_segment_size: cfg.segment_size.max(cfg.max_payload + 1024),
             max_segment_count: cfg.segment_count.max(1),

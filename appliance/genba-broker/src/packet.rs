@@ -7,6 +7,22 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub const CONNECT: u8 = 1;
 pub const PUBLISH: u8 = 3;
+pub const PUBACK: u8 = 4;
+pub const PUBREC: u8 = 5;
+pub const PUBREL: u8 = 6;
+
+/// The Topic Alias Maximum rumqttd announces in its MQTT 5 CONNACK.
+pub const TOPIC_ALIAS_MAX: u16 = 4096;
+
+/// Why the front door ends a connection, as an MQTT 5 reason code (3.1.1 just closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    Malformed = 0x81,
+    Protocol = 0x82,
+    TopicInvalid = 0x90,
+    AliasInvalid = 0x94,
+    TooLarge = 0x95,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
@@ -18,6 +34,31 @@ pub enum PacketError {
     TooLarge(usize),
     #[error("malformed {0}")]
     Malformed(&'static str),
+    #[error("{1} (reason {0:?})")]
+    Refused(Violation, &'static str),
+}
+
+impl PacketError {
+    /// The MQTT 5 DISCONNECT reason for this error, if the client is to be told.
+    pub fn violation(&self) -> Option<Violation> {
+        match self {
+            PacketError::Closed | PacketError::Io(_) => None,
+            PacketError::TooLarge(_) => Some(Violation::TooLarge),
+            PacketError::Malformed(_) => Some(Violation::Malformed),
+            PacketError::Refused(v, _) => Some(*v),
+        }
+    }
+}
+
+/// MQTT 5 DISCONNECT from the server with `reason`.
+pub fn disconnect_v5(reason: Violation) -> Vec<u8> {
+    vec![0xE0, 0x02, reason as u8, 0x00]
+}
+
+/// MQTT 5 PUBACK or PUBREC (`kind`) for `pid` with a reason code.
+pub fn ack_v5(kind: u8, pid: u16, reason: u8) -> Vec<u8> {
+    let [hi, lo] = pid.to_be_bytes();
+    vec![kind << 4, 0x04, hi, lo, reason, 0x00]
 }
 
 /// One packet: the fixed header's first byte and the bytes after the remaining length.
@@ -200,7 +241,10 @@ pub struct Publish {
     pub payload: Vec<u8>,
 }
 
-/// Parses a PUBLISH; for MQTT 5 resolves topic aliases through `aliases`.
+/// Parses and checks a PUBLISH from a client; for MQTT 5 resolves topic aliases through
+/// `aliases`. A topic with a wildcard or a NUL, an empty topic without an alias, an unknown or
+/// out-of-range alias, packet id 0 at QoS 1/2 and QoS 3 are refused: such a publish is never
+/// journaled nor acknowledged.
 pub fn parse_publish(
     frame: &Frame,
     v5: bool,
@@ -216,25 +260,41 @@ pub fn parse_publish(
     };
     let mut topic = c.string("topic")?.to_owned();
     let pid = if qos > 0 {
-        Some(c.u16("packet id")?)
+        let pid = c.u16("packet id")?;
+        if pid == 0 {
+            return Err(PacketError::Refused(Violation::Protocol, "packet id 0"));
+        }
+        Some(pid)
     } else {
         None
     };
     if v5 {
         let props = c.properties("publish properties")?;
         if let Some(alias) = topic_alias(props)? {
+            if alias == 0 || alias > TOPIC_ALIAS_MAX {
+                return Err(PacketError::Refused(
+                    Violation::AliasInvalid,
+                    "topic alias out of range",
+                ));
+            }
             if topic.is_empty() {
-                topic = aliases
-                    .get(&alias)
-                    .cloned()
-                    .ok_or(PacketError::Malformed("unknown topic alias"))?;
+                topic = aliases.get(&alias).cloned().ok_or(PacketError::Refused(
+                    Violation::Protocol,
+                    "unknown topic alias",
+                ))?;
             } else {
                 aliases.insert(alias, topic.clone());
             }
         }
     }
     if topic.is_empty() {
-        return Err(PacketError::Malformed("empty topic"));
+        return Err(PacketError::Refused(Violation::Protocol, "empty topic"));
+    }
+    if topic.contains(['+', '#', '\0']) {
+        return Err(PacketError::Refused(
+            Violation::TopicInvalid,
+            "wildcard or NUL in a topic name",
+        ));
     }
     Ok(Publish {
         topic,

@@ -1,0 +1,231 @@
+//! The front door's protocol checks, with raw MQTT packets on real sockets against `genba up`:
+//! what it refuses is never acknowledged nor journaled, and how each version is told.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{wait_until, Appliance};
+
+/// MQTT 3.1.1 or 5 CONNECT, clean session, keep-alive 30, no credentials.
+fn connect_packet(level: u8, client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 30];
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    frame(0x10, &body)
+}
+
+fn frame(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![header];
+    let mut n = body.len();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// PUBLISH with a raw topic (bytes, so invalid ones can be sent), QoS, packet id, payload.
+fn publish(level: u8, topic: &[u8], qos: u8, pid: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic);
+    if qos > 0 {
+        body.extend_from_slice(&pid.to_be_bytes());
+    }
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend_from_slice(payload);
+    frame(0x30 | (qos << 1), &body)
+}
+
+/// Reads one packet: (first byte, body); `None` once the server closed the connection.
+fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut first = [0u8; 1];
+    match s.read_exact(&mut first) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return None,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+        Err(e) => panic!("read: {e}"),
+    }
+    let mut len = 0usize;
+    let mut shift = 0;
+    loop {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).ok()?;
+        len |= ((b[0] & 0x7f) as usize) << shift;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).ok()?;
+    Some((first[0], body))
+}
+
+/// A connected raw client: CONNECT sent, CONNACK "accepted" read.
+fn connected(a: &Appliance, level: u8, client_id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(a.mqtt).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&connect_packet(level, client_id)).unwrap();
+    let (header, body) = read_packet(&mut s).expect("CONNACK");
+    assert_eq!(header, 0x20, "CONNACK");
+    assert_eq!(body[1], 0, "CONNACK accepted: {body:?}");
+    s
+}
+
+/// Asserts the server ends the connection: for MQTT 5 with a DISCONNECT carrying `reason`.
+fn assert_refused(s: &mut TcpStream, level: u8, reason: u8, what: &str) {
+    if level == 5 {
+        let p = read_packet(s);
+        assert_eq!(
+            p.as_ref().map(|(h, b)| (*h, b.first().copied())),
+            Some((0xE0, Some(reason))),
+            "{what}: expected DISCONNECT {reason:#x}, got {p:?}"
+        );
+    }
+    assert_eq!(read_packet(s), None, "{what}: connection not closed");
+}
+
+/// A publish that must go through: its PUBACK reason (MQTT 5) or plain PUBACK (3.1.1).
+fn assert_puback(s: &mut TcpStream, pid: u16, reason: u8, what: &str) {
+    let (header, body) = read_packet(s).unwrap_or_else(|| panic!("{what}: closed"));
+    assert_eq!(header, 0x40, "{what}: PUBACK, got {header:#x} {body:?}");
+    assert_eq!(&body[..2], &pid.to_be_bytes(), "{what}");
+    assert_eq!(body.get(2).copied().unwrap_or(0), reason, "{what}: reason");
+}
+
+#[test]
+fn invalid_topics_and_packet_id_zero_are_refused_never_acknowledged_nor_journaled() {
+    let a = Appliance::start("", "");
+    let cases: [(&[u8], u16, u8, &str); 5] = [
+        (b"notify/#", 1, 0x90, "multi-level wildcard"),
+        (b"a/+/b", 1, 0x90, "single-level wildcard"),
+        (b"notify/a\0b", 1, 0x90, "NUL byte"),
+        (b"notify/pid0", 0, 0x82, "packet id 0 at QoS 1"),
+        (b"", 1, 0x82, "empty topic without alias"),
+    ];
+    for level in [4u8, 5] {
+        for (i, (topic, pid, reason, what)) in cases.iter().enumerate() {
+            let mut s = connected(&a, level, &format!("bad-{level}-{i}"));
+            s.write_all(&publish(level, topic, 1, *pid, b"must not be journaled"))
+                .unwrap();
+            assert_refused(&mut s, level, *reason, &format!("MQTT {level}: {what}"));
+        }
+    }
+    // The door still works, and only the valid publish is in the journal.
+    for level in [4u8, 5] {
+        let mut s = connected(&a, level, &format!("good-{level}"));
+        s.write_all(&publish(level, b"notify/ok", 1, 7, b"fine"))
+            .unwrap();
+        assert_puback(&mut s, 7, 0, "valid publish");
+    }
+    assert!(wait_until(Duration::from_secs(5), || a.journal().len() == 2));
+    let j = a.journal();
+    assert!(
+        j.iter().all(|(t, p)| t == "notify/ok" && p == "fine"),
+        "{j:?}"
+    );
+}
+
+#[test]
+fn sys_topic_publishes_are_acknowledged_not_journaled() {
+    let a = Appliance::start("", "");
+    // MQTT 5: PUBACK 0x87 (not authorized); 3.1.1: a plain PUBACK, as Mosquitto does.
+    for (level, reason) in [(5u8, 0x87u8), (4, 0)] {
+        let mut s = connected(&a, level, &format!("sys-{level}"));
+        s.write_all(&publish(level, b"$SYS/broker/uptime", 1, 3, b"1"))
+            .unwrap();
+        assert_puback(&mut s, 3, reason, "$SYS publish");
+        // The connection stays usable.
+        s.write_all(&publish(level, b"notify/after-sys", 1, 4, b"ok"))
+            .unwrap();
+        assert_puback(&mut s, 4, 0, "publish after $SYS");
+    }
+    assert!(wait_until(Duration::from_secs(5), || a.journal().len() == 2));
+    assert!(a.journal().iter().all(|(t, _)| t == "notify/after-sys"));
+}
+
+#[test]
+fn payload_of_max_payload_is_accepted_one_byte_more_is_refused_unjournaled() {
+    let max = 4096;
+    let a = Appliance::start(&format!("[mqtt]\nmax_payload = {max}\n"), "");
+    let exact = vec![b'x'; max];
+    let over = vec![b'y'; max + 1];
+    for level in [4u8, 5] {
+        let mut s = connected(&a, level, &format!("size-{level}"));
+        s.write_all(&publish(level, b"notify/exact", 1, 1, &exact))
+            .unwrap();
+        assert_puback(&mut s, 1, 0, "payload == max_payload");
+        s.write_all(&publish(level, b"notify/over", 1, 2, &over))
+            .unwrap();
+        assert_refused(&mut s, level, 0x95, "payload == max_payload + 1");
+    }
+    assert!(wait_until(Duration::from_secs(5), || a.journal().len() == 2));
+    let j = a.journal();
+    assert!(
+        j.iter().all(|(t, p)| t == "notify/exact" && p.len() == max),
+        "{:?}",
+        j.iter().map(|(t, p)| (t, p.len())).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_second_connect_closes_the_connection() {
+    let a = Appliance::start("", "");
+    for level in [4u8, 5] {
+        let mut s = connected(&a, level, &format!("twice-{level}"));
+        s.write_all(&connect_packet(level, &format!("twice-{level}")))
+            .unwrap();
+        assert_refused(&mut s, level, 0x82, "second CONNECT");
+    }
+}
+
+#[test]
+fn sockets_without_connect_hold_slots_clients_beyond_get_busy_and_health_still_passes() {
+    let a = Appliance::start("[mqtt]\nmax_connections = 2\n", "");
+    // Two sockets that never send CONNECT take both client slots.
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(a.mqtt).unwrap())
+        .collect();
+    // Give the door a moment to accept them (it takes the slot at accept).
+    let busy = wait_until(Duration::from_secs(5), || {
+        let mut s = TcpStream::connect(a.mqtt).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&connect_packet(4, "third")).unwrap();
+        matches!(read_packet(&mut s), Some((0x20, b)) if b == [0, 3])
+    });
+    assert!(
+        busy,
+        "third client did not get CONNACK 3 (server unavailable)"
+    );
+    // The health probe goes through the public port as genba's own user: not refused.
+    let reply = common::http::Http::new().get(&a.url("/health"), &[]);
+    assert_eq!(
+        reply.status, 200,
+        "/health with every client slot taken: {}",
+        reply.json
+    );
+    drop(idle);
+    // Slots come back.
+    assert!(wait_until(Duration::from_secs(5), || {
+        let mut s = TcpStream::connect(a.mqtt).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&connect_packet(4, "later")).unwrap();
+        matches!(read_packet(&mut s), Some((0x20, b)) if b == [0, 0])
+    }));
+}
