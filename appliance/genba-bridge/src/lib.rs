@@ -1,5 +1,7 @@
 //! The HTTP bridge role. Where an HTTP message enters Genba: `/notify` validates, appends to
 //! the journal (durable before the answer), hands the message to the broker, then answers.
+//! `/api/telemetry` and `/post_v2/` take device telemetry; `/v2/...` is the ThingScale-style
+//! REST API over devices and streams ([`v2`]). One axum router ([`router`]) holds every path.
 
 mod auth;
 mod notify;
@@ -7,20 +9,23 @@ mod page;
 mod publisher;
 mod reply;
 mod telemetry;
+mod v2;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{ConnectInfo, Request, State as AxumState};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
 use bytes::Bytes;
 use genba_config::HttpConfig;
-use genba_store::{Journal, NewMessage, StoreError};
+use genba_store::{Db, Journal, NewMessage, StoreError};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
@@ -48,9 +53,11 @@ pub struct BridgeSettings {
     /// The SQLite file, for `/status` and API keys.
     pub db_path: PathBuf,
     pub telemetry: genba_config::TelemetryConfig,
+    /// Whether a device's first `/post_v2/` creates it (`[devices] auto_provision`).
+    pub provision_http: bool,
 }
 
-struct State {
+pub(crate) struct State {
     http: HttpConfig,
     auth: auth::HttpAuth,
     journal: Journal,
@@ -58,8 +65,13 @@ struct State {
     broker: String,
     internal_secret: String,
     db_path: PathBuf,
+    db: Db,
     telemetry: telemetry::Telemetry,
+    provision_http: bool,
+    v2_limiter: genba_telemetry::limiter::Limiter,
 }
+
+type Shared = Arc<State>;
 
 pub struct RunningBridge {
     pub addr: SocketAddr,
@@ -97,14 +109,59 @@ pub async fn start(
         broker: settings.broker,
         internal_secret: settings.internal_secret,
         telemetry: telemetry::Telemetry::new(&settings.telemetry, &settings.db_path),
+        db: Db::new(&settings.db_path),
         db_path: settings.db_path,
+        provision_http: settings.provision_http,
+        v2_limiter: genba_telemetry::limiter::Limiter::new(v2::RATE_PER_SEC, v2::BURST),
     });
     let done = tokio::spawn(serve(listener, state, shutdown));
     Ok(RunningBridge { addr, done })
 }
 
+/// Every path the bridge serves. Unknown paths are 404 and wrong methods 405, both as JSON.
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(|| async { page::index() }))
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/notify", get(notify).post(notify))
+        .route("/api/telemetry", post(telemetry::handle))
+        .route("/post_v2", post(v2::post_v2))
+        .route("/post_v2/", post(v2::post_v2))
+        .nest("/v2", v2::router())
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(json_method_not_allowed))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", req.uri().path()),
+    )
+}
+
+/// axum answers a wrong method with an empty 405; give it the JSON error body every other
+/// refusal has.
+async fn json_method_not_allowed(res: Response) -> Response {
+    if res.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return res;
+    }
+    let allow = res.headers().get(hyper::header::ALLOW).cloned();
+    let mut p = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+    .into_response();
+    if let Some(allow) = allow {
+        p.headers_mut().insert(hyper::header::ALLOW, allow);
+    }
+    p
+}
+
 async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let header_timeout = Duration::from_secs(state.http.request_timeout_secs.max(1));
+    let app = router(state.clone());
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -120,11 +177,13 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
             }
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(route(req, &state, peer).await) }
-        });
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
@@ -138,30 +197,7 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
-async fn route(req: Request<Incoming>, state: &State, peer: SocketAddr) -> HttpResponse {
-    let path = req.uri().path().to_owned();
-    let result = match (req.method(), path.as_str()) {
-        (&Method::GET, "/") => Ok(page::index()),
-        (&Method::GET, "/health") => Ok(health(state).await),
-        (&Method::GET, "/status") => match state.auth.check(req.headers()).await {
-            Ok(()) => status(state).await,
-            Err(p) => Err(p),
-        },
-        (&Method::GET, "/notify") | (&Method::POST, "/notify") => notify(req, state).await,
-        (&Method::POST, "/api/telemetry") => telemetry::handle(req, state, peer.ip()).await,
-        (_, "/" | "/health" | "/status" | "/notify" | "/api/telemetry") => Err(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("method {} is not allowed on {path}", req.method()),
-        )),
-        _ => Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {path}"),
-        )),
-    };
-    result.unwrap_or_else(Problem::into_response)
-}
-
-async fn notify(req: Request<Incoming>, state: &State) -> Result<HttpResponse, Problem> {
+async fn notify(AxumState(state): AxumState<Shared>, req: Request) -> Result<Response, Problem> {
     state.auth.check(req.headers()).await?;
     let query = notify::parse_urlencoded(req.uri().query().unwrap_or_default().as_bytes())?;
     let note = if req.method() == Method::GET {
@@ -179,7 +215,7 @@ async fn notify(req: Request<Incoming>, state: &State) -> Result<HttpResponse, P
                     .to_ascii_lowercase()
             })
             .unwrap_or_default();
-        let body = read_body(req, state).await?;
+        let body = read_body(req, &state).await?;
         match content_type.as_str() {
             "application/json" => notify::from_json(&body, &state.http)?,
             "application/x-www-form-urlencoded" => {
@@ -226,7 +262,8 @@ async fn notify(req: Request<Incoming>, state: &State) -> Result<HttpResponse, P
     Ok(reply::json(
         StatusCode::OK,
         &json!({"ok": true, "id": id, "topic": note.topic, "published": published}),
-    ))
+    )
+    .into_response())
 }
 
 pub(crate) fn store_problem(e: StoreError) -> Problem {
@@ -244,7 +281,7 @@ pub(crate) fn store_problem(e: StoreError) -> Problem {
     }
 }
 
-pub(crate) async fn read_body(req: Request<Incoming>, state: &State) -> Result<Bytes, Problem> {
+pub(crate) async fn read_body(req: Request, state: &State) -> Result<Bytes, Problem> {
     let max = state.http.max_body_bytes;
     let too_large = || {
         Problem::field(
@@ -283,7 +320,7 @@ pub(crate) async fn read_body(req: Request<Incoming>, state: &State) -> Result<B
     }
 }
 
-async fn health(state: &State) -> HttpResponse {
+async fn health(AxumState(state): AxumState<Shared>) -> HttpResponse {
     let broker_up = match state.broker.parse::<SocketAddr>() {
         Ok(addr) => genba_broker::probe(addr, &state.internal_secret).await,
         Err(_) => state.publisher.connected(),
@@ -306,7 +343,11 @@ async fn health(state: &State) -> HttpResponse {
     )
 }
 
-async fn status(state: &State) -> Result<HttpResponse, Problem> {
+async fn status(
+    AxumState(state): AxumState<Shared>,
+    headers: hyper::HeaderMap,
+) -> Result<HttpResponse, Problem> {
+    state.auth.check(&headers).await?;
     let path = state.db_path.clone();
     let status = tokio::task::spawn_blocking(move || genba_store::Reader::open(&path)?.status())
         .await

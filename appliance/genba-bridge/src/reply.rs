@@ -63,7 +63,7 @@ impl Problem {
         }
     }
 
-    pub fn into_response(self) -> HttpResponse {
+    pub fn into_http(self) -> HttpResponse {
         let mut body = json!({"ok": false, "error": self.error});
         if let Some(f) = &self.field {
             body["field"] = json!(f);
@@ -80,5 +80,11 @@ impl Problem {
             );
         }
         r
+    }
+}
+
+impl axum::response::IntoResponse for Problem {
+    fn into_response(self) -> axum::response::Response {
+        self.into_http().into_response()
     }
 }

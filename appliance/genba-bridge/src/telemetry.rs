@@ -4,22 +4,22 @@
 //! answer `{ok, inserted, readings}`; the batch is then published on
 //! `devices/{id}/telemetry` for live subscribers.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use genba_store::NewReadings;
+use axum::extract::{ConnectInfo, Request, State as AxumState};
+use genba_store::TelemetryBatch;
 use genba_telemetry::keys::{self, KeyError, KeyInfo, SCOPE_TELEMETRY_WRITE};
 use genba_telemetry::limiter::Limiter;
 use genba_telemetry::signing::{self, ReplayGuard, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
 use rusqlite::Connection;
 use serde_json::json;
 
 use crate::reply::{self, HttpResponse, Problem};
-use crate::State;
+use crate::Shared;
 
 pub(crate) struct Telemetry {
     limiter: Limiter,
@@ -41,7 +41,8 @@ impl Telemetry {
         }
     }
 
-    async fn authorize(&self, key: String) -> Result<KeyInfo, Problem> {
+    /// Checks a device API key for `telemetry:write` (401 unknown or revoked, 403 scope).
+    pub(crate) async fn authorize_key(&self, key: String) -> Result<KeyInfo, Problem> {
         let (conn, path) = (self.keys.clone(), self.db_path.clone());
         let checked = tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
@@ -70,13 +71,28 @@ impl Telemetry {
             }
         })
     }
+
+    /// The rate limit per device key and per source address (429 with `Retry-After`).
+    pub(crate) fn rate_check(&self, key_id: i64, peer: IpAddr) -> Result<(), Problem> {
+        self.limiter
+            .check(
+                &[&format!("key:{key_id}"), &format!("addr:{peer}")],
+                Instant::now(),
+            )
+            .map_err(|wait| {
+                let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate limit: slow down");
+                p.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+                p
+            })
+    }
 }
 
 pub(crate) async fn handle(
-    req: Request<Incoming>,
-    state: &State,
-    peer: IpAddr,
+    AxumState(state): AxumState<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
 ) -> Result<HttpResponse, Problem> {
+    let peer = peer.ip();
     let t = &state.telemetry;
     let key = req
         .headers()
@@ -90,23 +106,17 @@ pub(crate) async fn handle(
                 "missing X-API-Key header",
             )
         })?;
-    let device = t.authorize(key).await?;
-    if let Err(wait) = t.limiter.check(
-        &[&format!("key:{}", device.id), &format!("addr:{peer}")],
-        Instant::now(),
-    ) {
-        let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate limit: slow down");
-        p.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-        return Err(p);
-    }
+    let device = t.authorize_key(key).await?;
+    t.rate_check(device.id, peer)?;
+    let headers = req.headers().clone();
     let header = |name: &str| {
-        req.headers()
+        headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
     let (timestamp, signature) = (header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER));
-    let body = crate::read_body(req, state).await?;
+    let body = crate::read_body(req, &state).await?;
     if let Some(secret) = &device.signing_secret {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -131,11 +141,22 @@ pub(crate) async fn handle(
         ));
     }
     let count = batch.readings.len();
+    crate::v2::device_gate(&state, &batch.device_id, true).await?;
+    let mut message = genba_platform::message::parse(
+        &batch.device_id,
+        None,
+        &body,
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .map_err(|e| Problem::bad("body", e))?;
+    message.source = format!("http:{peer}");
+    message.address = Some(peer.to_string());
+    message.provision = true; // device_gate refused what may not be provisioned
     let committed = state
         .journal
-        .try_submit_readings(NewReadings {
-            source: format!("http:{peer}"),
-            readings: batch.readings,
+        .try_submit_telemetry(TelemetryBatch {
+            messages: vec![message],
+            refused: Vec::new(),
             cursor: None,
         })
         .map_err(crate::store_problem)?;

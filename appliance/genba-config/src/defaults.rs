@@ -53,6 +53,12 @@ api_key_sha256 = []                      # X-API-Key values, as printed by `genb
 retention_hours = 168                    # prune journal rows older than this once every sink passed them
 max_batch = 512                          # group commit size
 
+[devices]
+# auto_provision = "authenticated"       # "off" | "authenticated" | "all"; unset: "all" only for the
+                                         #   loopback trial (anonymous MQTT on 127.0.0.1, no users)
+raw_days = 30                            # raw points and records per device
+rollup_days = 731                        # per-minute and per-hour min/max/avg/count
+
 # [[slack.webhooks]]                     # example; its URL is `ops = "https://hooks.slack.com/services/..."`
 # name = "ops"                           #   under [slack] in the secrets file
 # filters = ["notify/#", "alert/#"]

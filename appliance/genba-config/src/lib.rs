@@ -49,6 +49,61 @@ pub struct Config {
     pub recorder: RecorderConfig,
     pub telemetry: TelemetryConfig,
     pub exment: ExmentConfig,
+    pub devices: DevicesConfig,
+}
+
+/// Who may create a device by sending its first message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoProvision {
+    /// Only devices added by hand (`genba devices add`, the API) are accepted.
+    Off,
+    /// Devices that authenticate (an API key, or an MQTT broker that requires a user).
+    Authenticated,
+    /// Anyone who may publish, anonymous MQTT clients included.
+    All,
+}
+
+/// The device platform: registry, streams, retention of points and rollups.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// Unset: `all` while the broker lets anonymous clients in only because it is a
+    /// loopback-only trial (`genba up` defaults), else `authenticated`.
+    pub auto_provision: Option<AutoProvision>,
+    /// Raw points and records are kept this many days.
+    pub raw_days: u32,
+    /// Per-minute and per-hour rollups are kept this many days (HACCP records: years).
+    pub rollup_days: u32,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            auto_provision: None,
+            raw_days: 30,
+            rollup_days: 731,
+        }
+    }
+}
+
+impl Config {
+    /// Whether a message from an unknown device creates it. `authenticated` says whether the
+    /// message's sender proved who it is (an API key; an MQTT broker that requires users).
+    pub fn provisions(&self, authenticated: bool) -> bool {
+        let mode = self.devices.auto_provision.unwrap_or(
+            if self.mqtt.allow_anonymous.is_none() && self.mqtt.anonymous_allowed() {
+                AutoProvision::All
+            } else {
+                AutoProvision::Authenticated
+            },
+        );
+        match mode {
+            AutoProvision::Off => false,
+            AutoProvision::Authenticated => authenticated,
+            AutoProvision::All => true,
+        }
+    }
 }
 
 /// `genba exment`: HACCP check records built from the readings, sent to an Exment table.

@@ -4,14 +4,21 @@
 //! committed (WAL, `synchronous=FULL`), and the writer thread commits many appends in one
 //! transaction (group commit). Sinks read with [`Reader`] and move their own cursor.
 
+mod db;
+pub mod devices;
+pub mod ingest;
 mod reader;
 mod schema;
+pub mod streams;
+pub mod tokens;
 mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use db::Db;
+pub use ingest::{DeviceMessage, Field, FieldValue, Refused, TelemetryBatch};
 pub use reader::{JournalEntry, Reader, SinkState, StoreStatus};
-pub use writer::{Journal, NewMessage, NewReading, NewReadings};
+pub use writer::{Journal, NewMessage, NewReading};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -27,6 +34,8 @@ pub enum StoreError {
     },
     #[error("journal commit in {path} failed: {message}")]
     Commit { path: PathBuf, message: String },
+    #[error("a database task failed: {0}")]
+    Task(String),
     #[error("the journal writer has stopped")]
     WriterGone,
     #[error("the journal queue is full")]

@@ -74,6 +74,72 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 3: optional request signing per key (HMAC-SHA256 of timestamp and body).
     "ALTER TABLE api_keys ADD COLUMN signing_secret TEXT; -- NULL: this key's requests are not signed",
+    // 4: the device platform: registry, streams of any telemetry field, raw points with
+    // per-minute and per-hour rollups (kept up to date as points are inserted), the JSON
+    // records a device sent (ThingScale's channel), and REST API tokens.
+    "CREATE TABLE devices (
+        id           TEXT    PRIMARY KEY,
+        channel      INTEGER NOT NULL UNIQUE,            -- ThingScale's mapped channel number
+        name         TEXT    NOT NULL DEFAULT '',
+        description  TEXT    NOT NULL DEFAULT '',
+        location     TEXT    NOT NULL DEFAULT '',
+        device_type  TEXT    NOT NULL DEFAULT '',
+        tags         TEXT    NOT NULL DEFAULT '[]',      -- JSON array of strings
+        enabled      INTEGER NOT NULL DEFAULT 1,
+        provisioned  TEXT    NOT NULL,                   -- 'manual' or 'auto'
+        created_at   INTEGER NOT NULL,                   -- unix ms
+        last_seen_at INTEGER,
+        last_address TEXT,
+        firmware     TEXT,
+        rssi         INTEGER
+     );
+     CREATE TABLE streams (
+        id          INTEGER PRIMARY KEY,
+        device_id   TEXT    NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        name        TEXT    NOT NULL,                    -- field path ('env.temp') or probe id
+        kind        TEXT    NOT NULL,                    -- 'number' or 'text'
+        label       TEXT    NOT NULL DEFAULT '',
+        unit        TEXT    NOT NULL DEFAULT '',
+        created_at  INTEGER NOT NULL,
+        last_at     INTEGER,
+        last_value  REAL,
+        last_text   TEXT,
+        UNIQUE (device_id, name)
+     );
+     CREATE TABLE points (
+        stream_id INTEGER NOT NULL REFERENCES streams(id) ON DELETE CASCADE,
+        at        INTEGER NOT NULL,                      -- unix ms
+        value     REAL,
+        text      TEXT,
+        PRIMARY KEY (stream_id, at)
+     ) WITHOUT ROWID;
+     CREATE TABLE rollups (
+        stream_id INTEGER NOT NULL REFERENCES streams(id) ON DELETE CASCADE,
+        period    INTEGER NOT NULL,                      -- bucket length in ms: 60000 or 3600000
+        bucket    INTEGER NOT NULL,                      -- bucket start, unix ms
+        count     INTEGER NOT NULL,
+        min       REAL    NOT NULL,
+        max       REAL    NOT NULL,
+        sum       REAL    NOT NULL,
+        PRIMARY KEY (stream_id, period, bucket)
+     ) WITHOUT ROWID;
+     CREATE TABLE records (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT    NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        at        INTEGER NOT NULL,                      -- unix ms
+        tag       TEXT,
+        body      TEXT    NOT NULL                       -- the JSON object as the device sent it
+     );
+     CREATE INDEX records_device_time ON records(device_id, at);
+     CREATE TABLE api_tokens (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        name         TEXT    NOT NULL,
+        token_sha256 TEXT    NOT NULL UNIQUE,            -- the token itself is never stored
+        scopes       TEXT    NOT NULL,                   -- space separated: read write admin
+        enabled      INTEGER NOT NULL DEFAULT 1,
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER
+     );",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {

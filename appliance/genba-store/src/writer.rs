@@ -6,6 +6,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::ingest::TelemetryBatch;
 use crate::{now_ms, Result, StoreError};
 
 /// One message to append to the journal.
@@ -35,22 +36,13 @@ pub struct NewReading {
     pub rssi: i64,
 }
 
-/// A batch of readings from one request or message, with an optional consumer cursor that
-/// moves in the same transaction (the MQTT telemetry consumer of the journal).
-#[derive(Debug, Clone)]
-pub struct NewReadings {
-    pub source: String,
-    pub readings: Vec<NewReading>,
-    pub cursor: Option<(String, i64)>,
-}
-
 /// Work for the writer; every kind commits in the same group transaction.
 enum Work {
     Message(NewMessage),
-    Readings(NewReadings),
+    Telemetry(TelemetryBatch),
 }
 
-/// The journal id of a message, or the number of readings newly inserted.
+/// The journal id of a message, or the number of readings and points newly inserted.
 type Reply = oneshot::Sender<Result<i64>>;
 
 struct Request {
@@ -118,21 +110,22 @@ impl Journal {
         self.try_queue(Work::Message(message))
     }
 
-    /// Stores readings (duplicates ignored) without waiting for room: `Busy` when the queue is
-    /// full. The receiver resolves, once committed, to the number of readings newly inserted.
-    pub fn try_submit_readings(
+    /// Stores device telemetry (see [`crate::ingest`]) without waiting for room: `Busy` when
+    /// the queue is full. The receiver resolves, once committed, to the number of readings
+    /// (HACCP) plus points newly inserted; resends insert nothing.
+    pub fn try_submit_telemetry(
         &self,
-        readings: NewReadings,
+        batch: TelemetryBatch,
     ) -> Result<oneshot::Receiver<Result<i64>>> {
-        self.try_queue(Work::Readings(readings))
+        self.try_queue(Work::Telemetry(batch))
     }
 
-    /// Stores readings, waiting for room and for the commit; returns the number inserted.
-    pub async fn store_readings(&self, readings: NewReadings) -> Result<i64> {
+    /// Stores device telemetry, waiting for room and for the commit.
+    pub async fn store_telemetry(&self, batch: TelemetryBatch) -> Result<i64> {
         let (tx, rx) = oneshot::channel();
         self.queue
             .send(Request {
-                work: Work::Readings(readings),
+                work: Work::Telemetry(batch),
                 reply: Some(tx),
             })
             .await
@@ -242,38 +235,12 @@ fn commit_batch(conn: &mut Connection, batch: &[Request]) -> rusqlite::Result<Ve
             "SELECT id FROM journal WHERE source = ?1 AND mqtt_pid = ?2 AND topic = ?3 AND payload = ?4
              ORDER BY id DESC LIMIT 1",
         )?;
-        let mut insert_reading = tx.prepare_cached(
-            "INSERT OR IGNORE INTO readings (device_id, recorded_at, ts_device, sensor_hw_id,
-             raw_celsius, offset_c, celsius, rssi, source, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
-        let mut move_cursor = tx.prepare_cached(
-            "UPDATE sinks SET cursor = MAX(cursor, ?2), delivered = delivered + 1 WHERE name = ?1",
-        )?;
         let now = now_ms();
         for req in batch {
             let m = match &req.work {
                 Work::Message(m) => m,
-                Work::Readings(batch) => {
-                    let mut inserted = 0;
-                    for r in &batch.readings {
-                        inserted += insert_reading.execute(params![
-                            r.device_id,
-                            r.recorded_at,
-                            r.ts_device,
-                            r.sensor_hw_id,
-                            r.raw_celsius,
-                            r.offset_c,
-                            r.celsius,
-                            r.rssi,
-                            batch.source,
-                            now
-                        ])? as i64;
-                    }
-                    if let Some((sink, cursor)) = &batch.cursor {
-                        move_cursor.execute(params![sink, cursor])?;
-                    }
-                    ids.push(inserted);
+                Work::Telemetry(batch) => {
+                    ids.push(crate::ingest::apply(&tx, batch, now)?);
                     continue;
                 }
             };
@@ -359,8 +326,9 @@ mod tests {
 }
 
 #[cfg(test)]
-mod readings_tests {
+mod telemetry_tests {
     use super::*;
+    use crate::ingest::{DeviceMessage, Field, FieldValue};
 
     fn reading(sensor: &str, ts: i64, c: f64) -> NewReading {
         NewReading {
@@ -375,24 +343,142 @@ mod readings_tests {
         }
     }
 
+    fn batch(readings: Vec<NewReading>) -> TelemetryBatch {
+        let fields = readings
+            .iter()
+            .map(|r| Field {
+                name: r.sensor_hw_id.clone(),
+                value: FieldValue::Number(r.celsius),
+                unit: Some("°C".into()),
+                at_ms: Some(r.ts_device),
+            })
+            .collect();
+        TelemetryBatch {
+            refused: vec![],
+            messages: vec![DeviceMessage {
+                device_id: "fridge-1".into(),
+                source: "http:127.0.0.1".into(),
+                at_ms: 1000,
+                address: None,
+                firmware: None,
+                rssi: Some(-60),
+                readings,
+                fields,
+                record: None,
+                journal: None,
+                provision: true,
+            }],
+            cursor: None,
+        }
+    }
+
+    fn count(journal: &Journal, sql: &str) -> i64 {
+        let conn = crate::open(journal.path()).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     #[tokio::test]
     async fn a_resent_batch_inserts_nothing_and_a_partly_new_one_only_the_new_rows() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::start(&dir.path().join("r.sqlite3"), 8, 8).unwrap();
-        let batch = NewReadings {
-            source: "http:127.0.0.1".into(),
-            readings: vec![reading("A", 1000, 3.5), reading("B", 1000, 4.0)],
-            cursor: None,
-        };
-        assert_eq!(journal.store_readings(batch.clone()).await.unwrap(), 2);
-        assert_eq!(journal.store_readings(batch.clone()).await.unwrap(), 0);
-        let mut more = batch;
-        more.readings.push(reading("A", 2000, 3.6));
-        assert_eq!(journal.store_readings(more).await.unwrap(), 1);
+        let first = vec![reading("A", 1000, 3.5), reading("B", 1000, 4.0)];
+        assert_eq!(
+            journal.store_telemetry(batch(first.clone())).await.unwrap(),
+            2
+        );
+        assert_eq!(
+            journal.store_telemetry(batch(first.clone())).await.unwrap(),
+            0
+        );
+        let mut more = first;
+        more.push(reading("A", 2000, 3.6));
+        assert_eq!(journal.store_telemetry(batch(more)).await.unwrap(), 1);
+        assert_eq!(count(&journal, "SELECT COUNT(*) FROM readings"), 3);
+        // One stream per probe; each point once, and the rollups count each point once.
+        assert_eq!(count(&journal, "SELECT COUNT(*) FROM streams"), 2);
+        assert_eq!(count(&journal, "SELECT COUNT(*) FROM points"), 3);
+        assert_eq!(
+            count(
+                &journal,
+                "SELECT SUM(count) FROM rollups WHERE period = 60000"
+            ),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn rollups_hold_min_max_sum_and_count_per_minute_and_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::start(&dir.path().join("r.sqlite3"), 8, 8).unwrap();
+        // 3 points in minute 0, 1 in minute 1; all in hour 0.
+        let readings = vec![
+            reading("A", 1_000, 2.0),
+            reading("A", 20_000, 6.0),
+            reading("A", 59_999, 4.0),
+            reading("A", 60_000, 10.0),
+        ];
+        journal.store_telemetry(batch(readings)).await.unwrap();
         let conn = crate::open(journal.path()).unwrap();
-        let n: i64 = conn
-            .query_row("SELECT COUNT(*) FROM readings", [], |r| r.get(0))
+        let rows: Vec<(i64, i64, i64, f64, f64, f64)> = conn
+            .prepare(
+                "SELECT period, bucket, count, min, max, sum FROM rollups ORDER BY period, bucket",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(n, 3);
+        assert_eq!(
+            rows,
+            vec![
+                (60_000, 0, 3, 2.0, 6.0, 12.0),
+                (60_000, 60_000, 1, 10.0, 10.0, 10.0),
+                (3_600_000, 0, 4, 2.0, 10.0, 22.0),
+            ]
+        );
+        let last: f64 = conn
+            .query_row("SELECT last_value FROM streams", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(last, 10.0);
+    }
+
+    #[tokio::test]
+    async fn unknown_and_disabled_devices_are_parked_with_the_cursor_moving() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite3");
+        let journal = Journal::start(&path, 8, 8).unwrap();
+        crate::Reader::open(&path)
+            .unwrap()
+            .register_sink("platform")
+            .unwrap();
+        let mut b = batch(vec![reading("A", 1000, 3.5)]);
+        b.messages[0].provision = false;
+        b.messages[0].journal = Some((7, "devices/fridge-1/telemetry".into()));
+        b.cursor = Some(("platform".into(), 7));
+        assert_eq!(journal.store_telemetry(b.clone()).await.unwrap(), 0);
+        assert_eq!(count(&journal, "SELECT COUNT(*) FROM devices"), 0);
+        assert_eq!(count(&journal, "SELECT COUNT(*) FROM readings"), 0);
+        assert_eq!(
+            count(&journal, "SELECT parked FROM sinks WHERE name = 'platform'"),
+            1
+        );
+        assert_eq!(
+            count(&journal, "SELECT cursor FROM sinks WHERE name = 'platform'"),
+            7
+        );
+        let conn = crate::open(&path).unwrap();
+        let reason: String = conn
+            .query_row("SELECT reason FROM parked", [], |r| r.get(0))
+            .unwrap();
+        assert!(reason.contains("unknown device"), "{reason}");
     }
 }

@@ -133,8 +133,17 @@ pub fn keys(cmd: crate::KeysCommand) -> Result<()> {
             device,
             scopes,
             sign,
+            json,
         } => {
             let (info, key) = keys::add(&open(&common)?, &device, &scopes, sign)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": info.id, "device_id": info.device_id, "key": key,
+                        "scopes": info.scopes, "signing_secret": info.signing_secret})
+                );
+                return Ok(());
+            }
             if let Some(secret) = &info.signing_secret {
                 println!(
                     "signing secret (shown once; HMAC-SHA256 key for X-Genba-Signature): {secret}"
@@ -165,20 +174,7 @@ pub fn keys(cmd: crate::KeysCommand) -> Result<()> {
 pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<()> {
     let config = load_config(common)?;
     let data_dir = config.data_dir();
-    let endpoints: Option<serde_json::Value> =
-        std::fs::read_to_string(data_dir.join("run").join("endpoints.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
-    let addr = |key: &str, fallback: std::net::SocketAddr| {
-        endpoints
-            .as_ref()
-            .and_then(|e| e[key].as_str())
-            .and_then(|a| a.parse().ok())
-            .filter(|_| common.mqtt.is_none() && common.http.is_none())
-            .unwrap_or(fallback)
-    };
-    let mqtt = addr("mqtt", config.mqtt.listen);
-    let http = addr("http", config.http.listen);
+    let (mqtt, http) = running_endpoints(common, &config);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -194,6 +190,30 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
         anyhow::bail!("{} batches could not be sent", summary.unsent);
     }
     Ok(())
+}
+
+/// The MQTT and HTTP addresses of the appliance running on this data dir
+/// (`run/endpoints.json`), or the configured ones when none runs or `--mqtt/--http` are given.
+pub fn running_endpoints(
+    common: &Common,
+    config: &genba_config::Config,
+) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let endpoints: Option<serde_json::Value> =
+        std::fs::read_to_string(config.data_dir().join("run").join("endpoints.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+    let addr = |key: &str, fallback: std::net::SocketAddr| {
+        endpoints
+            .as_ref()
+            .and_then(|e| e[key].as_str())
+            .and_then(|a| a.parse().ok())
+            .filter(|_| common.mqtt.is_none() && common.http.is_none())
+            .unwrap_or(fallback)
+    };
+    (
+        addr("mqtt", config.mqtt.listen),
+        addr("http", config.http.listen),
+    )
 }
 
 /// `genba exment replay|status`.

@@ -3,7 +3,7 @@
 mod commands;
 mod firstboot;
 mod lifecycle;
-mod readings;
+mod platform_cmd;
 mod recorder;
 mod roles;
 mod simulate;
@@ -78,9 +78,15 @@ enum Command {
         #[command(flatten)]
         args: simulate::SimulateArgs,
     },
-    /// Device API keys for POST /api/telemetry.
+    /// Device API keys for POST /api/telemetry and /post_v2/.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The device registry: add, list, show, disable, enable, send a command.
+    #[command(subcommand)]
+    Devices(platform_cmd::DevicesCommand),
+    /// REST API tokens for /v2 (X-APITOKEN).
+    #[command(subcommand)]
+    Tokens(platform_cmd::TokensCommand),
     /// Apply the settings file from the boot partition (run once per boot by the image).
     Firstboot {
         /// The genba.toml to update (may be a symlink to the data partition).
@@ -129,6 +135,9 @@ pub enum KeysCommand {
         /// X-Genba-Signature (HMAC-SHA256 of "<timestamp>." + body).
         #[arg(long)]
         sign: bool,
+        /// Print {"id","device_id","key","signing_secret"} as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List keys (never the keys themselves).
     List {
@@ -174,6 +183,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => commands::keys(cmd),
+        Command::Devices(cmd) => platform_cmd::devices_cmd(cmd),
+        Command::Tokens(cmd) => platform_cmd::tokens_cmd(cmd),
         Command::Exment { common, cmd: None } => lifecycle::run(roles::Role::Exment, common),
         Command::Exment {
             common,

@@ -154,11 +154,22 @@ pub async fn start(
         tracing::info!(addr = %broker.addr, "mqtt broker ready");
         started.mqtt = Some(broker.addr);
         let (db2, j2, stop) = (db.clone(), journal.clone(), shutdown.clone());
+        let provisioning = genba_platform::consumer::Provisioning {
+            mqtt: config.provisions(!config.mqtt.anonymous_allowed()),
+            http: config.provisions(true),
+        };
         started.tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::readings::run(db2, j2, stop).await {
-                tracing::error!(error = %format!("{e:#}"), "readings consumer stopped");
+            if let Err(e) = genba_platform::consumer::run(db2, j2, provisioning, stop).await {
+                tracing::error!(error = %e, "telemetry consumer stopped");
             }
         }));
+        started
+            .tasks
+            .push(tokio::spawn(genba_platform::retention::run(
+                genba_store::Db::new(&db),
+                config.devices.clone(),
+                shutdown.clone(),
+            )));
         started.tasks.push(tokio::spawn(retention(
             db.clone(),
             config.store.retention_hours,
@@ -179,6 +190,7 @@ pub async fn start(
                 internal_secret: internal_secret.clone(),
                 db_path: db.clone(),
                 telemetry: config.telemetry.clone(),
+                provision_http: config.provisions(true),
             },
             journal,
             shutdown.clone(),
@@ -261,7 +273,7 @@ fn register_sinks(db: &Path, config: &Config, readings: bool) -> Result<()> {
 }
 
 /// The secret genba's own roles use to reach the broker; made once, mode 600.
-fn internal_secret(data_dir: &Path) -> Result<String> {
+pub(crate) fn internal_secret(data_dir: &Path) -> Result<String> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("internal.secret");
     match std::fs::OpenOptions::new()

@@ -50,6 +50,27 @@ impl Http {
         self.rt.block_on(send(req))
     }
 
+    /// Any method, optional body (sent as JSON content type when given).
+    pub fn call(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.client.request(method, url);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_vec());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.rt.block_on(send(req))
+    }
+
     pub fn post(
         &self,
         url: &str,

@@ -1,0 +1,1066 @@
+//! The ThingScale-style REST API v2 (requirements P1-P7): devices, channels, streams,
+//! publish, and the HTTP device connector `/post_v2/`.
+//!
+//! Auth: `X-APITOKEN: <token>` (ThingScale's header) or `Authorization: Bearer <token>`, made by
+//! `genba tokens add`, with scopes `read` < `write` < `admin`. Errors are ThingScale's
+//! `{"error":"UPPER_SNAKE"}` with a `message` and, where one is at fault, the `field`.
+//! Query parameters: ThingScale's headers (`X-STARTTIME`, `X-ENDTIME`, `X-PAGELIMIT`,
+//! `X-PAGESORT`, `X-AGGREGATE`, `X-TAGNAME`) or the query string (`start`, `end`, `limit`,
+//! `sort`, `aggregate`, `tag`, `resolution`); times RFC 3339, epoch ms or local
+//! `YYYY-MM-DD hh:mm`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State as AxumState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use genba_config::passwords::api_key_digest;
+use genba_firmware_core::telemetry::validate_device_id;
+use genba_platform::query::{self, Aggregate};
+use genba_store::devices::{self, Device, DeviceChange};
+use genba_store::streams::{self, Range, Resolution};
+use genba_store::tokens::{self, Token};
+use genba_store::NewMessage;
+use serde_json::{json, Map, Value};
+
+use crate::Shared;
+
+/// Requests a second per API token (ThingScale: 20 req/s), bursts of [`BURST`]; beyond: 429.
+pub const RATE_PER_SEC: f64 = 20.0;
+pub const BURST: u32 = 40;
+/// Largest `X-PAGELIMIT`.
+const MAX_PAGE: usize = 10_000;
+/// A device id as a topic level: what the firmware core accepts.
+const DEVICE_ID_RULE: &str = "1-32 characters from A-Z a-z 0-9 - _ .";
+
+/// An API error: status, ThingScale's code, what was wrong and the field at fault.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+    fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+    fn bad(field: &str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message).field(field)
+    }
+    fn bad_json(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "BAD_JSON_FORMAT", message).field("body")
+    }
+    fn no_device(id: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NO_DEVICE",
+            format!("no device {id:?}"),
+        )
+        .field("device_id")
+    }
+    fn store(e: genba_store::StoreError) -> Self {
+        tracing::error!(error = %e, "v2 api: database");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the database is unavailable",
+        )
+    }
+}
+
+impl From<crate::reply::Problem> for ApiError {
+    fn from(p: crate::reply::Problem) -> Self {
+        let code = match p.status {
+            StatusCode::PAYLOAD_TOO_LARGE => "BODY_TOO_LARGE",
+            StatusCode::REQUEST_TIMEOUT => "TIMEOUT",
+            StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+            StatusCode::UNAUTHORIZED => "AUTH_REQUIRED",
+            StatusCode::FORBIDDEN => "FORBIDDEN",
+            StatusCode::TOO_MANY_REQUESTS => "RATE_LIMITED",
+            _ => "BAD_REQUEST",
+        };
+        ApiError {
+            status: p.status,
+            code,
+            message: p.error,
+            field: p.field.map(|f| f.into_owned()),
+            retry_after: p.retry_after,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(f) = self.field {
+            body["field"] = json!(f);
+        }
+        let mut r = json_response(self.status, &body);
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert("x-ratelimit-limit", HeaderValue::from(RATE_PER_SEC as u64));
+            r.headers_mut()
+                .insert("x-ratelimit-remaining", HeaderValue::from(0u64));
+        }
+        r
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    crate::reply::json(status, body).into_response()
+}
+
+fn ok(body: Value) -> ApiResult {
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+pub fn router() -> Router<Shared> {
+    Router::new()
+        .route("/device", get(list_devices).post(create_device))
+        .route(
+            "/device/:id",
+            get(get_device).put(update_device).delete(delete_device),
+        )
+        .route("/device/:id/streams", get(device_streams))
+        .route("/device/:id/streams/*name", put(describe_stream))
+        .route("/channel", get(list_channels))
+        .route("/channel/:channel", get(get_channel))
+        .route("/stream/:channel", get(channel_stream))
+        .route("/stream/:device/*name", get(one_stream))
+        .route("/publish/:id", post(publish))
+        .route("/token", get(whoami))
+}
+
+/// Checks the request's API token for `scope` and its rate (429 with `Retry-After`).
+async fn authorize(
+    state: &Shared,
+    headers: &HeaderMap,
+    scope: &'static str,
+) -> Result<Token, ApiError> {
+    let presented = headers
+        .get("x-apitoken")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_owned())
+        });
+    let Some(presented) = presented.filter(|t| !t.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "AUTH_REQUIRED",
+            "send X-APITOKEN (or Authorization: Bearer) with a token from `genba tokens add`",
+        )
+        .field("x-apitoken"));
+    };
+    let digest = api_key_digest(&presented);
+    let token = state
+        .db
+        .run(move |c| tokens::find(c, &digest))
+        .await
+        .map_err(ApiError::store)?;
+    let token = match token {
+        Some(t) if t.enabled => t,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "AUTH_REQUIRED",
+                "this API token is revoked",
+            )
+            .field("x-apitoken"))
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "AUTH_REQUIRED",
+                "unknown API token",
+            )
+            .field("x-apitoken"))
+        }
+    };
+    if let Err(wait) = state
+        .v2_limiter
+        .check(&[&format!("token:{}", token.id)], Instant::now())
+    {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            format!("more than {RATE_PER_SEC} requests a second with this token"),
+        );
+        e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        return Err(e);
+    }
+    if !token.allows(scope) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            format!("this token lacks the scope {scope:?}"),
+        )
+        .field("x-apitoken"));
+    }
+    Ok(token)
+}
+
+async fn whoami(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> ApiResult {
+    let token = authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    ok(json!({"id": token.id, "name": token.name, "scopes": token.scopes}))
+}
+
+fn device_json(d: &Device) -> Value {
+    json!({
+        "device_id": d.id,
+        "mapped_ch": d.channel,
+        "name": d.name,
+        "description": d.description,
+        "location": d.location,
+        "device_type": d.device_type,
+        "tags": d.tags,
+        "enabled": d.enabled,
+        "provisioned": d.provisioned,
+        "activate_at": query::format_time(d.created_at_ms),
+        "last_seen_at": d.last_seen_at_ms.map(query::format_time),
+        "last_address": d.last_address,
+        "firmware": d.firmware,
+        "rssi": d.rssi,
+    })
+}
+
+async fn list_devices(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let list = state.db.run(devices::list).await.map_err(ApiError::store)?;
+    ok(Value::Array(list.iter().map(device_json).collect()))
+}
+
+async fn load_device(state: &Shared, id: &str) -> Result<Device, ApiError> {
+    let key = id.to_owned();
+    state
+        .db
+        .run(move |c| devices::get(c, &key))
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| ApiError::no_device(id))
+}
+
+async fn get_device(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    ok(device_json(&load_device(&state, &id).await?))
+}
+
+/// Reads a JSON object body (400 `BAD_JSON_FORMAT` naming what is wrong).
+async fn json_body(state: &Shared, req: Request) -> Result<Map<String, Value>, ApiError> {
+    let body = crate::read_body(req, state).await?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_json("is not valid UTF-8"))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_json("must be a JSON object")),
+        Err(e) => Err(ApiError::bad_json(format!("is not valid JSON: {e}"))),
+    }
+}
+
+fn opt_string(obj: &Map<String, Value>, key: &str, max: usize) -> Result<Option<String>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.chars().count() <= max && !s.chars().any(char::is_control) => {
+            Ok(Some(s.clone()))
+        }
+        Some(Value::String(_)) => Err(ApiError::bad(
+            key,
+            format!("at most {max} characters, no control characters"),
+        )),
+        Some(_) => Err(ApiError::bad(key, "must be a string")),
+    }
+}
+
+/// The editable fields of a device from a request body; unknown keys are refused.
+fn device_change(obj: &Map<String, Value>) -> Result<DeviceChange, ApiError> {
+    const KNOWN: &[&str] = &[
+        "device_id",
+        "name",
+        "description",
+        "location",
+        "device_type",
+        "tags",
+        "enabled",
+        "mapped_ch",
+        "manufacturer",
+    ];
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad(
+            k,
+            format!("unknown field (known: {})", KNOWN.join(", ")),
+        ));
+    }
+    let tags = match obj.get("tags") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut tags = Vec::with_capacity(items.len());
+            for (i, t) in items.iter().enumerate() {
+                match t.as_str() {
+                    Some(s)
+                        if !s.is_empty() && s.len() <= 32 && !s.chars().any(char::is_control) =>
+                    {
+                        tags.push(s.to_owned())
+                    }
+                    _ => {
+                        return Err(ApiError::bad(
+                            &format!("tags[{i}]"),
+                            "must be a string of 1-32 characters",
+                        ))
+                    }
+                }
+            }
+            if tags.len() > 16 {
+                return Err(ApiError::bad("tags", "at most 16 tags"));
+            }
+            Some(tags)
+        }
+        Some(_) => return Err(ApiError::bad("tags", "must be an array of strings")),
+    };
+    let enabled = match obj.get("enabled") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(ApiError::bad("enabled", "must be true or false")),
+    };
+    Ok(DeviceChange {
+        name: opt_string(obj, "name", 64)?,
+        description: opt_string(obj, "description", 256)?,
+        location: opt_string(obj, "location", 64)?,
+        device_type: opt_string(obj, "device_type", 32)?,
+        tags,
+        enabled,
+    })
+}
+
+fn check_device_id(id: &str) -> Result<(), ApiError> {
+    if id == "0" {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "DEVICE_ID_ZERO",
+            "device_id 0 is not allowed",
+        )
+        .field("device_id"));
+    }
+    validate_device_id(id)
+        .map_err(|_| ApiError::bad("device_id", format!("{id:?}: {DEVICE_ID_RULE}")))
+}
+
+async fn create_device(AxumState(state): AxumState<Shared>, req: Request) -> ApiResult {
+    authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let obj = json_body(&state, req).await?;
+    let id = match obj.get("device_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(ApiError::bad("device_id", "must be a string")),
+        None => return Err(ApiError::bad("device_id", "is required")),
+    };
+    check_device_id(&id)?;
+    let change = device_change(&obj)?;
+    let key = id.clone();
+    let added = state
+        .db
+        .run(move |c| devices::add(c, &key, &change))
+        .await
+        .map_err(ApiError::store)?;
+    match added {
+        Some(d) => Ok(json_response(StatusCode::CREATED, &device_json(&d))),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "DEVICE_EXISTS",
+            format!("device {id:?} exists already"),
+        )
+        .field("device_id")),
+    }
+}
+
+async fn update_device(
+    AxumState(state): AxumState<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult {
+    authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let obj = json_body(&state, req).await?;
+    if let Some(other) = obj
+        .get("device_id")
+        .filter(|v| v.as_str() != Some(id.as_str()))
+    {
+        return Err(ApiError::bad(
+            "device_id",
+            format!("{other} differs from the device in the path; ids cannot change"),
+        ));
+    }
+    let change = device_change(&obj)?;
+    let key = id.clone();
+    let updated = state
+        .db
+        .run(move |c| devices::update(c, &key, &change))
+        .await
+        .map_err(ApiError::store)?;
+    ok(device_json(
+        &updated.ok_or_else(|| ApiError::no_device(&id))?,
+    ))
+}
+
+async fn delete_device(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_ADMIN).await?;
+    let key = id.clone();
+    let deleted = state
+        .db
+        .run(move |c| devices::delete(c, &key))
+        .await
+        .map_err(ApiError::store)?;
+    if !deleted {
+        return Err(ApiError::no_device(&id));
+    }
+    ok(json!({"device_id": id, "deleted": true}))
+}
+
+fn stream_json(s: &streams::StreamInfo) -> Value {
+    json!({
+        "name": s.name,
+        "kind": s.kind,
+        "label": s.label,
+        "unit": s.unit,
+        "last_update": s.last_at_ms.map(query::format_time),
+        "last_value": s.last_value.map(Value::from).or_else(|| s.last_text.clone().map(Value::from)),
+    })
+}
+
+async fn device_streams(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let device = load_device(&state, &id).await?;
+    let list = state
+        .db
+        .run(move |c| streams::of_device(c, &device.id))
+        .await
+        .map_err(ApiError::store)?;
+    ok(json!({"device_id": id, "streams": list.iter().map(stream_json).collect::<Vec<_>>()}))
+}
+
+async fn describe_stream(
+    AxumState(state): AxumState<Shared>,
+    Path((id, name)): Path<(String, String)>,
+    req: Request,
+) -> ApiResult {
+    authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let obj = json_body(&state, req).await?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["label", "unit"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad(k, "unknown field (known: label, unit)"));
+    }
+    let label = opt_string(&obj, "label", 64)?;
+    let unit = opt_string(&obj, "unit", 16)?;
+    load_device(&state, &id).await?;
+    let (d, n) = (id.clone(), name.clone());
+    let found = state
+        .db
+        .run(move |c| {
+            if !streams::describe(c, &d, &n, label.as_deref(), unit.as_deref())? {
+                return Ok(None);
+            }
+            streams::get(c, &d, &n)
+        })
+        .await
+        .map_err(ApiError::store)?;
+    let s = found.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NO_STREAM",
+            format!("device {id:?} has no stream {name:?}"),
+        )
+        .field("stream")
+    })?;
+    ok(stream_json(&s))
+}
+
+fn channel_json(d: &Device) -> Value {
+    json!({
+        "channel": d.channel,
+        "channel_name": if d.name.is_empty() { d.id.clone() } else { d.name.clone() },
+        "device_id": d.id,
+        "tag": d.tags.first(),
+        "last_update": d.last_seen_at_ms.map(query::format_time),
+    })
+}
+
+async fn list_channels(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let list = state.db.run(devices::list).await.map_err(ApiError::store)?;
+    ok(Value::Array(list.iter().map(channel_json).collect()))
+}
+
+/// A channel number or a device id.
+async fn channel_device(state: &Shared, channel: &str) -> Result<Device, ApiError> {
+    if let Ok(n) = channel.parse::<i64>() {
+        return state
+            .db
+            .run(move |c| devices::by_channel(c, n))
+            .await
+            .map_err(ApiError::store)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "NO_CHANNEL",
+                    format!("no channel {n}"),
+                )
+                .field("channel")
+            });
+    }
+    load_device(state, channel).await
+}
+
+async fn get_channel(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    ok(channel_json(&channel_device(&state, &channel).await?))
+}
+
+/// Query options from ThingScale's headers or the query string (the query string wins).
+struct StreamQuery {
+    range: Range,
+    aggregate: Option<Aggregate>,
+    resolution: Option<Resolution>,
+    tag: Option<String>,
+}
+
+fn stream_query(
+    headers: &HeaderMap,
+    q: &BTreeMap<String, String>,
+) -> Result<StreamQuery, ApiError> {
+    let param = |query_key: &str, header: &str| -> Result<Option<String>, ApiError> {
+        if let Some(v) = q.get(query_key) {
+            return Ok(Some(v.clone()));
+        }
+        match headers.get(header) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .map(|s| Some(s.to_owned()))
+                .map_err(|_| ApiError::bad(header, "must be visible ASCII")),
+        }
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let time = |key: &str, header: &str| -> Result<Option<i64>, ApiError> {
+        match param(key, header)? {
+            None => Ok(None),
+            Some(v) if v.eq_ignore_ascii_case("last") || v.eq_ignore_ascii_case("now") => Ok(Some(now + 1)),
+            Some(v) => query::parse_time(&v).map(Some).ok_or_else(|| {
+                ApiError::bad(
+                    key,
+                    format!("{v:?}: use RFC 3339 (2026-12-01T09:00:00+09:00), epoch ms or YYYY-MM-DD hh:mm"),
+                )
+            }),
+        }
+    };
+    let start = time("start", "x-starttime")?;
+    let end = time("end", "x-endtime")?;
+    let limit = match param("limit", "x-pagelimit")? {
+        None => None,
+        Some(v) => Some(
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "limit",
+                        format!("{v:?}: a whole number from 1 to {MAX_PAGE}"),
+                    )
+                })?,
+        ),
+    };
+    let newest_first = match param("sort", "x-pagesort")?.as_deref() {
+        None => true,
+        Some(s) if s.eq_ignore_ascii_case("desc") => true,
+        Some(s) if s.eq_ignore_ascii_case("asc") => false,
+        Some(s) => return Err(ApiError::bad("sort", format!("{s:?}: asc or desc"))),
+    };
+    let aggregate = match param("aggregate", "x-aggregate")? {
+        None => None,
+        Some(v) => Some(Aggregate::parse(&v).ok_or_else(|| {
+            ApiError::bad("aggregate", format!("{v:?}: avg, min, max, sum or count"))
+        })?),
+    };
+    let resolution =
+        match q.get("resolution") {
+            None => None,
+            Some(v) => Some(query::parse_resolution(v).ok_or_else(|| {
+                ApiError::bad("resolution", format!("{v:?}: minute, hour or day"))
+            })?),
+        };
+    let (from_ms, to_ms) = match (start, end) {
+        (Some(s), Some(e)) => (s, e),
+        (Some(s), None) => (s, now + 1),
+        (None, Some(e)) => (0, e),
+        (None, None) => (0, now + 1),
+    };
+    if from_ms > to_ms {
+        return Err(ApiError::bad("start", "is after end"));
+    }
+    // Without a range, ThingScale gives the latest value only.
+    let default_limit = if start.is_none() && end.is_none() && aggregate.is_none() {
+        1
+    } else {
+        MAX_PAGE
+    };
+    Ok(StreamQuery {
+        range: Range {
+            from_ms,
+            to_ms,
+            limit: limit.unwrap_or(default_limit),
+            newest_first,
+        },
+        aggregate,
+        resolution,
+        tag: param("tag", "x-tagname")?,
+    })
+}
+
+/// `GET /v2/stream/{channel}`: the JSON records a device sent, or with an aggregate, one value
+/// per numeric field over the range (or per bucket with `resolution`).
+async fn channel_stream(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let device = channel_device(&state, &channel).await?;
+    let sq = stream_query(&headers, &q)?;
+    let base = json!({
+        "channel": device.channel,
+        "channel_name": if device.name.is_empty() { device.id.clone() } else { device.name.clone() },
+        "device_id": device.id,
+        "last_update": device.last_seen_at_ms.map(query::format_time),
+    });
+    if let Some(agg) = sq.aggregate {
+        let id = device.id.clone();
+        let resolution = sq.resolution;
+        let range = sq.range;
+        let per_stream = state
+            .db
+            .run(move |c| {
+                let mut out = Vec::new();
+                for s in streams::of_device(c, &id)?
+                    .into_iter()
+                    .filter(|s| s.kind == "number")
+                {
+                    let res = resolution.unwrap_or(Resolution::Day);
+                    let buckets = streams::buckets(
+                        c,
+                        s.id,
+                        res,
+                        Range {
+                            limit: usize::MAX >> 1,
+                            ..range
+                        },
+                    )?;
+                    out.push((s.name, buckets));
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(ApiError::store)?;
+        let mut body = base;
+        body["aggr_type"] = json!(agg.name());
+        match sq.resolution {
+            // Per bucket: [{"at", "value": {field: aggregate, ...}}].
+            Some(_) => {
+                let mut by_time: BTreeMap<i64, Map<String, Value>> = BTreeMap::new();
+                for (name, buckets) in &per_stream {
+                    for b in buckets {
+                        by_time
+                            .entry(b.at_ms)
+                            .or_default()
+                            .insert(name.clone(), json!(agg.of(b)));
+                    }
+                }
+                let mut rows: Vec<Value> = by_time
+                    .into_iter()
+                    .map(|(at, value)| json!({"at": query::format_time(at), "value": value}))
+                    .collect();
+                if sq.range.newest_first {
+                    rows.reverse();
+                }
+                rows.truncate(sq.range.limit);
+                body["result"] = Value::Array(rows);
+            }
+            // Over the whole range: [{"key": field, "value": aggregate, "count": n}].
+            None => {
+                let rows: Vec<Value> = per_stream
+                    .iter()
+                    .filter(|(_, b)| !b.is_empty())
+                    .map(|(name, buckets)| {
+                        let total = fold(buckets);
+                        json!({"key": name, "value": agg.of(&total), "count": total.count})
+                    })
+                    .collect();
+                body["result"] = Value::Array(rows);
+            }
+        }
+        return ok(body);
+    }
+    let id = device.id.clone();
+    let (tag, range) = (sq.tag.clone(), sq.range);
+    let records = state
+        .db
+        .run(move |c| streams::records(c, &id, tag.as_deref(), range))
+        .await
+        .map_err(ApiError::store)?;
+    let mut body = base;
+    body["stream"] = Value::Array(
+        records
+            .iter()
+            .map(|r| {
+                json!({
+                    "_id": r.id,
+                    "tag": r.tag,
+                    "value": serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null),
+                    "at": query::format_time(r.at_ms),
+                })
+            })
+            .collect(),
+    );
+    ok(body)
+}
+
+/// Folds buckets into one (for an aggregate over a whole range).
+fn fold(buckets: &[streams::Bucket]) -> streams::Bucket {
+    let mut total = streams::Bucket {
+        at_ms: buckets.first().map(|b| b.at_ms).unwrap_or(0),
+        count: 0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+        sum: 0.0,
+        avg: 0.0,
+    };
+    for b in buckets {
+        total.count += b.count;
+        total.min = total.min.min(b.min);
+        total.max = total.max.max(b.max);
+        total.sum += b.sum;
+    }
+    if total.count > 0 {
+        total.avg = total.sum / total.count as f64;
+    }
+    total
+}
+
+/// `GET /v2/stream/{device}/{stream}`: one stream's raw points, or with `aggregate` (and
+/// `resolution`, chosen from the range when absent) its buckets from the rollups.
+async fn one_stream(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path((id, name)): Path<(String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let sq = stream_query(&headers, &q)?;
+    load_device(&state, &id).await?;
+    let (d, n) = (id.clone(), name.clone());
+    let stream = state
+        .db
+        .run(move |c| streams::get(c, &d, &n))
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NO_STREAM",
+                format!("device {id:?} has no stream {name:?}"),
+            )
+            .field("stream")
+        })?;
+    let mut body = json!({"device_id": id, "stream": stream_json(&stream)});
+    let sid = stream.id;
+    let range = sq.range;
+    if sq.aggregate.is_some() || sq.resolution.is_some() {
+        let res = sq
+            .resolution
+            .unwrap_or_else(|| query::resolution_for(range.from_ms, range.to_ms));
+        let buckets = state
+            .db
+            .run(move |c| streams::buckets(c, sid, res, range))
+            .await
+            .map_err(ApiError::store)?;
+        body["resolution"] = json!(match res {
+            Resolution::Minute => "minute",
+            Resolution::Hour => "hour",
+            Resolution::Day => "day",
+        });
+        body["buckets"] = Value::Array(
+            buckets
+                .iter()
+                .map(|b| {
+                    json!({"at": query::format_time(b.at_ms), "count": b.count, "min": b.min,
+                           "max": b.max, "avg": b.avg, "sum": b.sum})
+                })
+                .collect(),
+        );
+        return ok(body);
+    }
+    let points = state
+        .db
+        .run(move |c| streams::points(c, sid, range))
+        .await
+        .map_err(ApiError::store)?;
+    body["points"] = Value::Array(
+        points
+            .iter()
+            .map(|p| {
+                json!({"at": query::format_time(p.at_ms),
+                       "value": p.value.map(Value::from).or_else(|| p.text.clone().map(Value::from))})
+            })
+            .collect(),
+    );
+    ok(body)
+}
+
+/// Journals a message and hands it to the broker (as `/notify` does); returns its journal id.
+async fn journal_and_publish(
+    state: &Shared,
+    source: String,
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+) -> Result<(i64, bool), ApiError> {
+    let committed = state
+        .journal
+        .try_submit(NewMessage {
+            source,
+            topic: topic.clone(),
+            payload: payload.clone(),
+            qos,
+            retain: false,
+            mqtt_pid: None,
+            dup: false,
+        })
+        .map_err(crate::store_problem)?;
+    let id = committed
+        .await
+        .map_err(|_| crate::store_problem(genba_store::StoreError::WriterGone))?
+        .map_err(crate::store_problem)?;
+    let published = state.publisher.publish(&topic, payload);
+    Ok((id, published))
+}
+
+/// `POST /v2/publish/{device}` `{"qos":0|1,"payload":"..."}`: a command to the device on
+/// `devices/{id}/commands`, journaled first (it shows in the device's history).
+async fn publish(
+    AxumState(state): AxumState<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult {
+    let token = authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let obj = json_body(&state, req).await?;
+    let device = load_device(&state, &id).await?;
+    let qos = match obj.get("qos") {
+        None => 1,
+        Some(v) => match v.as_u64() {
+            Some(q @ (0 | 1)) => q as u8,
+            _ => {
+                return Err(ApiError::bad(
+                    "qos",
+                    "must be 0 or 1 (QoS 2 is not offered)",
+                ))
+            }
+        },
+    };
+    let payload = match obj.get("payload") {
+        Some(Value::String(s)) => s.clone().into_bytes(),
+        Some(Value::Object(_)) | Some(Value::Array(_)) => obj["payload"].to_string().into_bytes(),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "payload",
+                "must be a string or a JSON object",
+            ))
+        }
+        None => return Err(ApiError::bad("payload", "is required")),
+    };
+    if payload.len() > state.http.max_message_bytes {
+        return Err(ApiError::bad(
+            "payload",
+            format!("larger than {} bytes", state.http.max_message_bytes),
+        ));
+    }
+    let topic = format!("devices/{}/commands", device.id);
+    let (journal_id, published) = journal_and_publish(
+        &state,
+        format!("api:{}", token.name),
+        topic.clone(),
+        payload,
+        qos,
+    )
+    .await?;
+    ok(json!({"ok": true, "id": journal_id, "topic": topic, "qos": qos, "published": published}))
+}
+
+/// Refuses telemetry from a disabled device (403 `DEVICE_DISABLED`), and from an unknown one
+/// when it may not be provisioned (403 `NO_DEVICE`). True when the device is new.
+pub(crate) async fn device_gate(
+    state: &Shared,
+    id: &str,
+    provision: bool,
+) -> Result<bool, crate::reply::Problem> {
+    let key = id.to_owned();
+    let found = state
+        .db
+        .run(move |c| devices::get(c, &key))
+        .await
+        .map_err(crate::store_problem)?;
+    match found {
+        Some(d) if !d.enabled => Err(crate::reply::Problem::field(
+            StatusCode::FORBIDDEN,
+            "device_id",
+            format!("DEVICE_DISABLED: device {id:?} is disabled; nothing was stored"),
+        )),
+        Some(_) => Ok(false),
+        None if provision => Ok(true),
+        None => Err(crate::reply::Problem::field(
+            StatusCode::FORBIDDEN,
+            "device_id",
+            format!("NO_DEVICE: unknown device {id:?}; add it first (`genba devices add {id}`)"),
+        )),
+    }
+}
+
+/// `POST /post_v2/`: ThingScale's HTTP device connector. `X-DEVICETOKEN` is the device's API
+/// key (`genba keys add --device ID`), `X-DEVICEID` its id, `X-TAGNAME` an optional tag; the
+/// JSON body is journaled on `devices/{id}/telemetry[/tag]` and answered once durable
+/// (201 `NEW_DEVICE_FOUND` for a device's first message).
+pub(crate) async fn post_v2(
+    AxumState(state): AxumState<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> ApiResult {
+    let headers = req.headers().clone();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let device_id = header("x-deviceid")
+        .ok_or_else(|| ApiError::bad("x-deviceid", "missing X-DEVICEID header"))?;
+    check_device_id(&device_id).map_err(|e| e.field("x-deviceid"))?;
+    let tag = header("x-tagname");
+    if let Some(t) = &tag {
+        if t.is_empty()
+            || t.len() > 32
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ApiError::bad(
+                "x-tagname",
+                "1-32 characters from A-Z a-z 0-9 - _ .",
+            ));
+        }
+    }
+    let token = header("x-devicetoken").ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "AUTH_REQUIRED",
+            "missing X-DEVICETOKEN header",
+        )
+        .field("x-devicetoken")
+    })?;
+    let key = state
+        .telemetry
+        .authorize_key(token)
+        .await
+        .map_err(|mut p| {
+            p.field = Some("x-devicetoken".into());
+            ApiError::from(p)
+        })?;
+    if key.device_id != device_id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            format!("this device token belongs to device {:?}", key.device_id),
+        )
+        .field("x-deviceid"));
+    }
+    state
+        .telemetry
+        .rate_check(key.id, peer.ip())
+        .map_err(ApiError::from)?;
+    let new = device_gate(&state, &device_id, state.provision_http)
+        .await
+        .map_err(|p| {
+            let code = if p.error.starts_with("DEVICE_DISABLED") {
+                "DEVICE_DISABLED"
+            } else {
+                "NO_DEVICE"
+            };
+            let mut e = ApiError::from(p);
+            e.code = code;
+            e
+        })?;
+    let body = crate::read_body(req, &state).await?;
+    genba_platform::message::check(&device_id, tag.as_deref(), &body).map_err(|e| {
+        let field = e.split(':').next().unwrap_or("body").to_owned();
+        ApiError::new(StatusCode::BAD_REQUEST, "BAD_JSON_FORMAT", e).field(field)
+    })?;
+    let topic = match &tag {
+        Some(t) => format!("devices/{device_id}/telemetry/{t}"),
+        None => format!("devices/{device_id}/telemetry"),
+    };
+    let (journal_id, _) = journal_and_publish(
+        &state,
+        format!("http:{}", peer.ip()),
+        topic,
+        body.to_vec(),
+        1,
+    )
+    .await?;
+    let (status, code) = if new {
+        (StatusCode::CREATED, "NEW_DEVICE_FOUND")
+    } else {
+        (StatusCode::OK, "OK")
+    };
+    Ok(json_response(
+        status,
+        &json!({"ok": true, "result": code, "id": journal_id, "device_id": device_id}),
+    ))
+}

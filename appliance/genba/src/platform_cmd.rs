@@ -1,0 +1,340 @@
+//! `genba devices ...` and `genba tokens ...`: the device registry and REST API tokens, from
+//! the command line (the same tables the `/v2` API serves).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use genba_config::passwords::{api_key_digest, generate_api_key};
+use genba_store::devices::{self, Device, DeviceChange};
+use genba_store::{tokens, Db, Journal, NewMessage};
+
+use crate::lifecycle::load_config;
+use crate::Common;
+
+#[derive(Subcommand)]
+pub enum DevicesCommand {
+    /// Register a device (it may then send before auto-provisioning would allow it).
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// Device id: 1-32 characters from A-Z a-z 0-9 - _ . (its MQTT topic level).
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        location: Option<String>,
+        /// Repeat for several tags.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every device with its state and when it was last seen.
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One device and its streams with their latest values.
+    Show {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse the device's messages from now on (what it sent before is kept).
+    Disable {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+    },
+    /// Accept the device's messages again.
+    Enable {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+    },
+    /// Publish a command on devices/ID/commands (QoS 1), journaled first.
+    Send {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+        /// The command, e.g. '{"cmd":"led","on":true}'.
+        payload: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    /// Make a REST API token (X-APITOKEN); prints it once (only its SHA-256 is stored).
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// Who or what uses it, e.g. "dashboard".
+        #[arg(long)]
+        name: String,
+        /// read, write (includes read) or admin (includes write).
+        #[arg(long, default_value = "read")]
+        scope: String,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id: it gets 401 at once.
+    Revoke {
+        #[command(flatten)]
+        common: Common,
+        id: i64,
+    },
+    /// Enable a revoked token again.
+    Enable {
+        #[command(flatten)]
+        common: Common,
+        id: i64,
+    },
+}
+
+fn db(common: &Common) -> Result<Db> {
+    let config = load_config(common)?;
+    Ok(Db::new(&genba_store::db_path(&config.data_dir())))
+}
+
+fn when(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_device(d: &Device) {
+    println!(
+        "{:<20} ch {:>3}  {:<8} {:<20} {:<16} last seen {}",
+        d.id,
+        d.channel,
+        if d.enabled { "enabled" } else { "DISABLED" },
+        d.name,
+        d.location,
+        when(d.last_seen_at_ms)
+    );
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn known_device(db: &Db, id: &str) -> Result<Device> {
+    db.run_blocking(|c| devices::get(c, id))?
+        .with_context(|| format!("no device {id:?} (see `genba devices list`)"))
+}
+
+pub fn devices_cmd(cmd: DevicesCommand) -> Result<()> {
+    match cmd {
+        DevicesCommand::Add {
+            common,
+            id,
+            name,
+            location,
+            tags,
+            json,
+        } => {
+            genba_firmware_core::telemetry::validate_device_id(&id).map_err(|_| {
+                anyhow::anyhow!("device id {id:?}: 1-32 characters from A-Z a-z 0-9 - _ .")
+            })?;
+            let change = DeviceChange {
+                name,
+                location,
+                tags: (!tags.is_empty()).then_some(tags),
+                ..Default::default()
+            };
+            let added = db(&common)?
+                .run_blocking(|c| devices::add(c, &id, &change))?
+                .with_context(|| format!("device {id:?} exists already"))?;
+            if json {
+                return print_json(&added);
+            }
+            print_device(&added);
+        }
+        DevicesCommand::List { common, json } => {
+            let list = db(&common)?.run_blocking(devices::list)?;
+            if json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                println!("no devices yet (they appear with their first message, or `genba devices add ID`)");
+            }
+            list.iter().for_each(print_device);
+        }
+        DevicesCommand::Show { common, id, json } => {
+            let db = db(&common)?;
+            let device = known_device(&db, &id)?;
+            let streams = db.run_blocking(|c| genba_store::streams::of_device(c, &id))?;
+            if json {
+                return print_json(&serde_json::json!({"device": device, "streams": streams}));
+            }
+            print_device(&device);
+            if let Some(fw) = &device.firmware {
+                println!("  firmware {fw}");
+            }
+            for s in &streams {
+                let value = s
+                    .last_value
+                    .map(|v| v.to_string())
+                    .or_else(|| s.last_text.clone())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "  {:<24} {:>12} {:<6} at {}",
+                    s.name,
+                    value,
+                    s.unit,
+                    when(s.last_at_ms)
+                );
+            }
+        }
+        DevicesCommand::Disable { common, id } => set_device_enabled(&common, &id, false)?,
+        DevicesCommand::Enable { common, id } => set_device_enabled(&common, &id, true)?,
+        DevicesCommand::Send {
+            common,
+            id,
+            payload,
+        } => send(&common, &id, payload)?,
+    }
+    Ok(())
+}
+
+fn set_device_enabled(common: &Common, id: &str, enabled: bool) -> Result<()> {
+    let change = DeviceChange {
+        enabled: Some(enabled),
+        ..Default::default()
+    };
+    let device = db(common)?
+        .run_blocking(|c| devices::update(c, id, &change))?
+        .with_context(|| format!("no device {id:?} (see `genba devices list`)"))?;
+    print_device(&device);
+    Ok(())
+}
+
+/// Journals a command, then publishes it through the running broker as genba's own role.
+fn send(common: &Common, id: &str, payload: String) -> Result<()> {
+    let config = load_config(common)?;
+    let data_dir = config.data_dir();
+    let db_path = genba_store::db_path(&data_dir);
+    known_device(&Db::new(&db_path), id)?;
+    let topic = format!("devices/{id}/commands");
+    let (mqtt, _) = crate::commands::running_endpoints(common, &config);
+    let secret = crate::roles::internal_secret(&data_dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let journal = Journal::start(&db_path, 8, 8)?;
+        let journal_id = journal
+            .append(NewMessage {
+                source: "cli".into(),
+                topic: topic.clone(),
+                payload: payload.clone().into_bytes(),
+                qos: 1,
+                retain: false,
+                mqtt_pid: None,
+                dup: false,
+            })
+            .await?;
+        let mut opts = rumqttc::MqttOptions::new(
+            format!("genba-cli-{}", std::process::id()),
+            mqtt.ip().to_string(),
+            mqtt.port(),
+        );
+        opts.set_credentials(genba_broker::INTERNAL_USER, secret);
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+        client
+            .publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload.into_bytes())
+            .await?;
+        let acked = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await;
+        match acked {
+            Ok(Ok(())) => {
+                println!("sent {topic} (journal #{journal_id})");
+                Ok(())
+            }
+            Ok(Err(e)) => anyhow::bail!(
+                "journaled as #{journal_id}, but the broker at {mqtt} refused or is down: {e}"
+            ),
+            Err(_) => anyhow::bail!(
+                "journaled as #{journal_id}, but the broker at {mqtt} did not acknowledge within 5 s"
+            ),
+        }
+    })
+}
+
+pub fn tokens_cmd(cmd: TokensCommand) -> Result<()> {
+    let show = |t: &tokens::Token| {
+        println!(
+            "{:>4}  {:<20} {:<8} {:<12} created {}  last used {}",
+            t.id,
+            t.name,
+            if t.enabled { "enabled" } else { "REVOKED" },
+            t.scopes.join(","),
+            when(Some(t.created_at_ms)),
+            when(t.last_used_at_ms)
+        );
+    };
+    match cmd {
+        TokensCommand::Add {
+            common,
+            name,
+            scope,
+            json,
+        } => {
+            if !tokens::SCOPES.contains(&scope.as_str()) {
+                anyhow::bail!("scope {scope:?}: one of read, write, admin");
+            }
+            if name.is_empty() || name.len() > 64 {
+                anyhow::bail!("name: 1-64 characters");
+            }
+            let token = generate_api_key();
+            let digest = api_key_digest(&token);
+            let info = db(&common)?.run_blocking(|c| tokens::add(c, &name, &[scope], &digest))?;
+            if json {
+                return print_json(&serde_json::json!({"token": token, "info": info}));
+            }
+            println!(
+                "API token {:?} (id {}, scope {}; shown once, send it as X-APITOKEN):",
+                info.name,
+                info.id,
+                info.scopes.join(",")
+            );
+            println!("{token}");
+        }
+        TokensCommand::List { common, json } => {
+            let list = db(&common)?.run_blocking(tokens::list)?;
+            if json {
+                return print_json(&list);
+            }
+            list.iter().for_each(show);
+        }
+        TokensCommand::Revoke { common, id } => show(&set_token_enabled(&common, id, false)?),
+        TokensCommand::Enable { common, id } => show(&set_token_enabled(&common, id, true)?),
+    }
+    Ok(())
+}
+
+fn set_token_enabled(common: &Common, id: i64, enabled: bool) -> Result<tokens::Token> {
+    db(common)?
+        .run_blocking(|c| tokens::set_enabled(c, id, enabled))?
+        .with_context(|| format!("no API token with id {id} (see `genba tokens list`)"))
+}

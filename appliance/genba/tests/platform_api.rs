@@ -1,0 +1,785 @@
+//! The device platform end to end against `genba up`: any JSON telemetry (seed 003's
+//! `{"temperature": 25.5}`, Servwatch-style metrics) becomes streams of an auto-provisioned
+//! device; the ThingScale-style `/v2` API and `/post_v2/` connector; commands to devices;
+//! disabled devices; and the bad-input table of every new endpoint.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::{raw_exchange, raw_json, Http, Reply};
+use common::{mosquitto_pub, mosquitto_sub, wait_until, Appliance};
+use serde_json::{json, Value};
+
+const HACCP_BODY: &str = r#"{"device_id":"fridge-7","recorded_at":"2026-02-15T12:00:00Z","ts_device":1771156800000,"rssi":-61,"readings":[{"sensor_hw_id":"28FF4C3A91160457","raw_celsius":3.5,"offset_c":-0.25,"celsius":3.25}]}"#;
+
+fn token(a: &Appliance, scope: &str) -> String {
+    let (ok, out) = a.genba(&["tokens", "add", "--name", scope, "--scope", scope, "--json"]);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn device_key(a: &Appliance, device: &str) -> String {
+    let (ok, out) = a.genba(&["keys", "add", "--device", device, "--json"]);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    v["key"].as_str().unwrap().to_owned()
+}
+
+fn get(h: &Http, a: &Appliance, path: &str, token: &str) -> Reply {
+    h.get(&a.url(path), &[("x-apitoken", token)])
+}
+
+/// Waits until `path` answers 200 with `pred` true of its JSON.
+fn wait_json(
+    h: &Http,
+    a: &Appliance,
+    path: &str,
+    token: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(Duration::from_secs(15), || {
+        let r = get(h, a, path, token);
+        last = r.json.clone();
+        r.status == 200 && pred(&r.json)
+    });
+    assert!(ok, "{path} never matched; last answer {last}");
+    last
+}
+
+#[test]
+fn seed_and_servwatch_telemetry_over_mqtt_become_streams_read_back_through_v2() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let read = token(&a, "read");
+    let port = a.mqtt.port();
+    // Seed 003's firmware message: the device id is in the topic only.
+    let out = mosquitto_pub(
+        port,
+        &[
+            "-q",
+            "1",
+            "-t",
+            "devices/esp32-device-01/telemetry",
+            "-m",
+            r#"{"temperature": 25.5}"#,
+        ],
+    );
+    assert!(out.status.success());
+    let out = mosquitto_pub(
+        port,
+        &[
+            "-q",
+            "1",
+            "-t",
+            "devices/server-01/telemetry",
+            "-m",
+            r#"{"cpu_idle": 97.5, "mem_used": 1234}"#,
+        ],
+    );
+    assert!(out.status.success());
+    let out = mosquitto_pub(
+        port,
+        &[
+            "-q",
+            "1",
+            "-t",
+            "devices/fridge-7/telemetry",
+            "-m",
+            HACCP_BODY,
+        ],
+    );
+    assert!(out.status.success());
+
+    let d = wait_json(&h, &a, "/v2/device/esp32-device-01", &read, |v| {
+        v["last_seen_at"].is_string()
+    });
+    assert_eq!(d["provisioned"], "auto");
+    assert_eq!(d["enabled"], true);
+    let s = get(
+        &h,
+        &a,
+        "/v2/stream/esp32-device-01/temperature?start=0",
+        &read,
+    );
+    assert_eq!(s.status, 200, "{}", s.json);
+    assert_eq!(s.json["points"].as_array().unwrap().len(), 1);
+    assert_eq!(s.json["points"][0]["value"], 25.5);
+
+    let metrics = wait_json(&h, &a, "/v2/device/server-01/streams", &read, |v| {
+        v["streams"].as_array().is_some_and(|s| s.len() == 2)
+    });
+    let names: Vec<_> = metrics["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cpu_idle", "mem_used"]);
+    // With aggregation, from the rollups.
+    let agg = get(
+        &h,
+        &a,
+        "/v2/stream/server-01/mem_used?start=0&aggregate=max&resolution=hour",
+        &read,
+    );
+    assert_eq!(agg.status, 200, "{}", agg.json);
+    assert_eq!(agg.json["buckets"][0]["max"], 1234.0);
+    assert_eq!(agg.json["buckets"][0]["count"], 1);
+    // ThingScale's channel stream: the JSON records, latest first by default.
+    let channel = metrics_channel(&h, &a, &read, "server-01");
+    let records = h.get(
+        &a.url(&format!("/v2/stream/{channel}")),
+        &[("x-apitoken", &read), ("x-starttime", "2020-01-01 00:00")],
+    );
+    assert_eq!(records.status, 200, "{}", records.json);
+    assert_eq!(records.json["stream"][0]["value"]["cpu_idle"], 97.5);
+    let whole = h.get(
+        &a.url(&format!("/v2/stream/{channel}")),
+        &[
+            ("x-apitoken", &read),
+            ("x-starttime", "0"),
+            ("x-aggregate", "avg"),
+        ],
+    );
+    assert_eq!(whole.json["aggr_type"], "avg", "{}", whole.json);
+    let result = whole.json["result"].as_array().unwrap();
+    assert!(
+        result
+            .iter()
+            .any(|r| r["key"] == "cpu_idle" && r["value"] == 97.5),
+        "{result:?}"
+    );
+
+    // The HACCP body works as before (readings table) and its probe is a stream in °C.
+    let probe = wait_json(&h, &a, "/v2/device/fridge-7/streams", &read, |v| {
+        v["streams"].as_array().is_some_and(|s| !s.is_empty())
+    });
+    assert_eq!(probe["streams"][0]["name"], "28FF4C3A91160457");
+    assert_eq!(probe["streams"][0]["unit"], "°C");
+    assert_eq!(probe["streams"][0]["last_value"], 3.25);
+    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+    let readings: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM readings WHERE device_id = 'fridge-7'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(readings, 1);
+
+    // The CLI sees the same registry.
+    let (ok, out) = a.genba(&["devices", "show", "esp32-device-01"]);
+    assert!(
+        ok && out.contains("temperature") && out.contains("25.5"),
+        "{out}"
+    );
+}
+
+fn metrics_channel(h: &Http, a: &Appliance, token: &str, device: &str) -> i64 {
+    get(h, a, &format!("/v2/device/{device}"), token).json["mapped_ch"]
+        .as_i64()
+        .unwrap()
+}
+
+#[test]
+fn thingscale_walkthrough_device_post_v2_stream_and_command() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let write = token(&a, "write");
+    // Create a device, then give it a device token.
+    let created = h.call("POST", &a.url("/v2/device"), &[("x-apitoken", &write)],
+        Some(json!({"device_id": "line-3", "name": "Line 3", "location": "hall B", "tags": ["press"]}).to_string().as_bytes()));
+    assert_eq!(created.status, 201, "{}", created.json);
+    assert_eq!(created.json["mapped_ch"], 1);
+    let key = device_key(&a, "line-3");
+    // Post through the HTTP device connector, with a tag.
+    for (i, t) in [21.5, 22.0, 23.5].iter().enumerate() {
+        let body = json!({"temp": t, "ts": 1_796_083_200_000i64 + i as i64 * 60_000});
+        let r = h.call(
+            "POST",
+            &a.url("/post_v2/"),
+            &[
+                ("x-devicetoken", &key),
+                ("x-deviceid", "line-3"),
+                ("x-tagname", "env"),
+            ],
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(r.status, 200, "{}", r.json);
+    }
+    // Query the channel stream with ThingScale's headers.
+    let headers = [
+        ("x-apitoken", write.as_str()),
+        ("x-starttime", "2026-12-01T00:00:00Z"),
+        ("x-endtime", "2026-12-01T01:00:00Z"),
+        ("x-pagelimit", "2"),
+        ("x-pagesort", "asc"),
+        ("x-tagname", "env"),
+    ];
+    let mut last = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let r = h.get(&a.url("/v2/stream/1"), &headers);
+            last = r.json;
+            last["stream"].as_array().is_some_and(|s| s.len() == 2)
+        }),
+        "{last}"
+    );
+    assert_eq!(last["stream"][0]["value"]["temp"], 21.5);
+    assert_eq!(last["stream"][0]["tag"], "env");
+    assert_eq!(last["stream"][0]["at"], "2026-12-01T00:00:00.000Z");
+    // Per-minute buckets of the stream.
+    let b = h.get(&a.url("/v2/stream/line-3/temp?start=2026-12-01T00:00:00Z&end=2026-12-01T00:10:00Z&aggregate=avg&resolution=minute&sort=asc"),
+        &[("x-apitoken", &write)]);
+    assert_eq!(b.json["buckets"].as_array().unwrap().len(), 3, "{}", b.json);
+    // A command reaches an MQTT client on the device's topic, and is journaled.
+    let sub = mosquitto_sub(
+        a.mqtt.port(),
+        &["-t", "devices/line-3/commands", "-C", "1", "-W", "10"],
+    );
+    let r = h.call(
+        "POST",
+        &a.url("/v2/publish/line-3"),
+        &[("x-apitoken", &write)],
+        Some(br#"{"qos":1,"payload":"FAN_ON"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.json);
+    let got = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "FAN_ON");
+    assert!(a
+        .journal()
+        .iter()
+        .any(|(t, p)| t == "devices/line-3/commands" && p == "FAN_ON"));
+    // The CLI's send takes the same way.
+    let sub = mosquitto_sub(
+        a.mqtt.port(),
+        &["-t", "devices/line-3/commands", "-C", "1", "-W", "10"],
+    );
+    let (ok, out) = a.genba(&["devices", "send", "line-3", r#"{"cmd":"led","on":true}"#]);
+    assert!(ok, "{out}");
+    let got = sub.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        r#"{"cmd":"led","on":true}"#
+    );
+    // Edit, then delete needs admin.
+    let put = h.call(
+        "PUT",
+        &a.url("/v2/device/line-3"),
+        &[("x-apitoken", &write)],
+        Some(br#"{"location":"hall C"}"#),
+    );
+    assert_eq!(
+        (
+            put.status,
+            put.json["location"].as_str(),
+            put.json["name"].as_str()
+        ),
+        (200, Some("hall C"), Some("Line 3"))
+    );
+    let del = h.call(
+        "DELETE",
+        &a.url("/v2/device/line-3"),
+        &[("x-apitoken", &write)],
+        None,
+    );
+    assert_eq!(
+        (del.status, del.json["error"].as_str()),
+        (403, Some("FORBIDDEN"))
+    );
+}
+
+#[test]
+fn a_disabled_device_is_refused_everywhere_and_keeps_what_it_sent() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let read = token(&a, "read");
+    let key = device_key(&a, "fridge-7");
+    let post = |body: &str| {
+        h.call(
+            "POST",
+            &a.url("/post_v2/"),
+            &[("x-devicetoken", &key), ("x-deviceid", "fridge-7")],
+            Some(body.as_bytes()),
+        )
+    };
+    let first = post(r#"{"t": 3.0}"#);
+    assert_eq!(
+        (first.status, first.json["result"].as_str()),
+        (201, Some("NEW_DEVICE_FOUND"))
+    );
+    wait_json(&h, &a, "/v2/stream/fridge-7/t?start=0", &read, |v| {
+        v["points"].as_array().is_some_and(|p| p.len() == 1)
+    });
+    let (ok, out) = a.genba(&["devices", "disable", "fridge-7"]);
+    assert!(ok && out.contains("DISABLED"), "{out}");
+    let refused = post(r#"{"t": 9.0}"#);
+    assert_eq!(
+        (
+            refused.status,
+            refused.json["error"].as_str(),
+            refused.json["field"].as_str()
+        ),
+        (403, Some("DEVICE_DISABLED"), Some("device_id"))
+    );
+    let api = h.post(
+        &a.url("/api/telemetry"),
+        "application/json",
+        HACCP_BODY,
+        &[("x-api-key", &key)],
+    );
+    assert_eq!(api.status, 403, "{}", api.json);
+    // Over MQTT the message is journaled (it was acknowledged) and parked with the reason.
+    assert!(mosquitto_pub(
+        a.mqtt.port(),
+        &[
+            "-q",
+            "1",
+            "-t",
+            "devices/fridge-7/telemetry",
+            "-m",
+            r#"{"t": 8.0}"#
+        ]
+    )
+    .status
+    .success());
+    assert!(wait_until(Duration::from_secs(15), || {
+        let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+        conn.query_row(
+            "SELECT COUNT(*) FROM parked WHERE reason LIKE '%disabled%'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 1
+    }));
+    // What it sent before is still there.
+    let s = get(&h, &a, "/v2/stream/fridge-7/t?start=0", &read);
+    assert_eq!(s.json["points"].as_array().unwrap().len(), 1);
+    assert_eq!(s.json["points"][0]["value"], 3.0);
+    let (ok, _) = a.genba(&["devices", "enable", "fridge-7"]);
+    assert!(ok);
+    assert_eq!(post(r#"{"t": 4.0}"#).status, 200);
+}
+
+#[test]
+fn bad_inputs_to_the_v2_api_get_thingscale_codes_naming_the_field() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let read = token(&a, "read");
+    let write = token(&a, "write");
+    let key = device_key(&a, "d1");
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Option<&'a [u8]>,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            "/v2/device",
+            vec![],
+            None,
+            401,
+            "AUTH_REQUIRED",
+            Some("x-apitoken"),
+        ),
+        (
+            "GET",
+            "/v2/device",
+            vec![("x-apitoken", "wrong")],
+            None,
+            401,
+            "AUTH_REQUIRED",
+            Some("x-apitoken"),
+        ),
+        (
+            "GET",
+            "/v2/device",
+            vec![("authorization", "Bearer wrong")],
+            None,
+            401,
+            "AUTH_REQUIRED",
+            Some("x-apitoken"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &read)],
+            Some(br#"{"device_id":"x"}"#),
+            403,
+            "FORBIDDEN",
+            Some("x-apitoken"),
+        ),
+        (
+            "GET",
+            "/v2/device/nope",
+            vec![("x-apitoken", &read)],
+            None,
+            404,
+            "NO_DEVICE",
+            Some("device_id"),
+        ),
+        (
+            "GET",
+            "/v2/channel/99",
+            vec![("x-apitoken", &read)],
+            None,
+            404,
+            "NO_CHANNEL",
+            Some("channel"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(b"{not json"),
+            400,
+            "BAD_JSON_FORMAT",
+            Some("body"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(b"\xff\xfe"),
+            400,
+            "BAD_JSON_FORMAT",
+            Some("body"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(b"[1]"),
+            400,
+            "BAD_JSON_FORMAT",
+            Some("body"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"name":"x"}"#),
+            400,
+            "BAD_REQUEST",
+            Some("device_id"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"device_id":5}"#),
+            400,
+            "BAD_REQUEST",
+            Some("device_id"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"device_id":"0"}"#),
+            400,
+            "DEVICE_ID_ZERO",
+            Some("device_id"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"device_id":"a/b"}"#),
+            400,
+            "BAD_REQUEST",
+            Some("device_id"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"device_id":"ok","enabled":"yes"}"#),
+            400,
+            "BAD_REQUEST",
+            Some("enabled"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"device_id":"ok","tags":[1]}"#),
+            400,
+            "BAD_REQUEST",
+            Some("tags[0]"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"device_id":"ok","colour":"red"}"#),
+            400,
+            "BAD_REQUEST",
+            Some("colour"),
+        ),
+        (
+            "POST",
+            "/v2/device",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"device_id":"d1"}"#),
+            409,
+            "DEVICE_EXISTS",
+            Some("device_id"),
+        ),
+        (
+            "GET",
+            "/v2/stream/d1/t?start=soon",
+            vec![("x-apitoken", &read)],
+            None,
+            400,
+            "BAD_REQUEST",
+            Some("start"),
+        ),
+        (
+            "GET",
+            "/v2/stream/d1/t?limit=0",
+            vec![("x-apitoken", &read)],
+            None,
+            400,
+            "BAD_REQUEST",
+            Some("limit"),
+        ),
+        (
+            "GET",
+            "/v2/stream/d1/t?sort=up",
+            vec![("x-apitoken", &read)],
+            None,
+            400,
+            "BAD_REQUEST",
+            Some("sort"),
+        ),
+        (
+            "GET",
+            "/v2/stream/d1/t?aggregate=median",
+            vec![("x-apitoken", &read)],
+            None,
+            400,
+            "BAD_REQUEST",
+            Some("aggregate"),
+        ),
+        (
+            "GET",
+            "/v2/stream/d1/t?start=2026-12-02T00:00:00Z&end=2026-12-01T00:00:00Z",
+            vec![("x-apitoken", &read)],
+            None,
+            400,
+            "BAD_REQUEST",
+            Some("start"),
+        ),
+        (
+            "GET",
+            "/v2/stream/d1/nothing",
+            vec![("x-apitoken", &read)],
+            None,
+            404,
+            "NO_STREAM",
+            Some("stream"),
+        ),
+        (
+            "POST",
+            "/v2/publish/d1",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"qos":2,"payload":"x"}"#),
+            400,
+            "BAD_REQUEST",
+            Some("qos"),
+        ),
+        (
+            "POST",
+            "/v2/publish/d1",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"qos":1}"#),
+            400,
+            "BAD_REQUEST",
+            Some("payload"),
+        ),
+        (
+            "POST",
+            "/v2/publish/zz",
+            vec![("x-apitoken", &write)],
+            Some(br#"{"payload":"x"}"#),
+            404,
+            "NO_DEVICE",
+            Some("device_id"),
+        ),
+        (
+            "POST",
+            "/post_v2/",
+            vec![("x-deviceid", "d1")],
+            Some(br#"{"t":1}"#),
+            401,
+            "AUTH_REQUIRED",
+            Some("x-devicetoken"),
+        ),
+        (
+            "POST",
+            "/post_v2/",
+            vec![("x-deviceid", "d1"), ("x-devicetoken", "nope")],
+            Some(br#"{"t":1}"#),
+            401,
+            "AUTH_REQUIRED",
+            Some("x-devicetoken"),
+        ),
+        (
+            "POST",
+            "/post_v2/",
+            vec![("x-devicetoken", &key)],
+            Some(br#"{"t":1}"#),
+            400,
+            "BAD_REQUEST",
+            Some("x-deviceid"),
+        ),
+        (
+            "POST",
+            "/post_v2/",
+            vec![("x-deviceid", "d2"), ("x-devicetoken", &key)],
+            Some(br#"{"t":1}"#),
+            403,
+            "FORBIDDEN",
+            Some("x-deviceid"),
+        ),
+        (
+            "POST",
+            "/post_v2/",
+            vec![("x-deviceid", "d1"), ("x-devicetoken", &key)],
+            Some(b"nope"),
+            400,
+            "BAD_JSON_FORMAT",
+            Some("body"),
+        ),
+        (
+            "POST",
+            "/post_v2/",
+            vec![("x-deviceid", "d1"), ("x-devicetoken", &key)],
+            Some(b"\xff"),
+            400,
+            "BAD_JSON_FORMAT",
+            Some("body"),
+        ),
+        (
+            "POST",
+            "/post_v2/",
+            vec![("x-deviceid", "d1"), ("x-devicetoken", &key)],
+            Some(br#"{"ts":"soon","t":1}"#),
+            400,
+            "BAD_JSON_FORMAT",
+            Some("ts"),
+        ),
+        (
+            "POST",
+            "/post_v2/",
+            vec![
+                ("x-deviceid", "d1"),
+                ("x-devicetoken", &key),
+                ("x-tagname", "a/b"),
+            ],
+            Some(br#"{"t":1}"#),
+            400,
+            "BAD_REQUEST",
+            Some("x-tagname"),
+        ),
+        (
+            "DELETE",
+            "/v2/channel",
+            vec![("x-apitoken", &read)],
+            None,
+            405,
+            "",
+            None,
+        ),
+    ];
+    // d1 exists for the cases that need it.
+    let made = h.call(
+        "POST",
+        &a.url("/v2/device"),
+        &[("x-apitoken", &write)],
+        Some(br#"{"device_id":"d1"}"#),
+    );
+    assert_eq!(made.status, 201);
+    let journal_before = a.journal().len();
+    for (method, path, headers, body, status, code, field) in &cases {
+        let r = h.call(method, &a.url(path), headers, *body);
+        let what = format!("{method} {path} {headers:?}: {} {}", r.status, r.json);
+        assert_eq!(r.status, *status, "{what}");
+        if !code.is_empty() {
+            assert_eq!(r.json["error"], *code, "{what}");
+        }
+        assert!(
+            r.json["message"].is_string() || r.json["error"].is_string(),
+            "{what}"
+        );
+        assert_eq!(r.json["field"].as_str(), *field, "{what}");
+    }
+    // Oversized bodies are refused from their Content-Length, before they are read.
+    for (path, auth) in [
+        ("/v2/device", format!("X-APITOKEN: {write}")),
+        (
+            "/post_v2/",
+            format!("X-DEVICETOKEN: {key}\r\nX-DEVICEID: d1"),
+        ),
+    ] {
+        let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: 70000\r\n\r\n{{");
+        let answer = raw_exchange(a.http, request.as_bytes(), Duration::from_secs(5));
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        let body = raw_json(&answer);
+        assert_eq!(
+            (body["error"].as_str(), body["field"].as_str()),
+            (Some("BODY_TOO_LARGE"), Some("body")),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        a.journal().len(),
+        journal_before,
+        "refused requests journal nothing"
+    );
+    let devices = get(&h, &a, "/v2/device", &read);
+    assert_eq!(
+        devices.json.as_array().unwrap().len(),
+        1,
+        "{}",
+        devices.json
+    );
+    // Revocation takes effect at once.
+    let (ok, out) = a.genba(&["tokens", "list", "--json"]);
+    assert!(ok);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let id = list[0]["id"].as_i64().unwrap().to_string();
+    assert!(a.genba(&["tokens", "revoke", &id]).0);
+    assert_eq!(get(&h, &a, "/v2/device", &read).status, 401);
+}
+
+#[test]
+fn a_token_flood_gets_429_with_retry_after() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let read = token(&a, "read");
+    let mut limited = None;
+    for _ in 0..200 {
+        let r = get(&h, &a, "/v2/device", &read);
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200);
+    }
+    let r = limited.expect("a flood of 200 requests is rate limited");
+    assert_eq!(r.json["error"], "RATE_LIMITED");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    assert!(r.headers.contains_key("x-ratelimit-limit"));
+}
