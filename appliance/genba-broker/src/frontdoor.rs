@@ -216,6 +216,7 @@ impl FrontDoor {
         let session = Session {
             v5: connect.level == 5,
             journal_it: access == Access::Client,
+            clean_start: connect.clean_start,
             source: format!("mqtt:{}", connect.client_id),
         };
         let result = self.read_client(&mut rd, &session, fwd_tx, &say_tx).await;
@@ -259,6 +260,8 @@ impl FrontDoor {
         let mut aliases = HashMap::new();
         // QoS 2 packet ids the front door answered itself (PUBREC), so it answers their PUBREL.
         let mut own_qos2: HashSet<u16> = HashSet::new();
+        // QoS 1/2 packet ids journaled on this connection (for the DUP check below).
+        let mut journaled = PidSet::default();
         loop {
             let frame = match read_frame(rd, self.max_packet).await {
                 Ok(f) => f,
@@ -304,6 +307,17 @@ impl FrontDoor {
                     }
                     if session.journal_it && !p.topic.starts_with('$') {
                         let qos = p.qos;
+                        // A resend (DUP) can only repeat a publish of this connection when it
+                        // started clean: the client dropped whatever it had in flight before.
+                        // Otherwise it is a new publication, and the journal must not match
+                        // it against an older row with the same packet id and content.
+                        let dup = match p.pid {
+                            Some(pid) => {
+                                let seen = journaled.insert(pid);
+                                p.dup && (seen || !session.clean_start)
+                            }
+                            None => false,
+                        };
                         let rx = self
                             .journal
                             .submit(NewMessage {
@@ -313,7 +327,7 @@ impl FrontDoor {
                                 qos,
                                 retain: p.retain,
                                 mqtt_pid: p.pid,
-                                dup: p.dup,
+                                dup,
                             })
                             .await
                             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -358,7 +372,23 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
 struct Session {
     v5: bool,
     journal_it: bool,
+    clean_start: bool,
     source: String,
+}
+
+/// A set of packet ids: one bit each, allocated on first use (8 KiB).
+#[derive(Default)]
+struct PidSet(Option<Box<[u64; 1024]>>);
+
+impl PidSet {
+    /// Adds `pid`; returns whether it was already there.
+    fn insert(&mut self, pid: u16) -> bool {
+        let bits = self.0.get_or_insert_with(|| Box::new([0; 1024]));
+        let (word, bit) = (usize::from(pid / 64), pid % 64);
+        let seen = bits[word] & (1 << bit) != 0;
+        bits[word] |= 1 << bit;
+        seen
+    }
 }
 
 type Commit = oneshot::Receiver<genba_store::Result<i64>>;
@@ -613,6 +643,16 @@ mod tests {
         }
         assert!(f.at_boundary());
         assert_eq!(boundaries, vec![0, 2, 205]);
+    }
+
+    #[test]
+    fn pid_set_remembers_packet_ids() {
+        let mut s = PidSet::default();
+        assert!(!s.insert(1));
+        assert!(s.insert(1));
+        assert!(!s.insert(65535));
+        assert!(s.insert(65535));
+        assert!(!s.insert(64));
     }
 
     #[test]

@@ -182,6 +182,8 @@ pub struct Connect {
     /// 3 (MQTT 3.1), 4 (3.1.1) or 5.
     pub level: u8,
     pub keep_alive: u16,
+    /// Clean Session (3.1.1) / Clean Start (5): the client starts without earlier state.
+    pub clean_start: bool,
     /// Offset of the keep-alive field in the body, to rewrite 0.
     pub keep_alive_at: usize,
     pub client_id: String,
@@ -223,6 +225,7 @@ pub fn parse_connect(body: &[u8]) -> Result<Connect, PacketError> {
     Ok(Connect {
         level,
         keep_alive,
+        clean_start: flags & 0x02 != 0,
         keep_alive_at,
         client_id,
         username,
@@ -392,6 +395,7 @@ mod tests {
         let c = parse_connect(&frame.body).unwrap();
         assert_eq!(c.level, 4);
         assert_eq!(c.keep_alive, 30);
+        assert!(c.clean_start);
         assert_eq!(c.client_id, "probe");
         assert_eq!(c.username.as_deref(), Some("user"));
         assert_eq!(c.password.as_deref(), Some(&b"pw"[..]));

@@ -11,7 +11,12 @@ use common::{wait_until, Appliance};
 
 /// MQTT 3.1.1 or 5 CONNECT, clean session, keep-alive 30, no credentials.
 fn connect_packet(level: u8, client_id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 30];
+    connect_with(level, client_id, true)
+}
+
+fn connect_with(level: u8, client_id: &str, clean: bool) -> Vec<u8> {
+    let flags = if clean { 0x02 } else { 0x00 };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, flags, 0, 30];
     if level == 5 {
         body.push(0); // no properties
     }
@@ -79,9 +84,13 @@ fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
 
 /// A connected raw client: CONNECT sent, CONNACK "accepted" read.
 fn connected(a: &Appliance, level: u8, client_id: &str) -> TcpStream {
+    connected_with(a, level, client_id, true)
+}
+
+fn connected_with(a: &Appliance, level: u8, client_id: &str, clean: bool) -> TcpStream {
     let mut s = TcpStream::connect(a.mqtt).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&connect_packet(level, client_id)).unwrap();
+    s.write_all(&connect_with(level, client_id, clean)).unwrap();
     let (header, body) = read_packet(&mut s).expect("CONNACK");
     assert_eq!(header, 0x20, "CONNACK");
     assert_eq!(body[1], 0, "CONNACK accepted: {body:?}");
@@ -228,4 +237,49 @@ fn sockets_without_connect_hold_slots_clients_beyond_get_busy_and_health_still_p
         s.write_all(&connect_packet(4, "later")).unwrap();
         matches!(read_packet(&mut s), Some((0x20, b)) if b == [0, 0])
     }));
+}
+
+/// The same PUBLISH with the DUP flag set.
+fn as_dup(mut packet: Vec<u8>) -> Vec<u8> {
+    packet[0] |= 0x08;
+    packet
+}
+
+#[test]
+fn dup_resend_is_matched_only_where_it_can_be_a_resend() {
+    let a = Appliance::start("", "");
+    let count = |topic: &str| a.journal().iter().filter(|(t, _)| t == topic).count();
+    // A clean connection publishes pid 5; later, another clean connection of the same client
+    // sends a new identical event with pid 5 flagged DUP (its first copy never arrived).
+    // Clean start means nothing from before is in flight: it is a new publication.
+    let mut s = connected(&a, 4, "dup-client");
+    s.write_all(&publish(4, b"notify/door", 1, 5, b"open"))
+        .unwrap();
+    assert_puback(&mut s, 5, 0, "first event");
+    drop(s);
+    let mut s = connected(&a, 4, "dup-client");
+    let second = publish(4, b"notify/door", 1, 5, b"open");
+    s.write_all(&as_dup(second.clone())).unwrap();
+    assert_puback(&mut s, 5, 0, "second event, DUP on a clean connection");
+    assert!(wait_until(Duration::from_secs(5), || count("notify/door") == 2));
+    // A real resend on the same connection is still stored once.
+    s.write_all(&as_dup(second)).unwrap();
+    assert_puback(&mut s, 5, 0, "resend on the same connection");
+    // A persistent session's resend after a reconnect is stored once too.
+    let mut p = connected_with(&a, 4, "dup-persistent", false);
+    p.write_all(&publish(4, b"notify/persist", 1, 9, b"p"))
+        .unwrap();
+    assert_puback(&mut p, 9, 0, "persistent session publish");
+    drop(p);
+    let mut p = connected_with(&a, 4, "dup-persistent", false);
+    p.write_all(&as_dup(publish(4, b"notify/persist", 1, 9, b"p")))
+        .unwrap();
+    assert_puback(&mut p, 9, 0, "persistent session resend");
+    // A publish after both, to know the journal has caught up.
+    p.write_all(&publish(4, b"notify/last", 1, 10, b"l"))
+        .unwrap();
+    assert_puback(&mut p, 10, 0, "last");
+    assert!(wait_until(Duration::from_secs(5), || count("notify/last") == 1));
+    assert_eq!(count("notify/door"), 2, "{:?}", a.journal());
+    assert_eq!(count("notify/persist"), 1, "{:?}", a.journal());
 }
