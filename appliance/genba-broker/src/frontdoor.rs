@@ -65,6 +65,17 @@ pub(crate) struct FrontDoor {
     pub stats: Arc<DoorStats>,
 }
 
+/// How a client's side of a connection ended without a violation.
+enum ClientEnd {
+    /// It sent DISCONNECT (forwarded to the broker).
+    Disconnect,
+    /// It closed the connection (or the broker side went away).
+    Closed,
+}
+
+/// MQTT DISCONNECT packet type.
+const DISCONNECT: u8 = 14;
+
 /// What the client is to be told before its connection is closed.
 enum LastWord {
     /// Nothing: close (MQTT 3.1.1, or the client went away).
@@ -223,7 +234,13 @@ impl FrontDoor {
         // Keep the broker connection open until the client has had the last word.
         let up_wr = forward.await.ok().flatten();
         let result = match result {
-            Ok(()) => Ok(()),
+            Ok(ClientEnd::Disconnect) => {
+                // The client said DISCONNECT: let rumqttd close first. Closing right behind
+                // the DISCONNECT races its router, which then logs an ERROR per client.
+                let _ = tokio::time::timeout(LAST_WORD_WAIT, &mut down).await;
+                Ok(())
+            }
+            Ok(ClientEnd::Closed) => Ok(()),
             Err(e) => {
                 let last = match e.violation() {
                     Some(v) if session.v5 => LastWord::Packet(packet::disconnect_v5(v)),
@@ -256,7 +273,7 @@ impl FrontDoor {
         session: &Session,
         fwd: mpsc::Sender<(Frame, Option<Commit>)>,
         say: &mpsc::Sender<Say>,
-    ) -> Result<(), PacketError> {
+    ) -> Result<ClientEnd, PacketError> {
         let mut aliases = HashMap::new();
         // QoS 2 packet ids the front door answered itself (PUBREC), so it answers their PUBREL.
         let mut own_qos2: HashSet<u16> = HashSet::new();
@@ -265,7 +282,7 @@ impl FrontDoor {
         loop {
             let frame = match read_frame(rd, self.max_packet).await {
                 Ok(f) => f,
-                Err(PacketError::Closed) => return Ok(()),
+                Err(PacketError::Closed) => return Ok(ClientEnd::Closed),
                 Err(e) => return Err(e),
             };
             let mut commit = None;
@@ -300,7 +317,7 @@ impl FrontDoor {
                                 vec![kind << 4, 0x02, hi, lo]
                             };
                             if say.send(Say::Packet(ack)).await.is_err() {
-                                return Ok(());
+                                return Ok(ClientEnd::Closed);
                             }
                         }
                         continue;
@@ -345,7 +362,7 @@ impl FrontDoor {
                                 .await
                                 .is_err()
                             {
-                                return Ok(());
+                                return Ok(ClientEnd::Closed);
                             }
                             continue;
                         }
@@ -353,8 +370,12 @@ impl FrontDoor {
                 }
                 _ => {}
             }
+            let goodbye = frame.kind() == DISCONNECT;
             if fwd.send((frame, commit)).await.is_err() {
-                return Ok(());
+                return Ok(ClientEnd::Closed);
+            }
+            if goodbye {
+                return Ok(ClientEnd::Disconnect);
             }
         }
     }

@@ -283,3 +283,58 @@ fn dup_resend_is_matched_only_where_it_can_be_a_resend() {
     assert_eq!(count("notify/door"), 2, "{:?}", a.journal());
     assert_eq!(count("notify/persist"), 1, "{:?}", a.journal());
 }
+
+#[test]
+fn normal_operation_logs_no_error_lines_with_the_broker_log_directives() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("genba.toml");
+    std::fs::write(&config, "").unwrap();
+    let data = dir.path().join("data");
+    let log_path = dir.path().join("genba.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_genba"))
+        .args(["up", "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .env(
+            "GENBA_LOG",
+            format!("info,{}", genba_broker::LOG_DIRECTIVES),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let endpoints = data.join("run").join("endpoints.json");
+    assert!(wait_until(Duration::from_secs(30), || endpoints.exists()));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap()).unwrap();
+    let mqtt: std::net::SocketAddr = v["mqtt"].as_str().unwrap().parse().unwrap();
+    let http = v["http"].as_str().unwrap().to_string();
+    let probes = common::http::Http::new();
+    for i in 0..3 {
+        // A health probe, a client that says DISCONNECT, one that just closes.
+        assert_eq!(
+            probes.get(&format!("http://{http}/health"), &[]).status,
+            200
+        );
+        let out = common::mosquitto_pub(mqtt.port(), &["-q", "1", "-t", "t/x", "-m", "m"]);
+        assert!(out.status.success());
+        let mut s = TcpStream::connect(mqtt).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&connect_packet(5, &format!("abrupt-{i}")))
+            .unwrap();
+        assert!(read_packet(&mut s).is_some());
+    }
+    // Let the broker notice the last close, then stop.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
