@@ -157,6 +157,7 @@ pub(crate) async fn handle(
         .try_submit_telemetry(TelemetryBatch {
             messages: vec![message],
             refused: Vec::new(),
+            effects: Vec::new(),
             cursor: None,
         })
         .map_err(crate::store_problem)?;

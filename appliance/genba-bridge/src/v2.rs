@@ -152,6 +152,14 @@ pub fn router() -> Router<Shared> {
         .route("/stream/:device/*name", get(one_stream))
         .route("/publish/:id", post(publish))
         .route("/token", get(whoami))
+        .route("/rule", get(list_rules).post(create_rule))
+        .route(
+            "/rule/:name",
+            get(get_rule).put(replace_rule).delete(delete_rule),
+        )
+        .route("/alarm", get(list_alarms))
+        .route("/alarm/:id", get(get_alarm))
+        .route("/alarm/:id/ack", post(ack_alarm))
 }
 
 /// Checks the request's API token for `scope` and its rate (429 with `Retry-After`).
@@ -1063,4 +1071,286 @@ pub(crate) async fn post_v2(
         status,
         &json!({"ok": true, "result": code, "id": journal_id, "device_id": device_id}),
     ))
+}
+
+fn rule_json(r: &genba_store::alarms::StoredRule) -> Value {
+    let mut v = serde_json::from_str::<Value>(&r.spec).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("source".into(), json!(r.source));
+        m.insert(
+            "updated_at".into(),
+            json!(query::format_time(r.updated_at_ms)),
+        );
+    }
+    v
+}
+
+async fn list_rules(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let list = state
+        .db
+        .run(genba_store::alarms::rules)
+        .await
+        .map_err(ApiError::store)?;
+    ok(Value::Array(list.iter().map(rule_json).collect()))
+}
+
+async fn get_rule(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let key = name.clone();
+    let found = state
+        .db
+        .run(move |c| genba_store::alarms::rule(c, &key))
+        .await
+        .map_err(ApiError::store)?;
+    ok(rule_json(&found.ok_or_else(|| no_rule(&name))?))
+}
+
+fn no_rule(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NO_RULE",
+        format!("no rule {name:?}"),
+    )
+    .field("name")
+}
+
+/// Reads a rule from a JSON body; errors name the field (`threshold`, `condition`, ...).
+async fn rule_body(state: &Shared, req: Request) -> Result<genba_config::rules::Rule, ApiError> {
+    let body = crate::read_body(req, state).await?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_json("is not valid UTF-8"))?;
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let rule: genba_config::rules::Rule = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let field = if path.is_empty() || path == "." {
+            message
+                .split('`')
+                .nth(1)
+                .map(str::to_owned)
+                .unwrap_or_else(|| "body".into())
+        } else {
+            path
+        };
+        ApiError::bad(&field, message)
+    })?;
+    rule.check().map_err(|(field, m)| ApiError::bad(field, m))?;
+    Ok(rule)
+}
+
+async fn save_rule(
+    state: &Shared,
+    rule: genba_config::rules::Rule,
+    status: StatusCode,
+) -> ApiResult {
+    let spec = serde_json::to_string(&rule).map_err(|e| ApiError::bad("body", e.to_string()))?;
+    let name = rule.name.clone();
+    let saved = state
+        .db
+        .run(move |c| {
+            if !genba_store::alarms::put_rule(c, &name, &spec)? {
+                return Ok(None);
+            }
+            genba_store::alarms::rule(c, &name)
+        })
+        .await
+        .map_err(ApiError::store)?;
+    match saved {
+        Some(r) => Ok(json_response(status, &rule_json(&r))),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "RULE_IN_CONFIG",
+            format!(
+                "rule {:?} is defined in genba.toml; change it there",
+                rule.name
+            ),
+        )
+        .field("name")),
+    }
+}
+
+async fn create_rule(AxumState(state): AxumState<Shared>, req: Request) -> ApiResult {
+    authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let rule = rule_body(&state, req).await?;
+    let key = rule.name.clone();
+    let exists = state
+        .db
+        .run(move |c| genba_store::alarms::rule(c, &key))
+        .await
+        .map_err(ApiError::store)?;
+    if exists.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "RULE_EXISTS",
+            format!(
+                "rule {:?} exists already (PUT /v2/rule/{} replaces it)",
+                rule.name, rule.name
+            ),
+        )
+        .field("name"));
+    }
+    save_rule(&state, rule, StatusCode::CREATED).await
+}
+
+async fn replace_rule(
+    AxumState(state): AxumState<Shared>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult {
+    authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let rule = rule_body(&state, req).await?;
+    if rule.name != name {
+        return Err(ApiError::bad("name", "differs from the rule in the path"));
+    }
+    save_rule(&state, rule, StatusCode::OK).await
+}
+
+async fn delete_rule(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_WRITE).await?;
+    let key = name.clone();
+    match state
+        .db
+        .run(move |c| genba_store::alarms::delete_rule(c, &key))
+        .await
+        .map_err(ApiError::store)?
+    {
+        Some(true) => ok(json!({"name": name, "deleted": true})),
+        Some(false) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "RULE_IN_CONFIG",
+            format!("rule {name:?} is defined in genba.toml; remove it there"),
+        )
+        .field("name")),
+        None => Err(no_rule(&name)),
+    }
+}
+
+fn alarm_json(a: &genba_store::alarms::Alarm) -> Value {
+    json!({
+        "alarm_id": a.id,
+        "state": a.state(),
+        "rule": a.rule,
+        "device_id": a.device_id,
+        "stream": a.stream,
+        "condition": a.condition,
+        "severity": a.severity,
+        "threshold": a.threshold,
+        "value": a.value,
+        "message": a.message,
+        "raised_at": query::format_time(a.raised_at_ms),
+        "escalated_at": a.escalated_at_ms.map(query::format_time),
+        "acknowledged_at": a.acked_at_ms.map(query::format_time),
+        "acknowledged_by": a.acked_by,
+        "note": a.note,
+        "cleared_at": a.cleared_at_ms.map(query::format_time),
+        "clear_value": a.clear_value,
+    })
+}
+
+async fn list_alarms(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
+    use genba_store::alarms::Which;
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let which = match q.get("state").map(String::as_str) {
+        None | Some("open") => Which::Open,
+        Some("unacknowledged") => Which::Unacknowledged,
+        Some("all") => Which::All,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "state",
+                format!("{other:?}: open, unacknowledged or all"),
+            ))
+        }
+    };
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "limit",
+                    format!("{v:?}: a whole number from 1 to {MAX_PAGE}"),
+                )
+            })?,
+    };
+    let device = q.get("device").cloned();
+    let list = state
+        .db
+        .run(move |c| genba_store::alarms::list(c, which, device.as_deref(), limit))
+        .await
+        .map_err(ApiError::store)?;
+    ok(Value::Array(list.iter().map(alarm_json).collect()))
+}
+
+fn alarm_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .map_err(|_| ApiError::bad("alarm_id", format!("{raw:?} is not an alarm number")))
+}
+
+fn no_alarm(id: i64) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NO_ALARM", format!("no alarm #{id}")).field("alarm_id")
+}
+
+async fn get_alarm(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let id = alarm_id(&raw)?;
+    let found = state
+        .db
+        .run(move |c| genba_store::alarms::get(c, id))
+        .await
+        .map_err(ApiError::store)?;
+    ok(alarm_json(&found.ok_or_else(|| no_alarm(id))?))
+}
+
+/// `POST /v2/alarm/{id}/ack` `{"note": "corrective action", "by": "who"}` (`by` defaults to
+/// the token's name). The first acknowledgement is the record; a second is 409.
+async fn ack_alarm(
+    AxumState(state): AxumState<Shared>,
+    Path(raw): Path<String>,
+    req: Request,
+) -> ApiResult {
+    use genba_store::alarms::Ack;
+    let token = authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let id = alarm_id(&raw)?;
+    let obj = json_body(&state, req).await?;
+    let note = opt_string(&obj, "note", 2000)?
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad("note", "the corrective action taken is required"))?;
+    let by = opt_string(&obj, "by", 64)?.unwrap_or(token.name);
+    let outcome = state
+        .db
+        .run(move |c| genba_store::alarms::acknowledge(c, id, &by, &note))
+        .await
+        .map_err(ApiError::store)?;
+    match outcome {
+        Ack::Done(a) => ok(alarm_json(&a)),
+        Ack::Already(a) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ALREADY_ACKNOWLEDGED",
+            format!(
+                "alarm #{id} was acknowledged by {} before; its note stays the record",
+                a.acked_by.unwrap_or_default()
+            ),
+        )
+        .field("alarm_id")),
+        Ack::NoSuchAlarm => Err(no_alarm(id)),
+    }
 }

@@ -59,6 +59,22 @@ max_batch = 512                          # group commit size
 raw_days = 30                            # raw points and records per device
 rollup_days = 731                        # per-minute and per-hour min/max/avg/count
 
+# [[rules]]                              # example: a fridge warmer than 8 °C for 5 minutes
+# name = "fridge-warm"                   # alarms go to the journal as alarms/{device}/{rule}
+# tag = "fridge"                         # devices with this tag (or device = "fridge-1")
+# stream = "temperature"                 # a stream name, or "*"
+# condition = "above"                    # above below > >= < <= = != silent rate
+# threshold = 8.0
+# for_secs = 300
+# hysteresis = 0.5                       # clears below 7.5
+# escalate_after_minutes = 30            # unacknowledged that long: escalated once
+# severity = "critical"                  # or "warning"
+# [[rules]]
+# name = "probe-silent"
+# stream = "*"
+# condition = "silent"
+# silent_minutes = 15
+
 # [[slack.webhooks]]                     # example; its URL is `ops = "https://hooks.slack.com/services/..."`
 # name = "ops"                           #   under [slack] in the secrets file
 # filters = ["notify/#", "alert/#"]

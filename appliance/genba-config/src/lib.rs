@@ -7,6 +7,7 @@ pub mod credentials;
 mod defaults;
 pub mod passwords;
 pub mod rate;
+pub mod rules;
 mod secrets;
 pub mod settings;
 pub mod topic;
@@ -50,6 +51,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub exment: ExmentConfig,
     pub devices: DevicesConfig,
+    /// What to watch in the device streams: thresholds, silence, rate of change.
+    pub rules: Vec<rules::Rule>,
 }
 
 /// Who may create a device by sending its first message.
@@ -397,6 +400,23 @@ impl Config {
         topic::validate_topic(&self.http.default_topic, self.http.max_topic_bytes)
             .map_err(|m| invalid("http.default_topic".into(), m.to_string()))?;
         let mut names = std::collections::HashSet::new();
+        if self.devices.raw_days == 0 || self.devices.rollup_days < self.devices.raw_days {
+            return Err(invalid(
+                "devices.raw_days".into(),
+                "1 or more, and at most devices.rollup_days".into(),
+            ));
+        }
+        let mut rule_names = std::collections::HashSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.check()
+                .map_err(|(field, m)| invalid(format!("rules[{i}].{field}"), m))?;
+            if !rule_names.insert(rule.name.as_str()) {
+                return Err(invalid(
+                    format!("rules[{i}].name"),
+                    format!("{:?} is used by an earlier rule", rule.name),
+                ));
+            }
+        }
         for (i, hook) in self.slack.webhooks.iter().enumerate() {
             if hook.name.is_empty()
                 || !hook

@@ -1,20 +1,28 @@
 //! The telemetry consumer: reads `devices/{id}/telemetry[/tag]` rows from the journal (MQTT
-//! publishes and `/post_v2` posts, journaled before they were acknowledged) and stores each as
-//! device points, readings and records. A batch of rows, the rows it parks and this consumer's
-//! cursor commit in one transaction, so after a crash every row is stored exactly once.
+//! publishes and `/post_v2` posts, journaled before they were acknowledged), stores each as
+//! device points, readings and records, and lets the rules engine judge every new value. A
+//! batch of rows, the rows it parks, the alarms it raises or clears and this consumer's cursor
+//! commit in one transaction, so after a crash every row is stored and judged exactly once.
+//! Every [`TICK`] the engine also judges the time that passed (silence, durations, escalation).
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use genba_store::{Journal, JournalEntry, Reader, Refused, TelemetryBatch};
+use genba_config::rules::Rule;
+use genba_store::alarms::{self, StoredRule, Which};
+use genba_store::{devices, streams, Db, Journal, JournalEntry, Reader, Refused, TelemetryBatch};
 use tokio::sync::watch;
 
 use crate::message::{self, topic_device};
+use crate::rules::{Engine, Snapshot, Unacknowledged};
 
 /// The journal consumer's name (its cursor in the `sinks` table). It was the HACCP readings
 /// consumer's before every telemetry body became streams, and keeps that name and cursor.
 pub const SINK: &str = genba_telemetry::READINGS_SINK;
 const READ_BATCH: usize = 500;
+/// How often time-driven rules (silence, durations, escalation) are judged and rules reloaded.
+pub const TICK: Duration = Duration::from_secs(5);
 
 /// Whether a message from an unknown device may create it, by how it arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +43,7 @@ pub enum ConsumerError {
 pub fn batch_of(entries: &[JournalEntry], provisioning: Provisioning) -> TelemetryBatch {
     let mut batch = TelemetryBatch {
         messages: Vec::new(),
+        effects: Vec::new(),
         refused: Vec::new(),
         cursor: None,
     };
@@ -69,28 +78,168 @@ pub fn batch_of(entries: &[JournalEntry], provisioning: Provisioning) -> Telemet
     batch
 }
 
+/// Rules as stored, typed; a stored spec that no longer reads is skipped with a warning.
+fn typed(stored: &[StoredRule]) -> Vec<Rule> {
+    stored
+        .iter()
+        .filter_map(|r| match serde_json::from_str::<Rule>(&r.spec) {
+            Ok(rule) => Some(rule),
+            Err(e) => {
+                tracing::warn!(rule = %r.name, error = %e, "stored rule does not read; skipped");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Device id -> (enabled, tags).
+type DeviceStates = HashMap<String, (bool, Vec<String>)>;
+
+fn device_states(db: &Db) -> Result<DeviceStates, ConsumerError> {
+    let list = db.run_blocking(devices::list)?;
+    Ok(list
+        .into_iter()
+        .map(|d| (d.id, (d.enabled, d.tags)))
+        .collect())
+}
+
+fn snapshot(db: &Db, devices: &DeviceStates) -> Result<Snapshot, ConsumerError> {
+    let streams = db.run_blocking(streams::all)?;
+    let pending = db.run_blocking(alarms::pending)?;
+    let open = db.run_blocking(|c| alarms::list(c, Which::Open, None, usize::MAX >> 1))?;
+    Ok(Snapshot {
+        devices: devices
+            .iter()
+            .map(|(id, (_, tags))| (id.clone(), tags.clone()))
+            .collect(),
+        last: streams
+            .into_iter()
+            .filter_map(|s| {
+                let at = s.last_at_ms?;
+                Some(((s.device_id, s.name), (at, s.last_value, s.unit)))
+            })
+            .collect(),
+        pending: pending
+            .into_iter()
+            .map(|(r, d, s, since)| ((r, d, s), since))
+            .collect(),
+        open: open
+            .into_iter()
+            .map(|a| (a.rule, a.device_id, a.stream))
+            .collect::<HashSet<_>>(),
+    })
+}
+
+/// Lets the engine judge every value of the messages the store will accept.
+fn judge(engine: &mut Engine, batch: &mut TelemetryBatch, devices: &DeviceStates) {
+    for m in &batch.messages {
+        let accepted = match devices.get(&m.device_id) {
+            Some((enabled, tags)) => {
+                if !engine.knows_device(&m.device_id) {
+                    engine.set_device(&m.device_id, tags.clone());
+                }
+                *enabled
+            }
+            None => m.provision,
+        };
+        if !accepted {
+            continue;
+        }
+        for f in &m.fields {
+            let at = f.at_ms.unwrap_or(m.at_ms);
+            let effects = engine.observe(&m.device_id, &f.name, at, &f.value, f.unit.as_deref());
+            batch.effects.extend(effects);
+        }
+    }
+}
+
 pub async fn run(
-    db: PathBuf,
+    db_path: PathBuf,
     journal: Journal,
     provisioning: Provisioning,
+    config_rules: Vec<Rule>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConsumerError> {
-    let reader = tokio::task::block_in_place(|| Reader::open(&db))?;
+    let db = Db::new(&db_path);
+    let reader = tokio::task::block_in_place(|| Reader::open(&db_path))?;
     let mut cursor = tokio::task::block_in_place(|| reader.register_sink(SINK))?.cursor;
+    let specs: Vec<(String, String)> = config_rules
+        .iter()
+        .map(|r| (r.name.clone(), serde_json::to_string(r).unwrap_or_default()))
+        .collect();
+    let (mut engine, mut stored_rules) = tokio::task::block_in_place(|| {
+        db.run_blocking(|c| alarms::sync_config_rules(c, &specs))?;
+        let stored = db.run_blocking(alarms::rules)?;
+        let devices = device_states(&db)?;
+        let engine = Engine::new(typed(&stored), snapshot(&db, &devices)?);
+        Ok::<_, ConsumerError>((engine, stored))
+    })?;
+    tracing::info!(rules = engine.rules().len(), "rules engine ready");
     let mut committed = journal.committed();
+    let mut next_tick = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_tick {
+            // Judged between batches too, so a busy journal does not hold back silence checks.
+            tick_once(&mut engine, &db, &mut stored_rules, &journal).await?;
+            next_tick = tokio::time::Instant::now() + TICK;
+        }
         let entries = tokio::task::block_in_place(|| reader.after(cursor, READ_BATCH))?;
         let Some(last) = entries.last().map(|e| e.id) else {
             tokio::select! {
                 _ = committed.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep_until(next_tick) => {}
                 _ = shutdown.changed() => return Ok(()),
             }
             continue;
         };
         let mut batch = batch_of(&entries, provisioning);
+        if !batch.messages.is_empty() {
+            let devices = tokio::task::block_in_place(|| device_states(&db))?;
+            judge(&mut engine, &mut batch, &devices);
+        }
         batch.cursor = Some((SINK.to_owned(), last));
         journal.store_telemetry(batch).await?;
         cursor = last;
     }
+}
+
+/// Reloads rules and device tags when they changed, then judges the time that passed.
+async fn tick_once(
+    engine: &mut Engine,
+    db: &Db,
+    stored_rules: &mut Vec<StoredRule>,
+    journal: &Journal,
+) -> Result<(), ConsumerError> {
+    let effects = tokio::task::block_in_place(|| {
+        let stored = db.run_blocking(alarms::rules)?;
+        let mut effects = Vec::new();
+        if stored != *stored_rules {
+            effects.extend(engine.set_rules(typed(&stored)));
+            tracing::info!(rules = engine.rules().len(), "rules reloaded");
+            *stored_rules = stored;
+        }
+        for (id, (_, tags)) in device_states(db)? {
+            engine.set_device(&id, tags);
+        }
+        let unacked: Vec<Unacknowledged> = db
+            .run_blocking(|c| alarms::list(c, Which::Unacknowledged, None, 10_000))?
+            .into_iter()
+            .filter(|a| a.escalated_at_ms.is_none())
+            .map(|a| (a.id, a.rule, a.device_id, a.raised_at_ms))
+            .collect();
+        let now = chrono::Utc::now().timestamp_millis();
+        effects.extend(engine.tick(now, &unacked));
+        Ok::<_, ConsumerError>(effects)
+    })?;
+    if !effects.is_empty() {
+        journal
+            .store_telemetry(TelemetryBatch {
+                messages: Vec::new(),
+                effects,
+                refused: Vec::new(),
+                cursor: None,
+            })
+            .await?;
+    }
+    Ok(())
 }

@@ -5,6 +5,8 @@
 //! - [`fields`]: how a JSON object becomes named values (`env.temp`), its time and firmware;
 //! - [`consumer`]: the journal consumer that stores every telemetry row exactly once as
 //!   points (with per-minute and per-hour rollups), readings and records;
+//! - [`rules`]: the rules engine (thresholds with duration and hysteresis, silence, rate of
+//!   change, escalation), pure logic whose effects commit with the values it saw;
 //! - [`query`]: time ranges and aggregations as the `/v2` API and the console ask for them.
 //!
 //! Where it becomes durable: `genba_store::ingest` inside the journal writer's transaction.
@@ -15,3 +17,4 @@ pub mod fields;
 pub mod message;
 pub mod query;
 pub mod retention;
+pub mod rules;

@@ -64,10 +64,59 @@ pub struct Refused {
     pub reason: String,
 }
 
+/// What the rules engine decided about the messages of a batch (or about time passing):
+/// applied in the same transaction, so every reading is evaluated exactly once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Opens an alarm (at most one open per rule, device and stream) and journals `message`
+    /// on `alarms/{device}/{rule}`; `command`, if any, on `devices/{device}/commands`.
+    Raise {
+        rule: String,
+        device_id: String,
+        stream: String,
+        condition: String,
+        severity: String,
+        threshold: Option<f64>,
+        value: Option<f64>,
+        at_ms: i64,
+        message: String,
+        command: Option<String>,
+    },
+    /// Clears the open alarm and journals `message`.
+    Clear {
+        rule: String,
+        device_id: String,
+        stream: String,
+        value: Option<f64>,
+        at_ms: i64,
+        message: String,
+    },
+    /// Marks an unacknowledged alarm escalated (once) and journals `message`.
+    Escalate {
+        alarm_id: i64,
+        rule: String,
+        device_id: String,
+        at_ms: i64,
+        message: String,
+    },
+    /// A duration rule's condition holds since `since_ms` (`None`: it no longer holds).
+    Pending {
+        rule: String,
+        device_id: String,
+        stream: String,
+        since_ms: Option<i64>,
+    },
+}
+
+/// The source of the journal rows the rules engine writes.
+pub const RULES_SOURCE: &str = "rules";
+
 /// Messages applied in one transaction, with an optional consumer cursor that moves with them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryBatch {
     pub messages: Vec<DeviceMessage>,
+    /// The rules engine's decisions about these messages (or about time passing).
+    pub effects: Vec<Effect>,
     /// Rows parked by the consumer (needs `cursor`: they are parked under its sink).
     pub refused: Vec<Refused>,
     /// (sink, journal id): the consumer that read these messages and how far it got.
@@ -79,8 +128,19 @@ struct Stream {
     last_at: Option<i64>,
 }
 
-/// Applies a batch; returns the readings plus points newly inserted.
-pub(crate) fn apply(tx: &Transaction, batch: &TelemetryBatch, now: i64) -> rusqlite::Result<i64> {
+/// What a batch changed: the readings plus points newly inserted, and the last journal row
+/// the rules engine wrote (0: none).
+pub(crate) struct Applied {
+    pub inserted: i64,
+    pub last_journal_id: i64,
+}
+
+/// Applies a batch.
+pub(crate) fn apply(
+    tx: &Transaction,
+    batch: &TelemetryBatch,
+    now: i64,
+) -> rusqlite::Result<Applied> {
     let mut find_device = tx.prepare_cached("SELECT enabled FROM devices WHERE id = ?1")?;
     let mut add_device = tx.prepare_cached(
         "INSERT INTO devices (id, channel, provisioned, created_at)
@@ -235,11 +295,110 @@ pub(crate) fn apply(tx: &Transaction, batch: &TelemetryBatch, now: i64) -> rusql
             FieldValue::Text(t) => stream_last.execute(params![id, at, None::<f64>, t])?,
         };
     }
+    let last_journal_id = apply_effects(tx, &batch.effects, now)?;
     if let Some((sink, cursor)) = &batch.cursor {
         tx.execute(
             "UPDATE sinks SET cursor = MAX(cursor, ?2), delivered = delivered + 1 WHERE name = ?1",
             params![sink, cursor],
         )?;
     }
-    Ok(inserted)
+    Ok(Applied {
+        inserted,
+        last_journal_id,
+    })
+}
+
+fn apply_effects(tx: &Transaction, effects: &[Effect], now: i64) -> rusqlite::Result<i64> {
+    let mut journal = tx.prepare_cached(
+        "INSERT INTO journal (received_at, source, topic, payload, qos, retain)
+         VALUES (?1, ?2, ?3, ?4, 1, 0)",
+    )?;
+    let mut last = 0;
+    let mut log = |topic: String, message: &str| -> rusqlite::Result<()> {
+        journal.execute(params![now, RULES_SOURCE, topic, message.as_bytes()])?;
+        last = tx.last_insert_rowid();
+        Ok(())
+    };
+    for e in effects {
+        match e {
+            Effect::Raise {
+                rule,
+                device_id,
+                stream,
+                condition,
+                severity,
+                threshold,
+                value,
+                at_ms,
+                message,
+                command,
+            } => {
+                let opened = tx.execute(
+                    "INSERT OR IGNORE INTO alarms (rule, device_id, stream, condition, severity,
+                     threshold, value, message, raised_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![rule, device_id, stream, condition, severity, threshold, value, message, at_ms],
+                )?;
+                if opened > 0 {
+                    log(format!("alarms/{device_id}/{rule}"), message)?;
+                    if let Some(c) = command {
+                        log(format!("devices/{device_id}/commands"), c)?;
+                    }
+                }
+            }
+            Effect::Clear {
+                rule,
+                device_id,
+                stream,
+                value,
+                at_ms,
+                message,
+            } => {
+                let cleared = tx.execute(
+                    "UPDATE alarms SET cleared_at = ?4, clear_value = ?5
+                     WHERE rule = ?1 AND device_id = ?2 AND stream = ?3 AND cleared_at IS NULL",
+                    params![rule, device_id, stream, at_ms, value],
+                )?;
+                if cleared > 0 {
+                    log(format!("alarms/{device_id}/{rule}"), message)?;
+                }
+            }
+            Effect::Escalate {
+                alarm_id,
+                rule,
+                device_id,
+                at_ms,
+                message,
+            } => {
+                let escalated = tx.execute(
+                    "UPDATE alarms SET escalated_at = ?2
+                     WHERE id = ?1 AND escalated_at IS NULL AND acked_at IS NULL",
+                    params![alarm_id, at_ms],
+                )?;
+                if escalated > 0 {
+                    log(format!("alarms/{device_id}/{rule}"), message)?;
+                }
+            }
+            Effect::Pending {
+                rule,
+                device_id,
+                stream,
+                since_ms,
+            } => match since_ms {
+                Some(since) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO rule_state (rule, device_id, stream, pending_since)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![rule, device_id, stream, since],
+                    )?;
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM rule_state WHERE rule = ?1 AND device_id = ?2 AND stream = ?3",
+                        params![rule, device_id, stream],
+                    )?;
+                }
+            },
+        }
+    }
+    Ok(last)
 }

@@ -4,6 +4,7 @@
 //! committed (WAL, `synchronous=FULL`), and the writer thread commits many appends in one
 //! transaction (group commit). Sinks read with [`Reader`] and move their own cursor.
 
+pub mod alarms;
 mod db;
 pub mod devices;
 pub mod ingest;
@@ -16,7 +17,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use db::Db;
-pub use ingest::{DeviceMessage, Field, FieldValue, Refused, TelemetryBatch};
+pub use ingest::{DeviceMessage, Effect, Field, FieldValue, Refused, TelemetryBatch};
 pub use reader::{JournalEntry, Reader, SinkState, StoreStatus};
 pub use writer::{Journal, NewMessage, NewReading};
 

@@ -140,6 +140,41 @@ const MIGRATIONS: &[&str] = &[
         created_at   INTEGER NOT NULL,
         last_used_at INTEGER
      );",
+    // 5: rules (from genba.toml or the API), their pending state, and alarms with their
+    // lifecycle (raised -> acknowledged with a corrective-action note -> cleared).
+    "CREATE TABLE rules (
+        name       TEXT    PRIMARY KEY,
+        source     TEXT    NOT NULL,                     -- 'config' or 'api'
+        spec       TEXT    NOT NULL,                     -- the rule as JSON
+        updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE rule_state (
+        rule          TEXT    NOT NULL,
+        device_id     TEXT    NOT NULL,
+        stream        TEXT    NOT NULL,
+        pending_since INTEGER NOT NULL,                  -- the condition holds since (unix ms)
+        PRIMARY KEY (rule, device_id, stream)
+     ) WITHOUT ROWID;
+     CREATE TABLE alarms (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        rule         TEXT    NOT NULL,
+        device_id    TEXT    NOT NULL,
+        stream       TEXT    NOT NULL,
+        condition    TEXT    NOT NULL,
+        severity     TEXT    NOT NULL,
+        threshold    REAL,
+        value        REAL,
+        message      TEXT    NOT NULL,
+        raised_at    INTEGER NOT NULL,
+        escalated_at INTEGER,
+        acked_at     INTEGER,
+        acked_by     TEXT,
+        note         TEXT,                               -- the corrective action (HACCP record)
+        cleared_at   INTEGER,
+        clear_value  REAL
+     );
+     CREATE UNIQUE INDEX alarms_one_open ON alarms(rule, device_id, stream) WHERE cleared_at IS NULL;
+     CREATE INDEX alarms_raised ON alarms(raised_at);",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {

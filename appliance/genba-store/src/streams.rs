@@ -107,6 +107,13 @@ pub fn of_device(conn: &Connection, device_id: &str) -> rusqlite::Result<Vec<Str
     rows.collect()
 }
 
+/// Every stream of every device.
+pub fn all(conn: &Connection) -> rusqlite::Result<Vec<StreamInfo>> {
+    let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY device_id, name"))?;
+    let rows = stmt.query_map([], row)?;
+    rows.collect()
+}
+
 pub fn get(conn: &Connection, device_id: &str, name: &str) -> rusqlite::Result<Option<StreamInfo>> {
     conn.query_row(
         &format!("{SELECT} WHERE device_id = ?1 AND name = ?2"),

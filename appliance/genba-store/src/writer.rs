@@ -184,14 +184,7 @@ fn write_loop(
             }
         }
         match commit_batch(&mut conn, &batch) {
-            Ok(ids) => {
-                let last = batch
-                    .iter()
-                    .zip(&ids)
-                    .filter(|(r, _)| matches!(r.work, Work::Message(_)))
-                    .map(|(_, id)| *id)
-                    .max()
-                    .unwrap_or(0);
+            Ok((ids, last)) => {
                 // Readers learn of the commit before any writer is answered.
                 committed.send_if_modified(|v| {
                     let moved = last > *v;
@@ -222,8 +215,9 @@ fn write_loop(
 }
 
 /// Inserts a batch in one transaction; returns one id per request (the existing id for a
-/// dropped DUP resend).
-fn commit_batch(conn: &mut Connection, batch: &[Request]) -> rusqlite::Result<Vec<i64>> {
+/// dropped DUP resend), and the last journal row written (0: none).
+fn commit_batch(conn: &mut Connection, batch: &[Request]) -> rusqlite::Result<(Vec<i64>, i64)> {
+    let mut last_journal_id = 0;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut ids = Vec::with_capacity(batch.len());
     {
@@ -240,7 +234,9 @@ fn commit_batch(conn: &mut Connection, batch: &[Request]) -> rusqlite::Result<Ve
             let m = match &req.work {
                 Work::Message(m) => m,
                 Work::Telemetry(batch) => {
-                    ids.push(crate::ingest::apply(&tx, batch, now)?);
+                    let applied = crate::ingest::apply(&tx, batch, now)?;
+                    last_journal_id = last_journal_id.max(applied.last_journal_id);
+                    ids.push(applied.inserted);
                     continue;
                 }
             };
@@ -258,11 +254,12 @@ fn commit_batch(conn: &mut Connection, batch: &[Request]) -> rusqlite::Result<Ve
             insert.execute(params![
                 now, m.source, m.topic, m.payload, m.qos, m.retain, m.mqtt_pid
             ])?;
-            ids.push(tx.last_insert_rowid());
+            last_journal_id = tx.last_insert_rowid();
+            ids.push(last_journal_id);
         }
     }
     tx.commit()?;
-    Ok(ids)
+    Ok((ids, last_journal_id))
 }
 
 #[cfg(test)]
@@ -355,6 +352,7 @@ mod telemetry_tests {
             .collect();
         TelemetryBatch {
             refused: vec![],
+            effects: vec![],
             messages: vec![DeviceMessage {
                 device_id: "fridge-1".into(),
                 source: "http:127.0.0.1".into(),

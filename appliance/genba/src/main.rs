@@ -87,6 +87,12 @@ enum Command {
     /// REST API tokens for /v2 (X-APITOKEN).
     #[command(subcommand)]
     Tokens(platform_cmd::TokensCommand),
+    /// Rules on device streams (thresholds, silence, rate of change).
+    #[command(subcommand)]
+    Rules(platform_cmd::RulesCommand),
+    /// Alarms raised by the rules: list, acknowledge with a corrective-action note.
+    #[command(subcommand)]
+    Alarms(platform_cmd::AlarmsCommand),
     /// Apply the settings file from the boot partition (run once per boot by the image).
     Firstboot {
         /// The genba.toml to update (may be a symlink to the data partition).
@@ -185,6 +191,8 @@ fn main() -> Result<()> {
         Command::Keys(cmd) => commands::keys(cmd),
         Command::Devices(cmd) => platform_cmd::devices_cmd(cmd),
         Command::Tokens(cmd) => platform_cmd::tokens_cmd(cmd),
+        Command::Rules(cmd) => platform_cmd::rules_cmd(cmd),
+        Command::Alarms(cmd) => platform_cmd::alarms_cmd(cmd),
         Command::Exment { common, cmd: None } => lifecycle::run(roles::Role::Exment, common),
         Command::Exment {
             common,

@@ -338,3 +338,163 @@ fn set_token_enabled(common: &Common, id: i64, enabled: bool) -> Result<tokens::
         .run_blocking(|c| tokens::set_enabled(c, id, enabled))?
         .with_context(|| format!("no API token with id {id} (see `genba tokens list`)"))
 }
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Every rule (from genba.toml and the API) as JSON lines.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Add or replace a rule given as JSON (the keys of [[rules]] in genba.toml), e.g.
+    /// '{"name":"warm","tag":"fridge","stream":"temperature","condition":">","threshold":8,"for_secs":300}'.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        json: String,
+    },
+    /// Remove a rule made with `add` or the API (rules in genba.toml are edited there).
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AlarmsCommand {
+    /// Alarms, newest first: open ones (default), unacknowledged ones, or all.
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        unacknowledged: bool,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge an alarm with the corrective action taken (the HACCP record).
+    Ack {
+        #[command(flatten)]
+        common: Common,
+        id: i64,
+        /// What was done about it, e.g. "moved stock to fridge 2, called service".
+        #[arg(long)]
+        note: String,
+        /// Who acknowledges (default: the login name).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+pub fn rules_cmd(cmd: RulesCommand) -> Result<()> {
+    use genba_store::alarms;
+    match cmd {
+        RulesCommand::List { common } => {
+            for r in db(&common)?.run_blocking(alarms::rules)? {
+                println!("{}\t{}\t{}", r.name, r.source, r.spec);
+            }
+        }
+        RulesCommand::Add { common, json } => {
+            let rule: genba_config::rules::Rule =
+                serde_json::from_str(&json).context("the rule JSON does not read")?;
+            rule.check()
+                .map_err(|(field, m)| anyhow::anyhow!("rule field {field}: {m}"))?;
+            let spec = serde_json::to_string(&rule)?;
+            if !db(&common)?.run_blocking(|c| alarms::put_rule(c, &rule.name, &spec))? {
+                anyhow::bail!(
+                    "rule {:?} is defined in genba.toml; change it there",
+                    rule.name
+                );
+            }
+            println!(
+                "rule {} saved (the running appliance picks it up within seconds)",
+                rule.name
+            );
+        }
+        RulesCommand::Remove { common, name } => {
+            match db(&common)?.run_blocking(|c| alarms::delete_rule(c, &name))? {
+                Some(true) => println!("rule {name} removed"),
+                Some(false) => {
+                    anyhow::bail!("rule {name:?} is defined in genba.toml; remove it there")
+                }
+                None => anyhow::bail!("no rule {name:?} (see `genba rules list`)"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_alarm(a: &genba_store::alarms::Alarm) {
+    println!(
+        "#{:<5} {:<12} {:<8} {}  {}",
+        a.id,
+        a.state(),
+        a.severity,
+        when(Some(a.raised_at_ms)),
+        a.message
+    );
+    if let (Some(by), Some(note)) = (&a.acked_by, &a.note) {
+        println!(
+            "       acknowledged by {by} at {}: {note}",
+            when(a.acked_at_ms)
+        );
+    }
+}
+
+pub fn alarms_cmd(cmd: AlarmsCommand) -> Result<()> {
+    use genba_store::alarms::{self, Ack, Which};
+    match cmd {
+        AlarmsCommand::List {
+            common,
+            all,
+            unacknowledged,
+            device,
+            json,
+        } => {
+            let which = if all {
+                Which::All
+            } else if unacknowledged {
+                Which::Unacknowledged
+            } else {
+                Which::Open
+            };
+            let list =
+                db(&common)?.run_blocking(|c| alarms::list(c, which, device.as_deref(), 1000))?;
+            if json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                println!("no alarms");
+            }
+            list.iter().for_each(print_alarm);
+        }
+        AlarmsCommand::Ack {
+            common,
+            id,
+            note,
+            by,
+        } => {
+            let note = note.trim();
+            if note.is_empty() || note.len() > 2000 {
+                anyhow::bail!("--note: the corrective action taken, 1-2000 characters");
+            }
+            let by = by
+                .or_else(|| std::env::var("SUDO_USER").ok())
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "cli".into());
+            match db(&common)?.run_blocking(|c| alarms::acknowledge(c, id, &by, note))? {
+                Ack::Done(a) => print_alarm(&a),
+                Ack::Already(a) => {
+                    print_alarm(&a);
+                    anyhow::bail!("alarm #{id} was acknowledged before; its note stays the record")
+                }
+                Ack::NoSuchAlarm => anyhow::bail!("no alarm #{id} (see `genba alarms list --all`)"),
+            }
+        }
+    }
+    Ok(())
+}

@@ -158,8 +158,10 @@ pub async fn start(
             mqtt: config.provisions(!config.mqtt.anonymous_allowed()),
             http: config.provisions(true),
         };
+        let rules = config.rules.clone();
         started.tasks.push(tokio::spawn(async move {
-            if let Err(e) = genba_platform::consumer::run(db2, j2, provisioning, stop).await {
+            if let Err(e) = genba_platform::consumer::run(db2, j2, provisioning, rules, stop).await
+            {
                 tracing::error!(error = %e, "telemetry consumer stopped");
             }
         }));
