@@ -872,12 +872,25 @@ async fn journal_and_publish(
     payload: Vec<u8>,
     qos: u8,
 ) -> Result<(i64, bool), ApiError> {
+    let id = journal_only(state, source, topic.clone(), payload.clone(), qos).await?;
+    let published = state.publisher.publish(&topic, payload);
+    Ok((id, published))
+}
+
+/// Appends a message to the journal; returns its id once committed.
+async fn journal_only(
+    state: &Shared,
+    source: String,
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+) -> Result<i64, ApiError> {
     let committed = state
         .journal
         .try_submit(NewMessage {
             source,
-            topic: topic.clone(),
-            payload: payload.clone(),
+            topic,
+            payload,
             qos,
             retain: false,
             mqtt_pid: None,
@@ -888,8 +901,7 @@ async fn journal_and_publish(
         .await
         .map_err(|_| crate::store_problem(genba_store::StoreError::WriterGone))?
         .map_err(crate::store_problem)?;
-    let published = state.publisher.publish(&topic, payload);
-    Ok((id, published))
+    Ok(id)
 }
 
 /// `POST /v2/publish/{device}` `{"qos":0|1,"payload":"..."}`: a command to the device on
@@ -931,8 +943,10 @@ async fn publish(
             format!("larger than {} bytes", state.http.max_message_bytes),
         ));
     }
+    // Journaled only: the broker role's command sink publishes it and retries until the
+    // broker acknowledges, so no command is lost between this answer and the broker.
     let topic = format!("devices/{}/commands", device.id);
-    let (journal_id, published) = journal_and_publish(
+    let journal_id = journal_only(
         &state,
         format!("api:{}", token.name),
         topic.clone(),
@@ -940,7 +954,7 @@ async fn publish(
         qos,
     )
     .await?;
-    ok(json!({"ok": true, "id": journal_id, "topic": topic, "qos": qos, "published": published}))
+    ok(json!({"ok": true, "id": journal_id, "topic": topic, "qos": qos, "queued": true}))
 }
 
 /// Refuses telemetry from a disabled device (403 `DEVICE_DISABLED`), and from an unknown one

@@ -1,5 +1,6 @@
 //! `genba`: one binary, one subcommand per role. See README.md.
 
+mod command_sink;
 mod commands;
 mod firstboot;
 mod lifecycle;

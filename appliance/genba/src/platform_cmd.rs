@@ -221,64 +221,60 @@ fn set_device_enabled(common: &Common, id: &str, enabled: bool) -> Result<()> {
     Ok(())
 }
 
-/// Journals a command, then publishes it through the running broker as genba's own role.
+/// Journals a command; the broker role's command sink publishes it. Waits up to 10 s to say
+/// whether it reached the broker.
 fn send(common: &Common, id: &str, payload: String) -> Result<()> {
     let config = load_config(common)?;
-    let data_dir = config.data_dir();
-    let db_path = genba_store::db_path(&data_dir);
-    known_device(&Db::new(&db_path), id)?;
+    let db_path = genba_store::db_path(&config.data_dir());
+    let db = Db::new(&db_path);
+    known_device(&db, id)?;
+    if payload.is_empty() || payload.len() > config.http.max_message_bytes {
+        anyhow::bail!(
+            "PAYLOAD: 1-{} bytes (http.max_message_bytes)",
+            config.http.max_message_bytes
+        );
+    }
     let topic = format!("devices/{id}/commands");
-    let (mqtt, _) = crate::commands::running_endpoints(common, &config);
-    let secret = crate::roles::internal_secret(&data_dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let journal_id = rt.block_on(async {
         let journal = Journal::start(&db_path, 8, 8)?;
-        let journal_id = journal
+        journal
             .append(NewMessage {
                 source: "cli".into(),
                 topic: topic.clone(),
-                payload: payload.clone().into_bytes(),
+                payload: payload.into_bytes(),
                 qos: 1,
                 retain: false,
                 mqtt_pid: None,
                 dup: false,
             })
-            .await?;
-        let mut opts = rumqttc::MqttOptions::new(
-            format!("genba-cli-{}", std::process::id()),
-            mqtt.ip().to_string(),
-            mqtt.port(),
-        );
-        opts.set_credentials(genba_broker::INTERNAL_USER, secret);
-        let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
-        client
-            .publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload.into_bytes())
-            .await?;
-        let acked = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match events.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        })
-        .await;
-        match acked {
-            Ok(Ok(())) => {
-                println!("sent {topic} (journal #{journal_id})");
-                Ok(())
-            }
-            Ok(Err(e)) => anyhow::bail!(
-                "journaled as #{journal_id}, but the broker at {mqtt} refused or is down: {e}"
-            ),
-            Err(_) => anyhow::bail!(
-                "journaled as #{journal_id}, but the broker at {mqtt} did not acknowledge within 5 s"
-            ),
+            .await
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let passed = db
+            .run_blocking(|c| {
+                use rusqlite::OptionalExtension;
+                c.query_row(
+                    "SELECT cursor FROM sinks WHERE name = ?1",
+                    [crate::command_sink::SINK],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+            })?
+            .is_some_and(|cursor| cursor >= journal_id);
+        if passed {
+            println!("sent {topic} (journal #{journal_id}); the broker acknowledged it");
+            return Ok(());
         }
-    })
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!(
+        "journaled {topic} as #{journal_id}, but no broker took it within 10 s; \
+         it is delivered when `genba up` or `genba broker` runs"
+    )
 }
 
 pub fn tokens_cmd(cmd: TokensCommand) -> Result<()> {

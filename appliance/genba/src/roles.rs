@@ -165,6 +165,13 @@ pub async fn start(
                 tracing::error!(error = %e, "telemetry consumer stopped");
             }
         }));
+        let (db3, j3, stop) = (db.clone(), journal.clone(), shutdown.clone());
+        let (addr, secret) = (broker.addr, internal_secret.clone());
+        started.tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::command_sink::run(db3, j3, addr, secret, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "command sink stopped");
+            }
+        }));
         started
             .tasks
             .push(tokio::spawn(genba_platform::retention::run(
@@ -270,6 +277,7 @@ fn register_sinks(db: &Path, config: &Config, readings: bool) -> Result<()> {
     }
     if readings {
         reader.register_sink(genba_telemetry::READINGS_SINK)?;
+        reader.register_sink(crate::command_sink::SINK)?;
     }
     Ok(())
 }

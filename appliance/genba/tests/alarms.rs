@@ -428,3 +428,39 @@ fn each_crossing_raises_exactly_one_alarm_across_sigkills() {
     );
     assert_eq!(a.integrity_check(), "ok");
 }
+
+#[test]
+fn a_rule_sends_a_command_to_the_device_as_its_action() {
+    // Seed 003: "if temperature > 30 °C, send FAN_ON".
+    let a = Appliance::start(
+        "[[rules]]\nname = \"fan\"\ndevice = \"esp32-device-01\"\nstream = \"temperature\"\ncondition = \">\"\nthreshold = 30.0\ncommand = \"FAN_ON\"\n",
+        "",
+    );
+    let sub = common::mosquitto_sub(
+        a.mqtt.port(),
+        &[
+            "-t",
+            "devices/esp32-device-01/commands",
+            "-C",
+            "1",
+            "-W",
+            "15",
+        ],
+    );
+    publish(&a, "esp32-device-01", json!({"temperature": 25.5}));
+    publish(&a, "esp32-device-01", json!({"temperature": 31.0}));
+    let got = sub.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "FAN_ON");
+    // Journaled once, with the alarm that caused it.
+    let journal = a.journal();
+    assert_eq!(
+        journal
+            .iter()
+            .filter(|(t, p)| t == "devices/esp32-device-01/commands" && p == "FAN_ON")
+            .count(),
+        1
+    );
+    assert!(journal
+        .iter()
+        .any(|(t, _)| t == "alarms/esp32-device-01/fan"));
+}
