@@ -220,15 +220,38 @@ impl FrontDoor {
         // Broker -> client: bytes as they come, with the front door's own packets slotted in
         // between two of the broker's.
         let (say_tx, say_rx) = mpsc::channel(16);
-        let mut down = tokio::spawn(pump_down(up_rd, wr, say_rx));
         // Client -> broker: packets, publishes held until their journal commit.
         let (fwd_tx, fwd_rx) = mpsc::channel(FORWARD_QUEUE);
+        // An MQTT 5 client's Receive Maximum and Maximum Packet Size, which rumqttd ignores,
+        // are kept here: such a client's downstream goes packet by packet.
+        let limits = (connect.level == 5)
+            .then(|| ClientLimits::new(connect.receive_maximum, connect.maximum_packet_size))
+            .flatten();
+        let credits = limits.map(|l| Arc::new(Semaphore::new(usize::from(l.receive_maximum))));
+        let outstanding = SharedOutstanding::default();
+        let mut down = match (limits, &credits) {
+            (Some(limits), Some(credits)) => tokio::spawn(pump_frames(
+                up_rd,
+                wr,
+                say_rx,
+                FramePump {
+                    limits,
+                    credits: credits.clone(),
+                    outstanding: outstanding.clone(),
+                    to_broker: fwd_tx.downgrade(),
+                    max_frame: self.max_packet,
+                },
+            )),
+            _ => tokio::spawn(pump_down(up_rd, wr, say_rx)),
+        };
         let forward = tokio::spawn(forward_in_order(fwd_rx, up_wr));
         let session = Session {
             v5: connect.level == 5,
             journal_it: access == Access::Client,
             clean_start: connect.clean_start,
             source: format!("mqtt:{}", connect.client_id),
+            credits: credits.zip(limits.map(|l| usize::from(l.receive_maximum))),
+            outstanding,
         };
         let result = self.read_client(&mut rd, &session, fwd_tx, &say_tx).await;
         // Keep the broker connection open until the client has had the last word.
@@ -354,6 +377,34 @@ impl FrontDoor {
                         }
                     }
                 }
+                // The client acknowledging one of the broker's QoS 1/2 publishes: room for one
+                // more under its Receive Maximum.
+                PUBACK | packet::PUBCOMP | PUBREC => {
+                    let ends_flow = frame.kind() != PUBREC || frame.body.get(2) >= Some(&0x80);
+                    if let (Some((credits, max)), true) = (&session.credits, ends_flow) {
+                        if credits.available_permits() < *max {
+                            credits.add_permits(1);
+                        }
+                    }
+                    if session.credits.is_some() && frame.kind() != packet::PUBCOMP {
+                        if let [hi, lo, ..] = frame.body[..] {
+                            let due = {
+                                let mut o = lock(&session.outstanding);
+                                o.acked(u16::from_be_bytes([hi, lo]));
+                                o.due()
+                            };
+                            if fwd.send((frame, None)).await.is_err() {
+                                return Ok(ClientEnd::Closed);
+                            }
+                            for (kind, pid) in due {
+                                if fwd.send((ack_frame(kind, pid), None)).await.is_err() {
+                                    return Ok(ClientEnd::Closed);
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                }
                 packet::PUBREL if !own_qos2.is_empty() => {
                     if let [hi, lo, ..] = frame.body[..] {
                         if own_qos2.remove(&u16::from_be_bytes([hi, lo])) {
@@ -394,6 +445,10 @@ struct Session {
     v5: bool,
     journal_it: bool,
     clean_start: bool,
+    /// The client's Receive Maximum credits (shared with `pump_frames`) and the maximum.
+    credits: Option<(Arc<Semaphore>, usize)>,
+    /// The broker's publishes to this client not acknowledged yet (with `pump_frames`).
+    outstanding: SharedOutstanding,
     source: String,
 }
 
@@ -503,6 +558,229 @@ async fn pump_down(
         let _ = write_said(&mut client, &mut pending).await;
     }
     shutdown(client).await;
+}
+
+/// The limits an MQTT 5 client announced in its CONNECT.
+#[derive(Debug, Clone, Copy)]
+struct ClientLimits {
+    receive_maximum: u16,
+    maximum_packet_size: usize,
+}
+
+impl ClientLimits {
+    /// `None` when the client announced neither (then bytes are copied as they come).
+    fn new(receive_maximum: Option<u16>, maximum_packet_size: Option<u32>) -> Option<Self> {
+        if receive_maximum.is_none() && maximum_packet_size.is_none() {
+            return None;
+        }
+        Some(ClientLimits {
+            receive_maximum: receive_maximum.unwrap_or(u16::MAX),
+            maximum_packet_size: maximum_packet_size
+                .and_then(|m| usize::try_from(m).ok())
+                .unwrap_or(usize::MAX),
+        })
+    }
+}
+
+/// The broker's QoS 1/2 publishes to a client that are not acknowledged yet, in the order
+/// sent: rumqttd takes acknowledgements only in that order, so one for a publish the front
+/// door dropped (too large for the client) waits for the client's acks before it.
+#[derive(Debug, Default)]
+struct Outstanding(std::collections::VecDeque<(u16, bool, u8)>);
+
+impl Outstanding {
+    /// Records a publish (`dropped` by the front door or sent to the client).
+    fn push(&mut self, pid: u16, dropped: bool, qos: u8) {
+        self.0.push_back((pid, dropped, qos));
+    }
+
+    /// The client acknowledged `pid`.
+    fn acked(&mut self, pid: u16) {
+        if let Some(i) = self
+            .0
+            .iter()
+            .position(|(p, dropped, _)| *p == pid && !dropped)
+        {
+            self.0.remove(i);
+        }
+    }
+
+    /// Acknowledgements now due for dropped publishes (PUBACK or PUBREC, packet id).
+    fn due(&mut self) -> Vec<(u8, [u8; 2])> {
+        let mut due = Vec::new();
+        while let Some(&(pid, true, qos)) = self.0.front() {
+            self.0.pop_front();
+            due.push((if qos == 1 { PUBACK } else { PUBREC }, pid.to_be_bytes()));
+        }
+        due
+    }
+}
+
+type SharedOutstanding = Arc<std::sync::Mutex<Outstanding>>;
+
+fn lock(o: &SharedOutstanding) -> std::sync::MutexGuard<'_, Outstanding> {
+    o.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An acknowledgement from the front door to the broker, on the client's behalf.
+fn ack_frame(kind: u8, pid: [u8; 2]) -> Frame {
+    Frame {
+        header: kind << 4 | if kind == packet::PUBREL { 0x02 } else { 0 },
+        body: pid.to_vec(),
+    }
+}
+
+/// The size of a packet on the wire.
+fn wire_len(frame: &Frame) -> usize {
+    let n = frame.body.len();
+    let len_bytes = match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + len_bytes + n
+}
+
+/// What `pump_frames` shares with the client's side of the connection.
+struct FramePump {
+    limits: ClientLimits,
+    credits: Arc<Semaphore>,
+    outstanding: SharedOutstanding,
+    /// For acknowledgements on the client's behalf (weak: it must not keep the forwarder up).
+    to_broker: mpsc::WeakSender<(Frame, Option<Commit>)>,
+    max_frame: usize,
+}
+
+/// The broker's packets to a client that announced limits, one packet at a time:
+/// - a QoS 1/2 PUBLISH waits while the client holds `receive_maximum` unacknowledged ones
+///   (other packets pass it);
+/// - a packet larger than the client's Maximum Packet Size is not sent; a QoS 1/2 PUBLISH
+///   dropped so is acknowledged to the broker on the client's behalf, "as if delivered"
+///   (MQTT 5 section 3.1.2.11.4).
+async fn pump_frames(
+    up: OwnedReadHalf,
+    client: OwnedWriteHalf,
+    mut say: mpsc::Receiver<Say>,
+    pump: FramePump,
+) {
+    let FramePump {
+        limits,
+        credits,
+        outstanding,
+        to_broker,
+        max_frame,
+    } = pump;
+    // A reader task, so that no packet is lost half-read when another branch wins below.
+    let (frames_tx, mut frames) = mpsc::channel::<Frame>(64);
+    let reader = tokio::spawn(async move {
+        let mut up = BufReader::with_capacity(16 * 1024, up);
+        while let Ok(f) = read_frame(&mut up, max_frame).await {
+            if frames_tx.send(f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut client = BufWriter::with_capacity(16 * 1024, client);
+    let mut held: std::collections::VecDeque<Frame> = std::collections::VecDeque::new();
+    let mut dropped_qos2: HashSet<u16> = HashSet::new();
+    let mut say_open = true;
+    let acks_to_broker = |acks: Vec<(u8, [u8; 2])>| {
+        let to_broker = to_broker.clone();
+        async move {
+            if let Some(tx) = to_broker.upgrade() {
+                for (kind, pid) in acks {
+                    let _ = tx.send((ack_frame(kind, pid), None)).await;
+                }
+            }
+        }
+    };
+    loop {
+        let wrote = tokio::select! {
+            msg = say.recv(), if say_open => match msg {
+                Some(Say::Packet(p)) => client.write_all(&p).await.is_ok(),
+                Some(Say::Last(p)) => {
+                    let _ = client.write_all(&p).await;
+                    break;
+                }
+                None => {
+                    say_open = false;
+                    true
+                }
+            },
+            permit = credits.clone().acquire_owned(), if !held.is_empty() => {
+                let (Ok(permit), Some(f)) = (permit, held.pop_front()) else { break };
+                permit.forget();
+                client.write_all(&f.encode()).await.is_ok()
+            },
+            frame = frames.recv() => {
+                let Some(frame) = frame else { break };
+                let pid = |f: &Frame, at: usize| -> Option<[u8; 2]> {
+                    Some([*f.body.get(at)?, *f.body.get(at + 1)?])
+                };
+                match frame.kind() {
+                    packet::PUBLISH => {
+                        let qos = (frame.header >> 1) & 0x03;
+                        let topic_len = pid(&frame, 0).map(|b| usize::from(u16::from_be_bytes(b)));
+                        let id = topic_len.and_then(|t| pid(&frame, 2 + t));
+                        if wire_len(&frame) > limits.maximum_packet_size {
+                            if let (1 | 2, Some(id)) = (qos, id) {
+                                let due = {
+                                    let mut o = lock(&outstanding);
+                                    o.push(u16::from_be_bytes(id), true, qos);
+                                    o.due()
+                                };
+                                if qos == 2 {
+                                    dropped_qos2.insert(u16::from_be_bytes(id));
+                                }
+                                acks_to_broker(due).await;
+                            }
+                            true
+                        } else if qos == 0 {
+                            client.write_all(&frame.encode()).await.is_ok()
+                        } else {
+                            if let Some(id) = id {
+                                lock(&outstanding).push(u16::from_be_bytes(id), false, qos);
+                            }
+                            if held.is_empty() {
+                                match credits.clone().try_acquire_owned() {
+                                    Ok(permit) => {
+                                        permit.forget();
+                                        client.write_all(&frame.encode()).await.is_ok()
+                                    }
+                                    Err(_) => {
+                                        held.push_back(frame);
+                                        true
+                                    }
+                                }
+                            } else {
+                                held.push_back(frame);
+                                true
+                            }
+                        }
+                    }
+                    packet::PUBREL => match pid(&frame, 0) {
+                        Some(id) if dropped_qos2.remove(&u16::from_be_bytes(id)) => {
+                            acks_to_broker(vec![(packet::PUBCOMP, id)]).await;
+                            true
+                        }
+                        _ => client.write_all(&frame.encode()).await.is_ok(),
+                    },
+                    _ if wire_len(&frame) > limits.maximum_packet_size => true,
+                    _ => client.write_all(&frame.encode()).await.is_ok(),
+                }
+            },
+        };
+        if !wrote {
+            break;
+        }
+        if frames.is_empty() && client.flush().await.is_err() {
+            break;
+        }
+    }
+    reader.abort();
+    let _ = client.flush().await;
+    let _ = client.shutdown().await;
 }
 
 async fn shutdown(mut client: OwnedWriteHalf) {
@@ -664,6 +942,32 @@ mod tests {
         }
         assert!(f.at_boundary());
         assert_eq!(boundaries, vec![0, 2, 205]);
+    }
+
+    #[test]
+    fn acks_for_dropped_publishes_wait_for_the_clients_acks_before_them() {
+        let mut o = Outstanding::default();
+        o.push(1, false, 1);
+        o.push(2, true, 1);
+        o.push(3, true, 2);
+        o.push(4, false, 1);
+        assert!(o.due().is_empty(), "publish 1 is still with the client");
+        o.acked(1);
+        assert_eq!(o.due(), vec![(PUBACK, [0, 2]), (PUBREC, [0, 3])]);
+        o.acked(4);
+        assert!(o.due().is_empty());
+        assert!(o.0.is_empty());
+    }
+
+    #[test]
+    fn wire_length_counts_the_fixed_header() {
+        let f = |n| Frame {
+            header: 0x30,
+            body: vec![0; n],
+        };
+        for n in [0, 127, 128, 16_383, 16_384] {
+            assert_eq!(wire_len(&f(n)), f(n).encode().len());
+        }
     }
 
     #[test]

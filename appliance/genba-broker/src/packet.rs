@@ -10,6 +10,7 @@ pub const PUBLISH: u8 = 3;
 pub const PUBACK: u8 = 4;
 pub const PUBREC: u8 = 5;
 pub const PUBREL: u8 = 6;
+pub const PUBCOMP: u8 = 7;
 
 /// The Topic Alias Maximum rumqttd announces in its MQTT 5 CONNACK.
 pub const TOPIC_ALIAS_MAX: u16 = 4096;
@@ -184,6 +185,10 @@ pub struct Connect {
     pub keep_alive: u16,
     /// Clean Session (3.1.1) / Clean Start (5): the client starts without earlier state.
     pub clean_start: bool,
+    /// MQTT 5: how many QoS 1/2 publishes the client takes unacknowledged.
+    pub receive_maximum: Option<u16>,
+    /// MQTT 5: the largest packet the client takes (whole packet, bytes).
+    pub maximum_packet_size: Option<u32>,
     /// Offset of the keep-alive field in the body, to rewrite 0.
     pub keep_alive_at: usize,
     pub client_id: String,
@@ -201,8 +206,21 @@ pub fn parse_connect(body: &[u8]) -> Result<Connect, PacketError> {
     let flags = c.u8("connect flags")?;
     let keep_alive_at = c.pos;
     let keep_alive = c.u16("keep alive")?;
+    let (mut receive_maximum, mut maximum_packet_size) = (None, None);
     if level == 5 {
-        c.properties("connect properties")?;
+        walk_properties(c.properties("connect properties")?, |id, v| match (id, v) {
+            (0x21, [a, b]) => receive_maximum = Some(u16::from_be_bytes([*a, *b])),
+            (0x27, [a, b, c, d]) => {
+                maximum_packet_size = Some(u32::from_be_bytes([*a, *b, *c, *d]))
+            }
+            _ => {}
+        })?;
+        if receive_maximum == Some(0) || maximum_packet_size == Some(0) {
+            return Err(PacketError::Refused(
+                Violation::Protocol,
+                "receive maximum or maximum packet size 0",
+            ));
+        }
     }
     let client_id = c.string("client id")?.to_owned();
     if flags & 0x04 != 0 {
@@ -226,6 +244,8 @@ pub fn parse_connect(body: &[u8]) -> Result<Connect, PacketError> {
         level,
         keep_alive,
         clean_start: flags & 0x02 != 0,
+        receive_maximum,
+        maximum_packet_size,
         keep_alive_at,
         client_id,
         username,
@@ -309,17 +329,21 @@ pub fn parse_publish(
     })
 }
 
-/// Finds the Topic Alias (0x23) in an MQTT 5 property block.
-fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
+/// Calls `each(id, value)` for every property of an MQTT 5 property block, `value` being the
+/// property's bytes after its identifier.
+fn walk_properties<'a>(
+    props: &'a [u8],
+    mut each: impl FnMut(usize, &'a [u8]),
+) -> Result<(), PacketError> {
     let mut c = Cursor { buf: props, pos: 0 };
     while c.pos < props.len() {
         let id = c.varint("property id")?;
+        let at = c.pos;
         match id {
-            0x23 => return Ok(Some(c.u16("topic alias")?)),
             0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => {
                 c.u8("property")?;
             }
-            0x13 | 0x21 | 0x22 => {
+            0x13 | 0x21 | 0x22 | 0x23 => {
                 c.u16("property")?;
             }
             0x02 | 0x11 | 0x18 | 0x27 => {
@@ -337,8 +361,20 @@ fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
             }
             _ => return Err(PacketError::Malformed("unknown property")),
         }
+        each(id, &props[at..c.pos]);
     }
-    Ok(None)
+    Ok(())
+}
+
+/// Finds the Topic Alias (0x23) in an MQTT 5 property block.
+fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
+    let mut alias = None;
+    walk_properties(props, |id, v| {
+        if let (0x23, [hi, lo]) = (id, v) {
+            alias = Some(u16::from_be_bytes([*hi, *lo]));
+        }
+    })?;
+    Ok(alias)
 }
 
 /// Why a CONNECT is refused.
@@ -436,6 +472,23 @@ mod tests {
             (p.topic.as_str(), p.pid, &p.payload[..]),
             ("a/b", None, &b"yo"[..])
         );
+    }
+
+    #[test]
+    fn v5_connect_limits_are_read() {
+        // CONNECT v5, clean start, keep-alive 10, properties: receive maximum 2, maximum
+        // packet size 256, a user property; client id "c".
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 10];
+        let props = [0x21, 0, 2, 0x27, 0, 0, 1, 0, 0x26, 0, 1, b'k', 0, 1, b'v'];
+        body.push(props.len() as u8);
+        body.extend_from_slice(&props);
+        body.extend_from_slice(&[0, 1, b'c']);
+        let c = parse_connect(&body).unwrap();
+        assert_eq!(
+            (c.receive_maximum, c.maximum_packet_size),
+            (Some(2), Some(256))
+        );
+        assert_eq!(c.client_id, "c");
     }
 
     #[test]

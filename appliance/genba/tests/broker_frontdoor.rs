@@ -338,3 +338,83 @@ fn normal_operation_logs_no_error_lines_with_the_broker_log_directives() {
     let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+/// MQTT 5 CONNECT with Receive Maximum and Maximum Packet Size.
+fn connect_v5_limited(client_id: &str, receive_maximum: u16, maximum_packet_size: u32) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30];
+    let mut props = vec![0x21];
+    props.extend_from_slice(&receive_maximum.to_be_bytes());
+    props.push(0x27);
+    props.extend_from_slice(&maximum_packet_size.to_be_bytes());
+    body.push(props.len() as u8);
+    body.extend_from_slice(&props);
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    frame(0x10, &body)
+}
+
+/// The payload of a PUBLISH body (MQTT 5, QoS 1): after topic, packet id and properties.
+fn v5_publish_parts(body: &[u8]) -> (u16, Vec<u8>) {
+    let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let pid = u16::from_be_bytes([body[2 + topic_len], body[3 + topic_len]]);
+    let props_len = body[4 + topic_len] as usize;
+    (pid, body[5 + topic_len + props_len..].to_vec())
+}
+
+#[test]
+fn v5_receive_maximum_and_maximum_packet_size_of_the_client_are_kept() {
+    let a = Appliance::start("", "");
+    let mut sub = TcpStream::connect(a.mqtt).unwrap();
+    sub.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sub.write_all(&connect_v5_limited("limited", 2, 64))
+        .unwrap();
+    let (h, b) = read_packet(&mut sub).expect("CONNACK");
+    assert_eq!((h, b[1]), (0x20, 0), "CONNACK accepted");
+    // SUBSCRIBE pid 1, no properties, "lim/#" at QoS 1.
+    let mut body = vec![0, 1, 0, 0, 5];
+    body.extend_from_slice(b"lim/#");
+    body.push(0x01);
+    sub.write_all(&frame(0x82, &body)).unwrap();
+    assert_eq!(read_packet(&mut sub).map(|(h, _)| h), Some(0x90), "SUBACK");
+
+    let mut publisher = connected(&a, 4, "lim-publisher");
+    let big = [b'B'; 100];
+    for (pid, payload) in [
+        (1u16, &b"m1"[..]),
+        (2, &big[..]),
+        (3, &b"m2"[..]),
+        (4, &b"m3"[..]),
+    ] {
+        publisher
+            .write_all(&publish(4, b"lim/t", 1, pid, payload))
+            .unwrap();
+        assert_puback(&mut publisher, pid, 0, "publisher");
+    }
+    // m1 and m2 arrive; the 100-byte one is over the client's 64-byte packets and skipped.
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (h, body) = read_packet(&mut sub).expect("PUBLISH");
+        assert_eq!(h & 0xF0, 0x30, "PUBLISH");
+        got.push(v5_publish_parts(&body));
+    }
+    assert_eq!(
+        got.iter().map(|(_, p)| p.as_slice()).collect::<Vec<_>>(),
+        vec![&b"m1"[..], &b"m2"[..]]
+    );
+    // m3 waits: two publishes are unacknowledged, the client's Receive Maximum.
+    sub.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut probe = [0u8; 1];
+    assert!(
+        matches!(sub.peek(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut),
+        "a third publish arrived beyond Receive Maximum 2: {:?}",
+        read_packet(&mut sub)
+    );
+    // Acknowledge m1: m3 comes.
+    sub.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let [hi, lo] = got[0].0.to_be_bytes();
+    sub.write_all(&[0x40, 0x02, hi, lo]).unwrap();
+    let (h, body) = read_packet(&mut sub).expect("PUBLISH m3");
+    assert_eq!(h & 0xF0, 0x30);
+    assert_eq!(v5_publish_parts(&body).1, b"m3");
+}
