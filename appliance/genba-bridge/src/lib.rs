@@ -4,8 +4,8 @@
 //! REST API over devices and streams ([`v2`]). One axum router ([`router`]) holds every path.
 
 mod auth;
+mod console;
 mod notify;
-mod page;
 mod publisher;
 mod reply;
 mod telemetry;
@@ -55,6 +55,11 @@ pub struct BridgeSettings {
     pub telemetry: genba_config::TelemetryConfig,
     /// Whether a device's first `/post_v2/` creates it (`[devices] auto_provision`).
     pub provision_http: bool,
+    pub console: genba_config::ConsoleConfig,
+    /// For the HACCP record's check slots (the same slots Exment gets).
+    pub exment: genba_config::ExmentConfig,
+    /// To tell a browser where its notification will be delivered.
+    pub slack_webhooks: Vec<genba_config::SlackWebhook>,
 }
 
 pub(crate) struct State {
@@ -69,6 +74,12 @@ pub(crate) struct State {
     telemetry: telemetry::Telemetry,
     provision_http: bool,
     v2_limiter: genba_telemetry::limiter::Limiter,
+    console: console::Console,
+    slack_webhooks: Vec<genba_config::SlackWebhook>,
+    /// TLS on the HTTP port (then cookies are `Secure`); not offered yet.
+    http_tls: bool,
+    /// Ends long-lived answers (the console's live stream) at shutdown.
+    shutdown: watch::Receiver<bool>,
 }
 
 type Shared = Arc<State>;
@@ -102,6 +113,10 @@ pub async fn start(
         &settings.internal_secret,
     );
     let state = Arc::new(State {
+        console: console::Console::new(&settings.http, &settings.console, &settings.exment),
+        slack_webhooks: settings.slack_webhooks,
+        http_tls: false,
+        shutdown: shutdown.clone(),
         auth: auth::HttpAuth::new(&settings.http),
         http: settings.http,
         journal,
@@ -121,7 +136,7 @@ pub async fn start(
 /// Every path the bridge serves. Unknown paths are 404 and wrong methods 405, both as JSON.
 fn router(state: Shared) -> Router {
     Router::new()
-        .route("/", get(|| async { page::index() }))
+        .merge(console::routes())
         .route("/health", get(health))
         .route("/status", get(status))
         .route("/notify", get(notify).post(notify))
@@ -198,8 +213,19 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
 }
 
 async fn notify(AxumState(state): AxumState<Shared>, req: Request) -> Result<Response, Problem> {
-    state.auth.check(req.headers()).await?;
+    let headers = req.headers().clone();
+    // A browser (the console's send form) gets an HTML page; scripts keep the JSON answer.
+    let wants_html = headers
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let mut console_viewer = None;
+    if let Err(refused) = state.auth.check(&headers).await {
+        // A form post from a console login (with its CSRF token) needs no API key.
+        console_viewer = Some(refused);
+    }
     let query = notify::parse_urlencoded(req.uri().query().unwrap_or_default().as_bytes())?;
+    let mut console_viewer_ok = None;
     let note = if req.method() == Method::GET {
         notify::from_pairs(&query, &state.http)?
     } else {
@@ -220,6 +246,16 @@ async fn notify(AxumState(state): AxumState<Shared>, req: Request) -> Result<Res
             "application/json" => notify::from_json(&body, &state.http)?,
             "application/x-www-form-urlencoded" => {
                 let mut pairs = notify::parse_urlencoded(&body)?;
+                if let Some(refused) = console_viewer.take() {
+                    let csrf = pairs
+                        .iter()
+                        .find(|(k, _)| k == "csrf")
+                        .map(|(_, v)| v.as_str());
+                    match console::form_viewer(&state, &headers, csrf) {
+                        Some(v) => console_viewer_ok = Some(v),
+                        None => return Err(refused),
+                    }
+                }
                 pairs.extend(query);
                 notify::from_pairs(&pairs, &state.http)?
             }
@@ -241,29 +277,40 @@ async fn notify(AxumState(state): AxumState<Shared>, req: Request) -> Result<Res
             }
         }
     };
+    if let Some(refused) = console_viewer {
+        return Err(refused);
+    }
     let payload = note.message.into_bytes();
-    let committed = state
-        .journal
-        .try_submit(NewMessage {
-            source: "http".into(),
-            topic: note.topic.clone(),
-            payload: payload.clone(),
-            qos: 1,
-            retain: false,
-            mqtt_pid: None,
-            dup: false,
-        })
-        .map_err(store_problem)?;
-    let id = committed
-        .await
-        .map_err(|_| store_problem(StoreError::WriterGone))?
-        .map_err(store_problem)?;
+    let message = NewMessage {
+        source: "http".into(),
+        topic: note.topic.clone(),
+        payload: payload.clone(),
+        qos: 1,
+        retain: false,
+        mqtt_pid: None,
+        dup: false,
+    };
+    let id = journal_message(&state, message).await?;
     let published = state.publisher.publish(&note.topic, payload);
+    if wants_html {
+        let v = console_viewer_ok.unwrap_or_else(|| console::any_viewer(&state, &headers));
+        return Ok(console::sent_page(&state, &v, id, &note.topic));
+    }
     Ok(reply::json(
         StatusCode::OK,
         &json!({"ok": true, "id": id, "topic": note.topic, "published": published}),
     )
     .into_response())
+}
+
+/// Appends a message to the journal and waits for its commit; `Busy` is a 503 with
+/// `Retry-After`, nothing stored.
+pub(crate) async fn journal_message(state: &State, message: NewMessage) -> Result<i64, Problem> {
+    let committed = state.journal.try_submit(message).map_err(store_problem)?;
+    committed
+        .await
+        .map_err(|_| store_problem(StoreError::WriterGone))?
+        .map_err(store_problem)
 }
 
 pub(crate) fn store_problem(e: StoreError) -> Problem {

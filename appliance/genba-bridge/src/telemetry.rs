@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State as AxumState};
-use genba_store::TelemetryBatch;
+use genba_store::{NewMessage, TelemetryBatch};
 use genba_telemetry::keys::{self, KeyError, KeyInfo, SCOPE_TELEMETRY_WRITE};
 use genba_telemetry::limiter::Limiter;
 use genba_telemetry::signing::{self, ReplayGuard, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -141,7 +141,23 @@ pub(crate) async fn handle(
         ));
     }
     let count = batch.readings.len();
-    crate::v2::device_gate(&state, &batch.device_id, true).await?;
+    crate::v2::device_gate(&state, &batch.device_id, state.provision_http).await?;
+    // Journaled first, like every message: the telemetry consumer judges it against the rules
+    // (and stores anything not yet stored). The readings are stored right away as well, so
+    // the answer can say how many were new.
+    crate::journal_message(
+        &state,
+        NewMessage {
+            source: format!("http:{peer}"),
+            topic: format!("devices/{}/telemetry", batch.device_id),
+            payload: body.to_vec(),
+            qos: 1,
+            retain: false,
+            mqtt_pid: None,
+            dup: false,
+        },
+    )
+    .await?;
     let mut message = genba_platform::message::parse(
         &batch.device_id,
         None,
@@ -152,6 +168,7 @@ pub(crate) async fn handle(
     message.source = format!("http:{peer}");
     message.address = Some(peer.to_string());
     message.provision = true; // device_gate refused what may not be provisioned
+    message.record = None; // the consumer keeps the record when it reads the journal row
     let committed = state
         .journal
         .try_submit_telemetry(TelemetryBatch {

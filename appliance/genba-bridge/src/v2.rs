@@ -885,23 +885,16 @@ async fn journal_only(
     payload: Vec<u8>,
     qos: u8,
 ) -> Result<i64, ApiError> {
-    let committed = state
-        .journal
-        .try_submit(NewMessage {
-            source,
-            topic,
-            payload,
-            qos,
-            retain: false,
-            mqtt_pid: None,
-            dup: false,
-        })
-        .map_err(crate::store_problem)?;
-    let id = committed
-        .await
-        .map_err(|_| crate::store_problem(genba_store::StoreError::WriterGone))?
-        .map_err(crate::store_problem)?;
-    Ok(id)
+    let message = NewMessage {
+        source,
+        topic,
+        payload,
+        qos,
+        retain: false,
+        mqtt_pid: None,
+        dup: false,
+    };
+    Ok(crate::journal_message(state, message).await?)
 }
 
 /// `POST /v2/publish/{device}` `{"qos":0|1,"payload":"..."}`: a command to the device on

@@ -53,6 +53,11 @@ api_key_sha256 = []                      # X-API-Key values, as printed by `genb
 retention_hours = 168                    # prune journal rows older than this once every sink passed them
 max_batch = 512                          # group commit size
 
+[console]                                # the web console at http://<host>/; users are [[http.users]]
+admins = ["admin"]                       # may do everything (the first-boot admin is "admin")
+operators = []                           # may acknowledge alarms and send commands; others view
+session_minutes = 720
+
 [devices]
 # auto_provision = "authenticated"       # "off" | "authenticated" | "all"; unset: "all" only for the
                                          #   loopback trial (anonymous MQTT on 127.0.0.1, no users)

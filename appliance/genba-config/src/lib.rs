@@ -53,6 +53,30 @@ pub struct Config {
     pub devices: DevicesConfig,
     /// What to watch in the device streams: thresholds, silence, rate of change.
     pub rules: Vec<rules::Rule>,
+    pub console: ConsoleConfig,
+}
+
+/// The web console's roles. Users are `[[http.users]]` (the first-boot admin among them);
+/// everyone not listed here is a viewer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// May do everything, including editing devices.
+    pub admins: Vec<String>,
+    /// May acknowledge alarms and send commands.
+    pub operators: Vec<String>,
+    /// Idle minutes before a login ends.
+    pub session_minutes: u32,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            admins: vec!["admin".into()],
+            operators: Vec::new(),
+            session_minutes: 720,
+        }
+    }
 }
 
 /// Who may create a device by sending its first message.

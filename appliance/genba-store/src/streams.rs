@@ -271,3 +271,22 @@ pub fn prune(
     }
     Ok(n)
 }
+
+/// HACCP readings of one device in `[from, to)` by device time: (probe, time, °C), by probe
+/// and time (walks the device-time index).
+pub fn readings(
+    conn: &Connection,
+    device_id: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> rusqlite::Result<Vec<(String, i64, f64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sensor_hw_id, ts_device, celsius FROM readings
+         WHERE device_id = ?1 AND ts_device >= ?2 AND ts_device < ?3
+         ORDER BY sensor_hw_id, ts_device",
+    )?;
+    let rows = stmt.query_map(params![device_id, from_ms, to_ms], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    rows.collect()
+}

@@ -1,0 +1,175 @@
+//! English and Japanese. Pages are written in English; [`tr`] gives the Japanese text of a
+//! phrase (the phrase itself where no translation is listed).
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Ja,
+}
+
+impl Lang {
+    /// From a `lang` cookie or query value, else the first fitting `Accept-Language` entry.
+    pub fn pick(explicit: Option<&str>, accept_language: Option<&str>) -> Lang {
+        if let Some(l) = explicit.and_then(Lang::parse) {
+            return l;
+        }
+        accept_language
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|part| part.split(';').next())
+            .find_map(|tag| Lang::parse(tag.trim()))
+            .unwrap_or(Lang::En)
+    }
+
+    fn parse(tag: &str) -> Option<Lang> {
+        let primary = tag.split('-').next()?.to_ascii_lowercase();
+        match primary.as_str() {
+            "ja" => Some(Lang::Ja),
+            "en" => Some(Lang::En),
+            _ => None,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Ja => "ja",
+        }
+    }
+
+    pub fn other(self) -> Lang {
+        match self {
+            Lang::En => Lang::Ja,
+            Lang::Ja => Lang::En,
+        }
+    }
+}
+
+/// The phrase in `lang`.
+pub fn tr(lang: Lang, en: &'static str) -> &'static str {
+    if lang == Lang::En {
+        return en;
+    }
+    match en {
+        "Overview" => "概要",
+        "Devices" => "デバイス",
+        "Device" => "デバイス",
+        "Alarms" => "アラーム",
+        "HACCP record" => "HACCP記録",
+        "Delivery" => "配信",
+        "Send" => "送信",
+        "Send a notification" => "通知を送る",
+        "Log in" => "ログイン",
+        "Log out" => "ログアウト",
+        "User" => "ユーザー",
+        "Password" => "パスワード",
+        "Wrong user name or password." => "ユーザー名またはパスワードが違います。",
+        "Too many attempts; wait a minute." => "試行回数が多すぎます。1分待ってください。",
+        "ok" => "正常",
+        "alarm" => "アラーム",
+        "silent" => "無通信",
+        "disabled" => "無効",
+        "new" => "新規",
+        "last seen" => "最終受信",
+        "never" => "なし",
+        "ago" => "前",
+        "No devices yet. They appear with their first message." => {
+            "デバイスはまだありません。最初のメッセージで表示されます。"
+        }
+        "Connection lost; retrying…" => "接続が切れました。再接続中…",
+        "Live" => "ライブ",
+        "Name" => "名前",
+        "Location" => "場所",
+        "Tags" => "タグ",
+        "Label" => "ラベル",
+        "Unit" => "単位",
+        "Save" => "保存",
+        "Saved." => "保存しました。",
+        "Streams" => "ストリーム",
+        "Recent messages" => "最近のメッセージ",
+        "Send a command" => "コマンド送信",
+        "Command" => "コマンド",
+        "Command queued for the device." => "コマンドを送信キューに入れました。",
+        "Open alarms" => "未解決のアラーム",
+        "Past alarms" => "過去のアラーム",
+        "No alarms." => "アラームはありません。",
+        "Raised" => "発生",
+        "Cleared" => "解除",
+        "Acknowledge" => "確認",
+        "Acknowledged" => "確認済み",
+        "Corrective action" => "是正措置",
+        "Corrective action taken (required)" => "実施した是正措置（必須）",
+        "by" => "担当",
+        "raised" => "発生中",
+        "acknowledged" => "確認済み",
+        "cleared" => "解除",
+        "escalated" => "エスカレーション済み",
+        "Value" => "値",
+        "Rule" => "ルール",
+        "Stream" => "ストリーム",
+        "Time" => "時刻",
+        "Day" => "日",
+        "Month" => "月",
+        "Probe" => "プローブ",
+        "Check" => "点検",
+        "Deviations and corrective actions" => "逸脱と是正措置",
+        "No deviations." => "逸脱はありません。",
+        "Checked by" => "確認者",
+        "Date" => "日付",
+        "Signature" => "署名",
+        "Download CSV" => "CSVダウンロード",
+        "Print" => "印刷",
+        "Temperature record" => "温度記録",
+        "Sink" => "配信先",
+        "Backlog" => "未配信",
+        "Delivered" => "配信済み",
+        "Parked" => "保留",
+        "Last success" => "最終成功",
+        "Last error" => "最終エラー",
+        "Retry parked" => "保留分を再送",
+        "Parked messages" => "保留メッセージ",
+        "Reason" => "理由",
+        "Topic" => "トピック",
+        "Message" => "メッセージ",
+        "Sent." => "送信しました。",
+        "It will be delivered to" => "配信先",
+        "No sink takes this topic; it is stored only." => {
+            "このトピックの配信先はありません。保存のみです。"
+        }
+        "Send another" => "もう一度送る",
+        "No login is configured: anyone who reaches this page can use it." => {
+            "ログインが設定されていません。このページに届く人は誰でも使えます。"
+        }
+        "Your role may not do this." => "この操作の権限がありません。",
+        "The form expired; please try again." => {
+            "フォームの有効期限が切れました。もう一度お試しください。"
+        }
+        "Not found." => "見つかりません。",
+        "24 h" => "24時間",
+        "7 d" => "7日",
+        "30 d" => "30日",
+        "1 y" => "1年",
+        "threshold" => "しきい値",
+        "No data in this range." => "この期間のデータはありません。",
+        "Language" => "言語",
+        "Slots" => "点検時刻",
+        "min" => "最小",
+        "max" => "最大",
+        _ => en,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_comes_from_the_choice_then_the_browser() {
+        assert_eq!(Lang::pick(None, Some("ja-JP,ja;q=0.9,en;q=0.8")), Lang::Ja);
+        assert_eq!(Lang::pick(None, Some("fr-FR,en;q=0.5")), Lang::En);
+        assert_eq!(Lang::pick(Some("en"), Some("ja")), Lang::En);
+        assert_eq!(Lang::pick(None, None), Lang::En);
+        assert_eq!(tr(Lang::Ja, "Alarms"), "アラーム");
+        assert_eq!(tr(Lang::En, "Alarms"), "Alarms");
+    }
+}
