@@ -258,32 +258,45 @@ async fn form(state: &Shared, req: Request) -> Result<HashMap<String, String>, R
     Ok(pairs.into_iter().collect())
 }
 
-/// Checks the CSRF token and the role for a form post.
-fn allowed(
+/// A form post's viewer and fields, once its login, CSRF token and role are checked.
+async fn posted(
     state: &Shared,
-    v: &Viewer,
-    headers: &HeaderMap,
-    f: &HashMap<String, String>,
+    req: Request,
+    path: &str,
     need: Role,
-) -> Result<(), Response> {
+) -> Result<(Viewer, HashMap<String, String>), Response> {
+    let headers = req.headers().clone();
+    let v = viewer(state, &headers, &BTreeMap::new(), path)?;
+    let f = form(state, req).await?;
     if !state
         .console
-        .csrf_ok(headers, f.get("csrf").map(String::as_str))
+        .csrf_ok(&headers, f.get("csrf").map(String::as_str))
     {
         return Err(status_page(
-            v,
+            &v,
             StatusCode::FORBIDDEN,
             "The form expired; please try again.",
         ));
     }
     if v.role < need {
         return Err(status_page(
-            v,
+            &v,
             StatusCode::FORBIDDEN,
             "Your role may not do this.",
         ));
     }
-    Ok(())
+    Ok((v, f))
+}
+
+/// A form field trimmed, without control characters, at most `max` characters.
+fn field(f: &HashMap<String, String>, key: &str, max: usize) -> Option<String> {
+    f.get(key).map(|s| {
+        s.trim()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(max)
+            .collect()
+    })
 }
 
 async fn login_page(headers: HeaderMap, Query(q): Query<BTreeMap<String, String>>) -> Response {
@@ -608,27 +621,9 @@ async fn edit_device(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let headers = req.headers().clone();
-    let q = BTreeMap::new();
-    let v = match viewer(&state, &headers, &q, &format!("/devices/{id}")) {
-        Ok(v) => v,
+    let (v, f) = match posted(&state, req, &format!("/devices/{id}"), Role::Admin).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let f = match form(&state, req).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = allowed(&state, &v, &headers, &f, Role::Admin) {
-        return r;
-    }
-    let clip = |k: &str, max: usize| {
-        f.get(k).map(|s| {
-            s.trim()
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(max)
-                .collect::<String>()
-        })
     };
     let tags = f.get("tags").map(|t| {
         t.split(',')
@@ -638,8 +633,8 @@ async fn edit_device(
             .collect()
     });
     let change = DeviceChange {
-        name: clip("name", 64),
-        location: clip("location", 64),
+        name: field(&f, "name", 64),
+        location: field(&f, "location", 64),
         tags,
         ..Default::default()
     };
@@ -660,36 +655,14 @@ async fn edit_stream(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let headers = req.headers().clone();
-    let v = match viewer(
-        &state,
-        &headers,
-        &BTreeMap::new(),
-        &format!("/devices/{id}"),
-    ) {
-        Ok(v) => v,
+    let (v, f) = match posted(&state, req, &format!("/devices/{id}"), Role::Admin).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let f = match form(&state, req).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = allowed(&state, &v, &headers, &f, Role::Admin) {
-        return r;
-    }
-    let take = |k: &str, max: usize| {
-        f.get(k).map(|s| {
-            s.trim()
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(max)
-                .collect::<String>()
-        })
     };
     let (name, label, unit) = (
         f.get("stream").cloned().unwrap_or_default(),
-        take("label", 64),
-        take("unit", 16),
+        field(&f, "label", 64),
+        field(&f, "unit", 16),
     );
     let key = id.clone();
     match state
@@ -708,23 +681,10 @@ async fn send_command(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let headers = req.headers().clone();
-    let v = match viewer(
-        &state,
-        &headers,
-        &BTreeMap::new(),
-        &format!("/devices/{id}"),
-    ) {
-        Ok(v) => v,
+    let (v, f) = match posted(&state, req, &format!("/devices/{id}"), Role::Operator).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let f = match form(&state, req).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = allowed(&state, &v, &headers, &f, Role::Operator) {
-        return r;
-    }
     let payload = f.get("payload").cloned().unwrap_or_default();
     if payload.is_empty() || payload.len() > state.http.max_message_bytes {
         return status_page(&v, StatusCode::BAD_REQUEST, "Command");
@@ -797,18 +757,10 @@ async fn ack_alarm(
     Path(id): Path<i64>,
     req: Request,
 ) -> Response {
-    let headers = req.headers().clone();
-    let v = match viewer(&state, &headers, &BTreeMap::new(), "/alarms") {
-        Ok(v) => v,
+    let (v, f) = match posted(&state, req, "/alarms", Role::Operator).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let f = match form(&state, req).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = allowed(&state, &v, &headers, &f, Role::Operator) {
-        return r;
-    }
     let note = f
         .get("note")
         .map(|n| n.trim().to_owned())
