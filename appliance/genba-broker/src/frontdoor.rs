@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,9 @@ const FORWARD_QUEUE: usize = 256;
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How long a connection without a slot may take to send CONNECT (to be told "busy").
 const BUSY_CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// The Receive Maximum announced to MQTT 5 clients and kept here (rumqttd announces and keeps
+/// none): QoS 1/2 publishes a client may have unacknowledged; one more is DISCONNECT 0x93.
+pub(crate) const RECEIVE_MAXIMUM: u16 = 100;
 /// How long the last packet to a client (a DISCONNECT) may wait for the packet in front of it.
 const LAST_WORD_WAIT: Duration = Duration::from_secs(2);
 
@@ -216,6 +219,20 @@ impl FrontDoor {
         let mut up_wr = BufWriter::with_capacity(16 * 1024, up_wr);
         up_wr.write_all(&connect_frame.encode()).await?;
         up_wr.flush().await?;
+        let mut up_rd = up_rd;
+        // MQTT 5: rumqttd's CONNACK, with the Receive Maximum the front door keeps.
+        let unacked = if connect.level == 5 {
+            let connack = read_frame(&mut up_rd, 64 * 1024).await?;
+            let connack = if connack.kind() == packet::CONNACK {
+                packet::connack_with_receive_maximum(connack, RECEIVE_MAXIMUM)
+            } else {
+                connack
+            };
+            wr.write_all(&connack.encode()).await?;
+            Some(Arc::new(AtomicUsize::new(0)))
+        } else {
+            None
+        };
 
         // Broker -> client: bytes as they come, with the front door's own packets slotted in
         // between two of the broker's.
@@ -240,9 +257,10 @@ impl FrontDoor {
                     outstanding: outstanding.clone(),
                     to_broker: fwd_tx.downgrade(),
                     max_frame: self.max_packet,
+                    unacked: unacked.clone(),
                 },
             )),
-            _ => tokio::spawn(pump_down(up_rd, wr, say_rx)),
+            _ => tokio::spawn(pump_down(up_rd, wr, say_rx, unacked.clone())),
         };
         let forward = tokio::spawn(forward_in_order(fwd_rx, up_wr));
         let session = Session {
@@ -252,6 +270,7 @@ impl FrontDoor {
             source: format!("mqtt:{}", connect.client_id),
             credits: credits.zip(limits.map(|l| usize::from(l.receive_maximum))),
             outstanding,
+            unacked,
         };
         let result = self.read_client(&mut rd, &session, fwd_tx, &say_tx).await;
         // Keep the broker connection open until the client has had the last word.
@@ -344,6 +363,14 @@ impl FrontDoor {
                             }
                         }
                         continue;
+                    }
+                    if let (Some(unacked), 1..) = (&session.unacked, p.qos) {
+                        if unacked.fetch_add(1, Ordering::Relaxed) >= usize::from(RECEIVE_MAXIMUM) {
+                            return Err(PacketError::Refused(
+                                Violation::ReceiveMaximumExceeded,
+                                "more unacknowledged QoS 1/2 publishes than Receive Maximum",
+                            ));
+                        }
                     }
                     if session.journal_it && !p.topic.starts_with('$') {
                         let qos = p.qos;
@@ -449,6 +476,9 @@ struct Session {
     credits: Option<(Arc<Semaphore>, usize)>,
     /// The broker's publishes to this client not acknowledged yet (with `pump_frames`).
     outstanding: SharedOutstanding,
+    /// MQTT 5: the client's QoS 1/2 publishes the broker has not acknowledged yet (the down
+    /// pump counts the PUBACKs and PUBCOMPs it passes).
+    unacked: Option<Arc<AtomicUsize>>,
     source: String,
 }
 
@@ -506,14 +536,16 @@ enum Say {
 }
 
 /// Copies the broker's bytes to the client, and slots the front door's own packets in at
-/// packet boundaries of that stream.
+/// packet boundaries of that stream; counts the broker's acknowledgements into `unacked`.
 async fn pump_down(
     mut up: OwnedReadHalf,
     mut client: OwnedWriteHalf,
     mut say: mpsc::Receiver<Say>,
+    unacked: Option<Arc<AtomicUsize>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut framing = Framing::default();
+    let mut acks = 0usize;
     let mut pending: Vec<Say> = Vec::new();
     let mut say_open = true;
     loop {
@@ -535,7 +567,7 @@ async fn pump_down(
                 };
                 let mut chunk = &buf[..n];
                 while !pending.is_empty() && !chunk.is_empty() {
-                    let k = framing.advance(chunk, true);
+                    let k = framing.advance(chunk, true, &mut acks);
                     if client.write_all(&chunk[..k]).await.is_err() {
                         return;
                     }
@@ -547,7 +579,10 @@ async fn pump_down(
                         }
                     }
                 }
-                framing.advance(chunk, false);
+                framing.advance(chunk, false, &mut acks);
+                if let Some(u) = &unacked {
+                    release(u, std::mem::take(&mut acks));
+                }
                 if client.write_all(chunk).await.is_err() {
                     return;
                 }
@@ -650,6 +685,7 @@ struct FramePump {
     /// For acknowledgements on the client's behalf (weak: it must not keep the forwarder up).
     to_broker: mpsc::WeakSender<(Frame, Option<Commit>)>,
     max_frame: usize,
+    unacked: Option<Arc<AtomicUsize>>,
 }
 
 /// The broker's packets to a client that announced limits, one packet at a time:
@@ -670,6 +706,7 @@ async fn pump_frames(
         outstanding,
         to_broker,
         max_frame,
+        unacked,
     } = pump;
     // A reader task, so that no packet is lost half-read when another branch wins below.
     let (frames_tx, mut frames) = mpsc::channel::<Frame>(64);
@@ -715,6 +752,9 @@ async fn pump_frames(
             },
             frame = frames.recv() => {
                 let Some(frame) = frame else { break };
+                if let (Some(u), PUBACK | packet::PUBCOMP) = (&unacked, frame.kind()) {
+                    release(u, 1);
+                }
                 let pid = |f: &Frame, at: usize| -> Option<[u8; 2]> {
                     Some([*f.body.get(at)?, *f.body.get(at + 1)?])
                 };
@@ -783,6 +823,15 @@ async fn pump_frames(
     let _ = client.shutdown().await;
 }
 
+/// The broker acknowledged `n` of the client's publishes.
+fn release(unacked: &AtomicUsize, n: usize) {
+    if n > 0 {
+        let _ = unacked.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+            Some(u.saturating_sub(n))
+        });
+    }
+}
+
 async fn shutdown(mut client: OwnedWriteHalf) {
     let _ = client.shutdown().await;
 }
@@ -822,8 +871,8 @@ impl Framing {
     }
 
     /// Consumes `chunk` (or, with `stop`, its bytes up to the next packet boundary); returns
-    /// how many bytes were consumed.
-    fn advance(&mut self, chunk: &[u8], stop: bool) -> usize {
+    /// how many bytes were consumed. Counts the PUBACKs and PUBCOMPs that start in it in `acks`.
+    fn advance(&mut self, chunk: &[u8], stop: bool, acks: &mut usize) -> usize {
         let mut i = 0;
         loop {
             if (stop && self.at_boundary()) || i == chunk.len() {
@@ -831,6 +880,9 @@ impl Framing {
             }
             *self = match *self {
                 Framing::Boundary => {
+                    if matches!(chunk[i] >> 4, PUBACK | packet::PUBCOMP) {
+                        *acks += 1;
+                    }
                     i += 1;
                     Framing::Length(0, 0)
                 }
@@ -923,16 +975,17 @@ mod tests {
         stream.extend(std::iter::repeat_n(7u8, 200));
         stream.extend([0x40, 0x02, 0x00, 0x01]);
         let mut boundaries = Vec::new();
+        let mut acks = 0;
         let mut f = Framing::default();
         let mut pos = 0;
         // Feed in small chunks, stopping at each boundary.
         for chunk in stream.chunks(3) {
             let mut c = chunk;
             while !c.is_empty() {
-                let k = f.advance(c, true);
+                let k = f.advance(c, true, &mut acks);
                 let k = if k == 0 {
                     boundaries.push(pos);
-                    f.advance(&c[..1], false)
+                    f.advance(&c[..1], false, &mut acks)
                 } else {
                     k
                 };
@@ -942,6 +995,7 @@ mod tests {
         }
         assert!(f.at_boundary());
         assert_eq!(boundaries, vec![0, 2, 205]);
+        assert_eq!(acks, 1, "one PUBACK");
     }
 
     #[test]

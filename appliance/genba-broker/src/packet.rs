@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub const CONNECT: u8 = 1;
+pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
 pub const PUBACK: u8 = 4;
 pub const PUBREC: u8 = 5;
@@ -23,6 +24,7 @@ pub enum Violation {
     TopicInvalid = 0x90,
     AliasInvalid = 0x94,
     TooLarge = 0x95,
+    ReceiveMaximumExceeded = 0x93,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -377,6 +379,35 @@ fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
     Ok(alias)
 }
 
+/// An MQTT 5 CONNACK "success" with a Receive Maximum (0x21) added to its properties (the
+/// front door keeps that limit; rumqttd announces none). Other CONNACKs are returned as they are.
+pub fn connack_with_receive_maximum(connack: Frame, receive_maximum: u16) -> Frame {
+    let mut c = Cursor {
+        buf: &connack.body,
+        pos: 0,
+    };
+    let (Ok(flags), Ok(0), Ok(props)) = (
+        c.u8("connack flags"),
+        c.u8("connack reason"),
+        c.properties("connack properties"),
+    ) else {
+        return connack;
+    };
+    let mut has_it = false;
+    if walk_properties(props, |id, _| has_it |= id == 0x21).is_err() || has_it {
+        return connack;
+    }
+    let mut body = vec![flags, 0];
+    encode_varint(props.len() + 3, &mut body);
+    body.extend_from_slice(props);
+    body.push(0x21);
+    body.extend_from_slice(&receive_maximum.to_be_bytes());
+    Frame {
+        header: connack.header,
+        body,
+    }
+}
+
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Refusal {
@@ -489,6 +520,26 @@ mod tests {
             (Some(2), Some(256))
         );
         assert_eq!(c.client_id, "c");
+    }
+
+    #[test]
+    fn v5_connack_gets_a_receive_maximum() {
+        // success, session present 0, properties: topic alias maximum 4096.
+        let connack = Frame {
+            header: 0x20,
+            body: vec![0, 0, 3, 0x22, 0x10, 0x00],
+        };
+        let out = connack_with_receive_maximum(connack, 100);
+        assert_eq!(out.body, vec![0, 0, 6, 0x22, 0x10, 0x00, 0x21, 0, 100]);
+        // A refusal is left alone.
+        let refusal = Frame {
+            header: 0x20,
+            body: vec![0, 0x87, 0],
+        };
+        assert_eq!(
+            connack_with_receive_maximum(refusal, 100).body,
+            vec![0, 0x87, 0]
+        );
     }
 
     #[test]

@@ -418,3 +418,43 @@ fn v5_receive_maximum_and_maximum_packet_size_of_the_client_are_kept() {
     assert_eq!(h & 0xF0, 0x30);
     assert_eq!(v5_publish_parts(&body).1, b"m3");
 }
+
+#[test]
+fn v5_clients_are_told_a_receive_maximum_and_held_to_it() {
+    let a = Appliance::start("", "");
+    let mut s = TcpStream::connect(a.mqtt).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&connect_packet(5, "eager")).unwrap();
+    let (h, connack) = read_packet(&mut s).expect("CONNACK");
+    assert_eq!((h, connack[1]), (0x20, 0));
+    let at = connack
+        .windows(3)
+        .position(|w| w[0] == 0x21)
+        .expect("Receive Maximum in CONNACK");
+    let max = u16::from_be_bytes([connack[at + 1], connack[at + 2]]);
+    assert!(max > 0 && max < u16::MAX, "{connack:?}");
+    // QoS 2 publishes whose flows are never completed (no PUBREL): one more than the maximum.
+    for pid in 1..=max + 1 {
+        s.write_all(&publish(5, b"notify/eager", 2, pid, b"x"))
+            .unwrap();
+    }
+    let mut pubrecs = 0;
+    let end = loop {
+        match read_packet(&mut s) {
+            Some((0x50, _)) => pubrecs += 1,
+            other => break other,
+        }
+    };
+    assert_eq!(
+        end.map(|(h, b)| (h, b.first().copied())),
+        Some((0xE0, Some(0x93))),
+        "DISCONNECT 0x93 (Receive Maximum exceeded) after {pubrecs} PUBRECs"
+    );
+    // The DISCONNECT may overtake PUBRECs still on their way from the broker; the publish
+    // over the maximum is not journaled.
+    assert!(pubrecs <= usize::from(max));
+    assert!(wait_until(Duration::from_secs(5), || a.journal().len()
+        == usize::from(max)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(a.journal().len(), usize::from(max));
+}
