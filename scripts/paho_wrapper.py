@@ -55,6 +55,9 @@ def run_one(args):
 
 
 def run_all(args):
+    # Terminated (scripts/conformance cleaning up): unwind, so the running test's process
+    # group is killed in the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.makedirs(args.log_dir, exist_ok=True)
     suites = args.suite or list(SUITES)
     for suite in suites:
