@@ -298,6 +298,14 @@ impl FrontDoor {
                             .is_ok()
                     {
                         drop(up_wr);
+                        // Read what the client still sends (a PUBREL for a PUBREC it got
+                        // before the DISCONNECT) for a moment instead of resetting the
+                        // connection under it, so it reads the DISCONNECT and its reason.
+                        let drain = async {
+                            let mut sink = [0u8; 4096];
+                            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+                        };
+                        let _ = tokio::time::timeout(LAST_WORD_WAIT, drain).await;
                         return Err(e);
                     }
                 }
