@@ -68,6 +68,8 @@ pub async fn closed_loop(
         let req = request(n)?;
         let path = req.uri().path().to_owned();
         let t = Instant::now();
+        // The connection task may not have run yet (hyper refuses a send before it is ready).
+        sender.ready().await?;
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         resp.into_body().collect().await?;

@@ -4,12 +4,14 @@
 //!       messages/s received and p50/p99 publish-to-receive latency;
 //!   (b) HTTP: `GET /notify` requests/s and p50/p99 at 1, 32 and 128 concurrent clients;
 //!   (c) resident memory of `genba up`, idle and after the load.
-//! It prints a table with Genba/Mosquitto ratios. Usage:
-//!   genba-bench --genba PATH [--mosquitto PATH] [--seconds N]
+//! It prints a table with Genba/Mosquitto ratios. With `--platform` it measures the device
+//! platform instead (see [`platform`]). Usage:
+//!   genba-bench --genba PATH [--mosquitto PATH] [--seconds N] [--platform]
 
 mod http_load;
 mod mqtt_load;
 mod peers;
+mod platform;
 mod telemetry_load;
 
 use std::time::Duration;
@@ -58,6 +60,7 @@ struct Args {
     genba: String,
     mosquitto: String,
     seconds: u64,
+    platform: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -65,6 +68,7 @@ fn parse_args() -> Result<Args> {
         genba: String::new(),
         mosquitto: "/usr/sbin/mosquitto".into(),
         seconds: 5,
+        platform: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -73,8 +77,9 @@ fn parse_args() -> Result<Args> {
             "--genba" => args.genba = value()?,
             "--mosquitto" => args.mosquitto = value()?,
             "--seconds" => args.seconds = value()?.parse().context("--seconds")?,
+            "--platform" => args.platform = true,
             "-h" | "--help" => {
-                println!("genba-bench --genba PATH [--mosquitto PATH] [--seconds N]");
+                println!("genba-bench --genba PATH [--mosquitto PATH] [--seconds N] [--platform]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -108,6 +113,12 @@ fn ms(us: u64) -> String {
 
 async fn run(args: Args) -> Result<()> {
     let seconds = Duration::from_secs(args.seconds);
+    if args.platform {
+        if std::env::var("GENBA_BENCH_ONLY").as_deref() != Ok("streams") {
+            platform::ingest(&args.genba, seconds * 2).await?;
+        }
+        return platform::streams(&args.genba, seconds).await;
+    }
     let genba = peers::Genba::start(&args.genba).await?;
     let mosquitto = peers::Mosquitto::start(&args.mosquitto).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -36,25 +36,55 @@ pub struct Genba {
 
 impl Genba {
     pub async fn start(bin: &str) -> Result<Genba> {
-        let dir = tempfile::tempdir()?;
-        let (mqtt, http) = (free_port()?, free_port()?);
+        Genba::start_with(bin, "", tempfile::tempdir()?).await
+    }
+
+    /// Starts `genba up` on `dir` (which may hold a database already) with `extra` config. It
+    /// listens on ports it picks itself (port 0) and says which in `run/endpoints.json`, so no
+    /// other process can take a port between our choice and its bind.
+    pub async fn start_with(bin: &str, extra: &str, dir: tempfile::TempDir) -> Result<Genba> {
         // The per-key and per-address telemetry limits would throttle a load from one address.
         let config = dir.path().join("genba.toml");
         std::fs::write(
             &config,
-            "[telemetry]\nrate_per_sec = 1000000.0\nburst = 1000000\n",
+            format!("[telemetry]\nrate_per_sec = 1000000.0\nburst = 1000000\n{extra}"),
         )?;
+        let endpoints = dir.path().join("run").join("endpoints.json");
+        let _ = std::fs::remove_file(&endpoints);
         let mut child = Command::new(bin)
             .arg("up")
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
             .arg(dir.path())
-            .args(["--mqtt", &mqtt.to_string(), "--http", &http.to_string()])
+            .args(["--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .env("GENBA_LOG", "warn,rumqttd=error")
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {bin}"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mqtt, http) = loop {
+            let read = std::fs::read_to_string(&endpoints)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .filter(|v| v["pid"].as_u64() == Some(u64::from(child.id())));
+            if let Some(v) = read {
+                let addr = |k: &str| -> Result<SocketAddr> {
+                    v[k].as_str()
+                        .context("endpoints.json")?
+                        .parse()
+                        .context("endpoints.json address")
+                };
+                break (addr("mqtt")?, addr("http")?);
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("genba up exited early: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("genba up wrote no endpoints.json within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         wait_for_port(http, &mut child).await?;
         wait_for_port(mqtt, &mut child).await?;
         Ok(Genba {
@@ -87,6 +117,34 @@ impl Genba {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Makes `n` REST API tokens (read scope) with `genba tokens add`.
+    pub fn api_tokens(&self, n: usize) -> Result<Vec<String>> {
+        (0..n)
+            .map(|i| {
+                let out = Command::new(&self.bin)
+                    .args([
+                        "tokens",
+                        "add",
+                        "--name",
+                        &format!("bench-{i}"),
+                        "--json",
+                        "--data-dir",
+                    ])
+                    .arg(self.dir.path())
+                    .output()?;
+                if !out.status.success() {
+                    bail!("genba tokens add: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                Ok(v["token"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect()
     }
 }
 

@@ -29,6 +29,10 @@ use serde_json::{json, Map, Value};
 
 use crate::Shared;
 
+/// The OpenAPI 3.1 description of this API, served at `/v2/openapi.json`; the tests check
+/// every `/v2` answer they get against it.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// Requests a second per API token (ThingScale: 20 req/s), bursts of [`BURST`]; beyond: 429.
 pub const RATE_PER_SEC: f64 = 20.0;
 pub const BURST: u32 = 40;
@@ -152,6 +156,15 @@ pub fn router() -> Router<Shared> {
         .route("/stream/:device/*name", get(one_stream))
         .route("/publish/:id", post(publish))
         .route("/token", get(whoami))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    OPENAPI,
+                )
+            }),
+        )
         .route("/rule", get(list_rules).post(create_rule))
         .route(
             "/rule/:name",

@@ -772,6 +772,28 @@ fn bad_inputs_to_the_v2_api_get_thingscale_codes_naming_the_field() {
 }
 
 #[test]
+fn the_openapi_document_is_served_and_describes_every_v2_path() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let r = h.get(&a.url("/v2/openapi.json"), &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json["openapi"], "3.1.0");
+    let paths = r.json["paths"].as_object().unwrap();
+    for p in [
+        "/v2/device",
+        "/v2/device/{id}",
+        "/v2/stream/{id}",
+        "/v2/stream/{id}/{name}",
+        "/v2/publish/{id}",
+        "/v2/rule",
+        "/v2/alarm/{id}/ack",
+        "/post_v2/",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing");
+    }
+}
+
+#[test]
 fn a_token_flood_gets_429_with_retry_after() {
     let a = Appliance::start("", "");
     let h = Http::new();
@@ -790,4 +812,16 @@ fn a_token_flood_gets_429_with_retry_after() {
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry >= 1);
     assert!(r.headers.contains_key("x-ratelimit-limit"));
+}
+
+#[test]
+#[should_panic(expected = "does not match openapi.json")]
+fn an_answer_that_is_off_the_document_is_caught_by_the_check() {
+    // The check every /v2 answer of these tests goes through can fail.
+    common::openapi::check(
+        "GET",
+        "/v2/device/d1",
+        200,
+        &json!({"device_id": 5, "mapped_ch": 1}),
+    );
 }

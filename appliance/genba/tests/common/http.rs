@@ -91,16 +91,24 @@ impl Http {
 }
 
 pub async fn send(req: reqwest::RequestBuilder) -> Reply {
-    let r = req
-        .send()
+    let (client, request) = req.build_split();
+    let request = request.expect("a request the tests can build");
+    let (method, path) = (
+        request.method().to_string(),
+        request.url().path().to_owned(),
+    );
+    let r = client
+        .execute(request)
         .await
         .expect("request failed at the transport level");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let bytes = r.bytes().await.unwrap_or_default();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    super::openapi::check(&method, &path, status, &json);
     Reply {
         status,
-        json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        json,
         headers,
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod fake_slack;
 pub mod http;
+pub mod openapi;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
