@@ -372,7 +372,7 @@ async fn health(AxumState(state): AxumState<Shared>) -> HttpResponse {
         Ok(addr) => genba_broker::probe(addr, &state.internal_secret).await,
         Err(_) => state.publisher.connected(),
     };
-    let journal_up = !state.journal.is_closed();
+    let journal_up = state.journal.is_healthy();
     let ok = broker_up && journal_up;
     reply::json(
         if ok {

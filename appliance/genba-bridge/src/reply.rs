@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 pub type HttpResponse = Response<Full<Bytes>>;
 
 pub fn json(status: StatusCode, body: &Value) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    // A trailing newline, so `curl` leaves the shell prompt on its own line.
+    let mut text = body.to_string();
+    text.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -56,6 +56,8 @@ pub struct Journal {
     queue: mpsc::Sender<Request>,
     committed: watch::Receiver<i64>,
     path: Arc<PathBuf>,
+    /// Set while commits fail (a full card, a broken disk); cleared by the next commit.
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Journal {
@@ -72,9 +74,20 @@ impl Journal {
         let (queue, rx) = mpsc::channel(queue_len.max(1));
         let (committed_tx, committed) = watch::channel(last);
         let thread_path = path.to_owned();
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer_failing = failing.clone();
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_loop(conn, rx, committed_tx, max_batch.max(1), &thread_path))
+            .spawn(move || {
+                write_loop(
+                    conn,
+                    rx,
+                    committed_tx,
+                    max_batch.max(1),
+                    &thread_path,
+                    &writer_failing,
+                )
+            })
             .map_err(|source| StoreError::Dir {
                 path: path.to_owned(),
                 source,
@@ -83,6 +96,7 @@ impl Journal {
             queue,
             committed,
             path: Arc::new(path.to_owned()),
+            failing,
         })
     }
 
@@ -157,6 +171,12 @@ impl Journal {
         self.queue.is_closed()
     }
 
+    /// Whether the journal takes messages now: the writer runs and its last commit worked.
+    /// `/health` and the watchdog report "degraded" otherwise.
+    pub fn is_healthy(&self) -> bool {
+        !self.is_closed() && !self.failing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -173,7 +193,11 @@ fn write_loop(
     committed: watch::Sender<i64>,
     max_batch: usize,
     path: &Path,
+    failing: &std::sync::atomic::AtomicBool,
 ) {
+    // Failed commits are logged at most once a minute (with how many failed since).
+    let mut last_log: Option<std::time::Instant> = None;
+    let mut unlogged = 0u64;
     let mut batch: Vec<Request> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -185,6 +209,10 @@ fn write_loop(
         }
         match commit_batch(&mut conn, &batch) {
             Ok((ids, last)) => {
+                if failing.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(path = %path.display(), "journal commits work again");
+                    last_log = None;
+                }
                 // Readers learn of the commit before any writer is answered.
                 committed.send_if_modified(|v| {
                     let moved = last > *v;
@@ -200,7 +228,14 @@ fn write_loop(
                 }
             }
             Err(source) => {
-                tracing::error!(path = %path.display(), error = %source, "journal commit failed");
+                failing.store(true, std::sync::atomic::Ordering::Relaxed);
+                unlogged += 1;
+                if last_log.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                    tracing::error!(path = %path.display(), error = %source, failed = unlogged,
+                        "journal commit failed; nothing of these was stored (logged once a minute)");
+                    last_log = Some(std::time::Instant::now());
+                    unlogged = 0;
+                }
                 for req in batch.drain(..) {
                     if let Some(reply) = req.reply {
                         let _ = reply.send(Err(StoreError::Commit {

@@ -71,7 +71,7 @@ pub struct Health {
 impl Health {
     pub fn check(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
         Box::pin(async move {
-            let journal_ok = self.journal.as_ref().is_none_or(|j| !j.is_closed());
+            let journal_ok = self.journal.as_ref().is_none_or(|j| j.is_healthy());
             let broker_ok = match self.broker {
                 Some(addr) => genba_broker::probe(addr, &self.secret).await,
                 None => true,

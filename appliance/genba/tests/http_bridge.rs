@@ -376,3 +376,38 @@ fn a_flood_of_concurrent_requests_gets_only_200_or_503_and_every_200_is_journale
     }
     assert_eq!(h.get(&a.url("/health"), &[]).status, 200);
 }
+
+#[test]
+fn health_is_degraded_while_the_journal_cannot_commit_and_recovers() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    assert_eq!(h.get(&a.url("/health"), &[]).status, 200);
+    // Every commit now fails, as on a full card.
+    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER test_full BEFORE INSERT ON journal BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+    )
+    .unwrap();
+    for _ in 0..5 {
+        let refused = h.get(&a.url("/notify?message=lost"), &[]);
+        assert_eq!(refused.status, 503, "{}", refused.json);
+    }
+    let health = h.get(&a.url("/health"), &[]);
+    assert_eq!(
+        (health.status, health.json["journal"].as_str()),
+        (503, Some("down")),
+        "{}",
+        health.json
+    );
+    conn.execute_batch("DROP TRIGGER test_full").unwrap();
+    assert_eq!(h.get(&a.url("/notify?message=kept"), &[]).status, 200);
+    assert_eq!(h.get(&a.url("/health"), &[]).status, 200);
+    let journal = a.journal();
+    assert!(journal.iter().any(|(_, p)| p == "kept"));
+    assert!(
+        !journal.iter().any(|(_, p)| p == "lost"),
+        "a refused message was stored"
+    );
+    let errors = a.log().matches("journal commit failed").count();
+    assert_eq!(errors, 1, "one log line, not one per refusal:\n{}", a.log());
+}
