@@ -342,10 +342,16 @@ pub(crate) async fn read_body(req: Request, state: &State) -> Result<Bytes, Prob
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    let timeout = Duration::from_secs(state.http.request_timeout_secs.max(1));
+    if let Some(n) = declared.filter(|n| *n > max as u64) {
+        // Up to 4x the limit the body is read and dropped first, so the client sees the 413
+        // instead of a reset while it is still sending; beyond, it is refused unread.
+        if n <= 4 * max as u64 {
+            let drain = Limited::new(req.into_body(), 4 * max).collect();
+            let _ = tokio::time::timeout(timeout, drain).await;
+        }
         return Err(too_large());
     }
-    let timeout = Duration::from_secs(state.http.request_timeout_secs.max(1));
     let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect())
         .await
         .map_err(|_| {

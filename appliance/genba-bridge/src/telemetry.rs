@@ -142,22 +142,6 @@ pub(crate) async fn handle(
     }
     let count = batch.readings.len();
     crate::v2::device_gate(&state, &batch.device_id, state.provision_http).await?;
-    // Journaled first, like every message: the telemetry consumer judges it against the rules
-    // (and stores anything not yet stored). The readings are stored right away as well, so
-    // the answer can say how many were new.
-    crate::journal_message(
-        &state,
-        NewMessage {
-            source: format!("http:{peer}"),
-            topic: format!("devices/{}/telemetry", batch.device_id),
-            payload: body.to_vec(),
-            qos: 1,
-            retain: false,
-            mqtt_pid: None,
-            dup: false,
-        },
-    )
-    .await?;
     let mut message = genba_platform::message::parse(
         &batch.device_id,
         None,
@@ -172,6 +156,18 @@ pub(crate) async fn handle(
     let committed = state
         .journal
         .try_submit_telemetry(TelemetryBatch {
+            // Journaled like every message, in the same transaction: the telemetry consumer
+            // judges it against the rules (its readings, stored here already, are not stored
+            // twice), and the answer can say how many readings were new.
+            journal: vec![NewMessage {
+                source: format!("http:{peer}"),
+                topic: format!("devices/{}/telemetry", batch.device_id),
+                payload: body.to_vec(),
+                qos: 1,
+                retain: false,
+                mqtt_pid: None,
+                dup: false,
+            }],
             messages: vec![message],
             refused: Vec::new(),
             effects: Vec::new(),

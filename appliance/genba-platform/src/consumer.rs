@@ -42,6 +42,7 @@ pub enum ConsumerError {
 /// Turns journal rows into one batch: readable telemetry as messages, the rest refused.
 pub fn batch_of(entries: &[JournalEntry], provisioning: Provisioning) -> TelemetryBatch {
     let mut batch = TelemetryBatch {
+        journal: Vec::new(),
         messages: Vec::new(),
         effects: Vec::new(),
         refused: Vec::new(),
@@ -234,6 +235,7 @@ async fn tick_once(
     if !effects.is_empty() {
         journal
             .store_telemetry(TelemetryBatch {
+                journal: Vec::new(),
                 messages: Vec::new(),
                 effects,
                 refused: Vec::new(),

@@ -114,6 +114,9 @@ pub const RULES_SOURCE: &str = "rules";
 /// Messages applied in one transaction, with an optional consumer cursor that moves with them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryBatch {
+    /// Journal rows appended in the same transaction, before the messages are applied (the
+    /// HTTP telemetry body: journaled for the consumer and the rules, stored at once too).
+    pub journal: Vec<crate::NewMessage>,
     pub messages: Vec<DeviceMessage>,
     /// The rules engine's decisions about these messages (or about time passing).
     pub effects: Vec<Effect>,
@@ -182,6 +185,15 @@ pub(crate) fn apply(
     let mut add_record = tx
         .prepare_cached("INSERT INTO records (device_id, at, tag, body) VALUES (?1, ?2, ?3, ?4)")?;
 
+    let mut journaled = 0;
+    for j in &batch.journal {
+        tx.execute(
+            "INSERT INTO journal (received_at, source, topic, payload, qos, retain, mqtt_pid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![now, j.source, j.topic, j.payload, j.qos, j.retain, j.mqtt_pid],
+        )?;
+        journaled = tx.last_insert_rowid();
+    }
     let sink = batch.cursor.as_ref().map(|(s, _)| s.as_str());
     let mut streams: HashMap<(String, String), Stream> = HashMap::new();
     // Newest value per stream, written once per batch.
@@ -295,7 +307,7 @@ pub(crate) fn apply(
             FieldValue::Text(t) => stream_last.execute(params![id, at, None::<f64>, t])?,
         };
     }
-    let last_journal_id = apply_effects(tx, &batch.effects, now)?;
+    let last_journal_id = apply_effects(tx, &batch.effects, now)?.max(journaled);
     if let Some((sink, cursor)) = &batch.cursor {
         tx.execute(
             "UPDATE sinks SET cursor = MAX(cursor, ?2), delivered = delivered + 1 WHERE name = ?1",

@@ -10,7 +10,7 @@ use crate::ingest::TelemetryBatch;
 use crate::{now_ms, Result, StoreError};
 
 /// One message to append to the journal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
     pub source: String,
     pub topic: String,
@@ -260,8 +260,10 @@ fn commit_batch(conn: &mut Connection, batch: &[Request]) -> rusqlite::Result<(V
             "INSERT INTO journal (received_at, source, topic, payload, qos, retain, mqtt_pid)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
+        // A resend repeats the latest publish with its packet id, or nothing: only that row
+        // is compared (an identical new event reusing an older packet id is not a resend).
         let mut find_resend = tx.prepare_cached(
-            "SELECT id FROM journal WHERE source = ?1 AND mqtt_pid = ?2 AND topic = ?3 AND payload = ?4
+            "SELECT id, topic, payload FROM journal WHERE source = ?1 AND mqtt_pid = ?2
              ORDER BY id DESC LIMIT 1",
         )?;
         let now = now_ms();
@@ -277,10 +279,14 @@ fn commit_batch(conn: &mut Connection, batch: &[Request]) -> rusqlite::Result<(V
             };
             if m.dup {
                 if let Some(pid) = m.mqtt_pid {
-                    let existing: Option<i64> = find_resend
-                        .query_row(params![m.source, pid, m.topic, m.payload], |r| r.get(0))
+                    let latest: Option<(i64, String, Vec<u8>)> = find_resend
+                        .query_row(params![m.source, pid], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
                         .optional()?;
-                    if let Some(id) = existing {
+                    if let Some((id, _, _)) = latest
+                        .filter(|(_, topic, payload)| *topic == m.topic && *payload == m.payload)
+                    {
                         ids.push(id);
                         continue;
                     }
@@ -386,6 +392,7 @@ mod telemetry_tests {
             })
             .collect();
         TelemetryBatch {
+            journal: Vec::new(),
             refused: vec![],
             effects: vec![],
             messages: vec![DeviceMessage {

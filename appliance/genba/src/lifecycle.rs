@@ -64,13 +64,17 @@ pub fn run(role: Role, common: Common) -> Result<()> {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("GENBA_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{}", genba_broker::LOG_DIRECTIVES)));
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    // The module of each line is shown (a library's own messages say where they come from);
+    // colours only on a terminal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
+        .with_target(true)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if under_systemd {
         builder.without_time().init();

@@ -57,6 +57,8 @@ pub struct Started {
     journal: Option<Journal>,
     internal_secret: String,
     bridge: Option<JoinHandle<()>>,
+    /// The broker's front door, told to stop accepting at shutdown.
+    broker: Option<genba_broker::RunningBroker>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -95,6 +97,9 @@ impl Started {
     /// After shutdown was signalled: lets open requests, sink posts and queued journal
     /// appends finish, for at most `limit`.
     pub async fn drain(self, limit: Duration) {
+        if let Some(b) = &self.broker {
+            b.stop_accepting();
+        }
         let work = async {
             if let Some(b) = self.bridge {
                 let _ = b.await;
@@ -145,6 +150,7 @@ pub async fn start(
         journal: journal.clone(),
         internal_secret: internal_secret.clone(),
         bridge: None,
+        broker: None,
         tasks: Vec::new(),
     };
 
@@ -184,6 +190,7 @@ pub async fn start(
             config.store.retention_hours,
             shutdown.clone(),
         )));
+        started.broker = Some(broker);
     }
     if role.runs_bridge() {
         let journal = journal.clone().context("bridge needs the journal")?;

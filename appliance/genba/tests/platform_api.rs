@@ -740,7 +740,7 @@ fn bad_inputs_to_the_v2_api_get_thingscale_codes_naming_the_field() {
             format!("X-DEVICETOKEN: {key}\r\nX-DEVICEID: d1"),
         ),
     ] {
-        let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: 70000\r\n\r\n{{");
+        let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: 300000\r\n\r\n{{");
         let answer = raw_exchange(a.http, request.as_bytes(), Duration::from_secs(5));
         assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
         let body = raw_json(&answer);
