@@ -170,6 +170,7 @@ pub fn router() -> Router<Shared> {
             "/rule/:name",
             get(get_rule).put(replace_rule).delete(delete_rule),
         )
+        .route("/session", get(list_sessions))
         .route("/alarm", get(list_alarms))
         .route("/alarm/:id", get(get_alarm))
         .route("/alarm/:id/ack", post(ack_alarm))
@@ -1373,4 +1374,31 @@ async fn ack_alarm(
         .field("alarm_id")),
         Ack::NoSuchAlarm => Err(no_alarm(id)),
     }
+}
+
+/// `GET /v2/session`: the MQTT clients connected now (ThingScale's session service), with
+/// the user they logged in as and their subscriptions.
+async fn list_sessions(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let list = state
+        .db
+        .run(genba_store::sessions::list)
+        .await
+        .map_err(ApiError::store)?;
+    ok(Value::Array(
+        list.iter()
+            .map(|s| {
+                json!({
+                    "client_id": s.client_id,
+                    "username": s.username,
+                    "ipaddress": s.address,
+                    "clean_sess": s.clean_start,
+                    "proto_ver": s.protocol,
+                    "keepalive": s.keep_alive,
+                    "connected_at": query::format_time(s.connected_at_ms),
+                    "subscriptions": s.subscriptions,
+                })
+            })
+            .collect(),
+    ))
 }

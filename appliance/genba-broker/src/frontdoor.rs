@@ -66,6 +66,9 @@ pub(crate) struct FrontDoor {
     /// Connections being told "server busy" (bounded: beyond it they are just closed).
     pub refusing: Arc<Semaphore>,
     pub stats: Arc<DoorStats>,
+    /// The clients connected now, for `/v2/session` (its own connections: their commits skip
+    /// the fsync, which the registry's other users must not inherit).
+    pub sessions: genba_store::Db,
 }
 
 /// How a client's side of a connection ended without a violation.
@@ -115,7 +118,7 @@ impl FrontDoor {
             let _ = stream.set_nodelay(true);
             let door = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = door.handle(stream, slot).await {
+                if let Err(e) = door.handle(stream, peer, slot).await {
                     tracing::debug!(%peer, error = %e, "mqtt connection ended");
                 }
             });
@@ -125,6 +128,7 @@ impl FrontDoor {
     async fn handle(
         &self,
         stream: TcpStream,
+        peer: SocketAddr,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Result<(), PacketError> {
         // Without a client slot: read the CONNECT only to say "busy" (or let genba's own
@@ -263,7 +267,28 @@ impl FrontDoor {
             _ => tokio::spawn(pump_down(up_rd, wr, say_rx, unacked.clone())),
         };
         let forward = tokio::spawn(forward_in_order(fwd_rx, up_wr));
+        let registered = if access == Access::Client {
+            let row = genba_store::sessions::MqttSession {
+                id: 0,
+                client_id: connect.client_id.clone(),
+                username: connect.username.clone(),
+                address: peer.to_string(),
+                protocol: connect.level,
+                keep_alive: connect.keep_alive,
+                clean_start: connect.clean_start,
+                connected_at_ms: 0,
+                subscriptions: Vec::new(),
+            };
+            self.sessions
+                .run(move |c| genba_store::sessions::open(c, &row))
+                .await
+                .map_err(|e| tracing::warn!(error = %e, "session list: cannot record a client"))
+                .ok()
+        } else {
+            None
+        };
         let session = Session {
+            registered,
             v5: connect.level == 5,
             journal_it: access == Access::Client,
             clean_start: connect.clean_start,
@@ -273,6 +298,12 @@ impl FrontDoor {
             unacked,
         };
         let result = self.read_client(&mut rd, &session, fwd_tx, &say_tx).await;
+        if let Some(id) = registered {
+            let _ = self
+                .sessions
+                .run(move |c| genba_store::sessions::close(c, id))
+                .await;
+        }
         // Keep the broker connection open until the client has had the last word.
         let up_wr = forward.await.ok().flatten();
         let result = match result {
@@ -440,6 +471,24 @@ impl FrontDoor {
                         }
                     }
                 }
+                kind @ (packet::SUBSCRIBE | packet::UNSUBSCRIBE) => {
+                    if let (Some(id), Ok(filters)) = (
+                        session.registered,
+                        packet::filters(kind, &frame.body, session.v5),
+                    ) {
+                        let _ = self
+                            .sessions
+                            .run(move |c| {
+                                genba_store::sessions::change_subscriptions(
+                                    c,
+                                    id,
+                                    &filters,
+                                    kind == packet::SUBSCRIBE,
+                                )
+                            })
+                            .await;
+                    }
+                }
                 packet::PUBREL if !own_qos2.is_empty() => {
                     if let [hi, lo, ..] = frame.body[..] {
                         if own_qos2.remove(&u16::from_be_bytes([hi, lo])) {
@@ -477,6 +526,8 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
 
 /// What the front door knows about one client connection.
 struct Session {
+    /// This client's row in the session list (genba's own roles have none).
+    registered: Option<i64>,
     v5: bool,
     journal_it: bool,
     clean_start: bool,

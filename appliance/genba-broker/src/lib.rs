@@ -145,6 +145,11 @@ pub async fn start(
         source,
     })?;
     let stats = Arc::new(frontdoor::DoorStats::default());
+    // Nobody is connected to a broker that is starting.
+    let sessions = genba_store::Db::new(journal.path());
+    if let Err(e) = sessions.run(genba_store::sessions::clear).await {
+        tracing::warn!(error = %e, "session list: cannot clear it");
+    }
     let door = Arc::new(frontdoor::FrontDoor {
         v4,
         v5,
@@ -156,6 +161,7 @@ pub async fn start(
         internal: Arc::new(tokio::sync::Semaphore::new(INTERNAL_SLOTS)),
         refusing: Arc::new(tokio::sync::Semaphore::new(REFUSING_SLOTS)),
         stats: stats.clone(),
+        sessions,
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(door.serve(listener, stopped));

@@ -179,6 +179,27 @@ impl<'a> Cursor<'a> {
     }
 }
 
+pub const SUBSCRIBE: u8 = 8;
+pub const UNSUBSCRIBE: u8 = 10;
+
+/// The topic filters of a SUBSCRIBE or UNSUBSCRIBE body (for the session list; rumqttd
+/// checks the packet itself).
+pub fn filters(kind: u8, body: &[u8], v5: bool) -> Result<Vec<String>, PacketError> {
+    let mut c = Cursor { buf: body, pos: 0 };
+    c.u16("packet id")?;
+    if v5 {
+        c.properties("subscribe properties")?;
+    }
+    let mut out = Vec::new();
+    while c.pos < body.len() {
+        out.push(c.string("topic filter")?.to_owned());
+        if kind == SUBSCRIBE {
+            c.u8("subscription options")?;
+        }
+    }
+    Ok(out)
+}
+
 /// What the front door needs from a CONNECT.
 #[derive(Debug)]
 pub struct Connect {
@@ -447,6 +468,24 @@ pub fn connect_v4(client_id: &str, username: &str, password: &str) -> Vec<u8> {
         body.extend_from_slice(s.as_bytes());
     }
     Frame { header: 0x10, body }.encode()
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_and_unsubscribe_filters_are_read_for_both_versions() {
+        // 3.1.1 SUBSCRIBE: pid 1, "a/#" QoS 1, "b" QoS 0.
+        let body = [0, 1, 0, 3, b'a', b'/', b'#', 1, 0, 1, b'b', 0];
+        assert_eq!(filters(SUBSCRIBE, &body, false).unwrap(), ["a/#", "b"]);
+        // MQTT 5 SUBSCRIBE with a subscription identifier property (0x0B, 7).
+        let body = [0, 2, 2, 0x0B, 7, 0, 1, b'x', 0];
+        assert_eq!(filters(SUBSCRIBE, &body, true).unwrap(), ["x"]);
+        let body = [0, 3, 0, 1, b'x'];
+        assert_eq!(filters(UNSUBSCRIBE, &body, false).unwrap(), ["x"]);
+        assert!(filters(SUBSCRIBE, &[0, 1, 0, 9, b'a'], false).is_err());
+    }
 }
 
 #[cfg(test)]

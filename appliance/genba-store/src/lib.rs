@@ -10,6 +10,7 @@ pub mod devices;
 pub mod ingest;
 mod reader;
 mod schema;
+pub mod sessions;
 pub mod streams;
 pub mod tokens;
 mod writer;

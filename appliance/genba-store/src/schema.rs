@@ -175,6 +175,18 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE UNIQUE INDEX alarms_one_open ON alarms(rule, device_id, stream) WHERE cleared_at IS NULL;
      CREATE INDEX alarms_raised ON alarms(raised_at);",
+    // 6: the MQTT clients connected now (written by the broker, read by /v2/session).
+    "CREATE TABLE mqtt_sessions (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        client_id     TEXT    NOT NULL,
+        username      TEXT,
+        address       TEXT    NOT NULL,
+        protocol      INTEGER NOT NULL,                  -- 4 (3.1.1) or 5
+        keep_alive    INTEGER NOT NULL,
+        clean_start   INTEGER NOT NULL,
+        connected_at  INTEGER NOT NULL,
+        subscriptions TEXT    NOT NULL DEFAULT '[]'      -- JSON array of topic filters
+     );",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {

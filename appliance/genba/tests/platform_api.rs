@@ -825,3 +825,67 @@ fn an_answer_that_is_off_the_document_is_caught_by_the_check() {
         &json!({"device_id": 5, "mapped_ch": 1}),
     );
 }
+
+#[test]
+fn sessions_list_the_connected_mqtt_clients_with_their_subscriptions() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let read = token(&a, "read");
+    let sub = mosquitto_sub(
+        a.mqtt.port(),
+        &[
+            "-i",
+            "kitchen-display",
+            "-t",
+            "devices/+/telemetry",
+            "-t",
+            "alarms/#",
+            "-C",
+            "1",
+            "-W",
+            "20",
+        ],
+    );
+    let mut last = Value::Null;
+    let found = wait_until(Duration::from_secs(15), || {
+        last = get(&h, &a, "/v2/session", &read).json;
+        last.as_array().is_some_and(|l| {
+            l.iter().any(|s| {
+                s["client_id"] == "kitchen-display"
+                    && s["subscriptions"].as_array().is_some_and(|f| f.len() == 2)
+            })
+        })
+    });
+    assert!(found, "{last}");
+    let s = last
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["client_id"] == "kitchen-display")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (s["proto_ver"].as_u64(), s["clean_sess"].as_bool()),
+        (Some(4), Some(true))
+    );
+    assert!(s["ipaddress"].as_str().unwrap().starts_with("127.0.0.1:"));
+    // Genba's own connections (bridge, command sink, probes) are not client sessions.
+    assert!(last
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["username"] != "genba-internal"));
+    // Gone once it disconnects.
+    assert!(
+        mosquitto_pub(a.mqtt.port(), &["-t", "alarms/x/y", "-m", "bye"])
+            .status
+            .success()
+    );
+    assert!(sub.wait_with_output().unwrap().status.success());
+    assert!(wait_until(Duration::from_secs(10), || {
+        get(&h, &a, "/v2/session", &read)
+            .json
+            .as_array()
+            .is_some_and(|l| l.iter().all(|s| s["client_id"] != "kitchen-display"))
+    }));
+}
