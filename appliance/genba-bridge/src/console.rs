@@ -56,6 +56,8 @@ pub(crate) struct Console {
     logins: genba_telemetry::limiter::Limiter,
     pub slot_minutes: u32,
     pub aggregation: String,
+    /// `[exment] base_url` is set: the Delivery page shows the forwarder's ledger.
+    pub exment_on: bool,
 }
 
 impl Console {
@@ -75,6 +77,7 @@ impl Console {
             // Five tries, then one every 12 s per address.
             logins: genba_telemetry::limiter::Limiter::new(1.0 / 12.0, 5),
             slot_minutes: exment.slot_minutes,
+            exment_on: exment.base_url.is_some(),
             aggregation: exment.aggregation.clone(),
         }
     }
@@ -217,6 +220,7 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/haccp", get(haccp_page))
         .route("/haccp.csv", get(haccp_csv))
         .route("/delivery", get(delivery_page))
+        .route("/delivery/retry", post(retry_parked))
         .route("/send", get(send_page))
         .route("/console/live", get(live))
         .route(
@@ -943,11 +947,62 @@ async fn delivery_page(
         Ok(v) => v,
         Err(r) => return r,
     };
+    let flash = q
+        .get("retried")
+        .map(|n| Flash::Ok(format!("{}: {n}", tr(v.lang, "Retry parked"))));
     let path = state.db_path.clone();
-    match tokio::task::spawn_blocking(move || genba_store::Reader::open(&path)?.status()).await {
-        Ok(Ok(status)) => html(pages::delivery(&v, &status), &q),
+    let exment_on = state.console.exment_on;
+    let loaded = tokio::task::spawn_blocking(move || {
+        let status = genba_store::Reader::open(&path)?.status()?;
+        let exment = if exment_on {
+            let ledger = genba_exment::ledger::Ledger::open(&path)?;
+            let read = || -> rusqlite::Result<pages::ExmentRow> {
+                use genba_exment::ledger::{REFUSED, SENT, UNKNOWN};
+                Ok(pages::ExmentRow {
+                    sent: ledger.count(SENT)?,
+                    unknown: ledger.count(UNKNOWN)?,
+                    refused: ledger.count(REFUSED)?,
+                    last_success: ledger.noted("last_success")?,
+                    last_error: ledger.noted("last_error")?,
+                })
+            };
+            read().ok()
+        } else {
+            None
+        };
+        Ok::<_, genba_store::StoreError>((status, exment))
+    })
+    .await;
+    match loaded {
+        Ok(Ok((status, exment))) => html(
+            pages::delivery(
+                &v,
+                &status,
+                exment.as_ref(),
+                &[genba_telemetry::READINGS_SINK],
+                flash,
+            ),
+            &q,
+        ),
         Ok(Err(e)) => db_error(e),
         Err(e) => db_error(genba_store::StoreError::Task(e.to_string())),
+    }
+}
+
+/// Asks the telemetry consumer to try its parked messages again (after their device was
+/// added or enabled); other sinks take no retry from here yet.
+async fn retry_parked(AxumState(state): AxumState<Shared>, req: Request) -> Response {
+    let (v, f) = match posted(&state, req, "/delivery", Role::Operator).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let sink = f.get("sink").cloned().unwrap_or_default();
+    if sink != genba_telemetry::READINGS_SINK {
+        return status_page(&v, StatusCode::BAD_REQUEST, "Your role may not do this.");
+    }
+    match state.db.run(move |c| alarms::request_retry(c, &sink)).await {
+        Ok(n) => Redirect::to(&format!("/delivery?retried={n}")).into_response(),
+        Err(e) => db_error(e),
     }
 }
 

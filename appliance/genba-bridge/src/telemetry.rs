@@ -170,6 +170,7 @@ pub(crate) async fn handle(
             }],
             messages: vec![message],
             refused: Vec::new(),
+            unpark: None,
             effects: Vec::new(),
             cursor: None,
         })

@@ -424,7 +424,30 @@ pub fn haccp_csv(sheet: &HaccpSheet) -> String {
     out
 }
 
-pub fn delivery(v: &Viewer, status: &StoreStatus) -> Markup {
+/// The Exment forwarder's state (it keeps a ledger of records instead of a cursor).
+pub struct ExmentRow {
+    pub sent: i64,
+    pub unknown: i64,
+    pub refused: i64,
+    pub last_success: Option<(String, i64)>,
+    pub last_error: Option<(String, i64)>,
+}
+
+fn noted(n: &Option<(String, i64)>) -> String {
+    n.as_ref()
+        .map(|(m, at)| format!("{} ({m})", local_time(*at)))
+        .unwrap_or_default()
+}
+
+/// `retryable`: sinks whose parked messages may be tried again from here (the telemetry
+/// consumer: after the device was added or enabled).
+pub fn delivery(
+    v: &Viewer,
+    status: &StoreStatus,
+    exment: Option<&ExmentRow>,
+    retryable: &[&str],
+    flash: Option<Flash>,
+) -> Markup {
     let l = v.lang;
     let sink_row = |s: &SinkState| {
         html! {
@@ -432,6 +455,15 @@ pub fn delivery(v: &Viewer, status: &StoreStatus) -> Markup {
                 td { (s.name) } td.num { (s.backlog) } td.num { (s.delivered) } td.num { (s.parked) }
                 td { (s.last_ok_at_ms.map(local_time).unwrap_or_default()) }
                 td { (s.last_error.clone().unwrap_or_default()) }
+                td {
+                    @if s.parked > 0 && retryable.contains(&s.name.as_str()) && v.role >= Role::Operator {
+                        form method="post" action="/delivery/retry" {
+                            (csrf_field(v))
+                            input type="hidden" name="sink" value=(s.name);
+                            button type="submit" { (tr(l, "Retry parked")) }
+                        }
+                    }
+                }
             }
         }
     };
@@ -439,9 +471,17 @@ pub fn delivery(v: &Viewer, status: &StoreStatus) -> Markup {
         div.scroll { table {
             thead { tr {
                 th { (tr(l, "Sink")) } th { (tr(l, "Backlog")) } th { (tr(l, "Delivered")) } th { (tr(l, "Parked")) }
-                th { (tr(l, "Last success")) } th { (tr(l, "Last error")) }
+                th { (tr(l, "Last success")) } th { (tr(l, "Last error")) } th { span.muted { "" } }
             } }
-            tbody { @for s in &status.sinks { (sink_row(s)) } }
+            tbody {
+                @for s in &status.sinks { (sink_row(s)) }
+                @if let Some(e) = exment {
+                    tr {
+                        td { "exment" } td.num { (e.unknown) } td.num { (e.sent) } td.num { (e.refused) }
+                        td { (noted(&e.last_success)) } td { (noted(&e.last_error)) } td {}
+                    }
+                }
+            }
         } }
         h2 { (tr(l, "Parked messages")) }
         div.scroll { table {
@@ -451,7 +491,7 @@ pub fn delivery(v: &Viewer, status: &StoreStatus) -> Markup {
             } }
         } }
     };
-    page(v, Nav::Delivery, tr(l, "Delivery"), None, body)
+    page(v, Nav::Delivery, tr(l, "Delivery"), flash, body)
 }
 
 pub fn send_form(v: &Viewer, default_topic: &str, flash: Option<Flash>) -> Markup {

@@ -46,6 +46,7 @@ pub fn batch_of(entries: &[JournalEntry], provisioning: Provisioning) -> Telemet
         messages: Vec::new(),
         effects: Vec::new(),
         refused: Vec::new(),
+        unpark: None,
         cursor: None,
     };
     for entry in entries {
@@ -182,6 +183,7 @@ pub async fn run(
         if tokio::time::Instant::now() >= next_tick {
             // Judged between batches too, so a busy journal does not hold back silence checks.
             tick_once(&mut engine, &db, &mut stored_rules, &journal).await?;
+            retry_parked(&mut engine, &db, &journal, provisioning).await?;
             next_tick = tokio::time::Instant::now() + TICK;
         }
         let entries = tokio::task::block_in_place(|| reader.after(cursor, READ_BATCH))?;
@@ -202,6 +204,29 @@ pub async fn run(
         journal.store_telemetry(batch).await?;
         cursor = last;
     }
+}
+
+/// Parked rows an operator asked to try again (after adding or enabling their device): read
+/// and judged like new ones, unparked in the same transaction (parked again if still refused).
+async fn retry_parked(
+    engine: &mut Engine,
+    db: &Db,
+    journal: &Journal,
+    provisioning: Provisioning,
+) -> Result<(), ConsumerError> {
+    let entries = tokio::task::block_in_place(|| {
+        db.run_blocking(|c| alarms::retry_requested(c, SINK, READ_BATCH))
+    })?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut batch = batch_of(&entries, provisioning);
+    let devices = tokio::task::block_in_place(|| device_states(db))?;
+    judge(engine, &mut batch, &devices);
+    batch.unpark = Some((SINK.to_owned(), entries.iter().map(|e| e.id).collect()));
+    tracing::info!(rows = entries.len(), "retrying parked telemetry");
+    journal.store_telemetry(batch).await?;
+    Ok(())
 }
 
 /// Reloads rules and device tags when they changed, then judges the time that passed.
@@ -239,6 +264,7 @@ async fn tick_once(
                 messages: Vec::new(),
                 effects,
                 refused: Vec::new(),
+                unpark: None,
                 cursor: None,
             })
             .await?;

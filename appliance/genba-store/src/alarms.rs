@@ -203,3 +203,36 @@ pub fn acknowledge(conn: &Connection, id: i64, by: &str, note: &str) -> rusqlite
         (_, Some(a)) => Ack::Done(a),
     })
 }
+
+/// Asks for the parked messages of `sink` to be tried again; returns how many.
+pub fn request_retry(conn: &Connection, sink: &str) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE parked SET retry = 1 WHERE sink = ?1 AND retry = 0",
+        params![sink],
+    )
+}
+
+/// Journal rows of `sink` an operator asked to try again, oldest first, at most `limit`.
+pub fn retry_requested(
+    conn: &Connection,
+    sink: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<crate::JournalEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT j.id, j.received_at, j.source, j.topic, j.payload, j.qos, j.retain
+         FROM parked p JOIN journal j ON j.id = p.journal_id
+         WHERE p.sink = ?1 AND p.retry = 1 ORDER BY j.id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![sink, limit as i64], |r| {
+        Ok(crate::JournalEntry {
+            id: r.get(0)?,
+            received_at_ms: r.get(1)?,
+            source: r.get(2)?,
+            topic: r.get(3)?,
+            payload: r.get(4)?,
+            qos: r.get(5)?,
+            retain: r.get(6)?,
+        })
+    })?;
+    rows.collect()
+}

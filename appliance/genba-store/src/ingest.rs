@@ -122,6 +122,9 @@ pub struct TelemetryBatch {
     pub effects: Vec<Effect>,
     /// Rows parked by the consumer (needs `cursor`: they are parked under its sink).
     pub refused: Vec<Refused>,
+    /// Parked rows of this sink tried again in this batch: unparked first (a row still
+    /// refused is parked again, with its new reason).
+    pub unpark: Option<(String, Vec<i64>)>,
     /// (sink, journal id): the consumer that read these messages and how far it got.
     pub cursor: Option<(String, i64)>,
 }
@@ -194,7 +197,23 @@ pub(crate) fn apply(
         )?;
         journaled = tx.last_insert_rowid();
     }
-    let sink = batch.cursor.as_ref().map(|(s, _)| s.as_str());
+    if let Some((sink, ids)) = &batch.unpark {
+        for id in ids {
+            let gone = tx.execute(
+                "DELETE FROM parked WHERE sink = ?1 AND journal_id = ?2",
+                params![sink, id],
+            )?;
+            tx.execute(
+                "UPDATE sinks SET parked = MAX(parked - ?2, 0) WHERE name = ?1",
+                params![sink, gone as i64],
+            )?;
+        }
+    }
+    let sink = batch
+        .cursor
+        .as_ref()
+        .map(|(s, _)| s.as_str())
+        .or(batch.unpark.as_ref().map(|(s, _)| s.as_str()));
     let mut streams: HashMap<(String, String), Stream> = HashMap::new();
     // Newest value per stream, written once per batch.
     let mut latest: HashMap<i64, (i64, FieldValue)> = HashMap::new();

@@ -187,6 +187,8 @@ const MIGRATIONS: &[&str] = &[
         connected_at  INTEGER NOT NULL,
         subscriptions TEXT    NOT NULL DEFAULT '[]'      -- JSON array of topic filters
      );",
+    // 7: an operator asked for a parked message to be tried again (after adding its device).
+    "ALTER TABLE parked ADD COLUMN retry INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {

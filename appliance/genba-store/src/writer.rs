@@ -394,6 +394,7 @@ mod telemetry_tests {
         TelemetryBatch {
             journal: Vec::new(),
             refused: vec![],
+            unpark: None,
             effects: vec![],
             messages: vec![DeviceMessage {
                 device_id: "fridge-1".into(),

@@ -371,6 +371,55 @@ fn a_disabled_device_is_refused_everywhere_and_keeps_what_it_sent() {
     let (ok, _) = a.genba(&["devices", "enable", "fridge-7"]);
     assert!(ok);
     assert_eq!(post(r#"{"t": 4.0}"#).status, 200);
+    // Once the device is enabled again, the console's Delivery page retries what was parked:
+    // the MQTT message sent while it was disabled is stored then.
+    let page = h.get(&a.url("/delivery"), &[]);
+    assert_eq!(page.status, 200);
+    let html = h.block_on(async {
+        reqwest::get(a.url("/delivery"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(html.contains("Retry parked"), "{html}");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let retried = h.post(
+        &a.url("/delivery/retry"),
+        "application/x-www-form-urlencoded",
+        format!("csrf={csrf}&sink=readings"),
+        &[],
+    );
+    assert_eq!(retried.status, 200);
+    let forged = h.post(
+        &a.url("/delivery/retry"),
+        "application/x-www-form-urlencoded",
+        "csrf=wrong&sink=readings",
+        &[],
+    );
+    assert_eq!(forged.status, 403, "no retry without the form's token");
+    assert!(wait_until(Duration::from_secs(20), || {
+        let s = get(
+            &h,
+            &a,
+            "/v2/stream/fridge-7/t?start=0&limit=10&sort=asc",
+            &read,
+        );
+        s.json["points"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["value"] == 8.0))
+    }));
+    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+    let parked: i64 = conn
+        .query_row("SELECT COUNT(*) FROM parked", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(parked, 0);
 }
 
 #[test]
