@@ -171,6 +171,11 @@ pub fn router() -> Router<Shared> {
             get(get_rule).put(replace_rule).delete(delete_rule),
         )
         .route("/session", get(list_sessions))
+        .route("/event", get(list_events).post(create_event))
+        .route(
+            "/event/:id",
+            get(get_event).put(replace_event).delete(delete_event),
+        )
         .route("/alarm", get(list_alarms))
         .route("/alarm/:id", get(get_alarm))
         .route("/alarm/:id/ack", post(ack_alarm))
@@ -1401,4 +1406,262 @@ async fn list_sessions(AxumState(state): AxumState<Shared>, headers: HeaderMap) 
             })
             .collect(),
     ))
+}
+
+/// ThingScale's event service over Genba's rules: an event is the rule `event-{id}` on the
+/// channel's device, `source` its stream (`data:value` -> `data.value`), `operator` and
+/// `threshold` its condition, and `post_url` its `notify_url` (a JSON POST per raise,
+/// escalation and clear, from the broker role's rule webhooks).
+fn event_json(rule: &genba_config::rules::Rule, channel: Option<i64>) -> Value {
+    let operator = serde_json::to_value(rule.condition).unwrap_or(Value::Null);
+    json!({
+        "event_id": rule.name.strip_prefix("event-").and_then(|n| n.parse::<i64>().ok()),
+        "mapped_ch": channel,
+        "device_id": rule.device,
+        "description": rule.description,
+        "notify_type": "http",
+        "post_url": rule.notify_url,
+        "enabled": rule.enabled,
+        "source": rule.stream,
+        "operator": operator,
+        "threshold": rule.threshold.map(|t| t.to_string()),
+    })
+}
+
+fn no_event(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NO_EVENT",
+        format!("no event {id:?}"),
+    )
+    .field("event_id")
+}
+
+async fn events(state: &Shared) -> Result<Vec<(genba_config::rules::Rule, Option<i64>)>, ApiError> {
+    state
+        .db
+        .run(|c| {
+            let mut out = Vec::new();
+            for stored in genba_store::alarms::rules(c)?
+                .into_iter()
+                .filter(|r| r.name.starts_with("event-"))
+            {
+                let Ok(rule) = serde_json::from_str::<genba_config::rules::Rule>(&stored.spec)
+                else {
+                    continue;
+                };
+                let channel = match &rule.device {
+                    Some(d) => devices::get(c, d)?.map(|d| d.channel),
+                    None => None,
+                };
+                out.push((rule, channel));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(ApiError::store)
+}
+
+async fn list_events(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let list = events(&state).await?;
+    ok(Value::Array(
+        list.iter().map(|(r, ch)| event_json(r, *ch)).collect(),
+    ))
+}
+
+async fn get_event(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let name = format!("event-{id}");
+    let list = events(&state).await?;
+    let (rule, ch) = list
+        .iter()
+        .find(|(r, _)| r.name == name)
+        .ok_or_else(|| no_event(&id))?;
+    ok(event_json(rule, *ch))
+}
+
+/// An event body as a rule named `name`; errors name the event's fields.
+async fn event_rule(
+    state: &Shared,
+    obj: &Map<String, Value>,
+    name: String,
+) -> Result<genba_config::rules::Rule, ApiError> {
+    const KNOWN: &[&str] = &[
+        "event_id",
+        "mapped_ch",
+        "description",
+        "notify_type",
+        "post_url",
+        "enabled",
+        "source",
+        "operator",
+        "threshold",
+    ];
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad(
+            k,
+            format!("unknown field (known: {})", KNOWN.join(", ")),
+        ));
+    }
+    let channel = obj
+        .get("mapped_ch")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| ApiError::bad("mapped_ch", "the channel number is required"))?;
+    let device = state
+        .db
+        .run(move |c| devices::by_channel(c, channel))
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NO_CHANNEL",
+                format!("no channel {channel}"),
+            )
+            .field("mapped_ch")
+        })?;
+    match obj
+        .get("notify_type")
+        .and_then(Value::as_str)
+        .unwrap_or("http")
+    {
+        "http" => {}
+        "email" => return Err(ApiError::bad(
+            "notify_type",
+            "email notifications are not offered yet; use http (or a Slack webhook on alarms/#)",
+        )),
+        other => {
+            return Err(ApiError::bad(
+                "notify_type",
+                format!("{other:?}: http or email"),
+            ))
+        }
+    }
+    let source = opt_string(obj, "source", 100)?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad("source", "the JSON path of the value is required"))?;
+    let operator = obj.get("operator").cloned().unwrap_or(Value::Null);
+    let condition: genba_config::rules::Condition = serde_json::from_value(operator.clone())
+        .ok()
+        .filter(|c| {
+            !matches!(
+                c,
+                genba_config::rules::Condition::Silent | genba_config::rules::Condition::Rate
+            )
+        })
+        .ok_or_else(|| ApiError::bad("operator", format!("{operator}: one of < > <= >= = !=")))?;
+    let threshold = match obj.get("threshold") {
+        Some(Value::String(t)) => t.trim().parse::<f64>().ok(),
+        Some(Value::Number(n)) => n.as_f64(),
+        _ => None,
+    }
+    .filter(|t| t.is_finite())
+    .ok_or_else(|| ApiError::bad("threshold", "a number (ThingScale sends it as a string)"))?;
+    let enabled = match obj.get("enabled") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::bad("enabled", "must be true or false")),
+    };
+    let rule = genba_config::rules::Rule {
+        name,
+        device: Some(device.id),
+        tag: None,
+        stream: source.replace(':', "."),
+        condition,
+        threshold: Some(threshold),
+        for_secs: 0,
+        hysteresis: 0.0,
+        silent_minutes: None,
+        escalate_after_minutes: None,
+        severity: Default::default(),
+        description: opt_string(obj, "description", 256)?.unwrap_or_default(),
+        command: None,
+        notify_url: opt_string(obj, "post_url", 2048)?,
+        enabled,
+    };
+    if rule.notify_url.is_none() {
+        return Err(ApiError::bad(
+            "post_url",
+            "the URL to notify is required for http",
+        ));
+    }
+    rule.check().map_err(|(field, m)| {
+        let field = match field {
+            "notify_url" => "post_url",
+            "stream" => "source",
+            other => other,
+        };
+        ApiError::bad(field, m)
+    })?;
+    Ok(rule)
+}
+
+async fn save_event(
+    state: &Shared,
+    rule: genba_config::rules::Rule,
+    channel: Option<i64>,
+    status: StatusCode,
+) -> ApiResult {
+    let spec = serde_json::to_string(&rule).map_err(|e| ApiError::bad("body", e.to_string()))?;
+    let name = rule.name.clone();
+    state
+        .db
+        .run(move |c| genba_store::alarms::put_rule(c, &name, &spec))
+        .await
+        .map_err(ApiError::store)?;
+    Ok(json_response(status, &event_json(&rule, channel)))
+}
+
+async fn create_event(AxumState(state): AxumState<Shared>, req: Request) -> ApiResult {
+    authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let obj = json_body(&state, req).await?;
+    let next = events(&state)
+        .await?
+        .iter()
+        .filter_map(|(r, _)| r.name.strip_prefix("event-")?.parse::<i64>().ok())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let rule = event_rule(&state, &obj, format!("event-{next}")).await?;
+    let channel = obj.get("mapped_ch").and_then(Value::as_i64);
+    save_event(&state, rule, channel, StatusCode::CREATED).await
+}
+
+async fn replace_event(
+    AxumState(state): AxumState<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult {
+    authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let obj = json_body(&state, req).await?;
+    let name = format!("event-{id}");
+    if !events(&state).await?.iter().any(|(r, _)| r.name == name) {
+        return Err(no_event(&id));
+    }
+    let rule = event_rule(&state, &obj, name).await?;
+    let channel = obj.get("mapped_ch").and_then(Value::as_i64);
+    save_event(&state, rule, channel, StatusCode::OK).await
+}
+
+async fn delete_event(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_WRITE).await?;
+    let name = format!("event-{id}");
+    match state
+        .db
+        .run(move |c| genba_store::alarms::delete_rule(c, &name))
+        .await
+        .map_err(ApiError::store)?
+    {
+        Some(true) => ok(json!({"event_id": id.parse::<i64>().ok(), "deleted": true})),
+        _ => Err(no_event(&id)),
+    }
 }

@@ -71,6 +71,10 @@ pub struct Rule {
     /// A command published to the device (on `devices/{id}/commands`) when the alarm is raised.
     #[serde(default)]
     pub command: Option<String>,
+    /// An HTTP(S) URL that gets a JSON POST when an alarm of this rule is raised, escalated
+    /// or cleared (ThingScale's event notification `post_url`).
+    #[serde(default)]
+    pub notify_url: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
 }
@@ -153,6 +157,17 @@ impl Rule {
             .is_some_and(|c| c.is_empty() || c.len() > 4096)
         {
             return Err(("command", "1-4096 bytes".into()));
+        }
+        if let Some(url) = &self.notify_url {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.len() <= 2048
+                && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                return Err((
+                    "notify_url",
+                    "an http:// or https:// URL without spaces".into(),
+                ));
+            }
         }
         if self.description.len() > 256 {
             return Err(("description", "at most 256 characters".into()));

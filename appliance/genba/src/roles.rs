@@ -171,6 +171,12 @@ pub async fn start(
                 tracing::error!(error = %e, "telemetry consumer stopped");
             }
         }));
+        let (db4, j4, stop) = (db.clone(), journal.clone(), shutdown.clone());
+        started.tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::event_sink::run(db4, j4, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "rule webhooks stopped");
+            }
+        }));
         let (db3, j3, stop) = (db.clone(), journal.clone(), shutdown.clone());
         let (addr, secret) = (broker.addr, internal_secret.clone());
         started.tasks.push(tokio::spawn(async move {
@@ -288,6 +294,7 @@ fn register_sinks(db: &Path, config: &Config, readings: bool) -> Result<()> {
     if readings {
         reader.register_sink(genba_telemetry::READINGS_SINK)?;
         reader.register_sink(crate::command_sink::SINK)?;
+        reader.register_sink(crate::event_sink::SINK)?;
     }
     Ok(())
 }

@@ -243,6 +243,83 @@ fn thingscale_walkthrough_device_post_v2_stream_and_command() {
     );
     assert_eq!(buckets["resolution"], "minute");
     assert_eq!(buckets["buckets"][2]["avg"], 23.5);
+    // A ThingScale event: threshold on the channel's "temp", HTTP notification; it fires
+    // when a value crosses it.
+    let hook = common::http::Receiver::start();
+    let event = h.call(
+        "POST",
+        &a.url("/v2/event"),
+        &[("x-apitoken", &write)],
+        Some(
+            json!({"mapped_ch": 1, "description": "line 3 hot", "notify_type": "http",
+                   "post_url": hook.url, "enabled": true, "source": "temp",
+                   "operator": ">", "threshold": "30"})
+            .to_string()
+            .as_bytes(),
+        ),
+    );
+    assert_eq!(event.status, 201, "{}", event.json);
+    assert_eq!(
+        (
+            event.json["event_id"].as_i64(),
+            event.json["threshold"].as_str()
+        ),
+        (Some(1), Some("30"))
+    );
+    for (body, field) in [
+        (
+            json!({"mapped_ch": 1, "source": "temp", "operator": ">>", "threshold": "30", "post_url": hook.url}),
+            "operator",
+        ),
+        (
+            json!({"mapped_ch": 1, "source": "temp", "operator": ">", "threshold": "hot", "post_url": hook.url}),
+            "threshold",
+        ),
+        (
+            json!({"mapped_ch": 9, "source": "temp", "operator": ">", "threshold": "1", "post_url": hook.url}),
+            "mapped_ch",
+        ),
+        (
+            json!({"mapped_ch": 1, "source": "temp", "operator": ">", "threshold": "1", "notify_type": "email"}),
+            "notify_type",
+        ),
+        (
+            json!({"mapped_ch": 1, "source": "temp", "operator": ">", "threshold": "1", "post_url": "ftp://x"}),
+            "post_url",
+        ),
+    ] {
+        let r = h.call(
+            "POST",
+            &a.url("/v2/event"),
+            &[("x-apitoken", &write)],
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(r.json["field"].as_str(), Some(field), "{body}: {}", r.json);
+    }
+    std::thread::sleep(Duration::from_secs(6)); // the rules engine reloads within 5 s
+    let hot = h.call(
+        "POST",
+        &a.url("/post_v2/"),
+        &[("x-devicetoken", &key), ("x-deviceid", "line-3")],
+        Some(br#"{"temp": 31.5}"#),
+    );
+    assert_eq!(hot.status, 200);
+    assert!(
+        wait_until(Duration::from_secs(20), || !hook.bodies().is_empty()),
+        "no notification"
+    );
+    let note: Value = serde_json::from_str(&hook.bodies()[0]).unwrap();
+    assert_eq!(
+        (
+            note["event"].as_str(),
+            note["event_id"].as_i64(),
+            note["device_id"].as_str()
+        ),
+        (Some("raised"), Some(1), Some("line-3"))
+    );
+    assert!(note["message"].as_str().unwrap().contains("31.5"), "{note}");
+    let listed = h.get(&a.url("/v2/event"), &[("x-apitoken", &write)]);
+    assert_eq!(listed.json.as_array().unwrap().len(), 1);
     // A command reaches an MQTT client on the device's topic, and is journaled.
     let sub = mosquitto_sub(
         a.mqtt.port(),
