@@ -69,6 +69,41 @@ pub(crate) struct FrontDoor {
     /// The clients connected now, for `/v2/session` (its own connections: their commits skip
     /// the fsync, which the registry's other users must not inherit).
     pub sessions: genba_store::Db,
+    /// Devices disabled in the registry: their publishes are refused, not journaled.
+    pub disabled: DisabledDevices,
+}
+
+/// The device of a `devices/{id}/...` topic.
+fn device_of(topic: &str) -> Option<&str> {
+    let rest = topic.strip_prefix("devices/")?;
+    rest.split('/').next().filter(|d| !d.is_empty())
+}
+
+/// The registry's disabled devices, read again at most every [`DisabledDevices::FRESH`].
+#[derive(Default)]
+pub(crate) struct DisabledDevices {
+    cache: tokio::sync::Mutex<Option<(Instant, HashSet<String>)>>,
+}
+
+impl DisabledDevices {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+    async fn contains(&self, db: &genba_store::Db, device: &str) -> bool {
+        let mut cache = self.cache.lock().await;
+        let stale = cache
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= Self::FRESH);
+        if stale {
+            let read = db.run(genba_store::devices::disabled_ids).await;
+            match read {
+                Ok(set) => *cache = Some((Instant::now(), set)),
+                // Unreadable registry: keep what was known (accepting is the safe side: the
+                // consumer parks a disabled device's rows anyway).
+                Err(e) => tracing::warn!(error = %e, "disabled devices: cannot read the registry"),
+            }
+        }
+        cache.as_ref().is_some_and(|(_, set)| set.contains(device))
+    }
 }
 
 /// How a client's side of a connection ended without a violation.
@@ -382,10 +417,21 @@ impl FrontDoor {
                             "publish payload over max_payload",
                         ));
                     }
-                    if p.topic.starts_with("$SYS") {
-                        // Clients do not write the broker's own topics. Like Mosquitto: MQTT 5
-                        // gets "not authorized" in its acknowledgement; 3.1.1 has no code for
-                        // it and gets a plain acknowledgement so it does not resend forever.
+                    let disabled = match device_of(&p.topic) {
+                        Some(device) if session.journal_it => {
+                            self.disabled.contains(&self.sessions, device).await
+                        }
+                        _ => false,
+                    };
+                    if disabled {
+                        tracing::info!(source = %session.source, topic = %p.topic,
+                            "publish of a disabled device refused; not journaled");
+                    }
+                    if p.topic.starts_with("$SYS") || disabled {
+                        // Clients do not write the broker's own topics, nor disabled devices'.
+                        // Like Mosquitto's denials: MQTT 5 gets "not authorized" in its
+                        // acknowledgement; 3.1.1 has no code for it and gets a plain
+                        // acknowledgement so it does not resend forever.
                         if let Some(pid) = p.pid {
                             let kind = if p.qos == 1 { PUBACK } else { PUBREC };
                             let ack = if session.v5 {

@@ -162,6 +162,7 @@ pub async fn start(
         refusing: Arc::new(tokio::sync::Semaphore::new(REFUSING_SLOTS)),
         stats: stats.clone(),
         sessions,
+        disabled: Default::default(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(door.serve(listener, stopped));

@@ -70,6 +70,13 @@ pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
         .optional()
 }
 
+/// The ids of the disabled devices (the broker refuses their publishes).
+pub fn disabled_ids(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM devices WHERE enabled = 0")?;
+    let ids = stmt.query_map([], |r| r.get(0))?;
+    ids.collect()
+}
+
 /// The device mapped to a ThingScale channel number.
 pub fn by_channel(conn: &Connection, channel: i64) -> rusqlite::Result<Option<Device>> {
     conn.query_row(

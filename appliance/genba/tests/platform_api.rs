@@ -417,8 +417,26 @@ fn a_disabled_device_is_refused_everywhere_and_keeps_what_it_sent() {
         &[("x-api-key", &key)],
     );
     assert_eq!(api.status, 403, "{}", api.json);
-    // Over MQTT the message is journaled (it was acknowledged) and parked with the reason.
-    assert!(mosquitto_pub(
+    // Over MQTT the broker refuses it: MQTT 5 gets PUBACK "not authorized" (0x87), 3.1.1 a
+    // plain PUBACK (it has no code for it); neither is journaled.
+    let v5 = mosquitto_pub(
+        a.mqtt.port(),
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "devices/fridge-7/telemetry",
+            "-m",
+            r#"{"t": 8.0}"#,
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&v5.stderr).contains("Not authorized"),
+        "{v5:?}"
+    );
+    let v4 = mosquitto_pub(
         a.mqtt.port(),
         &[
             "-q",
@@ -426,21 +444,16 @@ fn a_disabled_device_is_refused_everywhere_and_keeps_what_it_sent() {
             "-t",
             "devices/fridge-7/telemetry",
             "-m",
-            r#"{"t": 8.0}"#
-        ]
-    )
-    .status
-    .success());
-    assert!(wait_until(Duration::from_secs(15), || {
-        let conn = rusqlite::Connection::open(a.db_path()).unwrap();
-        conn.query_row(
-            "SELECT COUNT(*) FROM parked WHERE reason LIKE '%disabled%'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .unwrap()
-            == 1
-    }));
+            r#"{"t": 8.5}"#,
+        ],
+    );
+    assert!(v4.status.success());
+    assert!(
+        !a.journal()
+            .iter()
+            .any(|(_, p)| p.contains("8.0") || p.contains("8.5")),
+        "a disabled device's publish was journaled"
+    );
     // What it sent before is still there.
     let s = get(&h, &a, "/v2/stream/fridge-7/t?start=0", &read);
     assert_eq!(s.json["points"].as_array().unwrap().len(), 1);
@@ -448,55 +461,6 @@ fn a_disabled_device_is_refused_everywhere_and_keeps_what_it_sent() {
     let (ok, _) = a.genba(&["devices", "enable", "fridge-7"]);
     assert!(ok);
     assert_eq!(post(r#"{"t": 4.0}"#).status, 200);
-    // Once the device is enabled again, the console's Delivery page retries what was parked:
-    // the MQTT message sent while it was disabled is stored then.
-    let page = h.get(&a.url("/delivery"), &[]);
-    assert_eq!(page.status, 200);
-    let html = h.block_on(async {
-        reqwest::get(a.url("/delivery"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
-    assert!(html.contains("Retry parked"), "{html}");
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap()
-        .to_owned();
-    let retried = h.post(
-        &a.url("/delivery/retry"),
-        "application/x-www-form-urlencoded",
-        format!("csrf={csrf}&sink=readings"),
-        &[],
-    );
-    assert_eq!(retried.status, 200);
-    let forged = h.post(
-        &a.url("/delivery/retry"),
-        "application/x-www-form-urlencoded",
-        "csrf=wrong&sink=readings",
-        &[],
-    );
-    assert_eq!(forged.status, 403, "no retry without the form's token");
-    assert!(wait_until(Duration::from_secs(20), || {
-        let s = get(
-            &h,
-            &a,
-            "/v2/stream/fridge-7/t?start=0&limit=10&sort=asc",
-            &read,
-        );
-        s.json["points"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|x| x["value"] == 8.0))
-    }));
-    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
-    let parked: i64 = conn
-        .query_row("SELECT COUNT(*) FROM parked", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(parked, 0);
 }
 
 #[test]
@@ -1014,4 +978,129 @@ fn sessions_list_the_connected_mqtt_clients_with_their_subscriptions() {
             .as_array()
             .is_some_and(|l| l.iter().all(|s| s["client_id"] != "kitchen-display"))
     }));
+}
+
+#[test]
+fn telemetry_of_an_unknown_device_is_parked_and_stored_after_adding_it_and_retrying() {
+    let a = Appliance::start("[devices]\nauto_provision = \"off\"\n", "");
+    let h = Http::new();
+    let read = token(&a, "read");
+    assert!(mosquitto_pub(
+        a.mqtt.port(),
+        &[
+            "-q",
+            "1",
+            "-t",
+            "devices/walk-in/telemetry",
+            "-m",
+            r#"{"t": 8.0}"#
+        ]
+    )
+    .status
+    .success());
+    assert!(wait_until(Duration::from_secs(15), || {
+        let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+        conn.query_row(
+            "SELECT COUNT(*) FROM parked WHERE reason LIKE '%unknown device%'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 1
+    }));
+    assert_eq!(get(&h, &a, "/v2/device/walk-in", &read).status, 404);
+    let (ok, out) = a.genba(&["devices", "add", "walk-in", "--name", "Walk-in"]);
+    assert!(ok, "{out}");
+    // Once the device is added, the console's Delivery page retries what was parked: the
+    // message sent while it was unknown is stored then.
+    let page = h.get(&a.url("/delivery"), &[]);
+    assert_eq!(page.status, 200);
+    let html = h.block_on(async {
+        reqwest::get(a.url("/delivery"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(html.contains("Retry parked"), "{html}");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let retried = h.post(
+        &a.url("/delivery/retry"),
+        "application/x-www-form-urlencoded",
+        format!("csrf={csrf}&sink=readings"),
+        &[],
+    );
+    assert_eq!(retried.status, 200);
+    let forged = h.post(
+        &a.url("/delivery/retry"),
+        "application/x-www-form-urlencoded",
+        "csrf=wrong&sink=readings",
+        &[],
+    );
+    assert_eq!(forged.status, 403, "no retry without the form's token");
+    assert!(wait_until(Duration::from_secs(20), || {
+        let s = get(
+            &h,
+            &a,
+            "/v2/stream/walk-in/t?start=0&limit=10&sort=asc",
+            &read,
+        );
+        s.json["points"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["value"] == 8.0))
+    }));
+    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+    let parked: i64 = conn
+        .query_row("SELECT COUNT(*) FROM parked", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(parked, 0);
+}
+
+#[test]
+fn cli_commands_refuse_bad_input_and_say_what_is_wrong() {
+    let a = Appliance::start("", "");
+    let (ok, out) = a.genba(&["devices", "add", "d1"]);
+    assert!(ok, "{out}");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["devices", "add", "bad id!"], "device id"),
+        (vec!["devices", "add", "d1"], "exists already"),
+        (vec!["devices", "show", "nope"], "no device"),
+        (vec!["devices", "disable", "nope"], "no device"),
+        (vec!["devices", "send", "nope", "x"], "no device"),
+        (vec!["devices", "send", "d1", ""], "PAYLOAD"),
+        (
+            vec!["tokens", "add", "--name", "x", "--scope", "root"],
+            "scope",
+        ),
+        (
+            vec!["tokens", "add", "--name", "", "--scope", "read"],
+            "name",
+        ),
+        (vec!["tokens", "revoke", "99"], "no API token"),
+        (vec!["rules", "add", "{not json"], "does not read"),
+        (
+            vec![
+                "rules",
+                "add",
+                r#"{"name":"x","stream":"t","condition":">"}"#,
+            ],
+            "threshold",
+        ),
+        (vec!["rules", "remove", "nope"], "no rule"),
+        (vec!["alarms", "ack", "99", "--note", "fixed"], "no alarm"),
+        (vec!["alarms", "ack", "1", "--note", " "], "--note"),
+    ];
+    for (args, needle) in cases {
+        let (ok, out) = a.genba(&args);
+        assert!(
+            !ok && out.contains(needle),
+            "{args:?} should fail saying {needle:?}: {out}"
+        );
+    }
 }
