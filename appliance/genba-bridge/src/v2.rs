@@ -171,6 +171,8 @@ pub fn router() -> Router<Shared> {
             get(get_rule).put(replace_rule).delete(delete_rule),
         )
         .route("/session", get(list_sessions))
+        .route("/user", get(list_users).post(create_user))
+        .route("/user/:id", axum::routing::delete(revoke_user))
         .route("/event", get(list_events).post(create_event))
         .route(
             "/event/:id",
@@ -1664,4 +1666,78 @@ async fn delete_event(
         Some(true) => ok(json!({"event_id": id.parse::<i64>().ok(), "deleted": true})),
         _ => Err(no_event(&id)),
     }
+}
+
+/// ThingScale's user service as Genba's API tokens (admin scope): list, make (the token is
+/// shown once), revoke.
+fn user_json(t: &Token) -> Value {
+    json!({
+        "user_id": t.id,
+        "name": t.name,
+        "scopes": t.scopes,
+        "enabled": t.enabled,
+        "created_at": query::format_time(t.created_at_ms),
+        "last_used_at": t.last_used_at_ms.map(query::format_time),
+    })
+}
+
+async fn list_users(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_ADMIN).await?;
+    let list = state.db.run(tokens::list).await.map_err(ApiError::store)?;
+    ok(Value::Array(list.iter().map(user_json).collect()))
+}
+
+async fn create_user(AxumState(state): AxumState<Shared>, req: Request) -> ApiResult {
+    authorize(&state, req.headers(), tokens::SCOPE_ADMIN).await?;
+    let obj = json_body(&state, req).await?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["name", "scope"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad(k, "unknown field (known: name, scope)"));
+    }
+    let name = opt_string(&obj, "name", 64)?
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad("name", "1-64 characters, required"))?;
+    let scope = opt_string(&obj, "scope", 16)?.unwrap_or_else(|| "read".into());
+    if !tokens::SCOPES.contains(&scope.as_str()) {
+        return Err(ApiError::bad(
+            "scope",
+            format!("{scope:?}: read, write or admin"),
+        ));
+    }
+    let token = genba_config::passwords::generate_api_key();
+    let digest = api_key_digest(&token);
+    let made = state
+        .db
+        .run(move |c| tokens::add(c, &name, &[scope], &digest))
+        .await
+        .map_err(ApiError::store)?;
+    let mut body = user_json(&made);
+    body["api_token"] = json!(token);
+    Ok(json_response(StatusCode::CREATED, &body))
+}
+
+async fn revoke_user(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> ApiResult {
+    let me = authorize(&state, &headers, tokens::SCOPE_ADMIN).await?;
+    let id = raw
+        .parse::<i64>()
+        .map_err(|_| ApiError::bad("user_id", format!("{raw:?} is not a user number")))?;
+    if id == me.id {
+        return Err(ApiError::bad("user_id", "a token cannot revoke itself"));
+    }
+    let revoked = state
+        .db
+        .run(move |c| tokens::set_enabled(c, id, false))
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "NO_USER", format!("no user {id}"))
+                .field("user_id")
+        })?;
+    ok(user_json(&revoked))
 }

@@ -73,6 +73,22 @@ pub(crate) struct FrontDoor {
     pub disabled: DisabledDevices,
 }
 
+/// `DEVICE_TOKEN/json/DEVICE_ID[/TAG]` (ThingScale's MQTT device connector).
+fn thingscale_topic(topic: &str) -> Option<(&str, &str, Option<&str>)> {
+    let levels: Vec<&str> = topic.split('/').collect();
+    match levels[..] {
+        [token, "json", device] if !token.is_empty() && !device.is_empty() => {
+            Some((token, device, None))
+        }
+        [token, "json", device, tag]
+            if !token.is_empty() && !device.is_empty() && !tag.is_empty() =>
+        {
+            Some((token, device, Some(tag)))
+        }
+        _ => None,
+    }
+}
+
 /// The device of a `devices/{id}/...` topic.
 fn device_of(topic: &str) -> Option<&str> {
     let rest = topic.strip_prefix("devices/")?;
@@ -125,6 +141,20 @@ enum LastWord {
 }
 
 impl FrontDoor {
+    /// Whether `token` is an enabled `telemetry:write` key of `device` (`genba keys add`).
+    async fn device_key_ok(&self, token: &str, device: &str) -> bool {
+        let digest = genba_config::passwords::api_key_digest(token);
+        let device = device.to_owned();
+        self.sessions
+            .run(move |c| genba_store::devices::key_owner(c, &digest))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|(owner, enabled, scopes)| {
+                enabled && owner == device && scopes.split(' ').any(|s| s == "telemetry:write")
+            })
+    }
+
     pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
@@ -410,12 +440,30 @@ impl FrontDoor {
                     ))
                 }
                 packet::PUBLISH => {
-                    let p = packet::parse_publish(&frame, session.v5, &mut aliases)?;
+                    let mut p = packet::parse_publish(&frame, session.v5, &mut aliases)?;
                     if p.payload.len() > self.max_payload {
                         return Err(PacketError::Refused(
                             Violation::TooLarge,
                             "publish payload over max_payload",
                         ));
+                    }
+                    // ThingScale's MQTT device connector: DEVICE_TOKEN/json/DEVICE_ID[/TAG] is
+                    // journaled as devices/DEVICE_ID/telemetry[/TAG] once the token is that
+                    // device's key (the token itself is never stored).
+                    let mut wrong_token = false;
+                    if let (Some((token, device, tag)), true) =
+                        (thingscale_topic(&p.topic), session.journal_it)
+                    {
+                        if self.device_key_ok(token, device).await {
+                            p.topic = match tag {
+                                Some(t) => format!("devices/{device}/telemetry/{t}"),
+                                None => format!("devices/{device}/telemetry"),
+                            };
+                        } else {
+                            wrong_token = true;
+                            tracing::info!(source = %session.source, %device,
+                                "ThingScale-style publish with a wrong device token refused");
+                        }
                     }
                     let disabled = match device_of(&p.topic) {
                         Some(device) if session.journal_it => {
@@ -427,7 +475,7 @@ impl FrontDoor {
                         tracing::info!(source = %session.source, topic = %p.topic,
                             "publish of a disabled device refused; not journaled");
                     }
-                    if p.topic.starts_with("$SYS") || disabled {
+                    if p.topic.starts_with("$SYS") || disabled || wrong_token {
                         // Clients do not write the broker's own topics, nor disabled devices'.
                         // Like Mosquitto's denials: MQTT 5 gets "not authorized" in its
                         // acknowledgement; 3.1.1 has no code for it and gets a plain

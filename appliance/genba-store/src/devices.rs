@@ -70,6 +70,19 @@ pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<Device>> {
         .optional()
 }
 
+/// The device, enabled flag and scopes of the device key with this SHA-256 digest.
+pub fn key_owner(
+    conn: &Connection,
+    digest: &str,
+) -> rusqlite::Result<Option<(String, bool, String)>> {
+    conn.query_row(
+        "SELECT device_id, enabled, scopes FROM api_keys WHERE key_sha256 = ?1",
+        params![digest],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
 /// The ids of the disabled devices (the broker refuses their publishes).
 pub fn disabled_ids(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
     let mut stmt = conn.prepare_cached("SELECT id FROM devices WHERE enabled = 0")?;

@@ -1104,3 +1104,101 @@ fn cli_commands_refuse_bad_input_and_say_what_is_wrong() {
         );
     }
 }
+
+#[test]
+fn thingscale_mqtt_connector_and_user_service() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let admin = token(&a, "admin");
+    let key = device_key(&a, "press-1");
+    // DEVICE_TOKEN/json/DEVICE_ID/TAG with the device's key: stored as its telemetry, without
+    // the token; a wrong token is refused and nothing is stored.
+    let topic = format!("{key}/json/press-1/env");
+    assert!(mosquitto_pub(
+        a.mqtt.port(),
+        &["-q", "1", "-t", &topic, "-m", r#"{"temp": 41.5}"#]
+    )
+    .status
+    .success());
+    let wrong = mosquitto_pub(
+        a.mqtt.port(),
+        &[
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "not-the-key/json/press-1",
+            "-m",
+            r#"{"temp": 99}"#,
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("Not authorized"),
+        "{wrong:?}"
+    );
+    let s = wait_json(
+        &h,
+        &a,
+        "/v2/stream/press-1/temp?start=0&limit=10",
+        &admin,
+        |v| v["points"].as_array().is_some_and(|p| !p.is_empty()),
+    );
+    assert_eq!(s["points"].as_array().unwrap().len(), 1);
+    assert_eq!(s["points"][0]["value"], 41.5);
+    let journal = a.journal();
+    assert!(journal
+        .iter()
+        .any(|(t, _)| t == "devices/press-1/telemetry/env"));
+    assert!(
+        !journal
+            .iter()
+            .any(|(t, p)| t.contains(&key) || p.contains("99")),
+        "{journal:?}"
+    );
+    // The user service: API tokens, admin only.
+    let made = h.call(
+        "POST",
+        &a.url("/v2/user"),
+        &[("x-apitoken", &admin)],
+        Some(br#"{"name":"dashboard","scope":"read"}"#),
+    );
+    assert_eq!(made.status, 201, "{}", made.json);
+    let new_token = made.json["api_token"].as_str().unwrap().to_owned();
+    assert_eq!(get(&h, &a, "/v2/device", &new_token).status, 200);
+    assert_eq!(
+        get(&h, &a, "/v2/user", &new_token).status,
+        403,
+        "read scope may not list users"
+    );
+    let listed = get(&h, &a, "/v2/user", &admin);
+    assert_eq!(listed.json.as_array().unwrap().len(), 2);
+    assert!(listed
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|u| u.get("api_token").is_none()));
+    let id = made.json["user_id"].as_i64().unwrap();
+    let revoked = h.call(
+        "DELETE",
+        &a.url(&format!("/v2/user/{id}")),
+        &[("x-apitoken", &admin)],
+        None,
+    );
+    assert_eq!(
+        (revoked.status, revoked.json["enabled"].as_bool()),
+        (200, Some(false))
+    );
+    assert_eq!(get(&h, &a, "/v2/device", &new_token).status, 401);
+    let bad = h.call(
+        "POST",
+        &a.url("/v2/user"),
+        &[("x-apitoken", &admin)],
+        Some(br#"{"name":"x","scope":"root"}"#),
+    );
+    assert_eq!(
+        (bad.status, bad.json["field"].as_str()),
+        (400, Some("scope"))
+    );
+}
