@@ -158,11 +158,14 @@ def shot(d, name):
 
 
 def login(d, base, user, password):
+    """Logs in and waits for the answer (the redirect, or the login page's refusal)."""
     d.delete_all_cookies()
     d.get(base + "/login")
     d.find_element(By.ID, "user").send_keys(user)
     d.find_element(By.ID, "password").send_keys(password)
     d.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    wait(d, lambda: "/login" not in d.current_url or "banner error" in d.page_source
+         or d.find_elements(By.CSS_SELECTOR, ".banner.error"))
 
 
 def session_cookie(d):
