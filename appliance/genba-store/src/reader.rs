@@ -134,6 +134,16 @@ impl Reader {
         Ok(())
     }
 
+    /// Moves a sink's cursor to `cursor` after a batch in which `delivered` messages reached
+    /// it: a delivery when there were any (last success moves), else a skip (it does not).
+    pub fn passed(&self, name: &str, cursor: i64, delivered: i64) -> Result<()> {
+        if delivered > 0 {
+            self.record_delivery(name, cursor, delivered)
+        } else {
+            self.skip_to(name, cursor)
+        }
+    }
+
     /// Moves a sink's cursor past messages it does not take (no matching filter).
     pub fn skip_to(&self, name: &str, cursor: i64) -> Result<()> {
         self.conn

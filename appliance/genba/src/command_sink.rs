@@ -100,13 +100,7 @@ pub async fn run(
             delivered += 1;
             tracing::info!(topic = %entry.topic, id = entry.id, "command delivered to the broker");
         }
-        tokio::task::block_in_place(|| {
-            if delivered > 0 {
-                reader.record_delivery(SINK, last, delivered)
-            } else {
-                reader.skip_to(SINK, last)
-            }
-        })?;
+        tokio::task::block_in_place(|| reader.passed(SINK, last, delivered))?;
         cursor = last;
     }
 }

@@ -138,13 +138,7 @@ pub async fn run(
                 }
             }
         }
-        tokio::task::block_in_place(|| {
-            if delivered > 0 {
-                reader.record_delivery(SINK, last, delivered)
-            } else {
-                reader.skip_to(SINK, last)
-            }
-        })?;
+        tokio::task::block_in_place(|| reader.passed(SINK, last, delivered))?;
         cursor = last;
     }
 }

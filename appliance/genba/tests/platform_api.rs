@@ -27,6 +27,18 @@ fn device_key(a: &Appliance, device: &str) -> String {
     v["key"].as_str().unwrap().to_owned()
 }
 
+/// `mosquitto_pub -V mqttv5 -q 1`, which the broker must refuse with "not authorized".
+fn refused_v5(a: &Appliance, topic: &str, body: &str) {
+    let out = mosquitto_pub(
+        a.mqtt.port(),
+        &["-V", "mqttv5", "-q", "1", "-t", topic, "-m", body],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Not authorized"),
+        "{topic}: {out:?}"
+    );
+}
+
 fn get(h: &Http, a: &Appliance, path: &str, token: &str) -> Reply {
     h.get(&a.url(path), &[("x-apitoken", token)])
 }
@@ -419,23 +431,7 @@ fn a_disabled_device_is_refused_everywhere_and_keeps_what_it_sent() {
     assert_eq!(api.status, 403, "{}", api.json);
     // Over MQTT the broker refuses it: MQTT 5 gets PUBACK "not authorized" (0x87), 3.1.1 a
     // plain PUBACK (it has no code for it); neither is journaled.
-    let v5 = mosquitto_pub(
-        a.mqtt.port(),
-        &[
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            "devices/fridge-7/telemetry",
-            "-m",
-            r#"{"t": 8.0}"#,
-        ],
-    );
-    assert!(
-        String::from_utf8_lossy(&v5.stderr).contains("Not authorized"),
-        "{v5:?}"
-    );
+    refused_v5(&a, "devices/fridge-7/telemetry", r#"{"t": 8.0}"#);
     let v4 = mosquitto_pub(
         a.mqtt.port(),
         &[
@@ -1137,23 +1133,7 @@ fn thingscale_mqtt_connector_and_user_service() {
     )
     .status
     .success());
-    let wrong = mosquitto_pub(
-        a.mqtt.port(),
-        &[
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-            "-t",
-            "not-the-key/json/press-1",
-            "-m",
-            r#"{"temp": 99}"#,
-        ],
-    );
-    assert!(
-        String::from_utf8_lossy(&wrong.stderr).contains("Not authorized"),
-        "{wrong:?}"
-    );
+    refused_v5(&a, "not-the-key/json/press-1", r#"{"temp": 99}"#);
     let s = wait_json(
         &h,
         &a,
