@@ -316,6 +316,17 @@ async fn json_body(state: &Shared, req: Request) -> Result<Map<String, Value>, A
     }
 }
 
+/// Refuses a body with a field outside `known`, naming it and listing the known ones.
+fn only_known(obj: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad(
+            k,
+            format!("unknown field (known: {})", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn opt_string(obj: &Map<String, Value>, key: &str, max: usize) -> Result<Option<String>, ApiError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -343,12 +354,7 @@ fn device_change(obj: &Map<String, Value>) -> Result<DeviceChange, ApiError> {
         "mapped_ch",
         "manufacturer",
     ];
-    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::bad(
-            k,
-            format!("unknown field (known: {})", KNOWN.join(", ")),
-        ));
-    }
+    only_known(obj, KNOWN)?;
     let tags = match obj.get("tags") {
         None | Some(Value::Null) => None,
         Some(Value::Array(items)) => {
@@ -509,12 +515,7 @@ async fn describe_stream(
 ) -> ApiResult {
     authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
     let obj = json_body(&state, req).await?;
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !["label", "unit"].contains(&k.as_str()))
-    {
-        return Err(ApiError::bad(k, "unknown field (known: label, unit)"));
-    }
+    only_known(&obj, &["label", "unit"])?;
     let label = opt_string(&obj, "label", 64)?;
     let unit = opt_string(&obj, "unit", 16)?;
     load_device(&state, &id).await?;
@@ -1504,12 +1505,7 @@ async fn event_rule(
         "operator",
         "threshold",
     ];
-    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::bad(
-            k,
-            format!("unknown field (known: {})", KNOWN.join(", ")),
-        ));
-    }
+    only_known(obj, KNOWN)?;
     let channel = obj
         .get("mapped_ch")
         .and_then(Value::as_i64)
@@ -1690,12 +1686,7 @@ async fn list_users(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> 
 async fn create_user(AxumState(state): AxumState<Shared>, req: Request) -> ApiResult {
     authorize(&state, req.headers(), tokens::SCOPE_ADMIN).await?;
     let obj = json_body(&state, req).await?;
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !["name", "scope"].contains(&k.as_str()))
-    {
-        return Err(ApiError::bad(k, "unknown field (known: name, scope)"));
-    }
+    only_known(&obj, &["name", "scope"])?;
     let name = opt_string(&obj, "name", 64)?
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad("name", "1-64 characters, required"))?;

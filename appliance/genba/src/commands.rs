@@ -111,12 +111,8 @@ pub fn keys(cmd: crate::KeysCommand) -> Result<()> {
         let db = genba_store::db_path(&config.data_dir());
         Ok(genba_store::open(&db)?)
     };
+    use crate::platform_cmd::when;
     let show = |k: &keys::KeyInfo| {
-        let when = |ms: Option<i64>| {
-            ms.and_then(chrono::DateTime::from_timestamp_millis)
-                .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
-                .unwrap_or_else(|| "-".into())
-        };
         println!(
             "{:>4}  {:<20} {:<8} {:<30} created {}  last used {}",
             k.id,

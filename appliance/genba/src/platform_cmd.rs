@@ -107,7 +107,8 @@ fn db(common: &Common) -> Result<Db> {
     Ok(Db::new(&genba_store::db_path(&config.data_dir())))
 }
 
-fn when(ms: Option<i64>) -> String {
+/// A time for tables: UTC to the second, `-` when there is none.
+pub(crate) fn when(ms: Option<i64>) -> String {
     ms.and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
         .unwrap_or_else(|| "-".into())
