@@ -58,7 +58,7 @@ impl Genba {
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .env("GENBA_LOG", "warn,rumqttd=error")
+            .env("GENBA_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {bin}"))?;

@@ -94,6 +94,7 @@ mod tests {
     #[tokio::test]
     async fn users_internal_role_and_anonymous_are_told_apart() {
         let users = vec![genba_config::MqttUser {
+            device: None,
             name: "sensor".into(),
             password_hash: hash_password("pw").unwrap(),
         }];
@@ -116,6 +117,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_users_are_checked_against_a_real_hash_and_refused() {
         let users = vec![genba_config::MqttUser {
+            device: None,
             name: "sensor".into(),
             password_hash: hash_password("pw").unwrap(),
         }];

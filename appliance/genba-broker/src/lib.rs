@@ -1,10 +1,21 @@
-//! The MQTT broker role: rumqttd in-process on loopback, behind the front door on the public port.
+//! The MQTT broker role: Genba's own MQTT 3.1.1 / 5.0 broker on one public port.
+//!
+//! Where a message enters: [`connection`] (each client's PUBLISH, journaled before it is
+//! acknowledged). Where it is routed: [`broker::Broker::publish`]. Where it leaves:
+//! [`session::Session::drain`]. What survives a restart: [`persist`] (retained messages,
+//! sessions that outlive their connection, their queued messages), in the same SQLite file
+//! as the journal.
 
+pub mod acl;
 mod auth;
+pub mod broker;
+mod connection;
 mod frontdoor;
 pub mod packet;
+pub mod persist;
+pub mod session;
+pub mod topic;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,28 +28,16 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use auth::{Access, Verifier, INTERNAL_USER};
 
-/// Log filter directives for the embedded broker, to add to the process's defaults
-/// (`info,{LOG_DIRECTIVES}`).
-///
-/// rumqttd's `server::broker` module logs at ERROR what is normal operation: "router-drop" for
-/// every client that sends DISCONNECT (each /health probe too), "disconnected" for every
-/// client that goes away without one or misses its keep-alive, "Error while handling MQTT
-/// connect packet" for a client's bad CONNECT. That module is cut to OFF; the rest of rumqttd
-/// stays at WARN, so its router's real failures still show. (The router's own "no-connection
-/// id N is already gone" race is avoided at the source: the front door and the probe let
-/// rumqttd close first after a DISCONNECT.) Measured with scripts/conformance: 169 ERROR lines
-/// in one run before, 0 with these directives.
-pub const LOG_DIRECTIVES: &str = "rumqttd=warn,rumqttd::server::broker=off";
-
 /// Slots for genba's own roles (health probe, bridge, recorder) beyond `max_connections`.
 const INTERNAL_SLOTS: usize = 8;
 /// Sockets being told "server busy" at once.
 const REFUSING_SLOTS: usize = 32;
-/// File descriptors each client costs: its socket, the front door's loopback connection to
-/// rumqttd, and rumqttd's end of it.
-const FDS_PER_CONNECTION: u64 = 3;
+/// File descriptors each client costs: its socket.
+const FDS_PER_CONNECTION: u64 = 1;
 /// File descriptors kept for everything else (SQLite, HTTP clients, listeners, logs).
 const FDS_RESERVED: u64 = 256;
+/// How often expired sessions and delayed wills are looked at.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -47,16 +46,18 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start the broker thread: {0}")]
-    Thread(std::io::Error),
-    #[error("the embedded broker did not become ready on {0}")]
-    NotReady(SocketAddr),
+    #[error("broker state in {path}: {source}")]
+    State {
+        path: std::path::PathBuf,
+        source: genba_store::StoreError,
+    },
 }
 
 /// A broker that is serving.
 pub struct RunningBroker {
     /// The public address (the one clients use).
     pub addr: SocketAddr,
+    pub broker: Arc<broker::Broker>,
     stop: tokio::sync::watch::Sender<bool>,
     stats: Arc<frontdoor::DoorStats>,
 }
@@ -97,7 +98,8 @@ fn connections_within(fd_limit: u64, wanted: usize) -> usize {
     wanted.min(usize::try_from(fit).unwrap_or(usize::MAX))
 }
 
-/// Starts rumqttd and the front door. Returns once both accept connections.
+/// Starts the broker: restores its stored state from the journal's SQLite file, then
+/// serves the public port. Returns once it accepts connections.
 pub async fn start(
     cfg: &MqttConfig,
     journal: Journal,
@@ -111,7 +113,7 @@ pub async fn start(
                 max_connections = cfg.max_connections,
                 open_file_limit = limit,
                 serving = max_connections,
-                "the open-file limit is too low for max_connections (3 per client); serving fewer (raise LimitNOFILE)"
+                "the open-file limit is too low for max_connections; serving fewer (raise LimitNOFILE)"
             );
         }
     }
@@ -120,19 +122,29 @@ pub async fn start(
         internal_secret.to_owned(),
         cfg.anonymous_allowed(),
     );
-    let v4 = free_loopback_port()?;
-    let v5 = free_loopback_port()?;
-    let mut broker = rumqttd::Broker::new(rumqttd_config(cfg, v4, v5, &verifier));
-    std::thread::Builder::new()
-        .name("rumqttd".into())
-        .spawn(move || {
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        })
-        .map_err(BrokerError::Thread)?;
-    for addr in [v4] {
-        wait_ready(addr, internal_secret).await?;
+    let path = journal.path().to_owned();
+    let state_err = |source| BrokerError::State {
+        path: path.clone(),
+        source,
+    };
+    let (retained, sessions) = persist::load(&path).map_err(state_err)?;
+    let (n_retained, n_sessions) = (retained.len(), sessions.len());
+    let persist = persist::Persist::start(&path).map_err(state_err)?;
+    let broker = Arc::new(broker::Broker::new(
+        broker::Limits {
+            max_queued: cfg.max_queued_messages,
+            max_keep_alive: cfg.max_keep_alive,
+            max_session_expiry: cfg.max_session_expiry_secs,
+        },
+        persist,
+    ));
+    broker.restore(retained, sessions);
+    if n_retained + n_sessions > 0 {
+        tracing::info!(
+            retained = n_retained,
+            sessions = n_sessions,
+            "broker state restored"
+        );
     }
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -151,9 +163,9 @@ pub async fn start(
         tracing::warn!(error = %e, "session list: cannot clear it");
     }
     let door = Arc::new(frontdoor::FrontDoor {
-        v4,
-        v5,
+        broker: broker.clone(),
         verifier,
+        acl: acl::Acl::new(cfg),
         journal,
         max_payload: cfg.max_payload,
         max_packet: max_packet(cfg),
@@ -166,79 +178,28 @@ pub async fn start(
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(door.serve(listener, stopped));
-    Ok(RunningBroker { addr, stop, stats })
+    let sweeper = Arc::downgrade(&broker);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(b) = sweeper.upgrade() else { return };
+            b.sweep(std::time::Instant::now());
+        }
+    });
+    Ok(RunningBroker {
+        addr,
+        broker,
+        stop,
+        stats,
+    })
 }
 
-/// The largest packet (remaining length) the front door reads and rumqttd accepts: a payload
-/// of `max_payload` with room for a topic and MQTT 5 properties. rumqttd's own limit counts the
-/// whole packet, so it is set to this, and the front door enforces `max_payload` itself (a
+/// The largest packet (remaining length) read from a client: a payload of `max_payload` with
+/// room for a topic and MQTT 5 properties. The front door enforces `max_payload` itself (a
 /// refused publish is never journaled).
 fn max_packet(cfg: &MqttConfig) -> usize {
     cfg.max_payload + 64 * 1024
-}
-
-fn rumqttd_config(
-    cfg: &MqttConfig,
-    v4: SocketAddr,
-    v5: SocketAddr,
-    verifier: &Verifier,
-) -> rumqttd::Config {
-    let server = |name: &str, listen| {
-        let mut s = rumqttd::ServerSettings {
-            name: name.into(),
-            listen,
-            tls: None,
-            next_connection_delay_ms: 0,
-            connections: rumqttd::ConnectionSettings {
-                connection_timeout_ms: 10_000,
-                max_payload_size: max_packet(cfg),
-                max_inflight_count: 100,
-                auth: None,
-                external_auth: None,
-                dynamic_filters: true,
-            },
-        };
-        if !verifier.anonymous_allowed() {
-            // The loopback listeners check credentials too, so they are no way around auth.
-            let v = verifier.clone();
-            s.set_auth_handler(move |_client, user: String, pass: String| {
-                let v = v.clone();
-                async move { v.check(Some(&user), Some(pass.as_bytes())).await != Access::Denied }
-            });
-        }
-        s
-    };
-    rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: cfg.max_connections + INTERNAL_SLOTS + 16,
-            max_outgoing_packet_count: 200,
-            max_segment_size: cfg.segment_size.max(cfg.max_payload + 1024),
-            max_segment_count: cfg.segment_count.max(1),
-            ..Default::default()
-        },
-        v4: Some(HashMap::from([("v4".to_string(), server("v4", v4))])),
-        v5: Some(HashMap::from([("v5".to_string(), server("v5", v5))])),
-        ..Default::default()
-    }
-}
-
-fn free_loopback_port() -> Result<SocketAddr, BrokerError> {
-    let addr: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
-    let l =
-        std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
-    l.local_addr()
-        .map_err(|source| BrokerError::Bind { addr, source })
-}
-
-async fn wait_ready(addr: SocketAddr, secret: &str) -> Result<(), BrokerError> {
-    for _ in 0..100 {
-        if probe(addr, secret).await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(BrokerError::NotReady(addr))
 }
 
 /// Liveness: a real MQTT 3.1.1 CONNECT as the internal user must get CONNACK "accepted".
@@ -252,8 +213,7 @@ pub async fn probe(addr: SocketAddr, secret: &str) -> bool {
         let mut ack = [0u8; 4];
         s.read_exact(&mut ack).await.ok()?;
         let ok = ack == [0x20, 0x02, 0x00, 0x00] || ack == [0x20, 0x02, 0x01, 0x00];
-        // DISCONNECT, then let the broker close first: closing right after DISCONNECT makes
-        // rumqttd's router log an ERROR ("no-connection id N is already gone") per probe.
+        // DISCONNECT, then let the broker close first.
         if ok && s.write_all(&[0xE0, 0x00]).await.is_ok() {
             let mut rest = [0u8; 64];
             while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}

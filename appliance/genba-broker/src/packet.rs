@@ -1,8 +1,11 @@
-//! Just enough MQTT framing for the front door: split the stream into packets, read CONNECT
-//! and PUBLISH, and build the CONNACK refusals. Everything else passes through untouched.
+//! The MQTT 3.1.1 and 5.0 wire format, for a server: split the stream into packets, read
+//! what clients send (CONNECT, PUBLISH, the acknowledgements, SUBSCRIBE, UNSUBSCRIBE,
+//! DISCONNECT) and write what a server sends. One codec for both versions: MQTT 5 adds
+//! reason codes and properties, written only when the connection speaks it.
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub const CONNECT: u8 = 1;
@@ -12,19 +15,32 @@ pub const PUBACK: u8 = 4;
 pub const PUBREC: u8 = 5;
 pub const PUBREL: u8 = 6;
 pub const PUBCOMP: u8 = 7;
+pub const SUBSCRIBE: u8 = 8;
+pub const SUBACK: u8 = 9;
+pub const UNSUBSCRIBE: u8 = 10;
+pub const UNSUBACK: u8 = 11;
+pub const PINGREQ: u8 = 12;
+pub const PINGRESP: u8 = 13;
+pub const DISCONNECT: u8 = 14;
+pub const AUTH: u8 = 15;
 
-/// The Topic Alias Maximum rumqttd announces in its MQTT 5 CONNACK.
-pub const TOPIC_ALIAS_MAX: u16 = 4096;
+/// The Topic Alias Maximum the broker announces to MQTT 5 clients (aliases a client may set).
+pub const TOPIC_ALIAS_MAX: u16 = 64;
 
-/// Why the front door ends a connection, as an MQTT 5 reason code (3.1.1 just closes).
+/// Why the broker ends a connection, as an MQTT 5 reason code (3.1.1 just closes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Violation {
     Malformed = 0x81,
     Protocol = 0x82,
+    NotAuthorized = 0x87,
+    KeepAliveTimeout = 0x8D,
+    SessionTakenOver = 0x8E,
     TopicInvalid = 0x90,
+    ReceiveMaximumExceeded = 0x93,
     AliasInvalid = 0x94,
     TooLarge = 0x95,
-    ReceiveMaximumExceeded = 0x93,
+    QuotaExceeded = 0x97,
+    ServerShuttingDown = 0x8B,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,15 +69,8 @@ impl PacketError {
     }
 }
 
-/// MQTT 5 DISCONNECT from the server with `reason`.
-pub fn disconnect_v5(reason: Violation) -> Vec<u8> {
-    vec![0xE0, 0x02, reason as u8, 0x00]
-}
-
-/// MQTT 5 PUBACK or PUBREC (`kind`) for `pid` with a reason code.
-pub fn ack_v5(kind: u8, pid: u16, reason: u8) -> Vec<u8> {
-    let [hi, lo] = pid.to_be_bytes();
-    vec![kind << 4, 0x04, hi, lo, reason, 0x00]
+fn protocol(what: &'static str) -> PacketError {
+    PacketError::Refused(Violation::Protocol, what)
 }
 
 /// One packet: the fixed header's first byte and the bytes after the remaining length.
@@ -78,9 +87,7 @@ impl Frame {
     /// The packet as it goes on the wire.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.body.len() + 5);
-        out.push(self.header);
-        encode_varint(self.body.len(), &mut out);
-        out.extend_from_slice(&self.body);
+        put_frame(&mut out, self.header, &self.body);
         out
     }
 }
@@ -97,6 +104,22 @@ pub fn encode_varint(mut n: usize, out: &mut Vec<u8>) {
             break;
         }
     }
+}
+
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// Appends a whole packet (fixed header, remaining length, body) to `out`.
+fn put_frame(out: &mut Vec<u8>, header: u8, body: &[u8]) {
+    out.push(header);
+    encode_varint(body.len(), out);
+    out.extend_from_slice(body);
 }
 
 /// Reads one packet; `Closed` on a clean end of stream before its first byte.
@@ -134,6 +157,12 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+    fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
     fn u8(&mut self, what: &'static str) -> Result<u8, PacketError> {
         let b = *self.buf.get(self.pos).ok_or(PacketError::Malformed(what))?;
         self.pos += 1;
@@ -159,7 +188,7 @@ impl<'a> Cursor<'a> {
         self.take(n, what)
     }
     fn string(&mut self, what: &'static str) -> Result<&'a str, PacketError> {
-        std::str::from_utf8(self.binary(what)?).map_err(|_| PacketError::Malformed(what))
+        utf8(self.binary(what)?, what)
     }
     fn varint(&mut self, what: &'static str) -> Result<usize, PacketError> {
         let mut n = 0usize;
@@ -177,189 +206,36 @@ impl<'a> Cursor<'a> {
         let n = self.varint(what)?;
         self.take(n, what)
     }
+    fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos.min(self.buf.len())..]
+    }
 }
 
-pub const SUBSCRIBE: u8 = 8;
-pub const UNSUBSCRIBE: u8 = 10;
-
-/// The topic filters of a SUBSCRIBE or UNSUBSCRIBE body (for the session list; rumqttd
-/// checks the packet itself).
-pub fn filters(kind: u8, body: &[u8], v5: bool) -> Result<Vec<String>, PacketError> {
-    let mut c = Cursor { buf: body, pos: 0 };
-    c.u16("packet id")?;
-    if v5 {
-        c.properties("subscribe properties")?;
+/// An MQTT UTF-8 string: valid UTF-8 without NUL (MQTT-1.5.3-2).
+fn utf8<'a>(b: &'a [u8], what: &'static str) -> Result<&'a str, PacketError> {
+    let s = std::str::from_utf8(b).map_err(|_| PacketError::Malformed(what))?;
+    if s.contains('\0') {
+        return Err(PacketError::Malformed(what));
     }
-    let mut out = Vec::new();
-    while c.pos < body.len() {
-        out.push(c.string("topic filter")?.to_owned());
-        if kind == SUBSCRIBE {
-            c.u8("subscription options")?;
-        }
-    }
-    Ok(out)
+    Ok(s)
 }
 
-/// What the front door needs from a CONNECT.
-#[derive(Debug)]
-pub struct Connect {
-    /// 3 (MQTT 3.1), 4 (3.1.1) or 5.
-    pub level: u8,
-    pub keep_alive: u16,
-    /// Clean Session (3.1.1) / Clean Start (5): the client starts without earlier state.
-    pub clean_start: bool,
-    /// MQTT 5: how many QoS 1/2 publishes the client takes unacknowledged.
-    pub receive_maximum: Option<u16>,
-    /// MQTT 5: the largest packet the client takes (whole packet, bytes).
-    pub maximum_packet_size: Option<u32>,
-    /// Offset of the keep-alive field in the body, to rewrite 0.
-    pub keep_alive_at: usize,
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<Vec<u8>>,
+fn be_u32(v: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(v.try_into().ok()?))
 }
 
-pub fn parse_connect(body: &[u8]) -> Result<Connect, PacketError> {
-    let mut c = Cursor { buf: body, pos: 0 };
-    let name = c.string("protocol name")?;
-    if name != "MQTT" && name != "MQIsdp" {
-        return Err(PacketError::Malformed("protocol name"));
-    }
-    let level = c.u8("protocol level")?;
-    let flags = c.u8("connect flags")?;
-    let keep_alive_at = c.pos;
-    let keep_alive = c.u16("keep alive")?;
-    let (mut receive_maximum, mut maximum_packet_size) = (None, None);
-    if level == 5 {
-        walk_properties(c.properties("connect properties")?, |id, v| match (id, v) {
-            (0x21, [a, b]) => receive_maximum = Some(u16::from_be_bytes([*a, *b])),
-            (0x27, [a, b, c, d]) => {
-                maximum_packet_size = Some(u32::from_be_bytes([*a, *b, *c, *d]))
-            }
-            _ => {}
-        })?;
-        if receive_maximum == Some(0) || maximum_packet_size == Some(0) {
-            return Err(PacketError::Refused(
-                Violation::Protocol,
-                "receive maximum or maximum packet size 0",
-            ));
-        }
-    }
-    let client_id = c.string("client id")?.to_owned();
-    if flags & 0x04 != 0 {
-        if level == 5 {
-            c.properties("will properties")?;
-        }
-        c.string("will topic")?;
-        c.binary("will payload")?;
-    }
-    let username = if flags & 0x80 != 0 {
-        Some(c.string("username")?.to_owned())
-    } else {
-        None
-    };
-    let password = if flags & 0x40 != 0 {
-        Some(c.binary("password")?.to_vec())
-    } else {
-        None
-    };
-    Ok(Connect {
-        level,
-        keep_alive,
-        clean_start: flags & 0x02 != 0,
-        receive_maximum,
-        maximum_packet_size,
-        keep_alive_at,
-        client_id,
-        username,
-        password,
-    })
-}
-
-/// The parts of a PUBLISH the journal keeps.
-#[derive(Debug, PartialEq)]
-pub struct Publish {
-    pub topic: String,
-    pub qos: u8,
-    pub retain: bool,
-    pub dup: bool,
-    pub pid: Option<u16>,
-    pub payload: Vec<u8>,
-}
-
-/// Parses and checks a PUBLISH from a client; for MQTT 5 resolves topic aliases through
-/// `aliases`. A topic with a wildcard or a NUL, an empty topic without an alias, an unknown or
-/// out-of-range alias, packet id 0 at QoS 1/2 and QoS 3 are refused: such a publish is never
-/// journaled nor acknowledged.
-pub fn parse_publish(
-    frame: &Frame,
-    v5: bool,
-    aliases: &mut HashMap<u16, String>,
-) -> Result<Publish, PacketError> {
-    let qos = (frame.header >> 1) & 0x03;
-    if qos == 3 {
-        return Err(PacketError::Malformed("publish qos"));
-    }
-    let mut c = Cursor {
-        buf: &frame.body,
-        pos: 0,
-    };
-    let mut topic = c.string("topic")?.to_owned();
-    let pid = if qos > 0 {
-        let pid = c.u16("packet id")?;
-        if pid == 0 {
-            return Err(PacketError::Refused(Violation::Protocol, "packet id 0"));
-        }
-        Some(pid)
-    } else {
-        None
-    };
-    if v5 {
-        let props = c.properties("publish properties")?;
-        if let Some(alias) = topic_alias(props)? {
-            if alias == 0 || alias > TOPIC_ALIAS_MAX {
-                return Err(PacketError::Refused(
-                    Violation::AliasInvalid,
-                    "topic alias out of range",
-                ));
-            }
-            if topic.is_empty() {
-                topic = aliases.get(&alias).cloned().ok_or(PacketError::Refused(
-                    Violation::Protocol,
-                    "unknown topic alias",
-                ))?;
-            } else {
-                aliases.insert(alias, topic.clone());
-            }
-        }
-    }
-    if topic.is_empty() {
-        return Err(PacketError::Refused(Violation::Protocol, "empty topic"));
-    }
-    if topic.contains(['+', '#', '\0']) {
-        return Err(PacketError::Refused(
-            Violation::TopicInvalid,
-            "wildcard or NUL in a topic name",
-        ));
-    }
-    Ok(Publish {
-        topic,
-        qos,
-        retain: frame.header & 0x01 != 0,
-        dup: frame.header & 0x08 != 0,
-        pid,
-        payload: frame.body[c.pos..].to_vec(),
-    })
+fn be_u16(v: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(v.try_into().ok()?))
 }
 
 /// Calls `each(id, value)` for every property of an MQTT 5 property block, `value` being the
 /// property's bytes after its identifier.
 fn walk_properties<'a>(
     props: &'a [u8],
-    mut each: impl FnMut(usize, &'a [u8]),
+    mut each: impl FnMut(usize, &'a [u8]) -> Result<(), PacketError>,
 ) -> Result<(), PacketError> {
-    let mut c = Cursor { buf: props, pos: 0 };
-    while c.pos < props.len() {
+    let mut c = Cursor::new(props);
+    while !c.done() {
         let id = c.varint("property id")?;
         let at = c.pos;
         match id {
@@ -375,58 +251,535 @@ fn walk_properties<'a>(
             0x0B => {
                 c.varint("property")?;
             }
-            0x03 | 0x08 | 0x12 | 0x15 | 0x1A | 0x1C | 0x1F | 0x09 | 0x16 => {
+            0x03 | 0x08 | 0x12 | 0x15 | 0x1A | 0x1C | 0x1F => {
+                c.string("property")?;
+            }
+            0x09 | 0x16 => {
                 c.binary("property")?;
             }
             0x26 => {
-                c.binary("user property")?;
-                c.binary("user property")?;
+                c.string("user property")?;
+                c.string("user property")?;
             }
             _ => return Err(PacketError::Malformed("unknown property")),
         }
-        each(id, &props[at..c.pos]);
+        each(id, &props[at..c.pos])?;
     }
     Ok(())
 }
 
-/// Finds the Topic Alias (0x23) in an MQTT 5 property block.
-fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
-    let mut alias = None;
-    walk_properties(props, |id, v| {
-        if let (0x23, [hi, lo]) = (id, v) {
-            alias = Some(u16::from_be_bytes([*hi, *lo]));
-        }
-    })?;
-    Ok(alias)
+/// A will message from CONNECT.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    /// MQTT 5 Will Delay Interval, seconds.
+    pub delay: u32,
+    /// MQTT 5 Message Expiry Interval of the will, seconds.
+    pub expiry: Option<u32>,
+    /// MQTT 5 properties to pass on with the will (see [`Publish::props`]).
+    pub props: Bytes,
 }
 
-/// An MQTT 5 CONNACK "success" with a Receive Maximum (0x21) added to its properties (the
-/// front door keeps that limit; rumqttd announces none). Other CONNACKs are returned as they are.
-pub fn connack_with_receive_maximum(connack: Frame, receive_maximum: u16) -> Frame {
-    let mut c = Cursor {
-        buf: &connack.body,
-        pos: 0,
-    };
-    let (Ok(flags), Ok(0), Ok(props)) = (
-        c.u8("connack flags"),
-        c.u8("connack reason"),
-        c.properties("connack properties"),
-    ) else {
-        return connack;
-    };
-    let mut has_it = false;
-    if walk_properties(props, |id, _| has_it |= id == 0x21).is_err() || has_it {
-        return connack;
+/// A CONNECT.
+#[derive(Debug)]
+pub struct Connect {
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5.
+    pub level: u8,
+    pub keep_alive: u16,
+    /// Clean Session (3.1.1) / Clean Start (5): the client starts without earlier state.
+    pub clean_start: bool,
+    /// MQTT 5 Session Expiry Interval (seconds; absent is 0).
+    pub session_expiry: u32,
+    /// MQTT 5: how many QoS 1/2 publishes the client takes unacknowledged.
+    pub receive_maximum: Option<u16>,
+    /// MQTT 5: the largest packet the client takes (whole packet, bytes).
+    pub maximum_packet_size: Option<u32>,
+    /// MQTT 5: how many topic aliases the client takes from the server.
+    pub topic_alias_maximum: u16,
+    /// MQTT 5 Request Problem Information (absent is 1).
+    pub request_problem_info: bool,
+    /// MQTT 5 Authentication Method (enhanced authentication, not supported).
+    pub auth_method: Option<String>,
+    pub client_id: String,
+    pub will: Option<Will>,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
+}
+
+/// The MQTT 5 properties of a PUBLISH that travel with the message to subscribers: all but
+/// Topic Alias (per connection), Subscription Identifier (per subscriber) and Message
+/// Expiry Interval (rewritten on the way out), re-encoded as a property block body.
+fn forwarded_properties(props: &[u8]) -> Result<(Option<u32>, Bytes), PacketError> {
+    let mut expiry = None;
+    let mut kept = Vec::new();
+    walk_properties(props, |id, v| {
+        match id {
+            0x02 => expiry = be_u32(v),
+            0x23 | 0x0B => {}
+            0x01 | 0x03 | 0x08 | 0x09 | 0x26 => {
+                encode_varint(id, &mut kept);
+                kept.extend_from_slice(v);
+            }
+            _ => return Err(protocol("property not allowed in PUBLISH")),
+        }
+        Ok(())
+    })?;
+    Ok((expiry, Bytes::from(kept)))
+}
+
+pub fn parse_connect(body: &[u8]) -> Result<Connect, PacketError> {
+    let mut c = Cursor::new(body);
+    let name = c.string("protocol name")?;
+    if name != "MQTT" && name != "MQIsdp" {
+        return Err(PacketError::Malformed("protocol name"));
     }
-    let mut body = vec![flags, 0];
-    encode_varint(props.len() + 3, &mut body);
-    body.extend_from_slice(props);
-    body.push(0x21);
-    body.extend_from_slice(&receive_maximum.to_be_bytes());
-    Frame {
-        header: connack.header,
-        body,
+    let level = c.u8("protocol level")?;
+    let flags = c.u8("connect flags")?;
+    if flags & 0x01 != 0 {
+        return Err(PacketError::Malformed("reserved connect flag"));
     }
+    let keep_alive = c.u16("keep alive")?;
+    let mut connect = Connect {
+        level,
+        keep_alive,
+        clean_start: flags & 0x02 != 0,
+        session_expiry: 0,
+        receive_maximum: None,
+        maximum_packet_size: None,
+        topic_alias_maximum: 0,
+        request_problem_info: true,
+        auth_method: None,
+        client_id: String::new(),
+        will: None,
+        username: None,
+        password: None,
+    };
+    if level == 5 {
+        walk_properties(c.properties("connect properties")?, |id, v| {
+            match id {
+                0x11 => connect.session_expiry = be_u32(v).unwrap_or(0),
+                0x21 => connect.receive_maximum = be_u16(v),
+                0x27 => connect.maximum_packet_size = be_u32(v),
+                0x22 => connect.topic_alias_maximum = be_u16(v).unwrap_or(0),
+                0x17 => connect.request_problem_info = v != [0],
+                0x15 => {
+                    connect.auth_method =
+                        Some(String::from_utf8_lossy(v.get(2..).unwrap_or_default()).into())
+                }
+                0x19 | 0x26 | 0x16 => {}
+                _ => return Err(protocol("property not allowed in CONNECT")),
+            }
+            Ok(())
+        })?;
+        if connect.receive_maximum == Some(0) || connect.maximum_packet_size == Some(0) {
+            return Err(protocol("receive maximum or maximum packet size 0"));
+        }
+    }
+    connect.client_id = c.string("client id")?.to_owned();
+    if flags & 0x04 != 0 {
+        let (mut delay, mut expiry, mut props) = (0, None, Bytes::new());
+        if level == 5 {
+            let will_props = c.properties("will properties")?;
+            let mut rest = Vec::new();
+            walk_properties(will_props, |id, v| {
+                match id {
+                    0x18 => delay = be_u32(v).unwrap_or(0),
+                    0x02 => expiry = be_u32(v),
+                    0x01 | 0x03 | 0x08 | 0x09 | 0x26 => {
+                        encode_varint(id, &mut rest);
+                        rest.extend_from_slice(v);
+                    }
+                    _ => return Err(protocol("property not allowed in a will")),
+                }
+                Ok(())
+            })?;
+            props = Bytes::from(rest);
+        }
+        let topic = c.string("will topic")?.to_owned();
+        if !crate::topic::valid_topic(&topic) {
+            return Err(PacketError::Refused(
+                Violation::TopicInvalid,
+                "will topic invalid",
+            ));
+        }
+        let payload = Bytes::copy_from_slice(c.binary("will payload")?);
+        let qos = (flags >> 3) & 0x03;
+        if qos == 3 {
+            return Err(PacketError::Malformed("will qos"));
+        }
+        connect.will = Some(Will {
+            topic,
+            payload,
+            qos,
+            retain: flags & 0x20 != 0,
+            delay,
+            expiry,
+            props,
+        });
+    } else if flags & 0x38 != 0 {
+        return Err(PacketError::Malformed("will flags without a will"));
+    }
+    if flags & 0x80 != 0 {
+        connect.username = Some(c.string("username")?.to_owned());
+    }
+    if flags & 0x40 != 0 {
+        connect.password = Some(c.binary("password")?.to_vec());
+    }
+    Ok(connect)
+}
+
+/// A PUBLISH from a client.
+#[derive(Debug, PartialEq)]
+pub struct Publish {
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub pid: Option<u16>,
+    pub payload: Bytes,
+    /// MQTT 5 Message Expiry Interval, seconds.
+    pub expiry: Option<u32>,
+    /// MQTT 5 properties passed on to subscribers (payload format, content type, response
+    /// topic, correlation data, user properties), as property block bytes.
+    pub props: Bytes,
+}
+
+/// Parses and checks a PUBLISH from a client; for MQTT 5 resolves topic aliases through
+/// `aliases`. A topic with a wildcard or a NUL, an empty topic without an alias, an unknown or
+/// out-of-range alias, packet id 0 at QoS 1/2 and QoS 3 are refused.
+pub fn parse_publish(
+    frame: &Frame,
+    v5: bool,
+    aliases: &mut HashMap<u16, String>,
+) -> Result<Publish, PacketError> {
+    let qos = (frame.header >> 1) & 0x03;
+    if qos == 3 {
+        return Err(PacketError::Malformed("publish qos"));
+    }
+    let mut c = Cursor::new(&frame.body);
+    let mut topic = c.string("topic")?.to_owned();
+    let pid = if qos > 0 {
+        let pid = c.u16("packet id")?;
+        if pid == 0 {
+            return Err(protocol("packet id 0"));
+        }
+        Some(pid)
+    } else {
+        None
+    };
+    let (mut expiry, mut props) = (None, Bytes::new());
+    if v5 {
+        let block = c.properties("publish properties")?;
+        let mut alias = None;
+        walk_properties(block, |id, v| {
+            if id == 0x23 {
+                alias = be_u16(v);
+            }
+            Ok(())
+        })?;
+        (expiry, props) = forwarded_properties(block)?;
+        if let Some(alias) = alias {
+            if alias == 0 || alias > TOPIC_ALIAS_MAX {
+                return Err(PacketError::Refused(
+                    Violation::AliasInvalid,
+                    "topic alias out of range",
+                ));
+            }
+            if topic.is_empty() {
+                topic = aliases
+                    .get(&alias)
+                    .cloned()
+                    .ok_or(protocol("unknown topic alias"))?;
+            } else {
+                aliases.insert(alias, topic.clone());
+            }
+        }
+    }
+    if topic.is_empty() {
+        return Err(protocol("empty topic"));
+    }
+    if !crate::topic::valid_topic(&topic) {
+        return Err(PacketError::Refused(
+            Violation::TopicInvalid,
+            "wildcard or NUL in a topic name",
+        ));
+    }
+    Ok(Publish {
+        topic,
+        qos,
+        retain: frame.header & 0x01 != 0,
+        dup: frame.header & 0x08 != 0,
+        pid,
+        payload: Bytes::copy_from_slice(c.rest()),
+        expiry,
+        props,
+    })
+}
+
+/// PUBACK, PUBREC, PUBREL or PUBCOMP: packet id and reason code (0 when absent).
+pub fn parse_ack(frame: &Frame) -> Result<(u16, u8), PacketError> {
+    let mut c = Cursor::new(&frame.body);
+    let pid = c.u16("packet id")?;
+    let reason = if c.done() { 0 } else { c.u8("reason code")? };
+    Ok((pid, reason))
+}
+
+/// One topic filter of a SUBSCRIBE with its options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeFilter {
+    pub filter: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// 0: send retained messages; 1: only for a new subscription; 2: never.
+    pub retain_handling: u8,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Subscribe {
+    pub pid: u16,
+    pub id: Option<u32>,
+    pub filters: Vec<SubscribeFilter>,
+}
+
+pub fn parse_subscribe(frame: &Frame, v5: bool) -> Result<Subscribe, PacketError> {
+    if frame.header & 0x0F != 0x02 {
+        return Err(PacketError::Malformed("subscribe flags"));
+    }
+    let mut c = Cursor::new(&frame.body);
+    let pid = c.u16("packet id")?;
+    let mut id = None;
+    if v5 {
+        walk_properties(c.properties("subscribe properties")?, |pid_, v| {
+            match pid_ {
+                0x0B => {
+                    let mut vc = Cursor::new(v);
+                    let n = vc.varint("subscription identifier")?;
+                    if n == 0 {
+                        return Err(protocol("subscription identifier 0"));
+                    }
+                    id = u32::try_from(n).ok();
+                }
+                0x26 => {}
+                _ => return Err(protocol("property not allowed in SUBSCRIBE")),
+            }
+            Ok(())
+        })?;
+    }
+    let mut filters = Vec::new();
+    while !c.done() {
+        let filter = c.string("topic filter")?.to_owned();
+        let options = c.u8("subscription options")?;
+        let reserved = if v5 { 0xC0 } else { 0xFC };
+        if options & reserved != 0 || options & 0x03 == 3 || (options >> 4) & 0x03 == 3 {
+            return Err(PacketError::Malformed("subscription options"));
+        }
+        filters.push(SubscribeFilter {
+            filter,
+            qos: options & 0x03,
+            no_local: v5 && options & 0x04 != 0,
+            retain_as_published: v5 && options & 0x08 != 0,
+            retain_handling: if v5 { (options >> 4) & 0x03 } else { 0 },
+        });
+    }
+    if filters.is_empty() {
+        return Err(protocol("SUBSCRIBE without a topic filter"));
+    }
+    Ok(Subscribe { pid, id, filters })
+}
+
+/// UNSUBSCRIBE: packet id and filters.
+pub fn parse_unsubscribe(frame: &Frame, v5: bool) -> Result<(u16, Vec<String>), PacketError> {
+    if frame.header & 0x0F != 0x02 {
+        return Err(PacketError::Malformed("unsubscribe flags"));
+    }
+    let mut c = Cursor::new(&frame.body);
+    let pid = c.u16("packet id")?;
+    if v5 {
+        c.properties("unsubscribe properties")?;
+    }
+    let mut filters = Vec::new();
+    while !c.done() {
+        filters.push(c.string("topic filter")?.to_owned());
+    }
+    if filters.is_empty() {
+        return Err(protocol("UNSUBSCRIBE without a topic filter"));
+    }
+    Ok((pid, filters))
+}
+
+/// DISCONNECT from a client: reason code and, MQTT 5, a new Session Expiry Interval.
+pub fn parse_disconnect(frame: &Frame) -> Result<(u8, Option<u32>), PacketError> {
+    let mut c = Cursor::new(&frame.body);
+    if c.done() {
+        return Ok((0, None));
+    }
+    let reason = c.u8("reason code")?;
+    let mut expiry = None;
+    if !c.done() {
+        walk_properties(c.properties("disconnect properties")?, |id, v| {
+            if id == 0x11 {
+                expiry = be_u32(v);
+            }
+            Ok(())
+        })?;
+    }
+    Ok((reason, expiry))
+}
+
+/// A packet id and reason code acknowledgement (PUBACK, PUBREC, PUBREL, PUBCOMP), written
+/// into `out`. MQTT 3.1.1 and a success in MQTT 5 use the short form.
+pub fn put_ack(out: &mut Vec<u8>, kind: u8, pid: u16, reason: u8, v5: bool) {
+    let header = kind << 4 | if kind == PUBREL { 0x02 } else { 0 };
+    let [hi, lo] = pid.to_be_bytes();
+    if v5 && reason != 0 {
+        out.extend_from_slice(&[header, 0x03, hi, lo, reason]);
+    } else {
+        out.extend_from_slice(&[header, 0x02, hi, lo]);
+    }
+}
+
+pub fn ack(kind: u8, pid: u16, reason: u8, v5: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5);
+    put_ack(&mut out, kind, pid, reason, v5);
+    out
+}
+
+/// MQTT 5 DISCONNECT from the server with `reason`.
+pub fn disconnect_v5(reason: Violation) -> Vec<u8> {
+    vec![0xE0, 0x02, reason as u8, 0x00]
+}
+
+pub fn pingresp() -> Vec<u8> {
+    vec![PINGRESP << 4, 0]
+}
+
+/// SUBACK with one return code per filter (3.1.1: 0, 1, 2 or 0x80).
+pub fn suback(pid: u16, codes: &[u8], v5: bool) -> Vec<u8> {
+    let mut body = pid.to_be_bytes().to_vec();
+    if v5 {
+        body.push(0);
+    }
+    body.extend_from_slice(codes);
+    let mut out = Vec::with_capacity(body.len() + 5);
+    put_frame(&mut out, SUBACK << 4, &body);
+    out
+}
+
+/// UNSUBACK; MQTT 5 carries a reason code per filter (0 success, 0x11 no subscription).
+pub fn unsuback(pid: u16, codes: &[u8], v5: bool) -> Vec<u8> {
+    let mut body = pid.to_be_bytes().to_vec();
+    if v5 {
+        body.push(0);
+        body.extend_from_slice(codes);
+    }
+    let mut out = Vec::with_capacity(body.len() + 5);
+    put_frame(&mut out, UNSUBACK << 4, &body);
+    out
+}
+
+/// What an accepting CONNACK tells an MQTT 5 client.
+#[derive(Debug, Default)]
+pub struct ConnackProperties {
+    pub assigned_client_id: Option<String>,
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    pub maximum_packet_size: u32,
+    pub server_keep_alive: Option<u16>,
+    pub session_expiry: Option<u32>,
+}
+
+/// CONNACK "accepted".
+pub fn connack_accepted(session_present: bool, v5: Option<&ConnackProperties>) -> Vec<u8> {
+    let mut body = vec![u8::from(session_present), 0];
+    if let Some(p) = v5 {
+        let mut props = Vec::new();
+        props.push(0x21);
+        props.extend_from_slice(&p.receive_maximum.to_be_bytes());
+        props.push(0x22);
+        props.extend_from_slice(&p.topic_alias_maximum.to_be_bytes());
+        props.push(0x27);
+        props.extend_from_slice(&p.maximum_packet_size.to_be_bytes());
+        if let Some(id) = &p.assigned_client_id {
+            props.push(0x12);
+            props.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            props.extend_from_slice(id.as_bytes());
+        }
+        if let Some(k) = p.server_keep_alive {
+            props.push(0x13);
+            props.extend_from_slice(&k.to_be_bytes());
+        }
+        if let Some(e) = p.session_expiry {
+            props.push(0x11);
+            props.extend_from_slice(&e.to_be_bytes());
+        }
+        encode_varint(props.len(), &mut body);
+        body.extend_from_slice(&props);
+    }
+    let mut out = Vec::with_capacity(body.len() + 5);
+    put_frame(&mut out, CONNACK << 4, &body);
+    out
+}
+
+/// How a PUBLISH goes out to one subscriber.
+pub struct OutgoingPublish<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub pid: u16,
+    /// MQTT 5 only (ignored for 3.1.1):
+    pub props: &'a [u8],
+    pub expiry: Option<u32>,
+    pub subscription_ids: &'a [u32],
+    /// Topic alias to set; with `topic` empty, the alias alone names the topic.
+    pub alias: Option<u16>,
+}
+
+/// Appends a PUBLISH to `out`; returns its size on the wire.
+pub fn put_publish(out: &mut Vec<u8>, p: &OutgoingPublish<'_>, v5: bool) -> usize {
+    let header = PUBLISH << 4 | (u8::from(p.dup) << 3) | (p.qos << 1) | u8::from(p.retain);
+    let mut props = Vec::new();
+    if v5 {
+        if let Some(e) = p.expiry {
+            props.push(0x02);
+            props.extend_from_slice(&e.to_be_bytes());
+        }
+        if let Some(a) = p.alias {
+            props.push(0x23);
+            props.extend_from_slice(&a.to_be_bytes());
+        }
+        for id in p.subscription_ids {
+            props.push(0x0B);
+            encode_varint(*id as usize, &mut props);
+        }
+        props.extend_from_slice(p.props);
+    }
+    let mut len = 2 + p.topic.len() + p.payload.len();
+    if p.qos > 0 {
+        len += 2;
+    }
+    if v5 {
+        len += varint_len(props.len()) + props.len();
+    }
+    let start = out.len();
+    out.push(header);
+    encode_varint(len, out);
+    out.extend_from_slice(&(p.topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(p.topic.as_bytes());
+    if p.qos > 0 {
+        out.extend_from_slice(&p.pid.to_be_bytes());
+    }
+    if v5 {
+        encode_varint(props.len(), out);
+        out.extend_from_slice(&props);
+    }
+    out.extend_from_slice(p.payload);
+    out.len() - start
 }
 
 /// Why a CONNECT is refused.
@@ -436,6 +789,10 @@ pub enum Refusal {
     BadCredentials,
     NotAuthorized,
     ServerBusy,
+    /// 3.1.1: a client id the server does not accept (empty without Clean Session).
+    IdentifierRejected,
+    /// MQTT 5: an authentication method the server does not support.
+    BadAuthMethod,
 }
 
 /// The CONNACK that tells a client why it is refused, in its protocol version.
@@ -446,20 +803,23 @@ pub fn connack_refusal(level: u8, why: Refusal) -> Vec<u8> {
             Refusal::BadCredentials => 0x86,
             Refusal::NotAuthorized => 0x87,
             Refusal::ServerBusy => 0x89,
+            Refusal::IdentifierRejected => 0x85,
+            Refusal::BadAuthMethod => 0x8C,
         };
         vec![0x20, 0x03, 0x00, code, 0x00]
     } else {
         let code = match why {
             Refusal::BadVersion => 0x01,
-            Refusal::BadCredentials => 0x04,
-            Refusal::NotAuthorized => 0x05,
+            Refusal::IdentifierRejected => 0x02,
             Refusal::ServerBusy => 0x03,
+            Refusal::BadCredentials => 0x04,
+            Refusal::NotAuthorized | Refusal::BadAuthMethod => 0x05,
         };
         vec![0x20, 0x02, 0x00, code]
     }
 }
 
-/// An MQTT 3.1.1 CONNECT with credentials, used to probe the internal listeners.
+/// An MQTT 3.1.1 CONNECT with credentials (the health probe's).
 pub fn connect_v4(client_id: &str, username: &str, password: &str) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x80 | 0x40 | 0x02];
     body.extend_from_slice(&30u16.to_be_bytes());
@@ -468,24 +828,6 @@ pub fn connect_v4(client_id: &str, username: &str, password: &str) -> Vec<u8> {
         body.extend_from_slice(s.as_bytes());
     }
     Frame { header: 0x10, body }.encode()
-}
-
-#[cfg(test)]
-mod filter_tests {
-    use super::*;
-
-    #[test]
-    fn subscribe_and_unsubscribe_filters_are_read_for_both_versions() {
-        // 3.1.1 SUBSCRIBE: pid 1, "a/#" QoS 1, "b" QoS 0.
-        let body = [0, 1, 0, 3, b'a', b'/', b'#', 1, 0, 1, b'b', 0];
-        assert_eq!(filters(SUBSCRIBE, &body, false).unwrap(), ["a/#", "b"]);
-        // MQTT 5 SUBSCRIBE with a subscription identifier property (0x0B, 7).
-        let body = [0, 2, 2, 0x0B, 7, 0, 1, b'x', 0];
-        assert_eq!(filters(SUBSCRIBE, &body, true).unwrap(), ["x"]);
-        let body = [0, 3, 0, 1, b'x'];
-        assert_eq!(filters(UNSUBSCRIBE, &body, false).unwrap(), ["x"]);
-        assert!(filters(SUBSCRIBE, &[0, 1, 0, 9, b'a'], false).is_err());
-    }
 }
 
 #[cfg(test)]
@@ -505,10 +847,6 @@ mod tests {
         assert_eq!(c.client_id, "probe");
         assert_eq!(c.username.as_deref(), Some("user"));
         assert_eq!(c.password.as_deref(), Some(&b"pw"[..]));
-        assert_eq!(
-            &frame.body[c.keep_alive_at..c.keep_alive_at + 2],
-            &30u16.to_be_bytes()
-        );
     }
 
     #[tokio::test]
@@ -523,10 +861,13 @@ mod tests {
     }
 
     #[test]
-    fn v5_publish_resolves_topic_alias() {
+    fn v5_publish_resolves_topic_alias_and_keeps_forwarded_properties() {
         let mut aliases = HashMap::new();
-        // topic "a/b", qos 1, pid 9, properties: topic alias 3, payload "hi"
-        let mut body = vec![0, 3, b'a', b'/', b'b', 0, 9, 3, 0x23, 0, 3];
+        // topic "a/b", qos 1, pid 9, properties: topic alias 3, expiry 7, content type "t".
+        let mut body = vec![
+            0, 3, b'a', b'/', b'b', 0, 9, 12, 0x23, 0, 3, 0x02, 0, 0, 0, 7,
+        ];
+        body.extend_from_slice(&[0x03, 0, 1, b't']);
         body.extend_from_slice(b"hi");
         let first = Frame { header: 0x32, body };
         let p = parse_publish(&first, true, &mut aliases).unwrap();
@@ -534,6 +875,8 @@ mod tests {
             (p.topic.as_str(), p.qos, p.pid, &p.payload[..]),
             ("a/b", 1, Some(9), &b"hi"[..])
         );
+        assert_eq!(p.expiry, Some(7));
+        assert_eq!(&p.props[..], &[0x03, 0, 1, b't']);
         let mut body = vec![0, 0, 3, 0x23, 0, 3];
         body.extend_from_slice(b"yo");
         let second = Frame { header: 0x30, body };
@@ -545,40 +888,27 @@ mod tests {
     }
 
     #[test]
-    fn v5_connect_limits_are_read() {
-        // CONNECT v5, clean start, keep-alive 10, properties: receive maximum 2, maximum
-        // packet size 256, a user property; client id "c".
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 10];
-        let props = [0x21, 0, 2, 0x27, 0, 0, 1, 0, 0x26, 0, 1, b'k', 0, 1, b'v'];
+    fn v5_connect_limits_session_expiry_and_will_are_read() {
+        // CONNECT v5, clean start + will QoS 1, keep-alive 10, properties: receive maximum 2,
+        // maximum packet size 256, session expiry 60, a user property; client id "c";
+        // will properties: delay 5; will topic "w", payload "x".
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02 | 0x04 | 0x08, 0, 10];
+        let props = [
+            0x21, 0, 2, 0x27, 0, 0, 1, 0, 0x11, 0, 0, 0, 60, 0x26, 0, 1, b'k', 0, 1, b'v',
+        ];
         body.push(props.len() as u8);
         body.extend_from_slice(&props);
         body.extend_from_slice(&[0, 1, b'c']);
+        body.extend_from_slice(&[5, 0x18, 0, 0, 0, 5]);
+        body.extend_from_slice(&[0, 1, b'w', 0, 1, b'x']);
         let c = parse_connect(&body).unwrap();
         assert_eq!(
-            (c.receive_maximum, c.maximum_packet_size),
-            (Some(2), Some(256))
+            (c.receive_maximum, c.maximum_packet_size, c.session_expiry),
+            (Some(2), Some(256), 60)
         );
         assert_eq!(c.client_id, "c");
-    }
-
-    #[test]
-    fn v5_connack_gets_a_receive_maximum() {
-        // success, session present 0, properties: topic alias maximum 4096.
-        let connack = Frame {
-            header: 0x20,
-            body: vec![0, 0, 3, 0x22, 0x10, 0x00],
-        };
-        let out = connack_with_receive_maximum(connack, 100);
-        assert_eq!(out.body, vec![0, 0, 6, 0x22, 0x10, 0x00, 0x21, 0, 100]);
-        // A refusal is left alone.
-        let refusal = Frame {
-            header: 0x20,
-            body: vec![0, 0x87, 0],
-        };
-        assert_eq!(
-            connack_with_receive_maximum(refusal, 100).body,
-            vec![0, 0x87, 0]
-        );
+        let will = c.will.unwrap();
+        assert_eq!((will.topic.as_str(), will.qos, will.delay), ("w", 1, 5));
     }
 
     #[test]
@@ -590,6 +920,81 @@ mod tests {
     }
 
     #[test]
+    fn subscribe_options_are_read_for_both_versions() {
+        // 3.1.1 SUBSCRIBE: pid 1, "a/#" QoS 1, "b" QoS 0.
+        let body = vec![0, 1, 0, 3, b'a', b'/', b'#', 1, 0, 1, b'b', 0];
+        let s = parse_subscribe(&Frame { header: 0x82, body }, false).unwrap();
+        assert_eq!(s.pid, 1);
+        assert_eq!(s.filters[0].filter, "a/#");
+        assert_eq!(s.filters[1].qos, 0);
+        // MQTT 5: subscription identifier 7, "x" with QoS 2, no local, retain as published,
+        // retain handling 2.
+        let body = vec![0, 2, 2, 0x0B, 7, 0, 1, b'x', 0x02 | 0x04 | 0x08 | 0x20];
+        let s = parse_subscribe(&Frame { header: 0x82, body }, true).unwrap();
+        assert_eq!(s.id, Some(7));
+        let f = &s.filters[0];
+        assert_eq!(
+            (f.qos, f.no_local, f.retain_as_published, f.retain_handling),
+            (2, true, true, 2)
+        );
+        // Reserved bits set: malformed.
+        let body = vec![0, 1, 0, 1, b'b', 0x40];
+        assert!(parse_subscribe(&Frame { header: 0x82, body }, true).is_err());
+        let (pid, filters) = parse_unsubscribe(
+            &Frame {
+                header: 0xA2,
+                body: vec![0, 3, 0, 1, b'x'],
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!((pid, filters), (3, vec!["x".to_string()]));
+    }
+
+    #[test]
+    fn outgoing_publish_length_matches_what_is_written() {
+        for (v5, qos, props) in [(false, 0u8, &b""[..]), (true, 1, &[0x03u8, 0, 1, b't'][..])] {
+            let payload = vec![7u8; 300];
+            let mut out = Vec::new();
+            let n = put_publish(
+                &mut out,
+                &OutgoingPublish {
+                    topic: "a/b",
+                    payload: &payload,
+                    qos,
+                    retain: true,
+                    dup: false,
+                    pid: 5,
+                    props,
+                    expiry: Some(9),
+                    subscription_ids: &[1, 300],
+                    alias: None,
+                },
+                v5,
+            );
+            assert_eq!(n, out.len());
+            let mut r = &out[..];
+            let frame = futures_lite_block(read_frame(&mut r, 10_000)).unwrap();
+            let mut aliases = HashMap::new();
+            // Subscription identifiers are not allowed from clients, so only check the body
+            // length and the payload's position.
+            assert_eq!(frame.header & 0x01, 1);
+            assert!(frame.body.ends_with(&payload));
+            if !v5 {
+                let p = parse_publish(&frame, false, &mut aliases).unwrap();
+                assert_eq!(p.topic, "a/b");
+            }
+        }
+    }
+
+    fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
     fn refusals_use_each_versions_codes() {
         assert_eq!(
             connack_refusal(4, Refusal::BadCredentials),
@@ -598,6 +1003,10 @@ mod tests {
         assert_eq!(
             connack_refusal(5, Refusal::BadCredentials),
             vec![0x20, 3, 0, 0x86, 0]
+        );
+        assert_eq!(
+            connack_refusal(4, Refusal::IdentifierRejected),
+            vec![0x20, 2, 0, 2]
         );
     }
 }

@@ -98,6 +98,7 @@ mod tests {
         let creds = Credentials::new(&[MqttUser {
             name: "sensor".into(),
             password_hash: hash_password("pw").unwrap(),
+            device: None,
         }]);
         assert!(creds.verify("sensor", b"pw").await);
         assert!(creds.verify("sensor", b"pw").await);

@@ -28,13 +28,37 @@ listen = "127.0.0.1:1883"              # one port for MQTT 3.1.1 and MQTT 5; use
 # allow_anonymous = true                 # unset: anonymous only on loopback with no users
 max_payload = 262144                     # bytes per PUBLISH
 max_connections = 1000
-segment_size = 262144                    # broker log per subscription filter: segment_count segments
-segment_count = 2                        #   of max(segment_size, max_payload + 1024) payload bytes
+max_queued_messages = 1000               # QoS 1/2 messages kept per session for a client that is away or slow
+max_keep_alive = 60                      # seconds; MQTT 5 clients asking more (or 0) are told this
+max_session_expiry_secs = 604800         # longest MQTT 5 session expiry granted (7 days)
 # connect = "127.0.0.1:1883"             # how genba's own roles reach the broker
 
 # [[mqtt.users]]                         # example; hash from `genba passwd`
 # name = "sensor"
 # password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+# [[mqtt.users]]                         # example: a device account; it may publish devices/fridge-1/#
+# name = "fridge-1"                      #   and subscribe devices/fridge-1/commands (and .../commands/#),
+# password_hash = "$argon2id$..."        #   plus what [[mqtt.acl]] grants it; nothing else
+# device = "fridge-1"
+
+# Access rules (like Mosquitto's acl_file). Without any, every client may do everything
+# (device accounts excepted). Once a rule grants something (publish or subscribe), each other
+# client may do exactly what its rules grant: those with its `user` and those without `user`
+# (these apply to anonymous clients too). Patterns are topic filters; a level may be %u (user
+# name; never matches an anonymous client) or %c (client id). A subscription is allowed when a
+# subscribe pattern covers the whole filter (a/# covers a/+/b; a/+ does not cover a/#).
+# deny_publish / deny_subscribe win over every grant (a deny_subscribe pattern refuses any
+# filter that overlaps it: # overlaps test/nosubscribe). With deny rules only, everything not
+# denied stays allowed. + and # never match $-topics ($SYS/...); $share/{group}/{filter} is
+# checked as {filter}.
+# [[mqtt.acl]]                           # example: user sensor reads everything, writes notify/alert
+# user = "sensor"
+# subscribe = ["#"]
+# publish = ["notify/#", "alert/#"]
+# [[mqtt.acl]]                           # example: every client, anonymous included
+# publish = ["clients/%c/#"]
+# subscribe = ["notify/#", "clients/%c/#"]
+# deny_subscribe = ["test/nosubscribe"]
 
 [http]
 listen = "127.0.0.1:8080"

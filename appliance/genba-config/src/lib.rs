@@ -3,6 +3,7 @@
 //! Every field has a default, so `genba up` runs with no file at all. `genba config check`
 //! calls [`Config::load`] and [`Secrets::load`], which name the bad key or file on error.
 
+pub mod acl;
 pub mod credentials;
 mod defaults;
 pub mod passwords;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use acl::AclRule;
 pub use defaults::EXAMPLE_CONFIG;
 pub use secrets::{ExmentSecrets, Secrets, SecretsError};
 
@@ -253,12 +255,18 @@ pub struct MqttConfig {
     /// Largest PUBLISH payload accepted, bytes.
     pub max_payload: usize,
     pub max_connections: usize,
-    /// rumqttd in-memory log per subscription filter: `segment_count` segments of
-    /// `max(segment_size, max_payload + 1024)` topic and payload bytes.
-    pub segment_size: usize,
-    pub segment_count: usize,
+    /// QoS 1/2 messages queued per session beyond those in flight; more are dropped (and
+    /// counted). Bounds a session's memory at about this many times `max_payload`.
+    pub max_queued_messages: usize,
+    /// Longest keep-alive granted to MQTT 5 clients (Server Keep Alive), seconds; 0 grants
+    /// what the client asks.
+    pub max_keep_alive: u16,
+    /// Longest MQTT 5 Session Expiry Interval granted, seconds.
+    pub max_session_expiry_secs: u32,
     /// Address clients of this appliance (bridge, recorder) use to reach the broker.
     pub connect: Option<String>,
+    /// `[[mqtt.acl]]`: who may publish and subscribe to what (`genba_broker::acl`).
+    pub acl: Vec<AclRule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +275,10 @@ pub struct MqttUser {
     pub name: String,
     /// Argon2 PHC string from `genba passwd`.
     pub password_hash: String,
+    /// `[[mqtt.users]]` only: the user is the account of this device id, which may publish
+    /// under `devices/{id}/` and subscribe to its commands (plus what `[[mqtt.acl]]` grants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -371,10 +383,32 @@ impl Config {
         for (i, user) in self.mqtt.users.iter().enumerate() {
             passwords::check_hash(&user.password_hash)
                 .map_err(|m| invalid(format!("mqtt.users[{i}].password_hash"), m))?;
+            if user
+                .device
+                .as_deref()
+                .is_some_and(|d| !acl::is_device_id(d))
+            {
+                return Err(invalid(
+                    format!("mqtt.users[{i}].device"),
+                    "a device id: 1-32 characters from A-Z a-z 0-9 - _ .".into(),
+                ));
+            }
+        }
+        let mqtt_users: std::collections::HashSet<&str> =
+            self.mqtt.users.iter().map(|u| u.name.as_str()).collect();
+        for (i, rule) in self.mqtt.acl.iter().enumerate() {
+            rule.check(&mqtt_users)
+                .map_err(|(at, m)| invalid(format!("mqtt.acl[{i}]{at}"), m))?;
         }
         for (i, user) in self.http.users.iter().enumerate() {
             passwords::check_hash(&user.password_hash)
                 .map_err(|m| invalid(format!("http.users[{i}].password_hash"), m))?;
+            if user.device.is_some() {
+                return Err(invalid(
+                    format!("http.users[{i}].device"),
+                    "device accounts are [[mqtt.users]] only".into(),
+                ));
+            }
         }
         for (i, key) in self.http.api_key_sha256.iter().enumerate() {
             if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -548,9 +582,11 @@ impl Default for MqttConfig {
             users: Vec::new(),
             max_payload: 256 * 1024,
             max_connections: 1000,
-            segment_size: 256 * 1024,
-            segment_count: 2,
+            max_queued_messages: 1000,
+            max_keep_alive: 60,
+            max_session_expiry_secs: 7 * 24 * 3600,
             connect: None,
+            acl: Vec::new(),
         }
     }
 }
@@ -649,5 +685,92 @@ mod tests {
             err.to_string().contains("mqtt.users[0].password_hash"),
             "{err}"
         );
+    }
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$qhDfxVDwKfl1mU6ydBhqbwVYxwKhmj2ZzlQZT0fvEDk";
+
+    fn with_users(rest: &str) -> Result<Config, ConfigError> {
+        parse(&format!(
+            "[mqtt]\nallow_anonymous = false\n\
+             [[mqtt.users]]\nname = \"ops\"\npassword_hash = \"{HASH}\"\n\
+             [[mqtt.users]]\nname = \"fridge\"\npassword_hash = \"{HASH}\"\ndevice = \"fridge-1\"\n\
+             {rest}"
+        ))
+    }
+
+    #[test]
+    fn acl_rules_and_device_users_load() {
+        let config = with_users(
+            "[[mqtt.acl]]\nuser = \"ops\"\nsubscribe = [\"#\"]\n\
+             [[mqtt.acl]]\npublish = [\"clients/%c/#\"]\ndeny_subscribe = [\"test/nosubscribe\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.mqtt.users[1].device.as_deref(), Some("fridge-1"));
+        assert_eq!(config.mqtt.acl.len(), 2);
+        assert_eq!(config.mqtt.acl[0].user.as_deref(), Some("ops"));
+        assert_eq!(config.mqtt.acl[1].user, None);
+        assert_eq!(config.mqtt.acl[1].publish, vec!["clients/%c/#".to_owned()]);
+        assert!(Config::default().mqtt.acl.is_empty());
+    }
+
+    #[test]
+    fn bad_acl_rules_name_the_rule_and_field() {
+        let err = with_users(
+            "[[mqtt.acl]]\nsubscribe = [\"#\"]\n\
+             [[mqtt.acl]]\npublish = [\"a\"]\n\
+             [[mqtt.acl]]\npublish = [\"a/#/b\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("key `mqtt.acl[2].publish[0]`"),
+            "{err}"
+        );
+        let err = with_users("[[mqtt.acl]]\nuser = \"ghost\"\npublish = [\"a\"]\n").unwrap_err();
+        assert!(err.to_string().contains("key `mqtt.acl[0].user`"), "{err}");
+        let err = with_users("[[mqtt.acl]]\ndeny_publish = [\"a/%u-x\"]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("mqtt.acl[0].deny_publish[0]"),
+            "{err}"
+        );
+        let err = with_users("[[mqtt.acl]]\nuser = \"ops\"\n").unwrap_err();
+        assert!(err.to_string().contains("key `mqtt.acl[0]`"), "{err}");
+        let err = with_users("[[mqtt.acl]]\npublish = [\"a\"]\nallow = [\"b\"]\n").unwrap_err();
+        assert!(err.to_string().contains("allow"), "{err}");
+    }
+
+    #[test]
+    fn example_acl_rules_load_when_uncommented() {
+        let rules: Vec<&str> = EXAMPLE_CONFIG
+            .lines()
+            .skip_while(|l| !l.starts_with("# [[mqtt.acl]]"))
+            .take_while(|l| l.starts_with("# "))
+            .map(|l| l.trim_start_matches("# ").split("  #").next().unwrap_or(""))
+            .collect();
+        assert!(rules.len() > 4, "{rules:?}");
+        let config = with_users(&format!(
+            "[[mqtt.users]]\nname = \"sensor\"\npassword_hash = \"{HASH}\"\n{}\n",
+            rules.join("\n")
+        ))
+        .unwrap();
+        assert_eq!(config.mqtt.acl.len(), 2);
+    }
+
+    #[test]
+    fn bad_device_ids_are_named() {
+        for bad in ["", "a/b", "fridge+", "#"] {
+            let err = parse(&format!(
+                "[[mqtt.users]]\nname = \"d\"\npassword_hash = \"{HASH}\"\ndevice = \"{bad}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("mqtt.users[0].device"),
+                "{bad:?}: {err}"
+            );
+        }
+        let err = parse(&format!(
+            "[[http.users]]\nname = \"d\"\npassword_hash = \"{HASH}\"\ndevice = \"x\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("http.users[0].device"), "{err}");
     }
 }

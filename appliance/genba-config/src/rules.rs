@@ -83,7 +83,7 @@ fn yes() -> bool {
     true
 }
 
-fn name_ok(s: &str, max: usize) -> bool {
+pub(crate) fn name_ok(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.bytes()

@@ -225,11 +225,17 @@ impl Settings {
     }
 }
 
+/// Sets `name`'s password (a device account stays one).
 fn set_user(users: &mut Vec<MqttUser>, name: &str, password_hash: &str) {
+    let device = users
+        .iter()
+        .find(|u| u.name == name)
+        .and_then(|u| u.device.clone());
     users.retain(|u| u.name != name);
     users.push(MqttUser {
         name: name.into(),
         password_hash: password_hash.into(),
+        device,
     });
 }
 
@@ -357,6 +363,7 @@ api_key = "key"
         config.mqtt.users.push(MqttUser {
             name: "admin".into(),
             password_hash: "old".into(),
+            device: None,
         });
         let mut secrets = Secrets::default();
         let applied = Settings::parse(FULL)

@@ -16,6 +16,8 @@ pub enum TopicError {
     Reserved,
     #[error("# must be the last level and + must fill a whole level")]
     BadWildcard,
+    #[error("%u and %c must fill a whole level")]
+    BadPlaceholder,
 }
 
 /// A topic a client may publish to through the bridge.
@@ -58,6 +60,19 @@ pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
         if *level == "#" && i != levels.len() - 1 {
             return Err(TopicError::BadWildcard);
         }
+    }
+    Ok(())
+}
+
+/// An access-rule pattern (`[[mqtt.acl]]`): a subscription filter whose levels may also be
+/// exactly `%u` (the user name) or `%c` (the client id).
+pub fn validate_acl_pattern(pattern: &str) -> Result<(), TopicError> {
+    validate_filter(pattern)?;
+    let partial = |level: &str| {
+        level != "%u" && level != "%c" && (level.contains("%u") || level.contains("%c"))
+    };
+    if pattern.split('/').any(partial) {
+        return Err(TopicError::BadPlaceholder);
     }
     Ok(())
 }
@@ -106,6 +121,24 @@ mod tests {
         assert_eq!(validate_filter("a/#/b"), Err(TopicError::BadWildcard));
         assert_eq!(validate_filter("a/b#"), Err(TopicError::BadWildcard));
         assert_eq!(validate_filter("a+/b"), Err(TopicError::BadWildcard));
+    }
+
+    #[test]
+    fn acl_patterns_are_filters_with_whole_level_placeholders() {
+        assert!(validate_acl_pattern("clients/%u/#").is_ok());
+        assert!(validate_acl_pattern("%c/+/status").is_ok());
+        assert!(validate_acl_pattern("100%/x").is_ok());
+        assert_eq!(validate_acl_pattern(""), Err(TopicError::Empty));
+        assert_eq!(validate_acl_pattern("a/#/b"), Err(TopicError::BadWildcard));
+        assert_eq!(validate_acl_pattern("a\0b"), Err(TopicError::Control));
+        assert_eq!(
+            validate_acl_pattern("a/x%u"),
+            Err(TopicError::BadPlaceholder)
+        );
+        assert_eq!(
+            validate_acl_pattern("%c-in/x"),
+            Err(TopicError::BadPlaceholder)
+        );
     }
 
     #[test]

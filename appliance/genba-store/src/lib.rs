@@ -5,6 +5,7 @@
 //! transaction (group commit). Sinks read with [`Reader`] and move their own cursor.
 
 pub mod alarms;
+pub mod broker_state;
 mod db;
 pub mod devices;
 pub mod ingest;
@@ -40,6 +41,10 @@ pub enum StoreError {
     Task(String),
     #[error("the journal writer has stopped")]
     WriterGone,
+    #[error("i/o: {0}")]
+    Io(String),
+    #[error("sqlite: {0}")]
+    Plain(#[from] rusqlite::Error),
     #[error("the journal queue is full")]
     Busy,
     #[error("database schema version {found} is newer than this genba ({supported})")]

@@ -189,6 +189,32 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 7: an operator asked for a parked message to be tried again (after adding its device).
     "ALTER TABLE parked ADD COLUMN retry INTEGER NOT NULL DEFAULT 0;",
+    // 8: broker state that survives a restart (written by the broker, genba-broker/src/persist.rs).
+    "CREATE TABLE mqtt_retained (
+        topic         TEXT    PRIMARY KEY,
+        payload       BLOB    NOT NULL,
+        qos           INTEGER NOT NULL,
+        props         BLOB    NOT NULL,                  -- MQTT 5 properties passed on
+        expires_at    INTEGER                            -- ms since epoch; NULL never
+     ) WITHOUT ROWID;
+     CREATE TABLE mqtt_stored_sessions (
+        client_id     TEXT    PRIMARY KEY,
+        expiry        INTEGER NOT NULL,                  -- seconds; 4294967295 never
+        subscriptions TEXT    NOT NULL,                  -- JSON [[filter, options], ...]
+        saved_at      INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE mqtt_queue (
+        client_id     TEXT    NOT NULL,
+        msg_id        INTEGER NOT NULL,
+        topic         TEXT    NOT NULL,
+        payload       BLOB    NOT NULL,
+        qos           INTEGER NOT NULL,                  -- delivery QoS
+        retain        INTEGER NOT NULL,
+        props         BLOB    NOT NULL,
+        expires_at    INTEGER,
+        subscription_ids TEXT NOT NULL,                  -- JSON array
+        PRIMARY KEY (client_id, msg_id)
+     ) WITHOUT ROWID;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {

@@ -59,15 +59,14 @@ pub fn run(role: Role, common: Common) -> Result<()> {
         tracing::info!("stopped");
         anyhow::Ok(0)
     })?;
-    // rumqttd's threads never return, so leave without waiting for them.
+    // The broker state writer and blocking pools hold threads; leave without waiting for them.
     std::process::exit(code)
 }
 
 fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("GENBA_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("info,{}", genba_broker::LOG_DIRECTIVES)));
+    let filter = EnvFilter::try_from_env("GENBA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
     // The module of each line is shown (a library's own messages say where they come from);
     // colours only on a terminal.

@@ -47,7 +47,7 @@ pub struct Common {
 enum Command {
     /// Run every role in one process: broker, bridge, Slack sinks.
     Up(Common),
-    /// The MQTT broker (rumqttd behind the journaling front door).
+    /// The MQTT broker (3.1.1 and 5 on one port; journals every client publish).
     Broker(Common),
     /// The HTTP bridge (/notify, /health, /status).
     Bridge(Common),

@@ -3,120 +3,12 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use common::mqtt_raw::*;
 use common::{wait_until, Appliance};
-
-/// MQTT 3.1.1 or 5 CONNECT, clean session, keep-alive 30, no credentials.
-fn connect_packet(level: u8, client_id: &str) -> Vec<u8> {
-    connect_with(level, client_id, true)
-}
-
-fn connect_with(level: u8, client_id: &str, clean: bool) -> Vec<u8> {
-    let flags = if clean { 0x02 } else { 0x00 };
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, flags, 0, 30];
-    if level == 5 {
-        body.push(0); // no properties
-    }
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    frame(0x10, &body)
-}
-
-fn frame(header: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![header];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-/// PUBLISH with a raw topic (bytes, so invalid ones can be sent), QoS, packet id, payload.
-fn publish(level: u8, topic: &[u8], qos: u8, pid: u16, payload: &[u8]) -> Vec<u8> {
-    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-    body.extend_from_slice(topic);
-    if qos > 0 {
-        body.extend_from_slice(&pid.to_be_bytes());
-    }
-    if level == 5 {
-        body.push(0);
-    }
-    body.extend_from_slice(payload);
-    frame(0x30 | (qos << 1), &body)
-}
-
-/// Reads one packet: (first byte, body); `None` once the server closed the connection.
-fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut first = [0u8; 1];
-    match s.read_exact(&mut first) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return None,
-        Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
-        Err(e) => panic!("read: {e}"),
-    }
-    let mut len = 0usize;
-    let mut shift = 0;
-    loop {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).ok()?;
-        len |= ((b[0] & 0x7f) as usize) << shift;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    let mut body = vec![0; len];
-    s.read_exact(&mut body).ok()?;
-    Some((first[0], body))
-}
-
-/// A connected raw client: CONNECT sent, CONNACK "accepted" read.
-fn connected(a: &Appliance, level: u8, client_id: &str) -> TcpStream {
-    connected_with(a, level, client_id, true)
-}
-
-fn connected_with(a: &Appliance, level: u8, client_id: &str, clean: bool) -> TcpStream {
-    let mut s = TcpStream::connect(a.mqtt).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&connect_with(level, client_id, clean)).unwrap();
-    let (header, body) = read_packet(&mut s).expect("CONNACK");
-    assert_eq!(header, 0x20, "CONNACK");
-    assert_eq!(body[1], 0, "CONNACK accepted: {body:?}");
-    s
-}
-
-/// Asserts the server ends the connection: for MQTT 5 with a DISCONNECT carrying `reason`.
-fn assert_refused(s: &mut TcpStream, level: u8, reason: u8, what: &str) {
-    if level == 5 {
-        let p = read_packet(s);
-        assert_eq!(
-            p.as_ref().map(|(h, b)| (*h, b.first().copied())),
-            Some((0xE0, Some(reason))),
-            "{what}: expected DISCONNECT {reason:#x}, got {p:?}"
-        );
-    }
-    assert_eq!(read_packet(s), None, "{what}: connection not closed");
-}
-
-/// A publish that must go through: its PUBACK reason (MQTT 5) or plain PUBACK (3.1.1).
-fn assert_puback(s: &mut TcpStream, pid: u16, reason: u8, what: &str) {
-    let (header, body) = read_packet(s).unwrap_or_else(|| panic!("{what}: closed"));
-    assert_eq!(header, 0x40, "{what}: PUBACK, got {header:#x} {body:?}");
-    assert_eq!(&body[..2], &pid.to_be_bytes(), "{what}");
-    assert_eq!(body.get(2).copied().unwrap_or(0), reason, "{what}: reason");
-}
 
 #[test]
 fn invalid_topics_and_packet_id_zero_are_refused_never_acknowledged_nor_journaled() {
@@ -124,7 +16,8 @@ fn invalid_topics_and_packet_id_zero_are_refused_never_acknowledged_nor_journale
     let cases: [(&[u8], u16, u8, &str); 5] = [
         (b"notify/#", 1, 0x90, "multi-level wildcard"),
         (b"a/+/b", 1, 0x90, "single-level wildcard"),
-        (b"notify/a\0b", 1, 0x90, "NUL byte"),
+        // U+0000 in any MQTT string makes the packet malformed (MQTT 5 1.5.4).
+        (b"notify/a\0b", 1, 0x81, "NUL byte"),
         (b"notify/pid0", 0, 0x82, "packet id 0 at QoS 1"),
         (b"", 1, 0x82, "empty topic without alias"),
     ];
@@ -239,12 +132,6 @@ fn sockets_without_connect_hold_slots_clients_beyond_get_busy_and_health_still_p
     }));
 }
 
-/// The same PUBLISH with the DUP flag set.
-fn as_dup(mut packet: Vec<u8>) -> Vec<u8> {
-    packet[0] |= 0x08;
-    packet
-}
-
 #[test]
 fn dup_resend_is_matched_only_where_it_can_be_a_resend() {
     let a = Appliance::start("", "");
@@ -285,7 +172,7 @@ fn dup_resend_is_matched_only_where_it_can_be_a_resend() {
 }
 
 #[test]
-fn normal_operation_logs_no_error_lines_with_the_broker_log_directives() {
+fn normal_operation_logs_no_error_lines() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("genba.toml");
     std::fs::write(&config, "").unwrap();
@@ -298,10 +185,7 @@ fn normal_operation_logs_no_error_lines_with_the_broker_log_directives() {
         .arg(&config)
         .arg("--data-dir")
         .arg(&data)
-        .env(
-            "GENBA_LOG",
-            format!("info,{}", genba_broker::LOG_DIRECTIVES),
-        )
+        .env("GENBA_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
@@ -337,28 +221,6 @@ fn normal_operation_logs_no_error_lines_with_the_broker_log_directives() {
     let text = std::fs::read_to_string(&log_path).unwrap();
     let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "{errors:#?}");
-}
-
-/// MQTT 5 CONNECT with Receive Maximum and Maximum Packet Size.
-fn connect_v5_limited(client_id: &str, receive_maximum: u16, maximum_packet_size: u32) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30];
-    let mut props = vec![0x21];
-    props.extend_from_slice(&receive_maximum.to_be_bytes());
-    props.push(0x27);
-    props.extend_from_slice(&maximum_packet_size.to_be_bytes());
-    body.push(props.len() as u8);
-    body.extend_from_slice(&props);
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    frame(0x10, &body)
-}
-
-/// The payload of a PUBLISH body (MQTT 5, QoS 1): after topic, packet id and properties.
-fn v5_publish_parts(body: &[u8]) -> (u16, Vec<u8>) {
-    let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
-    let pid = u16::from_be_bytes([body[2 + topic_len], body[3 + topic_len]]);
-    let props_len = body[4 + topic_len] as usize;
-    (pid, body[5 + topic_len + props_len..].to_vec())
 }
 
 #[test]

@@ -49,7 +49,7 @@ fn up_notifies_ready_pings_the_watchdog_and_exits_zero_on_sigterm() {
         .arg(&data)
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "1000000")
-        .env("GENBA_LOG", "info,rumqttd=error")
+        .env("GENBA_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

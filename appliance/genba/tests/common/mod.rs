@@ -3,6 +3,7 @@
 
 pub mod fake_slack;
 pub mod http;
+pub mod mqtt_raw;
 pub mod openapi;
 
 use std::net::SocketAddr;
@@ -77,7 +78,7 @@ impl Appliance {
             .arg(self.mqtt.to_string())
             .arg("--http")
             .arg(self.http.to_string())
-            .env("GENBA_LOG", "info,rumqttd=error")
+            .env("GENBA_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
