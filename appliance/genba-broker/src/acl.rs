@@ -25,9 +25,11 @@
 //!    behaviour before access rules).
 //! 2. Denies of the applicable rules win over every grant. A publish is refused when a
 //!    `deny_publish` pattern matches the topic. A subscription is refused when a
-//!    `deny_subscribe` pattern *overlaps* the filter, i.e. some topic matches both: the pattern
-//!    equals the filter, covers it, or is covered by it (`#` and `test/+` overlap
-//!    `test/nosubscribe`), or they merely intersect (`a/+` and `+/b` share `a/b`).
+//!    `deny_subscribe` pattern *covers* the filter (everything it could receive is denied:
+//!    `test/#` covers `test/nosubscribe` and `test/+`). A filter that merely overlaps a deny
+//!    (`#`, `test/+` against `test/nosubscribe`) is granted, and the messages on denied topics
+//!    are not delivered to that client ([`Acl::read_denials`], checked for every delivery), as
+//!    Mosquitto's `acl_file` does.
 //! 3. A device account (`device = "fridge-1"`) may publish to topics matched by
 //!    `devices/fridge-1/#` and subscribe to filters covered by `devices/fridge-1/commands` or
 //!    `devices/fridge-1/commands/#`, plus what the applicable rules grant it; nothing else, in
@@ -174,7 +176,7 @@ impl Acl {
         let denied = rules
             .deny_subscribe
             .iter()
-            .any(|p| p.as_deny(who).is_some_and(|p| overlaps(&p, filter)));
+            .any(|p| p.as_deny(who).is_some_and(|p| covers(&p, filter)));
         if denied {
             return false;
         }
@@ -186,6 +188,19 @@ impl Acl {
             Some(device) => granted(&device.subscribe) || granted(&rules.subscribe),
             None => self.no_grants || granted(&rules.subscribe),
         }
+    }
+
+    /// The `deny_subscribe` patterns that apply to `who`, placeholders filled in: topics it
+    /// must not receive through a subscription that only overlaps them. Empty for most clients.
+    pub fn read_denials(&self, who: &Who<'_>) -> Vec<String> {
+        if self.unrestricted || who.user == Some(INTERNAL_USER) {
+            return Vec::new();
+        }
+        self.rules_for(who)
+            .deny_subscribe
+            .iter()
+            .filter_map(|p| p.as_deny(who).map(|p| p.into_owned()))
+            .collect()
     }
 
     fn rules_for(&self, who: &Who<'_>) -> &Patterns {
@@ -309,26 +324,6 @@ fn covers(pattern: &str, filter: &str) -> bool {
             (Some("#"), _) => return true,
             (Some("+"), Some(level)) if level != "#" => {}
             (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Whether some topic matches both filters.
-fn overlaps(a: &str, b: &str) -> bool {
-    if (a.starts_with('$') && starts_with_wildcard(b))
-        || (b.starts_with('$') && starts_with_wildcard(a))
-    {
-        return false;
-    }
-    let mut x = a.split('/');
-    let mut y = b.split('/');
-    loop {
-        match (x.next(), y.next()) {
-            (Some("#"), _) | (_, Some("#")) => return true,
-            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
-            (Some(p), Some(q)) if p == q => {}
             (None, None) => return true,
             _ => return false,
         }
@@ -609,7 +604,7 @@ mod tests {
     }
 
     #[test]
-    fn deny_subscribe_refuses_every_filter_that_overlaps_it() {
+    fn deny_subscribe_refuses_covered_filters_and_holds_back_denied_topics_of_wider_ones() {
         let a = acl(
             vec![],
             vec![AclRule {
@@ -619,24 +614,30 @@ mod tests {
             }],
         );
         let c = anon("c");
+        // Refused: filters whose every topic is denied.
         for no in [
             "test/nosubscribe",
-            "#",
-            "test/#",
-            "test/+",
-            "+/nosubscribe",
-            "+/+",
             "x/y",
-            "x/#",
-            "+/y",
+            "x/+",
             "$share/g/test/nosubscribe",
-            "+/other",
         ] {
             assert!(!a.may_subscribe(&c, no), "{no}");
         }
-        for ok in ["test/other", "test/nosubscribe/more", "x/y/z", "x"] {
+        // Granted: filters that only overlap a deny; the denied topics are held back at
+        // delivery instead.
+        for ok in [
+            "#",
+            "test/#",
+            "test/+",
+            "+/+",
+            "x/#",
+            "test/other",
+            "x/y/z",
+            "x",
+        ] {
             assert!(a.may_subscribe(&c, ok), "{ok}");
         }
+        assert_eq!(a.read_denials(&c), ["test/nosubscribe", "x/+"]);
     }
 
     #[test]
@@ -650,7 +651,7 @@ mod tests {
         );
         for who in [anon("c"), as_user("ops", "c")] {
             assert!(!a.may_subscribe(&who, "test/nosubscribe"));
-            assert!(!a.may_subscribe(&who, "#"));
+            assert!(a.may_subscribe(&who, "#"));
             assert!(a.may_subscribe(&who, "test/other"));
             assert!(a.may_subscribe(&who, "notify/#"));
             assert!(a.may_publish(&who, "test/nosubscribe"));
@@ -760,18 +761,12 @@ mod tests {
     }
 
     #[test]
-    fn covering_and_overlapping_follow_the_topic_sets() {
+    fn covering_follows_the_topic_sets() {
         assert!(covers("a/#", "a"));
         assert!(covers("a/+/#", "a/+"));
         assert!(!covers("a/+/#", "a/#"));
         assert!(!covers("a/b", "a/+"));
         assert!(!covers("+", "#"));
         assert!(covers("#", "#"));
-        assert!(overlaps("a/+", "+/b"));
-        assert!(overlaps("a/#", "a"));
-        assert!(!overlaps("a/+", "a"));
-        assert!(!overlaps("a/b", "a/c"));
-        assert!(!overlaps("#", "$SYS/x"));
-        assert!(overlaps("$SYS/#", "$SYS/+"));
     }
 }

@@ -69,6 +69,8 @@ struct Client {
     user: Option<String>,
     access: Access,
     clean_start: bool,
+    /// The session existed before this connection (CONNACK Session Present).
+    resumed: bool,
     source: String,
     session: SessionRef,
     /// The client's QoS 1/2 publishes not yet acknowledged (PUBACK / PUBCOMP sent).
@@ -159,6 +161,10 @@ impl FrontDoor {
             connect.maximum_packet_size.unwrap_or(u32::MAX),
         );
         link.topic_alias_maximum = if v5 { connect.topic_alias_maximum } else { 0 };
+        link.read_denials = self.acl.read_denials(&Who {
+            user: connect.username.as_deref(),
+            client_id: &client_id,
+        });
         let (attached, old_will) = self.broker.connect(
             &client_id,
             connect.clean_start,
@@ -210,6 +216,7 @@ impl FrontDoor {
             user: connect.username.clone(),
             access,
             clean_start: connect.clean_start,
+            resumed: attached.present,
             source: format!("mqtt:{client_id}"),
             session: attached.session.clone(),
             unacked: Arc::new(AtomicUsize::new(0)),
@@ -453,14 +460,24 @@ impl FrontDoor {
         }
         let mut commit = None;
         if from_client && !p.topic.starts_with('$') {
-            // A resend (DUP) can only repeat a publish of this connection when it started
-            // clean: the client dropped whatever it had in flight before. Otherwise it may
-            // repeat one from before a reconnect, and the journal matches it against the
-            // latest row with the same packet id.
+            // Whether the journal is to check for an earlier copy (the latest row of this
+            // client with this packet id, same topic and payload):
+            // - on a connection that started clean, only a DUP of a packet id already used on
+            //   it can be a resend (the client dropped what it had in flight before);
+            // - on a resumed session, the first use of a packet id may resend the previous
+            //   connection's in-flight publish, with or without DUP (rumqttc, for one, resends
+            //   without it, against MQTT-3.3.1-1);
+            // - otherwise the DUP flag decides.
             let dup = match p.pid {
                 Some(pid) => {
                     let seen = journaled.insert(pid);
-                    p.dup && (seen || !client.clean_start)
+                    if client.clean_start {
+                        p.dup && seen
+                    } else if client.resumed && !seen {
+                        true
+                    } else {
+                        p.dup
+                    }
                 }
                 None => false,
             };

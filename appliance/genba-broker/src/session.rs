@@ -81,6 +81,9 @@ pub struct Link {
     /// The largest packet the client takes.
     pub maximum_packet_size: usize,
     pub topic_alias_maximum: u16,
+    /// Topics this client must not receive (access rules' `deny_subscribe`), checked for every
+    /// delivery: a subscription may overlap them (`#`).
+    pub read_denials: Vec<String>,
     /// Topic aliases given to this connection.
     aliases: HashMap<Arc<str>, u16>,
     /// Control packets (acknowledgements, SUBACK, PINGRESP) for the writer, in order.
@@ -100,6 +103,7 @@ impl Link {
             receive_maximum: usize::from(receive_maximum),
             maximum_packet_size: usize::try_from(maximum_packet_size).unwrap_or(usize::MAX),
             topic_alias_maximum: 0,
+            read_denials: Vec::new(),
             aliases: HashMap::new(),
             ctrl: Vec::new(),
             resend: false,
@@ -326,7 +330,12 @@ impl Session {
             let Some(d) = self.queue.pop_front() else {
                 break;
             };
-            if d.msg.expired(now) {
+            let denied = |link: &Link| {
+                link.read_denials
+                    .iter()
+                    .any(|p| crate::topic::matches(p, &d.msg.topic))
+            };
+            if d.msg.expired(now) || self.link.as_ref().is_some_and(denied) {
                 self.done(&d);
                 continue;
             }

@@ -342,3 +342,25 @@ fn two_thousand_connections_at_once_are_all_served() {
     eprintln!("genba up with 2,000 MQTT connections: {rss}");
     drop(clients);
 }
+
+#[test]
+fn a_subscription_wider_than_a_denied_topic_is_granted_without_its_messages() {
+    let a = Appliance::start(
+        "[mqtt]\n[[mqtt.acl]]\ndeny_subscribe = [\"secret/#\"]\n",
+        "",
+    );
+    let mut s = connected(&a, 5, "wide");
+    assert_eq!(subscribe(&mut s, 5, 1, "secret/+", 1), 0x80, "all denied");
+    assert_eq!(
+        subscribe(&mut s, 5, 2, "#", 1),
+        1,
+        "only overlaps the denial"
+    );
+    publish_acked(&a, "wide-pub-1", "secret/code", b"1234", false);
+    publish_acked(&a, "wide-pub-2", "notify/open", b"ok", false);
+    let got = next_publish(&mut s, 5).expect("publish");
+    assert_eq!(
+        got.topic, "notify/open",
+        "secret/code must not be delivered"
+    );
+}
