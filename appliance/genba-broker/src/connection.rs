@@ -447,8 +447,12 @@ impl FrontDoor {
             let reason = if client.v5 { 0x87 } else { 0 };
             return Ok(Some(Step::Say(packet::ack(kind, pid, reason, client.v5))));
         }
+        // MQTT 5 clients were told the Receive Maximum and are held to it. A 3.1.1 client
+        // cannot be told: it is slowed down instead (the steps queue is bounded, so reading
+        // waits while its publishes wait for their commits).
         if p.qos > 0
             && client.unacked.fetch_add(1, Ordering::Relaxed) >= usize::from(RECEIVE_MAXIMUM)
+            && client.v5
         {
             return Err(PacketError::Refused(
                 Violation::ReceiveMaximumExceeded,
@@ -494,7 +498,11 @@ impl FrontDoor {
                 })
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            commit = Some(rx);
+            // QoS 0 has no acknowledgement to hold back: it is routed without waiting for its
+            // commit (still behind the publishes before it).
+            if p.qos > 0 {
+                commit = Some(rx);
+            }
         }
         let ack = ack_kind.zip(p.pid);
         Ok(Some(Step::Publish {
@@ -517,7 +525,24 @@ fn release(unacked: &AtomicUsize) {
 /// connection, so the client never gets an acknowledgement for it (and resends it).
 async fn run_steps(door: Arc<FrontDoor>, client: Arc<Client>, mut rx: mpsc::Receiver<Step>) {
     let (acks, acks_rx) = mpsc::channel(STEPS_QUEUE);
-    let acker = tokio::spawn(send_acks(client.clone(), acks_rx));
+    // Acknowledgements handed to the acker and not sent yet: while there are none, one that
+    // waits for nothing is sent from here, in order, without the hop.
+    let queued = Arc::new(AtomicUsize::new(0));
+    let acker = tokio::spawn(send_acks(client.clone(), acks_rx, queued.clone()));
+    let reply = |bytes: Vec<u8>, durable: Option<oneshot::Receiver<()>>, ends_qos1: bool| {
+        let (acks, queued, client) = (&acks, &queued, &client);
+        async move {
+            if durable.is_none() && queued.load(Ordering::Acquire) == 0 {
+                client.say(&bytes);
+                if ends_qos1 {
+                    release(&client.unacked);
+                }
+                return true;
+            }
+            queued.fetch_add(1, Ordering::AcqRel);
+            acks.send((bytes, durable, ends_qos1)).await.is_ok()
+        }
+    };
     while let Some(step) = rx.recv().await {
         match step {
             Step::Publish { msg, commit, ack } => {
@@ -541,13 +566,13 @@ async fn run_steps(door: Arc<FrontDoor>, client: Arc<Client>, mut rx: mpsc::Rece
                 let durable = door.broker.publish(msg);
                 if let Some((kind, pid)) = ack {
                     let bytes = packet::ack(kind, pid, 0, client.v5);
-                    if acks.send((bytes, durable, kind == PUBACK)).await.is_err() {
+                    if !reply(bytes, durable, kind == PUBACK).await {
                         break;
                     }
                 }
             }
             Step::Say(bytes) => {
-                if acks.send((bytes, None, false)).await.is_err() {
+                if !reply(bytes, None, false).await {
                     break;
                 }
             }
@@ -591,7 +616,7 @@ type Ack = (Vec<u8>, Option<oneshot::Receiver<()>>, bool);
 
 /// Sends acknowledgements in the order of the publishes (MQTT-4.6.0-2), each only once what
 /// its publish changed in the broker's stored state is committed.
-async fn send_acks(client: Arc<Client>, mut rx: mpsc::Receiver<Ack>) {
+async fn send_acks(client: Arc<Client>, mut rx: mpsc::Receiver<Ack>, queued: Arc<AtomicUsize>) {
     while let Some((bytes, durable, ends_qos1)) = rx.recv().await {
         if let Some(d) = durable {
             if d.await.is_err() {
@@ -604,6 +629,7 @@ async fn send_acks(client: Arc<Client>, mut rx: mpsc::Receiver<Ack>) {
         if ends_qos1 {
             release(&client.unacked);
         }
+        queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -638,10 +664,11 @@ async fn write_loop(
                 buf.shrink_to(4096);
             }
         }
-        if drain != Drain::More {
-            break;
+        match drain {
+            Drain::More => tokio::task::yield_now().await,
+            Drain::Idle => wake.notified().await,
+            Drain::Close | Drain::TakenOver => break,
         }
-        wake.notified().await;
     }
     let _ = wr.shutdown().await;
 }

@@ -117,6 +117,9 @@ impl Link {
 #[derive(Debug, PartialEq)]
 pub enum Drain {
     /// Write what was added, then wait for the next wake-up.
+    Idle,
+    /// Write what was added, then drain again at once: more is queued than one round takes
+    /// (the session's lock is not held for long).
     More,
     /// Write what was added, then close (with an MQTT 5 DISCONNECT reason, if any, already in
     /// the bytes).
@@ -127,6 +130,11 @@ pub enum Drain {
 
 /// Control packets beyond this (a client that sends but never reads) end the connection.
 const CTRL_BACKLOG: usize = 1 << 20;
+/// QoS 1/2 messages in flight to one client at most, whatever its Receive Maximum (MQTT 3.1.1
+/// clients announce none); as Mosquitto's `max_inflight_messages`.
+const MAX_INFLIGHT: usize = 100;
+/// Bytes one drain adds at most before it lets the session's lock go.
+const DRAIN_BYTES: usize = 64 * 1024;
 
 pub struct Session {
     pub client_id: ClientId,
@@ -322,10 +330,14 @@ impl Session {
                 }
             }
         }
-        let max_inflight = link.receive_maximum;
+        let max_inflight = link.receive_maximum.min(MAX_INFLIGHT);
+        let budget = out.len() + DRAIN_BYTES;
         while let Some(front) = self.queue.front() {
             if front.qos > 0 && self.inflight.len() >= max_inflight {
                 break;
+            }
+            if out.len() >= budget {
+                return Drain::More;
             }
             let Some(d) = self.queue.pop_front() else {
                 break;
@@ -355,7 +367,7 @@ impl Session {
                 self.done(&d);
             }
         }
-        Drain::More
+        Drain::Idle
     }
 
     /// Forgets everything queued and in flight (a session that starts clean; the caller
@@ -449,7 +461,7 @@ mod tests {
         s.enqueue(delivery(1), 10);
         s.enqueue(delivery(1), 10);
         let mut out = Vec::new();
-        assert_eq!(s.drain(1, &mut out, SystemTime::now()), Drain::More);
+        assert_eq!(s.drain(1, &mut out, SystemTime::now()), Drain::Idle);
         assert_eq!(s.inflight.len(), 1, "only one in flight");
         assert_eq!(s.queue.len(), 1);
         let pid = s.inflight[0].pid;

@@ -320,3 +320,20 @@ fn v5_clients_are_told_a_receive_maximum_and_held_to_it() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(a.journal().len(), usize::from(max));
 }
+
+#[test]
+fn a_311_client_with_more_in_flight_than_the_receive_maximum_is_slowed_not_cut_off() {
+    let a = Appliance::start("", "");
+    let mut s = connected(&a, 4, "eager-311");
+    // 300 QoS 1 publishes before reading a single PUBACK (genba's own bridge keeps 500 in
+    // flight): 3.1.1 has no way to be told a limit, so all are taken.
+    let mut burst = Vec::new();
+    for pid in 1..=300u16 {
+        burst.extend(publish(4, b"notify/burst", 1, pid, b"x"));
+    }
+    s.write_all(&burst).unwrap();
+    for pid in 1..=300u16 {
+        assert_puback(&mut s, pid, 0, "burst");
+    }
+    assert!(wait_until(Duration::from_secs(10), || a.journal().len() == 300));
+}
