@@ -325,6 +325,7 @@ async fn login(
     req: Request,
 ) -> Response {
     let headers = req.headers().clone();
+    let via_tls = req.extensions().get::<crate::ViaTls>().is_some();
     let lang = lang_of(&headers, &BTreeMap::new());
     let f = match form(&state, req).await {
         Ok(f) => f,
@@ -373,7 +374,8 @@ async fn login(
                 last_used: Instant::now(),
             },
         );
-    let secure = if state.http_tls { "; Secure" } else { "" };
+    // Over HTTPS the cookie is never sent in clear text.
+    let secure = if via_tls { "; Secure" } else { "" };
     let mut r = Redirect::to(&next).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"

@@ -60,10 +60,14 @@ pub struct BridgeSettings {
     pub exment: genba_config::ExmentConfig,
     /// To tell a browser where its notification will be delivered.
     pub slack_webhooks: Vec<genba_config::SlackWebhook>,
+    /// The certificate for `http.tls_listen` (and the local CA's, served at `/ca.pem`).
+    pub tls: Option<genba_tls::ServerTls>,
 }
 
 pub(crate) struct State {
     http: HttpConfig,
+    /// The local CA's certificate (`/ca.pem`).
+    ca_pem: Option<String>,
     auth: auth::HttpAuth,
     journal: Journal,
     publisher: publisher::Publisher,
@@ -77,7 +81,6 @@ pub(crate) struct State {
     console: console::Console,
     slack_webhooks: Vec<genba_config::SlackWebhook>,
     /// TLS on the HTTP port (then cookies are `Secure`); not offered yet.
-    http_tls: bool,
     /// Ends long-lived answers (the console's live stream) at shutdown.
     shutdown: watch::Receiver<bool>,
 }
@@ -86,6 +89,8 @@ type Shared = Arc<State>;
 
 pub struct RunningBridge {
     pub addr: SocketAddr,
+    /// HTTPS, when configured.
+    pub tls_addr: Option<SocketAddr>,
     /// Ends once shutdown was signalled and open requests finished (at most 10 s).
     pub done: tokio::task::JoinHandle<()>,
 }
@@ -112,10 +117,14 @@ pub async fn start(
         &settings.internal_user,
         &settings.internal_secret,
     );
+    let (tls, ca_pem) = match settings.tls {
+        Some(t) => (Some(t.acceptor), t.ca_pem),
+        None => (None, None),
+    };
     let state = Arc::new(State {
+        ca_pem,
         console: console::Console::new(&settings.http, &settings.console, &settings.exment),
         slack_webhooks: settings.slack_webhooks,
-        http_tls: false,
         shutdown: shutdown.clone(),
         auth: auth::HttpAuth::new(&settings.http),
         http: settings.http,
@@ -129,8 +138,42 @@ pub async fn start(
         provision_http: settings.provision_http,
         v2_limiter: genba_telemetry::limiter::Limiter::new(v2::RATE_PER_SEC, v2::BURST),
     });
-    let done = tokio::spawn(serve(listener, state, shutdown));
-    Ok(RunningBridge { addr, done })
+    let tls_addr = match (state.http.tls_listen, tls) {
+        (Some(listen), Some(acceptor)) => {
+            let bind_err = |source| BridgeError::Bind {
+                addr: listen,
+                source,
+            };
+            let l = TcpListener::bind(listen).await.map_err(bind_err)?;
+            let a = l.local_addr().map_err(bind_err)?;
+            tokio::spawn(serve(l, state.clone(), shutdown.clone(), Some(acceptor)));
+            Some(a)
+        }
+        _ => None,
+    };
+    let done = tokio::spawn(serve(listener, state, shutdown, None));
+    Ok(RunningBridge {
+        addr,
+        tls_addr,
+        done,
+    })
+}
+
+/// Marks a request that came over HTTPS.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaTls;
+
+/// `GET /ca.pem`: the local certificate authority's certificate, for devices and browsers to
+/// trust (public: it is what a client needs before it can check anything).
+async fn ca_pem(AxumState(state): AxumState<Shared>) -> Response {
+    match &state.ca_pem {
+        Some(pem) => ([(CONTENT_TYPE, "application/x-pem-file")], pem.clone()).into_response(),
+        None => Problem::new(
+            StatusCode::NOT_FOUND,
+            "no local certificate authority: the TLS certificate comes from the settings",
+        )
+        .into_response(),
+    }
 }
 
 /// Every path the bridge serves. Unknown paths are 404 and wrong methods 405, both as JSON.
@@ -138,6 +181,7 @@ fn router(state: Shared) -> Router {
     Router::new()
         .merge(console::routes())
         .route("/health", get(health))
+        .route("/ca.pem", get(ca_pem))
         .route("/status", get(status))
         .route("/notify", get(notify).post(notify))
         .route("/api/telemetry", post(telemetry::handle))
@@ -174,7 +218,12 @@ async fn json_method_not_allowed(res: Response) -> Response {
     p
 }
 
-async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+    tls: Option<genba_tls::TlsAcceptor>,
+) {
     let header_timeout = Duration::from_secs(state.http.request_timeout_secs.max(1));
     let app = router(state.clone());
     let graceful = GracefulShutdown::new();
@@ -193,20 +242,43 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Re
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let via_tls = tls.is_some();
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(ConnectInfo(peer));
+                if via_tls {
+                    req.extensions_mut().insert(ViaTls);
+                }
                 tower::ServiceExt::oneshot(app.clone(), req)
             });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let builder = {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            b
+        };
+        match &tls {
+            None => {
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, bounded like a request's headers.
+                let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+        }
     }
     drop(listener);
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;

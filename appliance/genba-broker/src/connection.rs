@@ -14,14 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use genba_store::NewMessage;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::acl::Who;
 use crate::auth::Access;
 use crate::broker::{message_from, will_message, NEVER};
-use crate::frontdoor::FrontDoor;
+use crate::frontdoor::{FrontDoor, Reader, Writer};
 use crate::packet::{
     self, ConnackProperties, Connect, Frame, PacketError, Refusal, Subscribe, Violation, PUBACK,
     PUBCOMP, PUBREC,
@@ -110,8 +109,8 @@ impl FrontDoor {
     /// Serves a client whose CONNECT was accepted (credentials checked, slot taken).
     pub(crate) async fn serve_client(
         self: &Arc<Self>,
-        mut rd: BufReader<OwnedReadHalf>,
-        mut wr: OwnedWriteHalf,
+        mut rd: Reader,
+        mut wr: Writer,
         peer: SocketAddr,
         connect: Connect,
         access: Access,
@@ -276,7 +275,7 @@ impl FrontDoor {
 
     async fn read_client(
         &self,
-        rd: &mut BufReader<OwnedReadHalf>,
+        rd: &mut Reader,
         client: &Client,
         keep_alive: u16,
         steps: &mpsc::Sender<Step>,
@@ -642,13 +641,7 @@ async fn record_filters(door: &FrontDoor, id: i64, filters: Vec<String>, add: bo
 
 /// Writes what the session has for this connection each time it is woken, until the
 /// connection is to close or the session is taken over.
-async fn write_loop(
-    session: SessionRef,
-    conn: u64,
-    wake: Arc<Notify>,
-    mut wr: OwnedWriteHalf,
-    v5: bool,
-) {
+async fn write_loop(session: SessionRef, conn: u64, wake: Arc<Notify>, mut wr: Writer, v5: bool) {
     let mut buf = Vec::with_capacity(4096);
     loop {
         let drain = session::lock(&session).drain(conn, &mut buf, SystemTime::now());

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use genba_store::Journal;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::acl::Acl;
@@ -28,6 +28,11 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 const BUSY_CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// The largest CONNECT read (a will payload counts).
 const MAX_CONNECT: usize = 64 * 1024;
+
+/// A client connection's read side (plain TCP or TLS), buffered.
+pub(crate) type Reader = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
+/// A client connection's write side.
+pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Counters the front door keeps.
 #[derive(Debug, Default)]
@@ -60,10 +65,13 @@ pub(crate) struct FrontDoor {
 }
 
 impl FrontDoor {
+    /// Accepts on `listener` until `stop`; with `tls`, each connection does its TLS handshake
+    /// first (within the CONNECT wait, holding its slot).
     pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         mut stop: watch::Receiver<bool>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) {
         let mut backoff = AcceptBackoff::default();
         loop {
@@ -87,8 +95,28 @@ impl FrontDoor {
             let slot = self.connections.clone().try_acquire_owned().ok();
             let _ = stream.set_nodelay(true);
             let door = self.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = door.handle(stream, peer, slot).await {
+                let (rd, wr): (Box<dyn AsyncRead + Send + Unpin>, Writer) = match tls {
+                    None => {
+                        let (rd, wr) = stream.into_split();
+                        (Box::new(rd), Box::new(wr))
+                    }
+                    Some(tls) => {
+                        match tokio::time::timeout(CONNECT_WAIT, tls.accept(stream)).await {
+                            Ok(Ok(s)) => {
+                                let (rd, wr) = tokio::io::split(s);
+                                (Box::new(rd), Box::new(wr))
+                            }
+                            Ok(Err(e)) => {
+                                tracing::info!(%peer, error = %e, "mqtt TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
+                if let Err(e) = door.handle(rd, wr, peer, slot).await {
                     tracing::debug!(%peer, error = %e, "mqtt connection ended");
                 }
             });
@@ -97,7 +125,8 @@ impl FrontDoor {
 
     async fn handle(
         self: Arc<Self>,
-        stream: TcpStream,
+        rd: Box<dyn AsyncRead + Send + Unpin>,
+        mut wr: Writer,
         peer: SocketAddr,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Result<(), PacketError> {
@@ -113,8 +142,7 @@ impl FrontDoor {
                 }
             },
         };
-        let (rd, mut wr) = stream.into_split();
-        let mut rd = BufReader::with_capacity(8 * 1024, rd);
+        let mut rd: Reader = BufReader::with_capacity(8 * 1024, rd);
         let wait = if slot.is_some() {
             CONNECT_WAIT
         } else {

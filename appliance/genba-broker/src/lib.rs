@@ -57,6 +57,8 @@ pub enum BrokerError {
 pub struct RunningBroker {
     /// The public address (the one clients use).
     pub addr: SocketAddr,
+    /// MQTT over TLS, when configured.
+    pub tls_addr: Option<SocketAddr>,
     pub broker: Arc<broker::Broker>,
     stop: tokio::sync::watch::Sender<bool>,
     stats: Arc<frontdoor::DoorStats>,
@@ -104,6 +106,7 @@ pub async fn start(
     cfg: &MqttConfig,
     journal: Journal,
     internal_secret: &str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Result<RunningBroker, BrokerError> {
     let mut max_connections = cfg.max_connections;
     if let Some(limit) = raise_open_file_limit() {
@@ -177,7 +180,20 @@ pub async fn start(
         disabled: Default::default(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(door.serve(listener, stopped));
+    let tls_addr = match (cfg.tls_listen, tls) {
+        (Some(listen), Some(acceptor)) => {
+            let bind_err = |source| BrokerError::Bind {
+                addr: listen,
+                source,
+            };
+            let l = TcpListener::bind(listen).await.map_err(bind_err)?;
+            let a = l.local_addr().map_err(bind_err)?;
+            tokio::spawn(door.clone().serve(l, stopped.clone(), Some(acceptor)));
+            Some(a)
+        }
+        _ => None,
+    };
+    tokio::spawn(door.serve(listener, stopped, None));
     let sweeper = Arc::downgrade(&broker);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -189,6 +205,7 @@ pub async fn start(
     });
     Ok(RunningBroker {
         addr,
+        tls_addr,
         broker,
         stop,
         stats,

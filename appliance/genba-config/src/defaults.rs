@@ -25,6 +25,7 @@ pub const EXAMPLE_CONFIG: &str = r##"# genba.toml: every key is optional; the va
 
 [mqtt]
 listen = "127.0.0.1:1883"              # one port for MQTT 3.1.1 and MQTT 5; use "0.0.0.0:1883" on the LAN
+# tls_listen = "0.0.0.0:8883"            # MQTT over TLS, certificate from [tls]
 # allow_anonymous = true                 # unset: anonymous only on loopback with no users
 max_payload = 262144                     # bytes per PUBLISH
 max_connections = 1000
@@ -62,6 +63,7 @@ max_session_expiry_secs = 604800         # longest MQTT 5 session expiry granted
 
 [http]
 listen = "127.0.0.1:8080"
+# tls_listen = "0.0.0.0:443"             # HTTPS, certificate from [tls]
 default_topic = "notify/slack"
 max_body_bytes = 65536                   # larger bodies get 413
 max_message_bytes = 16384
@@ -141,4 +143,10 @@ sensor = "sensor_id"
 filters = ["#"]
 # username = "genba"
 client_id = "genba-recorder"             # persistent session: QoS 1 messages wait while it is away
+
+[tls]                                    # the certificate of [mqtt] tls_listen and [http] tls_listen
+# cert = "/etc/genba/server.pem"         # unset with key: a local CA made in DATA_DIR/tls (its
+# key = "/etc/genba/server.key"          #   certificate for devices: http://<host>/ca.pem)
+names = ["genba.local", "localhost"]     # the local certificate's names (+ host name, 127.0.0.1)
+# client_ca = "/etc/genba/clients.pem"   # clients must also present a certificate from this CA
 "##;

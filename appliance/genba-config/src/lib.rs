@@ -56,6 +56,34 @@ pub struct Config {
     /// What to watch in the device streams: thresholds, silence, rate of change.
     pub rules: Vec<rules::Rule>,
     pub console: ConsoleConfig,
+    /// The certificate of the TLS listeners (`[mqtt] tls_listen`, `[http] tls_listen`).
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: where the TLS listeners' certificate comes from (genba-tls).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM). Unset (with `key`): a local CA in `DATA_DIR/tls`.
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert` (PEM).
+    pub key: Option<PathBuf>,
+    /// Names the local server certificate is for (the host name and 127.0.0.1 are added).
+    pub names: Vec<String>,
+    /// MQTT/HTTPS clients must present a certificate from this CA (PEM), as well as their
+    /// usual credentials.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            names: vec!["genba.local".into(), "localhost".into()],
+            client_ca: None,
+        }
+    }
 }
 
 /// The web console's roles. Users are `[[http.users]]` (the first-boot admin among them);
@@ -248,6 +276,8 @@ impl Default for RecorderConfig {
 pub struct MqttConfig {
     /// The one public MQTT port (3.1.1 and 5).
     pub listen: SocketAddr,
+    /// MQTT over TLS (usually port 8883); unset: none.
+    pub tls_listen: Option<SocketAddr>,
     /// `true` lets anonymous clients in; `false` refuses them. Unset: anonymous only while
     /// the broker listens on a loopback address and no users are configured.
     pub allow_anonymous: Option<bool>,
@@ -285,6 +315,8 @@ pub struct MqttUser {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// HTTPS (usually port 443); unset: none.
+    pub tls_listen: Option<SocketAddr>,
     pub default_topic: String,
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
@@ -380,6 +412,18 @@ impl Config {
             key,
             message,
         };
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            let key = if self.tls.cert.is_some() {
+                "tls.key"
+            } else {
+                "tls.cert"
+            };
+            return Err(invalid(
+                key.into(),
+                "tls.cert and tls.key go together (both unset: a local certificate authority)"
+                    .into(),
+            ));
+        }
         for (i, user) in self.mqtt.users.iter().enumerate() {
             passwords::check_hash(&user.password_hash)
                 .map_err(|m| invalid(format!("mqtt.users[{i}].password_hash"), m))?;
@@ -578,6 +622,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: "127.0.0.1:1883".parse().expect("literal address"),
+            tls_listen: None,
             allow_anonymous: None,
             users: Vec::new(),
             max_payload: 256 * 1024,
@@ -595,6 +640,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("literal address"),
+            tls_listen: None,
             default_topic: "notify/slack".into(),
             max_body_bytes: 64 * 1024,
             max_message_bytes: 16 * 1024,

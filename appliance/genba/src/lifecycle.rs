@@ -87,6 +87,8 @@ fn write_endpoints(data_dir: &Path, started: &Started) -> Result<()> {
     let body = serde_json::json!({
         "mqtt": started.mqtt.map(|a| a.to_string()),
         "http": started.http.map(|a| a.to_string()),
+        "mqtts": started.mqtts.map(|a| a.to_string()),
+        "https": started.https.map(|a| a.to_string()),
         "pid": std::process::id(),
         "database": genba_store::db_path(data_dir),
     });
@@ -104,6 +106,12 @@ fn print_banner(role: Role, config: &genba_config::Config, started: &Started) {
     }
     if let Some(a) = started.http {
         lines.push(format!("  HTTP   http://{a}/"));
+    }
+    if let Some(a) = started.mqtts {
+        lines.push(format!("  MQTTS  {a}   (MQTT over TLS)"));
+    }
+    if let Some(a) = started.https {
+        lines.push(format!("  HTTPS  https://{a}/   (CA certificate: /ca.pem)"));
     }
     lines.push(format!(
         "  data   {}",

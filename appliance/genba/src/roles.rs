@@ -54,6 +54,9 @@ impl Role {
 pub struct Started {
     pub mqtt: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// MQTT over TLS and HTTPS, when configured.
+    pub mqtts: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     journal: Option<Journal>,
     internal_secret: String,
     bridge: Option<JoinHandle<()>>,
@@ -144,9 +147,21 @@ pub async fn start(
     if journal.is_some() {
         register_sinks(&db, config, role.runs_broker())?;
     }
+    // One certificate for both TLS listeners, loaded (or made) once.
+    let wants_tls = (role.runs_broker() && config.mqtt.tls_listen.is_some())
+        || (role.runs_bridge() && config.http.tls_listen.is_some());
+    let tls = if wants_tls {
+        let t = genba_tls::load(&config.tls, &data_dir).context("TLS certificate")?;
+        tracing::info!(sha256 = %t.fingerprint, "TLS server certificate");
+        Some(t)
+    } else {
+        None
+    };
     let mut started = Started {
         mqtt: None,
         http: None,
+        mqtts: None,
+        https: None,
         journal: journal.clone(),
         internal_secret: internal_secret.clone(),
         bridge: None,
@@ -156,9 +171,16 @@ pub async fn start(
 
     if role.runs_broker() {
         let journal = journal.clone().context("broker needs the journal")?;
-        let broker = genba_broker::start(&config.mqtt, journal.clone(), &internal_secret).await?;
-        tracing::info!(addr = %broker.addr, "mqtt broker ready");
+        let broker = genba_broker::start(
+            &config.mqtt,
+            journal.clone(),
+            &internal_secret,
+            tls.as_ref().map(|t| t.acceptor.clone()),
+        )
+        .await?;
+        tracing::info!(addr = %broker.addr, tls = ?broker.tls_addr, "mqtt broker ready");
         started.mqtt = Some(broker.addr);
+        started.mqtts = broker.tls_addr;
         let (db2, j2, stop) = (db.clone(), journal.clone(), shutdown.clone());
         let provisioning = genba_platform::consumer::Provisioning {
             mqtt: config.provisions(!config.mqtt.anonymous_allowed()),
@@ -216,13 +238,15 @@ pub async fn start(
                 console: config.console.clone(),
                 exment: config.exment.clone(),
                 slack_webhooks: config.slack.webhooks.clone(),
+                tls: tls.clone(),
             },
             journal,
             shutdown.clone(),
         )
         .await?;
-        tracing::info!(addr = %bridge.addr, "http bridge ready");
+        tracing::info!(addr = %bridge.addr, tls = ?bridge.tls_addr, "http bridge ready");
         started.http = Some(bridge.addr);
+        started.https = bridge.tls_addr;
         started.bridge = Some(bridge.done);
     }
     if role.runs_slack() {

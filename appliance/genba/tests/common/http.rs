@@ -16,6 +16,8 @@ pub struct Http {
 pub struct Reply {
     pub status: u16,
     pub json: Value,
+    /// The body as text (lossy UTF-8).
+    pub text: String,
     pub headers: reqwest::header::HeaderMap,
 }
 
@@ -109,6 +111,7 @@ pub async fn send(req: reqwest::RequestBuilder) -> Reply {
     Reply {
         status,
         json,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
         headers,
     }
 }
