@@ -34,6 +34,66 @@ pub(crate) type Reader = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
 /// A client connection's write side.
 pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// How a listener's connections carry MQTT: plain TCP, TLS, WebSocket, or WebSocket over TLS.
+#[derive(Clone, Default)]
+pub(crate) struct Transport {
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub websocket: bool,
+}
+
+impl Transport {
+    async fn open(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> Result<(Box<dyn AsyncRead + Send + Unpin>, Writer), String> {
+        match (&self.tls, self.websocket) {
+            (None, false) => {
+                let (rd, wr) = stream.into_split();
+                Ok((Box::new(rd), Box::new(wr)))
+            }
+            (None, true) => websocket(stream).await,
+            (Some(tls), ws) => {
+                let s = tls.accept(stream).await.map_err(|e| format!("TLS: {e}"))?;
+                if ws {
+                    websocket(s).await
+                } else {
+                    let (rd, wr) = tokio::io::split(s);
+                    Ok((Box::new(rd), Box::new(wr)))
+                }
+            }
+        }
+    }
+}
+
+/// MQTT over WebSocket (MQTT 5 section 6): the HTTP upgrade, with the `mqtt` subprotocol when
+/// the client asks for it; then binary frames carry the byte stream.
+async fn websocket<S>(stream: S) -> Result<(Box<dyn AsyncRead + Send + Unpin>, Writer), String>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    let choose = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let asked = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let mqtt = asked
+            .split(',')
+            .map(str::trim)
+            .find(|p| *p == "mqtt" || *p == "mqttv3.1");
+        if let Some(p) = mqtt.and_then(|p| p.parse().ok()) {
+            resp.headers_mut().insert("sec-websocket-protocol", p);
+        }
+        Ok(resp)
+    };
+    let ws = async_tungstenite::tokio::accept_hdr_async(stream, choose)
+        .await
+        .map_err(|e| format!("WebSocket: {e}"))?;
+    let (rd, wr) = tokio::io::split(ws_stream_tungstenite::WsStream::new(ws));
+    Ok((Box::new(rd), Box::new(wr)))
+}
+
 /// Counters the front door keeps.
 #[derive(Debug, Default)]
 pub struct DoorStats {
@@ -65,13 +125,13 @@ pub(crate) struct FrontDoor {
 }
 
 impl FrontDoor {
-    /// Accepts on `listener` until `stop`; with `tls`, each connection does its TLS handshake
-    /// first (within the CONNECT wait, holding its slot).
+    /// Accepts on `listener` until `stop`. Each connection takes its slot, then does its
+    /// TLS handshake and WebSocket upgrade (if `transport` says so) within the CONNECT wait.
     pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         mut stop: watch::Receiver<bool>,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        transport: Transport,
     ) {
         let mut backoff = AcceptBackoff::default();
         loop {
@@ -95,26 +155,16 @@ impl FrontDoor {
             let slot = self.connections.clone().try_acquire_owned().ok();
             let _ = stream.set_nodelay(true);
             let door = self.clone();
-            let tls = tls.clone();
+            let transport = transport.clone();
             tokio::spawn(async move {
-                let (rd, wr): (Box<dyn AsyncRead + Send + Unpin>, Writer) = match tls {
-                    None => {
-                        let (rd, wr) = stream.into_split();
-                        (Box::new(rd), Box::new(wr))
+                let opened = tokio::time::timeout(CONNECT_WAIT, transport.open(stream)).await;
+                let (rd, wr) = match opened {
+                    Ok(Ok(halves)) => halves,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "mqtt connection refused before CONNECT");
+                        return;
                     }
-                    Some(tls) => {
-                        match tokio::time::timeout(CONNECT_WAIT, tls.accept(stream)).await {
-                            Ok(Ok(s)) => {
-                                let (rd, wr) = tokio::io::split(s);
-                                (Box::new(rd), Box::new(wr))
-                            }
-                            Ok(Err(e)) => {
-                                tracing::info!(%peer, error = %e, "mqtt TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        }
-                    }
+                    Err(_) => return,
                 };
                 if let Err(e) = door.handle(rd, wr, peer, slot).await {
                     tracing::debug!(%peer, error = %e, "mqtt connection ended");

@@ -57,8 +57,10 @@ pub enum BrokerError {
 pub struct RunningBroker {
     /// The public address (the one clients use).
     pub addr: SocketAddr,
-    /// MQTT over TLS, when configured.
+    /// MQTT over TLS, over WebSocket, over WebSocket and TLS, when configured.
     pub tls_addr: Option<SocketAddr>,
+    pub ws_addr: Option<SocketAddr>,
+    pub wss_addr: Option<SocketAddr>,
     pub broker: Arc<broker::Broker>,
     stop: tokio::sync::watch::Sender<bool>,
     stats: Arc<frontdoor::DoorStats>,
@@ -180,20 +182,30 @@ pub async fn start(
         disabled: Default::default(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let tls_addr = match (cfg.tls_listen, tls) {
-        (Some(listen), Some(acceptor)) => {
-            let bind_err = |source| BrokerError::Bind {
-                addr: listen,
-                source,
-            };
-            let l = TcpListener::bind(listen).await.map_err(bind_err)?;
-            let a = l.local_addr().map_err(bind_err)?;
-            tokio::spawn(door.clone().serve(l, stopped.clone(), Some(acceptor)));
-            Some(a)
-        }
-        _ => None,
-    };
-    tokio::spawn(door.serve(listener, stopped, None));
+    // The other listeners: MQTT over TLS, over WebSocket, over WebSocket and TLS.
+    // (address, TLS needed, WebSocket); a TLS listener without a certificate is not opened.
+    let listeners = [
+        (cfg.tls_listen, true, false),
+        (cfg.ws_listen, false, true),
+        (cfg.wss_listen, true, true),
+    ];
+    let mut extra = Vec::new();
+    for (listen, needs_tls, websocket) in listeners {
+        let (Some(listen), true) = (listen, !needs_tls || tls.is_some()) else {
+            extra.push(None);
+            continue;
+        };
+        let tls = if needs_tls { tls.clone() } else { None };
+        let bind_err = |source| BrokerError::Bind {
+            addr: listen,
+            source,
+        };
+        let l = TcpListener::bind(listen).await.map_err(bind_err)?;
+        extra.push(Some(l.local_addr().map_err(bind_err)?));
+        let transport = frontdoor::Transport { tls, websocket };
+        tokio::spawn(door.clone().serve(l, stopped.clone(), transport));
+    }
+    tokio::spawn(door.serve(listener, stopped, frontdoor::Transport::default()));
     let sweeper = Arc::downgrade(&broker);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -205,7 +217,9 @@ pub async fn start(
     });
     Ok(RunningBroker {
         addr,
-        tls_addr,
+        tls_addr: extra[0],
+        ws_addr: extra[1],
+        wss_addr: extra[2],
         broker,
         stop,
         stats,

@@ -26,6 +26,8 @@ pub const EXAMPLE_CONFIG: &str = r##"# genba.toml: every key is optional; the va
 [mqtt]
 listen = "127.0.0.1:1883"              # one port for MQTT 3.1.1 and MQTT 5; use "0.0.0.0:1883" on the LAN
 # tls_listen = "0.0.0.0:8883"            # MQTT over TLS, certificate from [tls]
+# ws_listen = "0.0.0.0:8083"             # MQTT over WebSocket (browsers), path any
+# wss_listen = "0.0.0.0:8084"            # MQTT over WebSocket and TLS
 # allow_anonymous = true                 # unset: anonymous only on loopback with no users
 max_payload = 262144                     # bytes per PUBLISH
 max_connections = 1000

@@ -278,6 +278,10 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// MQTT over TLS (usually port 8883); unset: none.
     pub tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket (usually 8083), for browser clients; unset: none.
+    pub ws_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket and TLS (usually 8084); unset: none.
+    pub wss_listen: Option<SocketAddr>,
     /// `true` lets anonymous clients in; `false` refuses them. Unset: anonymous only while
     /// the broker listens on a loopback address and no users are configured.
     pub allow_anonymous: Option<bool>,
@@ -623,6 +627,8 @@ impl Default for MqttConfig {
         MqttConfig {
             listen: "127.0.0.1:1883".parse().expect("literal address"),
             tls_listen: None,
+            ws_listen: None,
+            wss_listen: None,
             allow_anonymous: None,
             users: Vec::new(),
             max_payload: 256 * 1024,

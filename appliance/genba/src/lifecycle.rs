@@ -89,6 +89,8 @@ fn write_endpoints(data_dir: &Path, started: &Started) -> Result<()> {
         "http": started.http.map(|a| a.to_string()),
         "mqtts": started.mqtts.map(|a| a.to_string()),
         "https": started.https.map(|a| a.to_string()),
+        "mqtt_ws": started.mqtt_ws.map(|a| a.to_string()),
+        "mqtt_wss": started.mqtt_wss.map(|a| a.to_string()),
         "pid": std::process::id(),
         "database": genba_store::db_path(data_dir),
     });
@@ -109,6 +111,12 @@ fn print_banner(role: Role, config: &genba_config::Config, started: &Started) {
     }
     if let Some(a) = started.mqtts {
         lines.push(format!("  MQTTS  {a}   (MQTT over TLS)"));
+    }
+    if let Some(a) = started.mqtt_ws {
+        lines.push(format!("  MQTT/WebSocket      ws://{a}/mqtt"));
+    }
+    if let Some(a) = started.mqtt_wss {
+        lines.push(format!("  MQTT/WebSocket+TLS  wss://{a}/mqtt"));
     }
     if let Some(a) = started.https {
         lines.push(format!("  HTTPS  https://{a}/   (CA certificate: /ca.pem)"));

@@ -57,6 +57,9 @@ pub struct Started {
     /// MQTT over TLS and HTTPS, when configured.
     pub mqtts: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    /// MQTT over WebSocket, plain and with TLS, when configured.
+    pub mqtt_ws: Option<SocketAddr>,
+    pub mqtt_wss: Option<SocketAddr>,
     journal: Option<Journal>,
     internal_secret: String,
     bridge: Option<JoinHandle<()>>,
@@ -148,7 +151,8 @@ pub async fn start(
         register_sinks(&db, config, role.runs_broker())?;
     }
     // One certificate for both TLS listeners, loaded (or made) once.
-    let wants_tls = (role.runs_broker() && config.mqtt.tls_listen.is_some())
+    let wants_tls = (role.runs_broker()
+        && (config.mqtt.tls_listen.is_some() || config.mqtt.wss_listen.is_some()))
         || (role.runs_bridge() && config.http.tls_listen.is_some());
     let tls = if wants_tls {
         let t = genba_tls::load(&config.tls, &data_dir).context("TLS certificate")?;
@@ -162,6 +166,8 @@ pub async fn start(
         http: None,
         mqtts: None,
         https: None,
+        mqtt_ws: None,
+        mqtt_wss: None,
         journal: journal.clone(),
         internal_secret: internal_secret.clone(),
         bridge: None,
@@ -181,6 +187,8 @@ pub async fn start(
         tracing::info!(addr = %broker.addr, tls = ?broker.tls_addr, "mqtt broker ready");
         started.mqtt = Some(broker.addr);
         started.mqtts = broker.tls_addr;
+        started.mqtt_ws = broker.ws_addr;
+        started.mqtt_wss = broker.wss_addr;
         let (db2, j2, stop) = (db.clone(), journal.clone(), shutdown.clone());
         let provisioning = genba_platform::consumer::Provisioning {
             mqtt: config.provisions(!config.mqtt.anonymous_allowed()),

@@ -100,3 +100,33 @@ fn the_local_ca_is_made_once_and_kept_across_restarts() {
     let reply = common::http::Http::new().get(&a.url("/ca.pem"), &[]);
     assert_eq!(reply.text, first);
 }
+
+#[test]
+fn mqtt_over_websocket_and_tls_trusts_the_local_ca() {
+    common::install_crypto();
+    let a = Appliance::start("[mqtt]\nwss_listen = \"127.0.0.1:0\"\n", "");
+    let text = std::fs::read_to_string(a.data_dir().join("run").join("endpoints.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let wss: std::net::SocketAddr = v["mqtt_wss"].as_str().unwrap().parse().unwrap();
+    let ca = std::fs::read(a.data_dir().join("tls").join("ca.pem")).unwrap();
+    let url = format!("wss://localhost:{}/mqtt", wss.port());
+    let mut o = rumqttc::MqttOptions::new("browser-tls", url, wss.port());
+    o.set_transport(rumqttc::Transport::Wss(rumqttc::TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth: None,
+    }));
+    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    client
+        .publish("notify/wss", rumqttc::QoS::AtLeastOnce, false, "secure")
+        .unwrap();
+    let acked = conn
+        .iter()
+        .take(10)
+        .any(|e| matches!(e, Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))));
+    assert!(acked, "PUBACK over wss");
+    assert!(wait_until(Duration::from_secs(5), || a
+        .journal()
+        .iter()
+        .any(|(t, p)| t == "notify/wss" && p == "secure")));
+}
