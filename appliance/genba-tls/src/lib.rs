@@ -177,6 +177,22 @@ fn local_certificate(dir: &Path, names: &[String]) -> Result<(String, String, St
         path: dir.to_owned(),
         source,
     })?;
+    // The broker and the bridge may start together (separate units): one makes, the other
+    // waits and reads.
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| TlsError::File {
+            path: lock_path.clone(),
+            source,
+        })?;
+    lock.lock().map_err(|source| TlsError::File {
+        path: lock_path,
+        source,
+    })?;
     let (ca_pem_path, ca_key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
     let (server_path, key_path, names_path) = (
         dir.join("server.pem"),
@@ -259,6 +275,20 @@ mod tests {
         let renamed = load(&cfg, dir.path()).unwrap();
         assert_eq!(renamed.ca_pem.as_deref(), Some(ca.as_str()));
         assert_ne!(renamed.fingerprint, first.fingerprint);
+    }
+
+    #[test]
+    fn processes_starting_together_share_one_ca_and_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let loads: Vec<_> = (0..4)
+            .map(|_| {
+                let d = dir.path().to_owned();
+                std::thread::spawn(move || load(&TlsConfig::default(), &d).unwrap())
+            })
+            .collect();
+        let got: Vec<ServerTls> = loads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(got.iter().all(|t| t.ca_pem == got[0].ca_pem));
+        assert!(got.iter().all(|t| t.fingerprint == got[0].fingerprint));
     }
 
     #[test]
