@@ -7,7 +7,9 @@ On a copy of the image, grown by 512 MiB like a bigger SD card:
  2. first boot: waits for the console's `genba-ready:` line, then over forwarded ports publishes
     over MQTT (Debian's mosquitto_pub), calls /notify and /api/telemetry, and waits for both
     messages at the fake Slack;
- 3. a write burst of /notify requests, and the VM is killed (a hard power-off) in the middle;
+ 3. a retained message and a persistent session with a queued QoS 1 message are made, then a
+    write burst of /notify requests, and the VM is killed (a hard power-off) in the middle;
+    after the reboot both are still there;
  4. second boot: ready again, serves, delivers the burst, then a second hard power-off;
  5. the card is read on the host: the settings file is gone, the data partition grew, the root
     partition is byte-identical to the image's (read-only), the data file system is clean after
@@ -322,6 +324,20 @@ def main():
              and "mqtt message from the boot test" in slack.all_text())
     log("ok: the /notify and the MQTT message reached the fake Slack")
 
+    # Broker state the power cut must not take: a retained message, and a persistent session
+    # (MQTT 3.1.1 Clean Session 0) with a QoS 1 message queued while its client is away.
+    auth = ["-u", MQTT_USER, "-P", MQTT_PASSWORD]
+    mqtt = ["-h", "127.0.0.1", "-p", str(mqtt_port)] + auth
+    p = subprocess.run(["mosquitto_pub"] + mqtt + ["-q", "1", "-r", "-t", "state/door",
+                        "-m", "retained before the power cut"], capture_output=True, text=True)
+    check(p.returncode == 0, f"retained QoS 1 publish ({p.stderr.strip()})")
+    p = subprocess.run(["mosquitto_sub"] + mqtt + ["-c", "-i", "boot-keeper", "-q", "1",
+                        "-t", "inbox/#", "-E"], capture_output=True, text=True, timeout=60)
+    check(p.returncode == 0, f"persistent session subscribed and left ({p.stderr.strip()})")
+    p = subprocess.run(["mosquitto_pub"] + mqtt + ["-q", "1", "-t", "inbox/x",
+                        "-m", "queued before the power cut"], capture_output=True, text=True)
+    check(p.returncode == 0, f"QoS 1 publish for the absent session ({p.stderr.strip()})")
+
     log("write burst, then a hard power-off in the middle of it")
     acked = burst(base, 6, vm)
     figures["acknowledged in the burst before the power cut"] = len(acked)
@@ -337,6 +353,16 @@ def main():
           "broker and bridge active again")
     status, _ = notify(base, "kitchen/door", "after the power cut")
     check(status == 200, "/notify works after the power cut")
+    p = subprocess.run(["mosquitto_sub"] + mqtt + ["-t", "state/door", "-C", "1", "-W", "30"],
+                       capture_output=True, text=True, timeout=60)
+    check(p.stdout.strip() == "retained before the power cut",
+          f"the retained message survived the power cut ({p.stdout.strip()!r} {p.stderr.strip()})")
+    p = subprocess.run(["mosquitto_sub"] + mqtt + ["-c", "-i", "boot-keeper", "-q", "1",
+                        "-t", "inbox/#", "-C", "1", "-W", "30"],
+                       capture_output=True, text=True, timeout=60)
+    check(p.stdout.strip() == "queued before the power cut",
+          f"the persistent session and its queued message survived the power cut "
+          f"({p.stdout.strip()!r} {p.stderr.strip()})")
     wait_for("every acknowledged burst message at the fake Slack", 300,
              lambda: all(m in slack.all_text() for m in acked + ["after the power cut"]))
     log(f"ok: all {len(acked)} acknowledged burst messages reached the fake Slack")
