@@ -416,6 +416,9 @@ impl Config {
             key,
             message,
         };
+        if let Some(url) = &self.exment.base_url {
+            secrets::check_url(url).map_err(|why| invalid("exment.base_url".into(), why))?;
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             let key = if self.tls.cert.is_some() {
                 "tls.key"

@@ -80,11 +80,49 @@ impl Secrets {
             }
         };
         check_private(path)?;
-        toml::from_str(&text).map_err(|e| SecretsError::Parse {
+        let secrets: Secrets = toml::from_str(&text).map_err(|e| SecretsError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
-        })
+            message: without_the_line(&e, &text),
+        })?;
+        for (name, url) in &secrets.slack {
+            check_url(url).map_err(|why| SecretsError::Parse {
+                path: path.to_owned(),
+                message: format!("slack.{name}: {why}"),
+            })?;
+        }
+        Ok(secrets)
     }
+}
+
+/// A TOML error without the source line the parser quotes: in this file that line may hold a
+/// webhook URL or a password, which must not reach a terminal or a log.
+fn without_the_line(e: &toml::de::Error, text: &str) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {}", e.message())
+        }
+        None => e.message().to_owned(),
+    }
+}
+
+/// A webhook URL a sink can post to: `https://` (or `http://`), a host, no spaces. The reason
+/// never repeats the URL (it is a secret).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the URL contains a space or a control character".into());
+    }
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(format!(
+            "the URL's scheme is {:?}; an https:// URL is needed",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -113,6 +151,40 @@ fn check_private(_path: &Path) -> Result<(), SecretsError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    fn private_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn malformed_webhook_urls_are_refused_without_repeating_them() {
+        for (url, why) in [
+            ("https://hooks.slack.com/services/T0/B0/with space", "space"),
+            ("ftp://hooks.slack.com/services/T0/B0/secret", "scheme"),
+            ("hooks.slack.com/services/T0/B0/secret", "not a URL"),
+        ] {
+            let (_d, path) = private_file(&format!("[slack]\nops = \"{url}\"\n"));
+            let e = Secrets::load(&path).err().expect(url).to_string();
+            assert!(e.contains("slack.ops") && e.contains(why), "{e}");
+            assert!(!e.contains("hooks.slack.com"), "URL repeated: {e}");
+        }
+        let (_d, path) =
+            private_file("[slack]\nops = \"https://hooks.slack.com/services/T0/B0/x\"\n");
+        assert!(Secrets::load(&path).is_ok());
+    }
+
+    #[test]
+    fn a_toml_error_names_the_line_without_quoting_it() {
+        let (_d, path) =
+            private_file("[slack]\nops = \"https://hooks.slack.com/services/T0/B0/s3cretvalue\n");
+        let e = Secrets::load(&path).err().unwrap().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains("s3cretvalue"), "{e}");
+    }
 
     #[test]
     fn world_readable_secrets_are_refused_and_named() {
