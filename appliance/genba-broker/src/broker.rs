@@ -73,6 +73,11 @@ impl Broker {
         }
     }
 
+    /// Where changes to the stored state (and the session list) go.
+    pub fn persist(&self) -> &Persist {
+        &self.persist
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

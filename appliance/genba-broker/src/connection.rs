@@ -25,6 +25,7 @@ use crate::packet::{
     self, ConnackProperties, Connect, Frame, PacketError, Refusal, Subscribe, Violation, PUBACK,
     PUBCOMP, PUBREC,
 };
+use crate::persist::{Change, ClientChange};
 use crate::session::{self, Drain, Link, Message, SessionRef};
 use crate::topic::ClientId;
 
@@ -49,7 +50,8 @@ type Commit = oneshot::Receiver<genba_store::Result<i64>>;
 /// What the steps task does, in the order the client sent it.
 enum Step {
     Publish {
-        msg: Message,
+        /// Boxed: a connection's step queue holds many of these.
+        msg: Box<Message>,
         commit: Option<Commit>,
         /// The acknowledgement to send once routed: kind and packet id.
         ack: Option<(u8, u16)>,
@@ -188,9 +190,13 @@ impl FrontDoor {
                 .broker
                 .publish(will_message(w, Some(client_id.as_str().into())));
         }
+        // The session list (/v2/session) is written by the broker's state writer, in batches
+        // and without an fsync: a thousand clients connecting at once cost a few commits, not
+        // a thousand blocking threads with a SQLite connection each.
         let registered = if access == Access::Client {
+            let id = attached.conn as i64;
             let row = genba_store::sessions::MqttSession {
-                id: 0,
+                id,
                 client_id: client_id.clone(),
                 username: connect.username.clone(),
                 address: peer.to_string(),
@@ -200,11 +206,10 @@ impl FrontDoor {
                 connected_at_ms: 0,
                 subscriptions: Vec::new(),
             };
-            self.sessions
-                .run(move |c| genba_store::sessions::open(c, &row))
-                .await
-                .map_err(|e| tracing::warn!(error = %e, "session list: cannot record a client"))
-                .ok()
+            self.broker
+                .persist()
+                .send(Change::Client(ClientChange::Opened(row)));
+            Some(id)
         } else {
             None
         };
@@ -256,10 +261,9 @@ impl FrontDoor {
         self.broker
             .disconnect(&client.session, client.conn, graceful, new_expiry);
         if let Some(id) = client.registered {
-            let _ = self
-                .sessions
-                .run(move |c| genba_store::sessions::close(c, id))
-                .await;
+            self.broker
+                .persist()
+                .send(Change::Client(ClientChange::Closed(id)));
         }
         if violation.is_some() && v5 && wrote_last {
             // Read what the client still sends for a moment instead of resetting the
@@ -505,7 +509,7 @@ impl FrontDoor {
         }
         let ack = ack_kind.zip(p.pid);
         Ok(Some(Step::Publish {
-            msg: message_from(p, Some(client.id.clone())),
+            msg: Box::new(message_from(p, Some(client.id.clone()))),
             commit,
             ack,
         }))
@@ -562,7 +566,7 @@ async fn run_steps(door: Arc<FrontDoor>, client: Arc<Client>, mut rx: mpsc::Rece
                         break;
                     }
                 }
-                let durable = door.broker.publish(msg);
+                let durable = door.broker.publish(*msg);
                 if let Some((kind, pid)) = ack {
                     let bytes = packet::ack(kind, pid, 0, client.v5);
                     if !reply(bytes, durable, kind == PUBACK).await {
@@ -593,14 +597,14 @@ async fn run_steps(door: Arc<FrontDoor>, client: Arc<Client>, mut rx: mpsc::Rece
                         .filter(|(_, c)| **c < 0x80)
                         .map(|(f, _)| f.filter.clone())
                         .collect();
-                    record_filters(&door, id, filters, true).await;
+                    record_filters(&door, id, filters, true);
                 }
             }
             Step::Unsubscribe(pid, filters) => {
                 let codes = door.broker.unsubscribe(&client.session, &filters);
                 client.say(&packet::unsuback(pid, &codes, client.v5));
                 if let Some(id) = client.registered {
-                    record_filters(&door, id, filters, false).await;
+                    record_filters(&door, id, filters, false);
                 }
             }
         }
@@ -632,17 +636,18 @@ async fn send_acks(client: Arc<Client>, mut rx: mpsc::Receiver<Ack>, queued: Arc
     }
 }
 
-async fn record_filters(door: &FrontDoor, id: i64, filters: Vec<String>, add: bool) {
-    let _ = door
-        .sessions
-        .run(move |c| genba_store::sessions::change_subscriptions(c, id, &filters, add))
-        .await;
+fn record_filters(door: &FrontDoor, id: i64, filters: Vec<String>, add: bool) {
+    door.broker
+        .persist()
+        .send(Change::Client(ClientChange::Subscriptions(
+            id, filters, add,
+        )));
 }
 
 /// Writes what the session has for this connection each time it is woken, until the
 /// connection is to close or the session is taken over.
 async fn write_loop(session: SessionRef, conn: u64, wake: Arc<Notify>, mut wr: Writer, v5: bool) {
-    let mut buf = Vec::with_capacity(4096);
+    let mut buf = Vec::new();
     loop {
         let drain = session::lock(&session).drain(conn, &mut buf, SystemTime::now());
         if drain == Drain::TakenOver && v5 {

@@ -194,7 +194,7 @@ impl FrontDoor {
                 }
             },
         };
-        let mut rd: Reader = BufReader::with_capacity(8 * 1024, rd);
+        let mut rd: Reader = BufReader::with_capacity(4 * 1024, rd);
         let wait = if slot.is_some() {
             CONNECT_WAIT
         } else {

@@ -38,6 +38,28 @@ pub enum Change {
     Delivered(String, u64),
     /// Resolved once every change before it is committed.
     Sync(tokio::sync::oneshot::Sender<()>),
+    /// The list of connected clients (`/v2/session`): not durable, written without an fsync.
+    Client(ClientChange),
+}
+
+/// A change to the list of connected clients (genba-store `sessions`).
+pub enum ClientChange {
+    Opened(genba_store::sessions::MqttSession),
+    Subscriptions(i64, Vec<String>, bool),
+    Closed(i64),
+}
+
+impl ClientChange {
+    fn apply(&self, conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+        use genba_store::sessions;
+        match self {
+            ClientChange::Opened(row) => sessions::open(conn, row),
+            ClientChange::Subscriptions(id, filters, add) => {
+                sessions::change_subscriptions(conn, *id, filters, *add)
+            }
+            ClientChange::Closed(id) => sessions::close(conn, *id),
+        }
+    }
 }
 
 impl Change {
@@ -85,18 +107,30 @@ impl Persist {
             .name("broker-state".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let (mut batch, mut synced) = (Vec::new(), Vec::new());
+                    let (mut batch, mut synced, mut clients) = (Vec::new(), Vec::new(), Vec::new());
                     let mut next = Some(first);
                     while let Some(c) = next {
                         match c {
                             Change::Sync(done) => synced.push(done),
-                            c => batch.push(stored(c)),
+                            Change::Client(c) => clients.push(c),
+                            c => batch.extend(stored(c)),
                         }
                         next = if batch.len() < MAX_BATCH {
                             rx.try_recv().ok()
                         } else {
                             None
                         };
+                    }
+                    if !clients.is_empty() {
+                        // The session list's own statements commit without an fsync.
+                        for c in &clients {
+                            if let Err(e) = c.apply(&conn) {
+                                tracing::warn!(error = %e, "session list: cannot record a change");
+                            }
+                        }
+                        if let Err(e) = conn.execute_batch("PRAGMA synchronous=FULL") {
+                            tracing::error!(error = %e, "broker state: cannot restore synchronous=FULL");
+                        }
                     }
                     if !batch.is_empty() {
                         if let Err(e) = rows::apply(&mut conn, &batch) {
@@ -135,8 +169,9 @@ fn retained_row(m: &Message) -> rows::RetainedRow {
     }
 }
 
-fn stored(c: Change) -> StateChange {
-    match c {
+/// The row change for a state change (`None` for the markers and the session list).
+fn stored(c: Change) -> Option<StateChange> {
+    Some(match c {
         Change::Retained(m) => StateChange::Retained(retained_row(&m)),
         Change::RetainedGone(t) => StateChange::RetainedGone(t),
         Change::Session {
@@ -159,9 +194,8 @@ fn stored(c: Change) -> StateChange {
                 .unwrap_or_else(|_| "[]".into()),
         }),
         Change::Delivered(client_id, id) => StateChange::Delivered(client_id, id as i64),
-        // Taken out before this is called.
-        Change::Sync(_) => StateChange::Delivered(String::new(), 0),
-    }
+        Change::Sync(_) | Change::Client(_) => return None,
+    })
 }
 
 fn message(r: rows::RetainedRow, id: u64) -> Message {

@@ -32,12 +32,13 @@ pub fn clear(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Records a connected client; returns its row id.
-pub fn open(conn: &Connection, s: &MqttSession) -> rusqlite::Result<i64> {
+/// Records a connected client under its id `s.id` (the broker's connection number; the table
+/// is emptied when the broker starts).
+pub fn open(conn: &Connection, s: &MqttSession) -> rusqlite::Result<()> {
     relaxed(conn)?;
     conn.execute(
-        "INSERT INTO mqtt_sessions (client_id, username, address, protocol, keep_alive,
-         clean_start, connected_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT OR REPLACE INTO mqtt_sessions (id, client_id, username, address, protocol,
+         keep_alive, clean_start, connected_at) VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             s.client_id,
             s.username,
@@ -45,10 +46,11 @@ pub fn open(conn: &Connection, s: &MqttSession) -> rusqlite::Result<i64> {
             s.protocol,
             s.keep_alive,
             s.clean_start,
-            now_ms()
+            now_ms(),
+            s.id
         ],
     )?;
-    Ok(conn.last_insert_rowid())
+    Ok(())
 }
 
 /// Adds (`subscribe`) or removes filters of a session.
