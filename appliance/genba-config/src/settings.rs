@@ -161,6 +161,7 @@ impl Settings {
                 if value.trim().is_empty() {
                     return Err(invalid(key, "must not be empty"));
                 }
+                not_a_placeholder(key, value)?;
             }
         }
         for (i, device) in self.devices.iter().enumerate() {
@@ -171,6 +172,7 @@ impl Settings {
                     "20 to 128 printable ASCII characters without spaces",
                 ));
             }
+            not_a_placeholder(&format!("devices[{i}].api_key"), key)?;
         }
         Ok(())
     }
@@ -243,17 +245,65 @@ fn check_password(key: &str, password: &str) -> Result<(), SettingsError> {
     if password.chars().count() < 8 {
         return Err(invalid(key, "must be at least 8 characters"));
     }
-    Ok(())
+    not_a_placeholder(key, password)
 }
 
 fn check_url(key: &str, url: &str) -> Result<(), SettingsError> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| invalid(key, "must start with https:// (or http://)"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(key, "not a URL"));
+    crate::secrets::check_url(url).map_err(|why| invalid(key, why))?;
+    not_a_placeholder(key, url)
+}
+
+/// The secret values `genba-settings.example.toml` ships (image/): a copy of the example with
+/// them left in would give every such Pi the same, published credentials.
+const PLACEHOLDERS: &[&str] = &[
+    "change me please",
+    "another long password",
+    "replace-with-a-long-random-key",
+    "wifi passphrase",
+    "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+    "...",
+];
+
+/// Passwords at the top of every leaked-password list, refused too.
+const COMMON_PASSWORDS: &[&str] = &[
+    "password",
+    "password1",
+    "password123",
+    "passw0rd",
+    "12345678",
+    "123456789",
+    "1234567890",
+    "11111111",
+    "00000000",
+    "87654321",
+    "qwertyuiop",
+    "qwerty123",
+    "abcdefgh",
+    "abcd1234",
+    "iloveyou",
+    "letmein123",
+    "changeme",
+    "change me",
+    "admin123",
+    "administrator",
+    "raspberry",
+    "genba123",
+    "welcome1",
+];
+
+fn not_a_placeholder(key: &str, value: &str) -> Result<(), SettingsError> {
+    let v = value.trim().to_lowercase();
+    if PLACEHOLDERS.iter().any(|p| p.to_lowercase() == v) {
+        return Err(invalid(
+            key,
+            "still the example's placeholder (published in Genba's repository); put your own",
+        ));
+    }
+    if COMMON_PASSWORDS.contains(&v.as_str()) {
+        return Err(invalid(
+            key,
+            "one of the most common passwords; choose a longer, unguessable one",
+        ));
     }
     Ok(())
 }
@@ -283,6 +333,14 @@ pub fn wpa_supplicant_conf(wifi: &Wifi) -> Result<String, SettingsError> {
                 "8 to 63 printable ASCII characters (WPA2 passphrase)",
             ));
         }
+        // The example's placeholder, not a network's password (common passwords stay allowed:
+        // the shop's network is what it is).
+        if PLACEHOLDERS.contains(&password.trim()) {
+            return Err(invalid(
+                "wifi.password",
+                "still the example's placeholder; put your network's password",
+            ));
+        }
         let mut psk = [0u8; 32];
         pbkdf2_hmac::<Sha1>(password.as_bytes(), wifi.ssid.as_bytes(), 4096, &mut psk);
         format!("\tkey_mgmt=WPA-PSK\n\tpsk={}\n", hex(&psk))
@@ -307,6 +365,67 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The example shipped on the card, as a user who copied it without editing would have it.
+    const EXAMPLE: &str = include_str!("../../../image/genba-settings.example.toml");
+
+    #[test]
+    fn every_placeholder_of_the_example_is_refused_until_replaced() {
+        let mut text = EXAMPLE.to_owned();
+        // Each placeholder is refused in turn, naming its key; replaced, the next one is.
+        let steps = [
+            (
+                "wifi passphrase",
+                "wifi.password",
+                "our-real-wifi-passphrase",
+            ),
+            (
+                "change me please",
+                "admin.password",
+                "a-real-admin-passphrase-93",
+            ),
+            (
+                "another long password",
+                "mqtt_users[0].password",
+                "thermo-passphrase-77",
+            ),
+            (
+                "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+                "slack.webhook_url",
+                "https://hooks.slack.com/services/T1/B2/realtoken",
+            ),
+            (
+                "replace-with-a-long-random-key",
+                "devices[0].api_key",
+                "9f2c41d08e7b6a35c1d4e2f0",
+            ),
+        ];
+        for (placeholder, key, real) in steps {
+            let e = match Settings::parse(&text) {
+                Ok(_) => panic!("the example was accepted with {placeholder:?} in it"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(key) && e.contains("placeholder"), "{key}: {e}");
+            text = text.replacen(placeholder, real, 1);
+        }
+        assert!(
+            Settings::parse(&text).is_ok(),
+            "{:?}",
+            Settings::parse(&text).err()
+        );
+    }
+
+    #[test]
+    fn common_passwords_are_refused_for_accounts_not_for_the_wifi() {
+        let admin = "[admin]\npassword = \"password123\"\n";
+        let e = Settings::parse(admin)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("admin.password") && e.contains("common"), "{e}");
+        let wifi = "[wifi]\ncountry = \"JP\"\nssid = \"shop\"\npassword = \"password123\"\n";
+        assert!(Settings::parse(wifi).is_ok());
+    }
 
     const FULL: &str = r#"
 [wifi]
