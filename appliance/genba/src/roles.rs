@@ -150,10 +150,13 @@ pub async fn start(
     if journal.is_some() {
         register_sinks(&db, config, role.runs_broker())?;
     }
-    // One certificate for both TLS listeners, loaded (or made) once.
-    let wants_tls = (role.runs_broker()
-        && (config.mqtt.tls_listen.is_some() || config.mqtt.wss_listen.is_some()))
-        || (role.runs_bridge() && config.http.tls_listen.is_some());
+    // One certificate for every TLS listener, loaded (or made) once; the bridge serves the
+    // local CA's certificate (/ca.pem) whenever any TLS listener is configured, even when
+    // the broker runs in another process.
+    let any_tls = config.mqtt.tls_listen.is_some()
+        || config.mqtt.wss_listen.is_some()
+        || config.http.tls_listen.is_some();
+    let wants_tls = any_tls && (role.runs_broker() || role.runs_bridge());
     let tls = if wants_tls {
         let t = genba_tls::load(&config.tls, &data_dir).context("TLS certificate")?;
         tracing::info!(sha256 = %t.fingerprint, "TLS server certificate");
