@@ -82,9 +82,39 @@ impl Broker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Restores what was stored: retained messages, and sessions with their subscriptions
-    /// and queued messages (all offline, their expiry counted from now).
-    pub fn restore(&self, retained: Vec<Message>, sessions: Vec<StoredSession>) {
+    /// Restores what was stored: retained messages, sessions with their subscriptions and
+    /// queued messages (all offline, their expiry counted from now), and the wills of clients
+    /// that were connected: the restart ended their connections, so each will is published
+    /// now, or after its delay when its session was kept.
+    pub fn restore(&self, stored: crate::persist::Stored) {
+        let crate::persist::Stored {
+            retained,
+            sessions,
+            wills,
+        } = stored;
+        self.restore_state(retained, sessions);
+        let due_now = {
+            let st = self.state();
+            let now = Instant::now();
+            let mut wills = wills;
+            wills.retain(|(id, w)| match st.sessions.get(id.as_str()) {
+                Some(s) if w.delay > 0 => {
+                    let mut g = session::lock(s);
+                    let delay = w.delay.min(g.expiry);
+                    g.will_due = Some((now + Duration::from_secs(delay.into()), w.clone()));
+                    self.persist.send(Change::Will(id.clone(), w.clone()));
+                    false
+                }
+                _ => true,
+            });
+            wills
+        };
+        for (id, w) in due_now {
+            let _ = self.publish(will_message(w, Some(id.as_str().into())));
+        }
+    }
+
+    fn restore_state(&self, retained: Vec<Message>, sessions: Vec<StoredSession>) {
         let mut st = self.state();
         let now = Instant::now();
         for stored in sessions {
@@ -158,6 +188,12 @@ impl Broker {
         {
             let mut g = session::lock(&session);
             g.expiry = expiry.min(self.limits.max_session_expiry);
+            // Stored while the client is connected: a restart ends the connection, and the
+            // will is due after it.
+            self.persist.send(match &will {
+                Some(w) => Change::Will(client_id.to_owned(), w.clone()),
+                None => Change::WillGone(client_id.to_owned()),
+            });
             g.will = will;
             g.attach(link);
             self.persist.send(Change::session(&g));
@@ -195,8 +231,12 @@ impl Broker {
             if delay == 0 {
                 publish_now = Some(w);
             } else {
+                // Still stored: due after a restart too.
                 g.will_due = Some((Instant::now() + Duration::from_secs(delay.into()), w));
             }
+        }
+        if g.will_due.is_none() || g.expiry == 0 {
+            self.persist.send(Change::WillGone(g.client_id.to_string()));
         }
         let id = g.client_id.clone();
         if g.expiry == 0 {
@@ -257,6 +297,7 @@ impl Broker {
             }
         }
         for (w, id) in wills {
+            self.persist.send(Change::WillGone(id.to_string()));
             let _ = self.publish(will_message(w, Some(id)));
         }
     }

@@ -173,6 +173,13 @@ impl FrontDoor {
             connect.will.clone(),
             link,
         );
+        // A will is stored before the CONNACK: if the broker stops before the client leaves,
+        // the will is due after the restart.
+        if connect.will.is_some() {
+            if let Some(stored) = self.broker.persist().sync() {
+                let _ = stored.await;
+            }
+        }
         let granted_expiry = session::lock(&attached.session).expiry;
         let props = v5.then(|| ConnackProperties {
             assigned_client_id: assigned,

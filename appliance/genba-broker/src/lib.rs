@@ -132,8 +132,12 @@ pub async fn start(
         path: path.clone(),
         source,
     };
-    let (retained, sessions) = persist::load(&path).map_err(state_err)?;
-    let (n_retained, n_sessions) = (retained.len(), sessions.len());
+    let stored = persist::load(&path).map_err(state_err)?;
+    let (n_retained, n_sessions, n_wills) = (
+        stored.retained.len(),
+        stored.sessions.len(),
+        stored.wills.len(),
+    );
     let persist = persist::Persist::start(&path).map_err(state_err)?;
     let broker = Arc::new(broker::Broker::new(
         broker::Limits {
@@ -143,11 +147,12 @@ pub async fn start(
         },
         persist,
     ));
-    broker.restore(retained, sessions);
-    if n_retained + n_sessions > 0 {
+    broker.restore(stored);
+    if n_retained + n_sessions + n_wills > 0 {
         tracing::info!(
             retained = n_retained,
             sessions = n_sessions,
+            wills = n_wills,
             "broker state restored"
         );
     }

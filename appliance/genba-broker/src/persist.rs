@@ -36,6 +36,10 @@ pub enum Change {
     Queued(String, Delivery),
     /// That message was acknowledged (or dropped as delivered).
     Delivered(String, u64),
+    /// The will of a connected client (due after a restart, which ends its connection).
+    Will(String, crate::packet::Will),
+    /// That will was published, or is no longer wanted.
+    WillGone(String),
     /// Resolved once every change before it is committed.
     Sync(tokio::sync::oneshot::Sender<()>),
     /// The list of connected clients (`/v2/session`): not durable, written without an fsync.
@@ -194,6 +198,17 @@ fn stored(c: Change) -> Option<StateChange> {
                 .unwrap_or_else(|_| "[]".into()),
         }),
         Change::Delivered(client_id, id) => StateChange::Delivered(client_id, id as i64),
+        Change::Will(client_id, w) => StateChange::Will(rows::WillRow {
+            client_id,
+            topic: w.topic,
+            payload: w.payload.to_vec(),
+            qos: w.qos,
+            retain: w.retain,
+            props: w.props.to_vec(),
+            delay: w.delay,
+            expiry: w.expiry,
+        }),
+        Change::WillGone(client_id) => StateChange::WillGone(client_id),
         Change::Sync(_) | Change::Client(_) => return None,
     })
 }
@@ -219,11 +234,35 @@ pub struct StoredSession {
     pub queued: Vec<Delivery>,
 }
 
-/// Reads what was stored: retained messages and sessions with their queued messages.
-pub fn load(
-    path: &std::path::Path,
-) -> Result<(Vec<Message>, Vec<StoredSession>), genba_store::StoreError> {
+/// What the broker finds stored when it starts.
+pub struct Stored {
+    pub retained: Vec<Message>,
+    pub sessions: Vec<StoredSession>,
+    /// Wills of the clients connected when the broker stopped: (client id, will).
+    pub wills: Vec<(String, crate::packet::Will)>,
+}
+
+/// Reads what was stored: retained messages, sessions with their queued messages, wills.
+pub fn load(path: &std::path::Path) -> Result<Stored, genba_store::StoreError> {
     let conn = genba_store::open(path)?;
+    let wills = rows::take_wills(&conn)
+        .map_err(genba_store::StoreError::from)?
+        .into_iter()
+        .map(|w| {
+            (
+                w.client_id,
+                crate::packet::Will {
+                    topic: w.topic,
+                    payload: Bytes::from(w.payload),
+                    qos: w.qos,
+                    retain: w.retain,
+                    delay: w.delay,
+                    expiry: w.expiry,
+                    props: Bytes::from(w.props),
+                },
+            )
+        })
+        .collect();
     let (retained, sessions, queued) = rows::load(&conn).map_err(genba_store::StoreError::from)?;
     let retained = retained.into_iter().map(|r| message(r, 0)).collect();
     let mut out: Vec<StoredSession> = sessions
@@ -248,5 +287,9 @@ pub fn load(
             subscription_ids: serde_json::from_str(&q.subscription_ids).unwrap_or_default(),
         });
     }
-    Ok((retained, out))
+    Ok(Stored {
+        retained,
+        sessions: out,
+        wills,
+    })
 }

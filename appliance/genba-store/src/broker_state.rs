@@ -35,8 +35,23 @@ pub struct QueuedRow {
     pub subscription_ids: String,
 }
 
+/// The will of a connected client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WillRow {
+    pub client_id: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+    pub props: Vec<u8>,
+    pub delay: u32,
+    pub expiry: Option<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateChange {
+    Will(WillRow),
+    WillGone(String),
     Retained(RetainedRow),
     RetainedGone(String),
     Session(SessionRow),
@@ -99,6 +114,26 @@ pub fn apply(conn: &mut Connection, changes: &[StateChange]) -> rusqlite::Result
                     m.expires_at_ms,
                     q.subscription_ids
                 ])?;
+            }
+            StateChange::Will(w) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO mqtt_wills (client_id, topic, payload, qos, retain,
+                     props, delay, expiry) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    w.client_id,
+                    w.topic,
+                    w.payload,
+                    w.qos,
+                    w.retain,
+                    w.props,
+                    w.delay,
+                    w.expiry
+                ])?;
+            }
+            StateChange::WillGone(id) => {
+                tx.prepare_cached("DELETE FROM mqtt_wills WHERE client_id = ?1")?
+                    .execute([id])?;
             }
             StateChange::Delivered(id, msg_id) => {
                 tx.prepare_cached("DELETE FROM mqtt_queue WHERE client_id = ?1 AND msg_id = ?2")?
@@ -166,6 +201,31 @@ pub fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok((retained, sessions, queued))
+}
+
+/// The wills stored (of clients connected when the broker stopped), and forgets them: the
+/// broker publishes or schedules each once.
+pub fn take_wills(conn: &Connection) -> rusqlite::Result<Vec<WillRow>> {
+    let wills = conn
+        .prepare(
+            "SELECT client_id, topic, payload, qos, retain, props, delay, expiry FROM mqtt_wills
+             ORDER BY client_id",
+        )?
+        .query_map([], |r| {
+            Ok(WillRow {
+                client_id: r.get(0)?,
+                topic: r.get(1)?,
+                payload: r.get(2)?,
+                qos: r.get(3)?,
+                retain: r.get(4)?,
+                props: r.get(5)?,
+                delay: r.get(6)?,
+                expiry: r.get(7)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    conn.execute("DELETE FROM mqtt_wills", [])?;
+    Ok(wills)
 }
 
 /// The highest message id stored (the broker numbers new messages above it).

@@ -215,6 +215,18 @@ const MIGRATIONS: &[&str] = &[
         subscription_ids TEXT NOT NULL,                  -- JSON array
         PRIMARY KEY (client_id, msg_id)
      ) WITHOUT ROWID;",
+    // 9: the wills of connected clients: a restart ends their connections, so their wills are
+    // due after it (genba-broker/src/persist.rs).
+    "CREATE TABLE mqtt_wills (
+        client_id     TEXT    PRIMARY KEY,
+        topic         TEXT    NOT NULL,
+        payload       BLOB    NOT NULL,
+        qos           INTEGER NOT NULL,
+        retain        INTEGER NOT NULL,
+        props         BLOB    NOT NULL,
+        delay         INTEGER NOT NULL,                  -- MQTT 5 Will Delay Interval, seconds
+        expiry        INTEGER                            -- Message Expiry Interval, seconds
+     ) WITHOUT ROWID;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {

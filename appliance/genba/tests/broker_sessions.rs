@@ -364,3 +364,60 @@ fn a_subscription_wider_than_a_denied_topic_is_granted_without_its_messages() {
         "secret/code must not be delivered"
     );
 }
+
+/// MQTT 3.1.1 CONNECT, clean session, with a retained QoS 1 will.
+fn connect_with_retained_will(client_id: &str, topic: &str, message: &str) -> Vec<u8> {
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        0x02 | 0x04 | 0x08 | 0x20,
+        0,
+        30,
+    ];
+    for s in [client_id, topic, message] {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    frame(0x10, &body)
+}
+
+#[test]
+fn the_will_of_a_client_connected_at_a_crash_is_published_after_the_restart() {
+    let mut a = Appliance::start("", "");
+    // A graceful client's will is never published; a connected one's is, after the SIGKILL.
+    let (mut polite, _) = connect_raw(
+        &a,
+        &connect_with_retained_will("polite", "lwt/polite", "gone"),
+    );
+    polite.write_all(&[0xE0, 0x00]).unwrap();
+    let (_connected, _) = connect_raw(
+        &a,
+        &connect_with_retained_will("sensor-a", "lwt/sensor-a", "sensor-a is gone"),
+    );
+    a.kill9();
+    a.spawn();
+    let mut s = connected(&a, 4, "lwt-reader");
+    subscribe(&mut s, 4, 1, "lwt/#", 1);
+    let got = next_publish(&mut s, 4).expect("the will, retained");
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_slice()),
+        ("lwt/sensor-a", &b"sensor-a is gone"[..])
+    );
+    assert!(
+        silent_for(&mut s, Duration::from_millis(500)),
+        "the graceful client's will came"
+    );
+    // The retained will stays retained across another restart (the stored will itself is gone).
+    assert!(a.terminate().success());
+    a.spawn();
+    let mut s = connected(&a, 4, "lwt-reader-2");
+    subscribe(&mut s, 4, 1, "lwt/#", 1);
+    let again = next_publish(&mut s, 4).expect("the retained will is still retained");
+    assert_eq!(again.topic, "lwt/sensor-a");
+    assert!(silent_for(&mut s, Duration::from_millis(500)));
+}
