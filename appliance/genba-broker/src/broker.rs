@@ -128,7 +128,7 @@ impl Broker {
             }
             for d in stored.queued {
                 self.next_msg.fetch_max(d.msg.id + 1, Ordering::Relaxed);
-                s.enqueue(d, usize::MAX);
+                s.requeue(d);
             }
             st.sessions.insert(id, Arc::new(Mutex::new(s)));
         }
@@ -156,9 +156,13 @@ impl Broker {
         let mut st = self.state();
         let existing = st.sessions.get(&id).cloned();
         let mut old_will = None;
+        // What the stored state may hold for this client id already.
+        let (mut was_stored, mut had_will) = (false, false);
         let (session, present) = match existing {
             Some(s) => {
                 let mut g = session::lock(&s);
+                was_stored = g.expiry > 0;
+                had_will = g.will.is_some() || g.will_due.is_some();
                 if let Some(old) = g.link.take() {
                     // Its writer sees the session is no longer its own and closes.
                     old.wake.notify_one();
@@ -168,7 +172,10 @@ impl Broker {
                 // A will waiting for its delay is dropped when the session is resumed.
                 let delayed = g.will_due.take();
                 if clean_start {
-                    self.persist.send(Change::SessionGone(id.to_string()));
+                    if was_stored {
+                        self.persist.send(Change::SessionGone(id.to_string()));
+                        was_stored = false;
+                    }
                     old_will = old_will.or(delayed.map(|(_, w)| w));
                     let filters: Vec<String> = g.subscriptions.drain().map(|(f, _)| f).collect();
                     for f in &filters {
@@ -190,13 +197,16 @@ impl Broker {
             g.expiry = expiry.min(self.limits.max_session_expiry);
             // Stored while the client is connected: a restart ends the connection, and the
             // will is due after it.
-            self.persist.send(match &will {
-                Some(w) => Change::Will(client_id.to_owned(), w.clone()),
-                None => Change::WillGone(client_id.to_owned()),
-            });
+            match &will {
+                Some(w) => self
+                    .persist
+                    .send(Change::Will(client_id.to_owned(), w.clone())),
+                None if had_will => self.persist.send(Change::WillGone(client_id.to_owned())),
+                None => {}
+            }
             g.will = will;
             g.attach(link);
-            self.persist.send(Change::session(&g));
+            self.persist.send_some(Change::session(&g, was_stored));
         }
         drop(st);
         (
@@ -221,6 +231,8 @@ impl Broker {
         }
         g.link = None;
         g.ended_at = Some(Instant::now());
+        let was_stored = g.expiry > 0;
+        let had_will = g.will.is_some();
         if let Some(e) = expiry {
             g.expiry = e.min(self.limits.max_session_expiry);
         }
@@ -235,7 +247,7 @@ impl Broker {
                 g.will_due = Some((Instant::now() + Duration::from_secs(delay.into()), w));
             }
         }
-        if g.will_due.is_none() || g.expiry == 0 {
+        if had_will && (g.will_due.is_none() || g.expiry == 0) {
             self.persist.send(Change::WillGone(g.client_id.to_string()));
         }
         let id = g.client_id.clone();
@@ -247,9 +259,11 @@ impl Broker {
                 st.tree.unsubscribe(&id, f);
             }
             st.sessions.remove(&id);
-            self.persist.send(Change::SessionGone(id.to_string()));
+            if was_stored {
+                self.persist.send(Change::SessionGone(id.to_string()));
+            }
         } else {
-            self.persist.send(Change::session(&g));
+            self.persist.send_some(Change::session(&g, was_stored));
             drop(g);
         }
         drop(st);
@@ -436,7 +450,7 @@ impl Broker {
         for d in retained {
             g.enqueue(d, self.limits.max_queued);
         }
-        self.persist.send(Change::session(&g));
+        self.persist.send_some(Change::session(&g, false));
         let wake = g.waker();
         drop(g);
         drop(st);
@@ -463,7 +477,7 @@ impl Broker {
                 }
             })
             .collect();
-        self.persist.send(Change::session(&g));
+        self.persist.send_some(Change::session(&g, false));
         codes
     }
 
@@ -471,17 +485,6 @@ impl Broker {
     pub fn counts(&self) -> (usize, usize, usize) {
         let st = self.state();
         (st.sessions.len(), st.tree.len(), st.retained.len())
-    }
-
-    /// Asks every connection to close (MQTT 5: DISCONNECT 0x8B "server shutting down").
-    pub fn close_all(&self) {
-        let st = self.state();
-        for s in st.sessions.values() {
-            let mut g = session::lock(s);
-            if let Some(conn) = g.link.as_ref().map(|l| l.conn) {
-                g.close(conn, Some(crate::packet::Violation::ServerShuttingDown));
-            }
-        }
     }
 }
 

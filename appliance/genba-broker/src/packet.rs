@@ -32,15 +32,12 @@ pub const TOPIC_ALIAS_MAX: u16 = 64;
 pub enum Violation {
     Malformed = 0x81,
     Protocol = 0x82,
-    NotAuthorized = 0x87,
     KeepAliveTimeout = 0x8D,
     SessionTakenOver = 0x8E,
     TopicInvalid = 0x90,
     ReceiveMaximumExceeded = 0x93,
     AliasInvalid = 0x94,
     TooLarge = 0x95,
-    QuotaExceeded = 0x97,
-    ServerShuttingDown = 0x8B,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -67,12 +67,14 @@ impl ClientChange {
 }
 
 impl Change {
-    /// The session's stored form; a session that ends with its connection is not stored.
-    pub fn session(s: &Session) -> Change {
+    /// What keeps the stored form of session `s` current: its row while it outlives its
+    /// connection; its removal once it no longer does but `was_stored`; else nothing (a session
+    /// that ends with its connection costs no write).
+    pub fn session(s: &Session, was_stored: bool) -> Option<Change> {
         if s.expiry == 0 {
-            return Change::SessionGone(s.client_id.to_string());
+            return was_stored.then(|| Change::SessionGone(s.client_id.to_string()));
         }
-        Change::Session {
+        Some(Change::Session {
             client_id: s.client_id.to_string(),
             expiry: s.expiry,
             subscriptions: s
@@ -80,7 +82,7 @@ impl Change {
                 .iter()
                 .map(|(f, o)| (f.clone(), o.clone()))
                 .collect(),
-        }
+        })
     }
 }
 
@@ -92,6 +94,13 @@ impl Persist {
     pub fn send(&self, change: Change) {
         if let Some(tx) = &self.0 {
             let _ = tx.send(change);
+        }
+    }
+
+    /// Sends `change` if there is one.
+    pub fn send_some(&self, change: Option<Change>) {
+        if let Some(c) = change {
+            self.send(c);
         }
     }
 
@@ -148,7 +157,7 @@ impl Persist {
                     }
                 }
             })
-            .map_err(|e| genba_store::StoreError::Io(e.to_string()))?;
+            .map_err(|e| genba_store::StoreError::Task(format!("cannot start the broker state writer: {e}")))?;
         Ok(Persist(Some(tx)))
     }
 }
@@ -245,8 +254,12 @@ pub struct Stored {
 /// Reads what was stored: retained messages, sessions with their queued messages, wills.
 pub fn load(path: &std::path::Path) -> Result<Stored, genba_store::StoreError> {
     let conn = genba_store::open(path)?;
+    let sqlite = |source| genba_store::StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
     let wills = rows::take_wills(&conn)
-        .map_err(genba_store::StoreError::from)?
+        .map_err(sqlite)?
         .into_iter()
         .map(|w| {
             (
@@ -263,7 +276,7 @@ pub fn load(path: &std::path::Path) -> Result<Stored, genba_store::StoreError> {
             )
         })
         .collect();
-    let (retained, sessions, queued) = rows::load(&conn).map_err(genba_store::StoreError::from)?;
+    let (retained, sessions, queued) = rows::load(&conn).map_err(sqlite)?;
     let retained = retained.into_iter().map(|r| message(r, 0)).collect();
     let mut out: Vec<StoredSession> = sessions
         .into_iter()

@@ -213,6 +213,12 @@ impl Session {
         true
     }
 
+    /// Puts back a message that was stored queued for this session (at start: it is in the
+    /// stored state already, so it is not written again).
+    pub fn requeue(&mut self, d: Delivery) {
+        self.queue.push_back(d);
+    }
+
     /// The writer of the connection serving the session, to wake after queueing.
     pub fn waker(&self) -> Option<Arc<Notify>> {
         self.link.as_ref().map(|l| l.wake.clone())

@@ -35,24 +35,9 @@ pub fn valid_shared(group: &str, filter: &str) -> bool {
     !group.is_empty() && !group.contains(['+', '#']) && valid_filter(filter)
 }
 
-/// Whether `filter` matches `topic` (MQTT 4.7; wildcards at the first level do not match
-/// topics that start with `$`).
-pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+/// Whether `filter` matches `topic` (MQTT 4.7; wildcards never match topics that start with
+/// `$`): the one matcher the config's access rules use too.
+pub use genba_config::topic::matches;
 
 /// What one subscriber asked for with one filter.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

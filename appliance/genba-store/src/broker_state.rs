@@ -2,7 +2,7 @@
 //! their connection, and the QoS 1/2 messages queued for them. The broker's writer thread
 //! (genba-broker/src/persist.rs) applies its changes here in batches; at start it loads them.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::now_ms;
 
@@ -228,17 +228,6 @@ pub fn take_wills(conn: &Connection) -> rusqlite::Result<Vec<WillRow>> {
     Ok(wills)
 }
 
-/// The highest message id stored (the broker numbers new messages above it).
-pub fn max_message_id(conn: &Connection) -> rusqlite::Result<i64> {
-    Ok(conn
-        .query_row("SELECT max(msg_id) FROM mqtt_queue", [], |r| {
-            r.get::<_, Option<i64>>(0)
-        })
-        .optional()?
-        .flatten()
-        .unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,7 +277,6 @@ mod tests {
         assert_eq!(retained, vec![msg("r/2")]);
         assert_eq!(sessions.len(), 1);
         assert_eq!(q.iter().map(|r| r.msg_id).collect::<Vec<_>>(), vec![2]);
-        assert_eq!(max_message_id(&conn).unwrap(), 2);
         apply(&mut conn, &[StateChange::SessionGone("c".into())]).unwrap();
         let (_, sessions, q) = load(&conn).unwrap();
         assert!(sessions.is_empty() && q.is_empty());

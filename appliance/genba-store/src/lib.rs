@@ -41,10 +41,6 @@ pub enum StoreError {
     Task(String),
     #[error("the journal writer has stopped")]
     WriterGone,
-    #[error("i/o: {0}")]
-    Io(String),
-    #[error("sqlite: {0}")]
-    Plain(#[from] rusqlite::Error),
     #[error("the journal queue is full")]
     Busy,
     #[error("database schema version {found} is newer than this genba ({supported})")]
