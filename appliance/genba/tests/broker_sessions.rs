@@ -124,6 +124,34 @@ fn mqtt5_session_expiry_decides_what_outlives_the_connection() {
     assert!(!present, "session expired");
 }
 
+/// QoS 1 messages `m{i}` for each `i` of `range` on `inbox/x`, each acknowledged.
+fn fill_inbox(a: &Appliance, range: std::ops::Range<u32>) {
+    for i in range {
+        let payload = format!("m{i}");
+        publish_acked(
+            a,
+            &format!("inbox-pub-{i}"),
+            "inbox/x",
+            payload.as_bytes(),
+            false,
+        );
+    }
+}
+
+/// The persistent session "keeper" comes back (`after` names the event for the messages):
+/// its session is present and `m{i}` for each `i` of `range` arrives in order; each is
+/// acknowledged. Returns the connection.
+fn empty_inbox(a: &Appliance, range: std::ops::Range<u32>, after: &str) -> TcpStream {
+    let (mut s, present) = connect_raw(a, &connect_with(4, "keeper", false));
+    assert!(present, "session present after {after}");
+    for i in range {
+        let got = next_publish(&mut s, 4).unwrap_or_else(|| panic!("queued after {after}"));
+        assert_eq!(got.payload, format!("m{i}").as_bytes());
+        puback(&mut s, got.pid);
+    }
+    s
+}
+
 #[test]
 fn retained_messages_and_persistent_sessions_survive_a_restart_and_a_sigkill() {
     let mut a = Appliance::start("", "");
@@ -133,15 +161,7 @@ fn retained_messages_and_persistent_sessions_survive_a_restart_and_a_sigkill() {
     assert_eq!(subscribe(&mut s, 4, 1, "inbox/#", 1), 1);
     s.write_all(&[0xE0, 0x00]).unwrap();
     drop(s);
-    for i in 0..3 {
-        publish_acked(
-            &a,
-            &format!("inbox-pub-{i}"),
-            "inbox/x",
-            format!("m{i}").as_bytes(),
-            false,
-        );
-    }
+    fill_inbox(&a, 0..3);
     assert!(a.terminate().success());
     a.spawn();
     // The retained message is still there for a new subscriber.
@@ -153,43 +173,19 @@ fn retained_messages_and_persistent_sessions_survive_a_restart_and_a_sigkill() {
         ("state/door", &b"open"[..], true)
     );
     // The session is still there, with its subscription and its three messages, in order.
-    let (mut s, present) = connect_raw(&a, &connect_with(4, "keeper", false));
-    assert!(present, "session present after a restart");
-    for i in 0..3 {
-        let got = next_publish(&mut s, 4).expect("queued after restart");
-        assert_eq!(got.payload, format!("m{i}").as_bytes());
-        puback(&mut s, got.pid);
-    }
+    let mut s = empty_inbox(&a, 0..3, "a restart");
     s.write_all(&[0xE0, 0x00]).unwrap();
     drop(s);
     // Two more while it is away, then SIGKILL right after their PUBACKs: acknowledged means
     // stored for the session too.
-    for i in 3..5 {
-        publish_acked(
-            &a,
-            &format!("inbox-pub-{i}"),
-            "inbox/x",
-            format!("m{i}").as_bytes(),
-            false,
-        );
-    }
+    fill_inbox(&a, 3..5);
     a.kill9();
     a.spawn();
-    let (mut s, present) = connect_raw(&a, &connect_with(4, "keeper", false));
-    assert!(present, "session present after SIGKILL");
-    for i in 3..5 {
-        let got = next_publish(&mut s, 4).expect("queued after SIGKILL");
-        assert_eq!(got.payload, format!("m{i}").as_bytes());
-        puback(&mut s, got.pid);
-    }
+    let mut s = empty_inbox(&a, 3..5, "SIGKILL");
     // Acknowledged ones are not delivered again.
     assert!(silent_for(&mut s, Duration::from_millis(500)));
     // A retained message is cleared by an empty retained publish, and stays cleared.
-    let mut p = connected(&a, 4, "ret-clear");
-    let mut clear = publish(4, b"state/door", 1, 2, b"");
-    clear[0] |= 0x01;
-    p.write_all(&clear).unwrap();
-    assert_puback(&mut p, 2, 0, "clear");
+    publish_acked(&a, "ret-clear", "state/door", b"", true);
     a.kill9();
     a.spawn();
     let mut r = connected(&a, 4, "ret-sub-2");

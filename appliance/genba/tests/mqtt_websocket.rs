@@ -8,17 +8,11 @@ use std::time::Duration;
 use common::{wait_until, Appliance};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, Transport};
 
-fn endpoint(a: &Appliance, key: &str) -> std::net::SocketAddr {
-    let text = std::fs::read_to_string(a.data_dir().join("run").join("endpoints.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v[key].as_str().expect(key).parse().unwrap()
-}
-
 #[test]
 fn a_websocket_client_publishes_and_subscribes_like_any_other() {
     common::install_crypto();
     let a = Appliance::start("[mqtt]\nws_listen = \"127.0.0.1:0\"\n", "");
-    let ws = endpoint(&a, "mqtt_ws");
+    let ws = a.endpoint("mqtt_ws");
     let mut o = MqttOptions::new("browser-1", format!("ws://{ws}/mqtt"), ws.port());
     o.set_transport(Transport::Ws);
     o.set_keep_alive(Duration::from_secs(10));
@@ -69,7 +63,7 @@ fn a_websocket_client_publishes_and_subscribes_like_any_other() {
 #[test]
 fn a_plain_http_request_to_the_websocket_port_is_refused_and_the_port_stays_up() {
     let a = Appliance::start("[mqtt]\nws_listen = \"127.0.0.1:0\"\n", "");
-    let ws = endpoint(&a, "mqtt_ws");
+    let ws = a.endpoint("mqtt_ws");
     let answer = common::http::raw_exchange(
         ws,
         b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n",

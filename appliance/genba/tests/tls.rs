@@ -11,17 +11,6 @@ use common::{wait_until, Appliance};
 const TLS_CONFIG: &str =
     "[mqtt]\ntls_listen = \"127.0.0.1:0\"\n[http]\ntls_listen = \"127.0.0.1:0\"\n";
 
-/// The TLS ports the running appliance picked (run/endpoints.json).
-fn tls_ports(a: &Appliance) -> (u16, u16) {
-    let text = std::fs::read_to_string(a.data_dir().join("run").join("endpoints.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let port = |k: &str| -> u16 {
-        let addr: std::net::SocketAddr = v[k].as_str().expect(k).parse().unwrap();
-        addr.port()
-    };
-    (port("mqtts"), port("https"))
-}
-
 fn mosquitto_pub_tls(port: u16, cafile: &std::path::Path, topic: &str) -> std::process::Output {
     std::process::Command::new(common::mosquitto_tool("mosquitto_pub"))
         .args(["-h", "localhost", "-p", &port.to_string(), "-q", "1"])
@@ -35,7 +24,7 @@ fn mosquitto_pub_tls(port: u16, cafile: &std::path::Path, topic: &str) -> std::p
 fn mqtt_over_tls_and_https_use_the_local_ca_and_another_ca_is_refused() {
     common::install_crypto();
     let a = Appliance::start(TLS_CONFIG, "");
-    let (mqtts, https) = tls_ports(&a);
+    let (mqtts, https) = (a.endpoint("mqtts").port(), a.endpoint("https").port());
     // The CA certificate is public, on plain HTTP too: a device needs it before TLS.
     let http = common::http::Http::new();
     let reply = http.get(&a.url("/ca.pem"), &[]);
@@ -105,9 +94,7 @@ fn the_local_ca_is_made_once_and_kept_across_restarts() {
 fn mqtt_over_websocket_and_tls_trusts_the_local_ca() {
     common::install_crypto();
     let a = Appliance::start("[mqtt]\nwss_listen = \"127.0.0.1:0\"\n", "");
-    let text = std::fs::read_to_string(a.data_dir().join("run").join("endpoints.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let wss: std::net::SocketAddr = v["mqtt_wss"].as_str().unwrap().parse().unwrap();
+    let wss = a.endpoint("mqtt_wss");
     let ca = std::fs::read(a.data_dir().join("tls").join("ca.pem")).unwrap();
     let url = format!("wss://localhost:{}/mqtt", wss.port());
     let mut o = rumqttc::MqttOptions::new("browser-tls", url, wss.port());

@@ -55,6 +55,15 @@ impl Appliance {
         self.data_dir().join("genba.sqlite3")
     }
 
+    /// An address the running process serves, by its key in `run/endpoints.json` (`mqtts`,
+    /// `https`, `mqtt_ws`, ...: listeners configured on port 0).
+    pub fn endpoint(&self, key: &str) -> SocketAddr {
+        let text =
+            std::fs::read_to_string(self.data_dir().join("run").join("endpoints.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v[key].as_str().expect(key).parse().unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
