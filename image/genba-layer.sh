@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # The Genba layer, shared by the Debian image (scripts/build-image) and the Buildroot tree
 # (buildroot/board/genba/post-build.sh and post-image.sh), so both give the same appliance:
 #
@@ -16,7 +16,7 @@
 #
 # Environment: SYSTEMCTL (default systemctl; Buildroot passes its host systemctl),
 # SOURCE_DATE_EPOCH (ext4: required), HASH_SEED (ext4: ext4 directory hash seed).
-set -eu
+set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PRESET=$HERE/overlay/usr/lib/systemd/system-preset/80-genba.preset
 

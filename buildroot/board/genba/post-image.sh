@@ -1,8 +1,8 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Buildroot post-image: the data partition (image/genba-layer.sh ext4, files owned by root as
 # in the Debian image; tmpfiles gives genba/ to the genba user at boot), then the SD-card image
 # from genimage.cfg: boot FAT (RASPIFIRM), read-only root (GENBAROOT), data (GENBADATA).
-set -eu
+set -euo pipefail
 BOARD_DIR="$(dirname "$0")"
 export PATH="$HOST_DIR/sbin:$HOST_DIR/bin:$PATH"
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(date +%s)}"
