@@ -975,15 +975,11 @@ async fn delivery_page(
         Ok::<_, genba_store::StoreError>((status, exment))
     })
     .await;
+    let names = retryable_sinks(&state);
+    let retryable: Vec<&str> = names.iter().map(String::as_str).collect();
     match loaded {
         Ok(Ok((status, exment))) => html(
-            pages::delivery(
-                &v,
-                &status,
-                exment.as_ref(),
-                &[genba_telemetry::READINGS_SINK],
-                flash,
-            ),
+            pages::delivery(&v, &status, exment.as_ref(), &retryable, flash),
             &q,
         ),
         Ok(Err(e)) => db_error(e),
@@ -991,15 +987,27 @@ async fn delivery_page(
     }
 }
 
-/// Asks the telemetry consumer to try its parked messages again (after their device was
-/// added or enabled); other sinks take no retry from here yet.
+/// Sinks whose parked messages an operator may send again from the Delivery page: the
+/// telemetry consumer (after adding or enabling the device), every delivery sink and the rule
+/// webhooks (after fixing the receiver), as `genba sinks retry` does.
+fn retryable_sinks(state: &Shared) -> Vec<String> {
+    let fixed = [genba_telemetry::READINGS_SINK, "rule-webhooks"];
+    let configured = state.sinks.iter().map(genba_config::SinkConfig::store_name);
+    fixed
+        .into_iter()
+        .map(str::to_owned)
+        .chain(configured)
+        .collect()
+}
+
+/// Asks a sink to try its parked messages again.
 async fn retry_parked(AxumState(state): AxumState<Shared>, req: Request) -> Response {
     let (v, f) = match posted(&state, req, "/delivery", Role::Operator).await {
         Ok(x) => x,
         Err(r) => return r,
     };
     let sink = f.get("sink").cloned().unwrap_or_default();
-    if sink != genba_telemetry::READINGS_SINK {
+    if !retryable_sinks(&state).contains(&sink) {
         return status_page(&v, StatusCode::BAD_REQUEST, "Your role may not do this.");
     }
     match state.db.run(move |c| alarms::request_retry(c, &sink)).await {
@@ -1034,14 +1042,14 @@ pub(crate) fn form_viewer(
 /// The HTML answer to a browser's `/notify` form post.
 pub(crate) fn sent_page(state: &Shared, v: &Viewer, id: i64, topic: &str) -> Response {
     let sinks: Vec<String> = state
-        .slack_webhooks
+        .sinks
         .iter()
         .filter(|h| {
             h.filters
                 .iter()
                 .any(|f| genba_config::topic::matches(f, topic))
         })
-        .map(|h| format!("Slack {}", h.name))
+        .map(|h| format!("{} {}", h.kind.as_str(), h.name))
         .collect();
     html(pages::sent(v, id, topic, &sinks), &BTreeMap::new())
 }

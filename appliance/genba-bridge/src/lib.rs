@@ -59,7 +59,7 @@ pub struct BridgeSettings {
     /// For the HACCP record's check slots (the same slots Exment gets).
     pub exment: genba_config::ExmentConfig,
     /// To tell a browser where its notification will be delivered.
-    pub slack_webhooks: Vec<genba_config::SlackWebhook>,
+    pub sinks: Vec<genba_config::SinkConfig>,
     /// The certificate for `http.tls_listen` (and the local CA's, served at `/ca.pem`).
     pub tls: Option<genba_tls::ServerTls>,
 }
@@ -79,7 +79,7 @@ pub(crate) struct State {
     provision_http: bool,
     v2_limiter: genba_telemetry::limiter::Limiter,
     console: console::Console,
-    slack_webhooks: Vec<genba_config::SlackWebhook>,
+    sinks: Vec<genba_config::SinkConfig>,
     /// TLS on the HTTP port (then cookies are `Secure`); not offered yet.
     /// Ends long-lived answers (the console's live stream) at shutdown.
     shutdown: watch::Receiver<bool>,
@@ -124,7 +124,7 @@ pub async fn start(
     let state = Arc::new(State {
         ca_pem,
         console: console::Console::new(&settings.http, &settings.console, &settings.exment),
-        slack_webhooks: settings.slack_webhooks,
+        sinks: settings.sinks,
         shutdown: shutdown.clone(),
         auth: auth::HttpAuth::new(&settings.http),
         http: settings.http,

@@ -117,6 +117,29 @@ rollup_days = 731                        # per-minute and per-hour min/max/avg/c
 # timeout_secs = 10
 # max_backoff_secs = 300
 
+# Delivery sinks (docs/sinks.md): kind = "slack" | "webhook" | "line" | "email"; secret parts
+# under [sinks.NAME] in the secrets file (url, signing_secret, channel_access_token, username,
+# password). Examples:
+# [[sinks]]
+# name = "erp"
+# kind = "webhook"                       # JSON POST, X-Genba-Signature (HMAC-SHA256)
+# filters = ["alarms/#"]
+# [[sinks]]
+# name = "shop"
+# kind = "line"                          # LINE Messaging API push
+# filters = ["alarms/#"]
+# to = ["U0123456789abcdef0123456789abcdef"]
+# template = "{topic.1}: {payload}"
+# [[sinks]]
+# name = "manager"
+# kind = "email"
+# filters = ["alarms/#"]
+# to = ["manager@example.com"]
+# [sinks.smtp]
+# host = "smtp.example.com"
+# security = "starttls"                  # port 587; "tls" = 465
+# from = "Genba <genba@example.com>"
+
 [telemetry]                              # POST /api/telemetry (X-API-Key from `genba keys add`)
 rate_per_sec = 5.0                       # per API key and per source address; beyond: 429 + Retry-After
 burst = 20

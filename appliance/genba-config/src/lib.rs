@@ -11,6 +11,7 @@ pub mod rate;
 pub mod rules;
 mod secrets;
 pub mod settings;
+pub mod sinks;
 pub mod topic;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use acl::AclRule;
 pub use defaults::EXAMPLE_CONFIG;
 pub use secrets::{ExmentSecrets, Secrets, SecretsError};
+pub use sinks::{SinkConfig, SinkKind, SinkSecrets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -49,6 +51,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreConfig,
     pub slack: SlackConfig,
+    /// Delivery to Slack, signed webhooks, LINE and e-mail (`[[sinks]]`).
+    pub sinks: Vec<SinkConfig>,
     pub recorder: RecorderConfig,
     pub telemetry: TelemetryConfig,
     pub exment: ExmentConfig,
@@ -371,6 +375,24 @@ pub struct SlackWebhook {
 }
 
 impl SlackWebhook {
+    /// The same sink in `[[sinks]]` form: one delivery loop serves both.
+    pub fn as_sink(&self) -> SinkConfig {
+        SinkConfig {
+            name: self.name.clone(),
+            kind: SinkKind::Slack,
+            filters: self.filters.clone(),
+            template: None,
+            rate_per_sec: Some(self.rate_per_sec),
+            burst: Some(self.burst),
+            max_batch: Some(self.max_coalesce),
+            timeout_secs: self.timeout_secs,
+            max_backoff_secs: self.max_backoff_secs,
+            url: None,
+            to: Vec::new(),
+            smtp: None,
+        }
+    }
+
     /// A webhook with the default rate, burst, coalescing and timeouts.
     pub fn new(name: &str, filters: Vec<String>) -> SlackWebhook {
         SlackWebhook {
@@ -386,6 +408,12 @@ impl SlackWebhook {
 }
 
 impl Config {
+    /// Every delivery sink: `[[slack.webhooks]]` first, then `[[sinks]]`.
+    pub fn delivery_sinks(&self) -> Vec<SinkConfig> {
+        let slack = self.slack.webhooks.iter().map(SlackWebhook::as_sink);
+        slack.chain(self.sinks.iter().cloned()).collect()
+    }
+
     /// Reads `path`, or returns the built-in defaults when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
@@ -526,45 +554,27 @@ impl Config {
                 ));
             }
         }
-        for (i, hook) in self.slack.webhooks.iter().enumerate() {
-            if hook.name.is_empty()
-                || !hook
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
+        let slack = self
+            .slack
+            .webhooks
+            .iter()
+            .enumerate()
+            .map(|(i, hook)| (format!("slack.webhooks[{i}]"), hook.as_sink()));
+        let others =
+            (self.sinks.iter().enumerate()).map(|(i, s)| (format!("sinks[{i}]"), s.clone()));
+        for (at, sink) in slack.chain(others) {
+            sink.check().map_err(|(key, m)| {
+                // `[[slack.webhooks]]` calls the batch size max_coalesce.
+                let key = match key.as_str() {
+                    "max_batch" if at.starts_with("slack.") => "max_coalesce".to_owned(),
+                    _ => key,
+                };
+                invalid(format!("{at}.{key}"), m)
+            })?;
+            if !names.insert(sink.name.clone()) {
                 return Err(invalid(
-                    format!("slack.webhooks[{i}].name"),
-                    "use letters, digits, - and _".into(),
-                ));
-            }
-            if !names.insert(hook.name.clone()) {
-                return Err(invalid(
-                    format!("slack.webhooks[{i}].name"),
-                    format!("duplicate webhook name {:?}", hook.name),
-                ));
-            }
-            if hook.filters.is_empty() {
-                return Err(invalid(
-                    format!("slack.webhooks[{i}].filters"),
-                    "needs at least one topic filter".into(),
-                ));
-            }
-            for (j, f) in hook.filters.iter().enumerate() {
-                topic::validate_filter(f).map_err(|m| {
-                    invalid(format!("slack.webhooks[{i}].filters[{j}]"), m.to_string())
-                })?;
-            }
-            if !(hook.rate_per_sec > 0.0 && hook.rate_per_sec <= 10.0) {
-                return Err(invalid(
-                    format!("slack.webhooks[{i}].rate_per_sec"),
-                    "must be in (0, 10]".into(),
-                ));
-            }
-            if hook.burst == 0 || hook.max_coalesce == 0 {
-                return Err(invalid(
-                    format!("slack.webhooks[{i}].burst"),
-                    "burst and max_coalesce must be at least 1".into(),
+                    format!("{at}.name"),
+                    format!("duplicate sink name {:?}", sink.name),
                 ));
             }
         }

@@ -25,6 +25,8 @@ pub enum SecretsError {
 pub struct Secrets {
     /// Slack webhook URL per webhook name.
     pub slack: BTreeMap<String, String>,
+    /// Secret parts of `[[sinks]]` by sink name (`[sinks.NAME]`).
+    pub sinks: BTreeMap<String, crate::SinkSecrets>,
     pub recorder: RecorderSecrets,
     pub exment: ExmentSecrets,
 }
@@ -53,6 +55,7 @@ impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Secrets")
             .field("slack", &self.slack.keys().collect::<Vec<_>>())
+            .field("sinks", &self.sinks)
             .field(
                 "recorder.password",
                 &self.recorder.password.as_ref().map(|_| "<set>"),
@@ -89,6 +92,14 @@ impl Secrets {
                 path: path.to_owned(),
                 message: format!("slack.{name}: {why}"),
             })?;
+        }
+        for (name, sink) in &secrets.sinks {
+            if let Some(url) = &sink.url {
+                check_url(url).map_err(|why| SecretsError::Parse {
+                    path: path.to_owned(),
+                    message: format!("sinks.{name}.url: {why}"),
+                })?;
+            }
         }
         Ok(secrets)
     }

@@ -440,7 +440,7 @@ fn noted(n: &Option<(String, i64)>) -> String {
 }
 
 /// `retryable`: sinks whose parked messages may be tried again from here (the telemetry
-/// consumer: after the device was added or enabled).
+/// consumer after the device was added or enabled; delivery sinks after the receiver was fixed).
 pub fn delivery(
     v: &Viewer,
     status: &StoreStatus,

@@ -206,6 +206,61 @@ impl Reader {
         tx.commit().map_err(wrap)
     }
 
+    /// Parked rows of `name` an operator asked to try again (`genba sinks retry`), oldest
+    /// first; rows retention already removed from the journal are not found.
+    pub fn retry_requested(&self, name: &str, limit: usize) -> Result<Vec<JournalEntry>> {
+        crate::alarms::retry_requested(&self.conn, name, limit).map_err(|e| self.wrap(e))
+    }
+
+    /// Parked rows delivered on retry: no longer parked, counted as delivered.
+    pub fn unpark(&mut self, name: &str, ids: &[i64]) -> Result<()> {
+        self.parked_rows(name, ids, None)
+    }
+
+    /// Parked rows refused again on retry: parked with the new reason, no retry pending.
+    pub fn repark(&mut self, name: &str, ids: &[i64], reason: &str) -> Result<()> {
+        self.parked_rows(name, ids, Some(reason))
+    }
+
+    fn parked_rows(&mut self, name: &str, ids: &[i64], reason: Option<&str>) -> Result<()> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        let now = now_ms();
+        let mut changed = 0;
+        for id in ids {
+            changed += match reason {
+                None => tx.execute(
+                    "DELETE FROM parked WHERE sink = ?1 AND journal_id = ?2",
+                    params![name, id],
+                ),
+                Some(reason) => tx.execute(
+                    "UPDATE parked SET retry = 0, reason = ?3, parked_at = ?4
+                     WHERE sink = ?1 AND journal_id = ?2",
+                    params![name, id, reason, now],
+                ),
+            }
+            .map_err(wrap)? as i64;
+        }
+        match reason {
+            None => tx.execute(
+                "UPDATE sinks SET parked = MAX(parked - ?2, 0), delivered = delivered + ?2,
+                 failures = 0, last_ok_at = ?3, retry_at = NULL WHERE name = ?1",
+                params![name, changed, now],
+            ),
+            Some(reason) => tx.execute(
+                "UPDATE sinks SET failures = 0, last_error = ?2, last_error_at = ?3,
+                 retry_at = NULL WHERE name = ?1",
+                params![name, reason, now],
+            ),
+        }
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)
+    }
+
     pub fn status(&self) -> Result<StoreStatus> {
         let (journal_rows, last_id): (i64, i64) = self
             .conn

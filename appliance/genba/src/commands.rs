@@ -55,23 +55,24 @@ pub fn config_check(common: &Common) -> Result<()> {
     let config = load_config(common)?;
     let secrets_path = config.secrets_path();
     let secrets = Secrets::load(&secrets_path)?;
-    for hook in &config.slack.webhooks {
-        if !secrets.slack.contains_key(&hook.name) {
-            anyhow::bail!(
-                "secrets file {}: missing `{}` under [slack] for slack.webhooks name {:?}",
-                secrets_path.display(),
-                hook.name,
-                hook.name
-            );
-        }
+    // Building each sink's channel checks its secrets and addresses as the sink will.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for sink in config.delivery_sinks() {
+        genba_sinks::Channel::new(&sink, &secrets)
+            .with_context(|| format!("secrets file {}", secrets_path.display()))?;
     }
     println!(
-        "config ok ({}), secrets ok ({})",
+        "config ok ({}), {} ({})",
         common
             .config
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "built-in defaults".into()),
+        if secrets_path.exists() {
+            "secrets ok"
+        } else {
+            "no secrets file"
+        },
         secrets_path.display()
     );
     Ok(())

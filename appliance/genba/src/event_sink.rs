@@ -1,8 +1,8 @@
 //! Where rule notifications leave over HTTP (ThingScale's event `post_url`): journal rows on
 //! `alarms/{device}/{rule}` written by the rules engine are POSTed as JSON to the rule's
-//! `notify_url`, in journal order, retried with backoff on timeouts, 429 and 5xx, and parked
-//! with the reason after a permanent refusal (4xx) or too many tries. The cursor moves only
-//! past rows that were delivered or parked.
+//! `notify_url`, in journal order, by the sink loop every sink uses (genba-sinks): retried
+//! with backoff on timeouts, 429 and 5xx, and parked with the reason after a refusal (4xx) or
+//! six failed tries; `genba sinks retry rule-webhooks` sends parked ones again.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use genba_config::rules::Rule;
-use genba_config::topic::matches;
+use genba_sinks::{Consumer, Deliver, Outcome, Pace};
 use genba_store::ingest::RULES_SOURCE;
-use genba_store::{Db, Journal, JournalEntry, Reader};
+use genba_store::{Db, Journal, JournalEntry};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -49,96 +49,73 @@ fn body(entry: &JournalEntry, device: &str, rule: &Rule) -> serde_json::Value {
     })
 }
 
-enum Sent {
-    Done,
-    Retry(String),
-    Refused(String),
+/// Posts each alarm row to its rule's `notify_url` (one row per request).
+struct RuleWebhooks {
+    db: Db,
+    client: reqwest::Client,
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> Sent {
-    match client.post(url).json(body).send().await {
-        Ok(r) if r.status().is_success() => Sent::Done,
-        Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
-            Sent::Retry(format!("HTTP {}", r.status()))
+impl Deliver for RuleWebhooks {
+    fn fit(&self, _wanted: &[JournalEntry]) -> usize {
+        1
+    }
+
+    async fn deliver(&mut self, batch: &[JournalEntry]) -> Outcome {
+        let Some(entry) = batch.first() else {
+            return Outcome::Delivered;
+        };
+        let mut levels = entry.topic.split('/').skip(1);
+        let (Some(device), Some(name)) = (levels.next(), levels.next()) else {
+            return Outcome::Delivered;
+        };
+        let rules = match tokio::task::block_in_place(|| rules_by_name(&self.db)) {
+            Ok(rules) => rules,
+            Err(e) => return Outcome::retry(format!("reading the rules: {e:#}")),
+        };
+        // A rule without a notify_url (or removed since) has nothing to send.
+        let Some((rule, url)) = rules
+            .get(name)
+            .and_then(|r| r.notify_url.clone().map(|u| (r, u)))
+        else {
+            return Outcome::Delivered;
+        };
+        let request = self.client.post(&url).json(&body(entry, device, rule));
+        match genba_sinks::http::send(request, &[]).await {
+            (Outcome::Permanent { reason }, _) => Outcome::Permanent {
+                reason: format!("{reason} from {url}"),
+            },
+            (outcome, _) => outcome,
         }
-        Ok(r) => Sent::Refused(format!("HTTP {} from {url}", r.status())),
-        Err(e) => Sent::Retry(format!("{e}")),
     }
 }
 
+/// The rule webhooks' journal consumer: alarm rows the rules engine wrote, in order, each
+/// tried up to six times (backoff up to a minute) before it is parked.
 pub async fn run(
     db_path: PathBuf,
     journal: Journal,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut reader = tokio::task::block_in_place(|| Reader::open(&db_path))
-        .with_context(|| format!("rule webhooks: opening {}", db_path.display()))?;
-    let db = Db::new(&db_path);
-    let mut cursor = tokio::task::block_in_place(|| reader.register_sink(SINK))?.cursor;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .context("rule webhooks: HTTP client")?;
-    let mut committed = journal.committed();
-    loop {
-        let entries = tokio::task::block_in_place(|| reader.after(cursor, 100))?;
-        let Some(last) = entries.last().map(|e| e.id) else {
-            tokio::select! {
-                _ = committed.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return Ok(()),
-            }
-            continue;
-        };
-        let wanted: Vec<&JournalEntry> = entries
-            .iter()
-            .filter(|e| e.source == RULES_SOURCE && matches(FILTER, &e.topic))
-            .collect();
-        let rules = if wanted.is_empty() {
-            HashMap::new()
-        } else {
-            tokio::task::block_in_place(|| rules_by_name(&db))?
-        };
-        let mut delivered = 0;
-        for entry in wanted {
-            let mut levels = entry.topic.split('/').skip(1);
-            let (Some(device), Some(name)) = (levels.next(), levels.next()) else {
-                continue;
-            };
-            let Some((rule, url)) = rules
-                .get(name)
-                .and_then(|r| r.notify_url.clone().map(|u| (r, u)))
-            else {
-                continue;
-            };
-            let payload = body(entry, device, rule);
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                match post(&client, &url, &payload).await {
-                    Sent::Done => {
-                        delivered += 1;
-                        break;
-                    }
-                    Sent::Retry(why) if tries < TRIES => {
-                        let wait = Duration::from_secs(1 << tries.min(6));
-                        tracing::warn!(rule = %name, %why, retry_in_s = wait.as_secs(), "rule webhook failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = shutdown.changed() => return Ok(()),
-                        }
-                    }
-                    Sent::Retry(why) | Sent::Refused(why) => {
-                        tracing::warn!(rule = %name, reason = %why, "rule webhook parked");
-                        tokio::task::block_in_place(|| {
-                            reader.park(SINK, std::slice::from_ref(entry), &why)
-                        })?;
-                        break;
-                    }
-                }
-            }
-        }
-        tokio::task::block_in_place(|| reader.passed(SINK, last, delivered))?;
-        cursor = last;
-    }
+    let consumer = Consumer {
+        name: SINK.into(),
+        filters: vec![FILTER.into()],
+        source: Some(RULES_SOURCE.into()),
+        pace: Pace {
+            rate_per_sec: 10.0,
+            burst: 10,
+            max_backoff: Duration::from_secs(64),
+            park_after: Some(TRIES),
+        },
+        deliver: RuleWebhooks {
+            db: Db::new(&db_path),
+            client,
+        },
+        db_path,
+        wake: Some(journal.committed()),
+    };
+    consumer.run(shutdown).await.context("rule webhooks")
 }

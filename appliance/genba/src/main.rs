@@ -9,6 +9,7 @@ mod platform_cmd;
 mod recorder;
 mod roles;
 mod simulate;
+mod sinks_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,7 +46,7 @@ pub struct Common {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run every role in one process: broker, bridge, Slack sinks.
+    /// Run every role in one process: broker, bridge, delivery sinks.
     Up(Common),
     /// The MQTT broker (3.1.1 and 5 on one port; journals every client publish).
     Broker(Common),
@@ -53,8 +54,11 @@ enum Command {
     Bridge(Common),
     /// Journal what an external broker carries ([recorder] in the config).
     Recorder(Common),
-    /// The Slack sinks ([[slack.webhooks]] in the config).
+    /// The delivery sinks: [[sinks]] (Slack, webhook, LINE, e-mail) and [[slack.webhooks]].
     Slack(Common),
+    /// Delivery sinks: list them, send a test message, retry parked messages.
+    #[command(subcommand)]
+    Sinks(SinksCommand),
     /// Delivery state of every sink.
     Status {
         #[command(flatten)]
@@ -108,6 +112,33 @@ enum Command {
         /// Generate a new API key and print it with its SHA-256 for http.api_key_sha256.
         #[arg(long)]
         api_key: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SinksCommand {
+    /// Every configured sink with its kind, filters and delivery state.
+    List {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one test message through a sink now and print the receiver's answer (exit 1 when
+    /// it was not delivered). The journal and the sink's cursor are not touched.
+    Test {
+        #[command(flatten)]
+        common: Common,
+        /// The sink's name (as in the config, without the kind).
+        name: String,
+    },
+    /// Deliver the sink's parked messages again (after the cause was fixed); the running
+    /// sink picks them up within a second.
+    Retry {
+        #[command(flatten)]
+        common: Common,
+        /// The sink's name: a configured sink, or `rule-webhooks`.
+        name: String,
     },
 }
 
@@ -185,6 +216,7 @@ fn main() -> Result<()> {
         Command::Recorder(c) => lifecycle::run(roles::Role::Recorder, c),
         Command::Slack(c) => lifecycle::run(roles::Role::Slack, c),
         Command::Status { common, json } => commands::status(&common, json),
+        Command::Sinks(cmd) => sinks_cmd::run(cmd),
         Command::Config(ConfigCommand::Check(c)) => commands::config_check(&c),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", genba_config::EXAMPLE_CONFIG);

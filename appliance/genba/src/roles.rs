@@ -41,7 +41,8 @@ impl Role {
     fn runs_bridge(self) -> bool {
         matches!(self, Role::Up | Role::Bridge)
     }
-    fn runs_slack(self) -> bool {
+    /// The delivery sinks: Slack, webhooks, LINE, e-mail.
+    fn runs_sinks(self) -> bool {
         matches!(self, Role::Up | Role::Slack)
     }
     /// `up` runs the forwarder only when Exment is configured; `genba exment` requires it.
@@ -248,7 +249,7 @@ pub async fn start(
                 provision_http: config.provisions(true),
                 console: config.console.clone(),
                 exment: config.exment.clone(),
-                slack_webhooks: config.slack.webhooks.clone(),
+                sinks: config.delivery_sinks(),
                 tls: tls.clone(),
             },
             journal,
@@ -260,26 +261,19 @@ pub async fn start(
         started.https = bridge.tls_addr;
         started.bridge = Some(bridge.done);
     }
-    if role.runs_slack() {
-        for hook in &config.slack.webhooks {
-            let url = secrets.slack.get(&hook.name).cloned().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "secrets file {}: no URL for slack webhook {:?} (add `{} = \"https://hooks.slack.com/...\"` under [slack])",
-                    config.secrets_path().display(),
-                    hook.name,
-                    hook.name
-                )
-            })?;
-            let sink = genba_slack::SlackSink {
-                hook: hook.clone(),
-                url,
-                db_path: db.clone(),
-                wake: journal.as_ref().map(Journal::committed),
-            };
+    if role.runs_sinks() {
+        for sink in config.delivery_sinks() {
+            let consumer = genba_sinks::consumer(
+                &sink,
+                secrets,
+                db.clone(),
+                journal.as_ref().map(Journal::committed),
+            )
+            .with_context(|| format!("secrets file {}", config.secrets_path().display()))?;
             let stop = shutdown.clone();
             started.tasks.push(tokio::spawn(async move {
-                if let Err(e) = sink.run(stop).await {
-                    tracing::error!(error = %e, "slack sink stopped");
+                if let Err(e) = consumer.run(stop).await {
+                    tracing::error!(error = %e, "sink stopped");
                 }
             }));
         }
@@ -323,8 +317,8 @@ pub async fn start(
 fn register_sinks(db: &Path, config: &Config, readings: bool) -> Result<()> {
     let reader = genba_store::Reader::open(db)
         .with_context(|| format!("opening the journal {}", db.display()))?;
-    for hook in &config.slack.webhooks {
-        reader.register_sink(&genba_slack::sink_name(hook))?;
+    for sink in config.delivery_sinks() {
+        reader.register_sink(&sink.store_name())?;
     }
     if readings {
         reader.register_sink(genba_telemetry::READINGS_SINK)?;

@@ -190,4 +190,19 @@ fn a_backlog_is_coalesced_and_posts_stay_within_the_rate() {
         posts <= 4,
         "60 queued messages took {posts} posts; expected folding (max_coalesce 20)"
     );
+    // The rate (1 per second, burst 3) holds for every attempt, failed ones included: no
+    // 2-second window holds more than the burst plus two. Sleeps only lengthen the gaps, so
+    // a slow machine cannot make this fail.
+    let times: Vec<_> = slack.received().iter().map(|r| r.at).collect();
+    for (i, start) in times.iter().enumerate() {
+        let within = times[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start) < Duration::from_secs(2))
+            .count();
+        assert!(
+            within <= 5,
+            "{within} attempts within 2 s of attempt {i}: {:?}",
+            slack.received()
+        );
+    }
 }

@@ -3,15 +3,11 @@
 //! string, 429 with Retry-After. Tests script its answers and read what it received.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use super::fake_http::{FakeHttp, Reply, Req};
 
 #[derive(Clone, Debug)]
 pub enum Answer {
@@ -34,52 +30,38 @@ struct Shared {
     script: VecDeque<Answer>,
     /// Answer used when the script is empty.
     default: Option<Answer>,
-    received: Vec<Received>,
 }
 
 #[derive(Clone)]
 pub struct FakeSlack {
     pub addr: SocketAddr,
+    http: FakeHttp,
     shared: Arc<Mutex<Shared>>,
-    _rt: Arc<tokio::runtime::Runtime>,
 }
 
 impl FakeSlack {
     pub fn start() -> FakeSlack {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
         let s = shared.clone();
-        rt.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(req, s.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let http = FakeHttp::start(move |req| {
+            let answer = {
+                let mut s = s.lock().unwrap();
+                s.script
+                    .pop_front()
+                    .or_else(|| s.default.clone())
+                    .unwrap_or(Answer::Ok)
+            };
+            answer_for(req, answer)
         });
         FakeSlack {
-            addr,
+            addr: http.addr,
+            http,
             shared,
-            _rt: Arc::new(rt),
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/services/T000/B000/XXXXSECRETXXXX", self.addr)
+        self.http.url("/services/T000/B000/XXXXSECRETXXXX")
     }
 
     pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
@@ -91,7 +73,15 @@ impl FakeSlack {
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.shared.lock().unwrap().received.clone()
+        self.http
+            .received()
+            .into_iter()
+            .map(|r| Received {
+                at: r.at,
+                text: r.json()["text"].as_str().unwrap_or_default().to_owned(),
+                answered: r.answer,
+            })
+            .collect()
     }
 
     /// Texts of the posts Slack accepted (answered `ok`).
@@ -104,64 +94,30 @@ impl FakeSlack {
     }
 }
 
-async fn handle(
-    req: Request<hyper::body::Incoming>,
-    shared: Arc<Mutex<Shared>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+fn answer_for(req: &Req, answer: Answer) -> Reply {
     let is_json = req
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-    let text = parsed
-        .as_ref()
-        .and_then(|v| v["text"].as_str())
-        .map(str::to_owned);
-    let answer = {
-        let mut s = shared.lock().unwrap();
-        s.script
-            .pop_front()
-            .or_else(|| s.default.clone())
-            .unwrap_or(Answer::Ok)
-    };
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("application/json"));
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&req.body).ok();
+    let has_text = parsed.as_ref().is_some_and(|v| v["text"].is_string());
     // Slack's own checks come first: a body it cannot read is invalid_payload, no text is no_text.
-    let answer = match (&answer, is_json, &text) {
-        (Answer::Ok, false, _) | (Answer::Ok, _, None) if parsed.is_none() => {
+    let answer = match (&answer, is_json, has_text) {
+        (Answer::Ok, false, _) | (Answer::Ok, _, false) if parsed.is_none() => {
             Answer::Error(400, "invalid_payload", None)
         }
-        (Answer::Ok, _, None) => Answer::Error(400, "no_text", None),
+        (Answer::Ok, _, false) => Answer::Error(400, "no_text", None),
         _ => answer,
     };
-    // Recorded on arrival, so the order and times are those of the attempts.
-    shared.lock().unwrap().received.push(Received {
-        at: Instant::now(),
-        text: text.unwrap_or_default(),
-        answered: match &answer {
-            Answer::Ok => "ok".into(),
-            Answer::Error(_, b, _) => (*b).into(),
-            Answer::Hang(_) => "hang".into(),
-        },
-    });
-    let (status, body, retry_after) = match &answer {
-        Answer::Ok => (200, "ok", None),
-        Answer::Error(s, b, r) => (*s, *b, *r),
-        Answer::Hang(d) => {
-            tokio::time::sleep(*d).await;
-            (200, "ok", None)
+    match answer {
+        Answer::Ok => Reply::new(200, "ok", "text/html"),
+        Answer::Error(status, body, retry_after) => {
+            let reply = Reply::new(status, body, "text/html");
+            match retry_after {
+                Some(s) => reply.header("retry-after", s),
+                None => reply,
+            }
         }
-    };
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-    r.headers_mut()
-        .insert("content-type", "text/html".parse().unwrap());
-    if let Some(s) = retry_after {
-        r.headers_mut().insert("retry-after", s.into());
+        // Answered 200 "ok" only after the client gave up: recorded as "hang".
+        Answer::Hang(d) => Reply::new(200, "hang", "text/html").after(d),
     }
-    Ok(r)
 }
