@@ -13,6 +13,7 @@ mod secrets;
 pub mod settings;
 pub mod sinks;
 pub mod topic;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use acl::AclRule;
 pub use defaults::EXAMPLE_CONFIG;
 pub use secrets::{ExmentSecrets, Secrets, SecretsError};
 pub use sinks::{SinkConfig, SinkKind, SinkSecrets};
+pub use upstream::UpstreamConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +55,8 @@ pub struct Config {
     pub slack: SlackConfig,
     /// Delivery to Slack, signed webhooks, LINE and e-mail (`[[sinks]]`).
     pub sinks: Vec<SinkConfig>,
+    /// Forwarding to an MQTT cluster that many sites feed (`[upstream]`, docs/fleet.md).
+    pub upstream: UpstreamConfig,
     pub recorder: RecorderConfig,
     pub telemetry: TelemetryConfig,
     pub exment: ExmentConfig,
@@ -578,6 +582,9 @@ impl Config {
                 ));
             }
         }
+        self.upstream
+            .check()
+            .map_err(|(key, m)| invalid(format!("upstream.{key}"), m))?;
         if self.mqtt.users.is_empty() && !self.mqtt.anonymous_allowed() {
             let message = if self.mqtt.allow_anonymous == Some(false) {
                 "no MQTT users and allow_anonymous = false: nobody could connect"

@@ -29,6 +29,15 @@ pub struct Secrets {
     pub sinks: BTreeMap<String, crate::SinkSecrets>,
     pub recorder: RecorderSecrets,
     pub exment: ExmentSecrets,
+    pub upstream: UpstreamSecrets,
+}
+
+/// The upstream cluster's password for `upstream.username`.
+#[derive(Default, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSecrets {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 /// Exment API credentials (H6: only on the appliance, never on a device).
@@ -56,6 +65,10 @@ impl fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("slack", &self.slack.keys().collect::<Vec<_>>())
             .field("sinks", &self.sinks)
+            .field(
+                "upstream.password",
+                &self.upstream.password.as_ref().map(|_| "<set>"),
+            )
             .field(
                 "recorder.password",
                 &self.recorder.password.as_ref().map(|_| "<set>"),

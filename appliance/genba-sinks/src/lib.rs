@@ -16,6 +16,7 @@ pub mod outcome;
 pub mod run;
 pub mod slack;
 pub mod template;
+pub mod upstream;
 pub mod webhook;
 
 pub use channel::Channel;

@@ -278,6 +278,35 @@ pub async fn start(
             }));
         }
     }
+    if role.runs_sinks() && config.upstream.enabled() {
+        let link =
+            genba_sinks::upstream::Link::new(&config.upstream, secrets.upstream.password.clone())?;
+        let forward = genba_sinks::upstream::forwarder(
+            link.clone(),
+            db.clone(),
+            journal.as_ref().map(Journal::committed),
+        );
+        let stop = shutdown.clone();
+        started.tasks.push(tokio::spawn(async move {
+            if let Err(e) = forward.run(stop).await {
+                tracing::error!(error = %e, "upstream forwarding stopped");
+            }
+        }));
+        match (&journal, config.upstream.commands) {
+            (Some(journal), true) => {
+                let (journal, stop) = (journal.clone(), shutdown.clone());
+                started.tasks.push(tokio::spawn(async move {
+                    if let Err(e) = genba_sinks::upstream::commands(link, journal, stop).await {
+                        tracing::error!(error = %e, "upstream commands stopped");
+                    }
+                }));
+            }
+            (None, true) => tracing::warn!(
+                "upstream commands are taken by `genba up` or `genba broker`, which write the journal"
+            ),
+            _ => {}
+        }
+    }
     if role.runs_exment(config) {
         let forwarder =
             genba_exment::Forwarder::new(&config.exment, secrets.exment.clone(), db.clone())
@@ -319,6 +348,9 @@ fn register_sinks(db: &Path, config: &Config, readings: bool) -> Result<()> {
         .with_context(|| format!("opening the journal {}", db.display()))?;
     for sink in config.delivery_sinks() {
         reader.register_sink(&sink.store_name())?;
+    }
+    if config.upstream.enabled() {
+        reader.register_sink(&config.upstream.store_name())?;
     }
     if readings {
         reader.register_sink(genba_telemetry::READINGS_SINK)?;

@@ -4,25 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, mosquitto_pub, wait_until};
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto_bin() -> &'static str {
-    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("Debian's mosquitto (the broker) is needed: apt-get install mosquitto")
-}
+use common::{free_port, mosquitto_broker, mosquitto_pub, wait_until, Killed};
 
 fn payloads(db: &std::path::Path) -> Vec<String> {
     let Ok(conn) = rusqlite::Connection::open(db) else {
@@ -53,7 +38,7 @@ fn the_recorder_journals_an_external_brokers_messages_including_those_sent_while
     )
     .unwrap();
     let _mosquitto = Killed(
-        Command::new(mosquitto_bin())
+        Command::new(mosquitto_broker())
             .arg("-c")
             .arg(&conf)
             .stderr(Stdio::null())

@@ -6,6 +6,7 @@ pub mod fake_slack;
 pub mod http;
 pub mod mqtt_raw;
 pub mod openapi;
+pub mod pki;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -234,6 +235,24 @@ pub fn mosquitto_tool(name: &str) -> PathBuf {
         }
     }
     panic!("{name} not found: install Debian's mosquitto-clients (scripts/install-deps does)");
+}
+
+/// Path of Debian's Mosquitto broker, the peer and stand-in cluster of several tests.
+pub fn mosquitto_broker() -> &'static str {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("Debian's mosquitto (the broker) is needed: apt-get install mosquitto")
+}
+
+/// A child process killed and reaped when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// An argon2 hash from `genba passwd`, the way an operator makes one.
