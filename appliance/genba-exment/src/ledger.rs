@@ -21,22 +21,11 @@ fn now_ms() -> i64 {
 }
 
 impl Ledger {
+    /// Opens the database; its tables come from genba-store's migration 10.
     pub fn open(db: &Path) -> Result<Ledger, genba_store::StoreError> {
-        let conn = genba_store::open(db)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS exment_ledger (
-                key        TEXT PRIMARY KEY,
-                state      TEXT NOT NULL,
-                slot_start INTEGER NOT NULL,
-                device_id  TEXT NOT NULL,
-                attempts   INTEGER NOT NULL DEFAULT 0,
-                last_error TEXT,
-                updated_at INTEGER NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS exment_state (name TEXT PRIMARY KEY, value TEXT, at INTEGER);",
-        )
-        .map_err(|source| genba_store::StoreError::Sqlite { path: db.to_owned(), source })?;
-        Ok(Ledger { conn })
+        Ok(Ledger {
+            conn: genba_store::open(db)?,
+        })
     }
 
     pub fn readings(&self) -> rusqlite::Result<Vec<ReadingRow>> {
