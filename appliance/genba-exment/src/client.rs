@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::redact::Redactor;
 use crate::slots::Record;
 
 #[derive(Debug, PartialEq)]
@@ -28,16 +29,21 @@ pub struct Client {
     pub base: String,
     pub table: String,
     pub columns: genba_config::ExmentColumns,
+    /// Takes secrets out of answers before they reach an error (log, status, database).
+    pub redact: Redactor,
 }
 
-fn describe(status: u16, body: &str) -> String {
+/// An answer in a line: Exment's code and message, or a redacted excerpt of a body that is not
+/// Exment's JSON (a proxy's page, which may echo the request).
+fn describe(status: u16, body: &str, redact: &Redactor) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let code = v["code"].as_str().unwrap_or("-");
-    let msg = v["message"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| v["errors"].to_string());
-    format!("HTTP {status} code {code}: {msg}")
+    let msg = match (&v["message"], &v["errors"]) {
+        (Value::String(m), _) => m.clone(),
+        (_, e) if !e.is_null() => e.to_string(),
+        _ => body.to_owned(),
+    };
+    format!("HTTP {status} code {code}: {}", redact.excerpt(&msg))
 }
 
 impl Client {
@@ -55,7 +61,7 @@ impl Client {
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| CallError::Retry(e.without_url().to_string()))?;
+            .map_err(|e| CallError::Retry(self.redact.excerpt(&e.without_url().to_string())))?;
         let status = r.status().as_u16();
         let retry_after = r
             .headers()
@@ -65,15 +71,15 @@ impl Client {
         let body = r
             .text()
             .await
-            .map_err(|e| CallError::Retry(e.without_url().to_string()))?;
+            .map_err(|e| CallError::Retry(self.redact.excerpt(&e.without_url().to_string())))?;
         match status {
             200..=299 => Ok(body),
             401 => Err(CallError::TokenRejected),
             429 => Err(CallError::RateLimited(Duration::from_secs(
                 retry_after.unwrap_or(60),
             ))),
-            408 | 500..=599 => Err(CallError::Retry(describe(status, &body))),
-            _ => Err(CallError::Refused(describe(status, &body))),
+            408 | 500..=599 => Err(CallError::Retry(describe(status, &body, &self.redact))),
+            _ => Err(CallError::Refused(describe(status, &body, &self.redact))),
         }
     }
 

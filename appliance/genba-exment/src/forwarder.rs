@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::client::{CallError, Client};
 use crate::ledger::{Ledger, REFUSED, SENT, UNKNOWN};
+use crate::redact::Redactor;
 use crate::slots::{self, Aggregation, Record};
 use crate::token::{TokenError, Tokens};
 
@@ -55,6 +56,7 @@ pub struct Forwarder {
     ledger: Ledger,
     tokens: Tokens,
     client: Client,
+    redact: Redactor,
     sent_at: VecDeque<Instant>,
     /// Milliseconds to subtract from "now" when deciding which slots are closed (tests).
     pub clock_ms: Option<i64>,
@@ -72,15 +74,18 @@ impl Forwarder {
             .timeout(Duration::from_secs(cfg.timeout_secs.max(1)))
             .build()
             .map_err(|e| ExmentError::Http(e.to_string()))?;
+        let redact = Redactor::default();
         Ok(Forwarder {
             ledger: Ledger::open(&db)?,
-            tokens: Tokens::new(&base, &cfg.scope, secrets, token_file),
+            tokens: Tokens::with_redactor(&base, &cfg.scope, secrets, token_file, redact.clone()),
             client: Client {
                 http,
                 base,
                 table: cfg.table.clone(),
                 columns: cfg.columns.clone(),
+                redact: redact.clone(),
             },
+            redact,
             cfg: cfg.clone(),
             sent_at: VecDeque::new(),
             clock_ms: None,
@@ -132,14 +137,19 @@ impl Forwarder {
         let mut reauthed = false;
         loop {
             self.budget().await;
-            let token = self
-                .tokens
-                .get(&self.client.http)
-                .await
-                .map_err(|e| match e {
-                    TokenError::Transport(m) => CallError::Retry(m),
-                    other => CallError::Credentials(other.to_string()),
-                })?;
+            let token = match self.tokens.get(&self.client.http).await {
+                Ok(t) => t,
+                Err(TokenError::RateLimited(wait)) => {
+                    tracing::warn!(
+                        wait_s = wait.as_secs(),
+                        "exment token endpoint rate limit; waiting"
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(TokenError::Transport(m)) => return Err(CallError::Retry(m)),
+                Err(other) => return Err(CallError::Credentials(other.to_string())),
+            };
             match call(token).await {
                 Err(CallError::TokenRejected) if !reauthed => {
                     tracing::info!("exment rejected the token; getting a new one");
@@ -216,6 +226,7 @@ impl Forwarder {
                     report.created += chunk.len();
                 }
                 Err(CallError::Refused(reason)) => {
+                    let reason = self.redact.excerpt(&reason);
                     tracing::error!(%reason, rows = chunk.len(), "exment refused the records; parked");
                     self.ledger.mark(&marks, REFUSED, Some(&reason))?;
                     self.ledger.note("last_error", &reason)?;
@@ -224,7 +235,8 @@ impl Forwarder {
                 Err(e) => return self.fail(e, report),
             }
         }
-        if report.created + report.found_already > 0 || report.requests == 0 {
+        // Only a drain that moved something is a success worth showing (an idle one is not).
+        if report.created + report.found_already > 0 {
             self.ledger.note(
                 "last_success",
                 &format!(
@@ -242,6 +254,7 @@ impl Forwarder {
             CallError::Refused(r) | CallError::Retry(r) => (r, false),
             other => (format!("{other:?}"), false),
         };
+        let reason = self.redact.excerpt(&reason);
         self.ledger.note("last_error", &reason)?;
         if config_error {
             tracing::error!(%reason, "exment credentials refused; not retrying");

@@ -8,9 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::fake_exment::{FakeExment, Inject, API_KEY, CLIENT_ID, CLIENT_SECRET};
+use common::fake_exment::{FakeExment, Inject, TokenInject, API_KEY, CLIENT_ID, CLIENT_SECRET};
 use genba_config::{ExmentConfig, ExmentSecrets};
-use genba_exment::Forwarder;
+use genba_exment::{ExmentError, Forwarder};
 use rand::Rng;
 
 const DAY_START_MS: i64 = 1_771_113_600_000; // 2026-02-15T00:00:00Z
@@ -19,36 +19,64 @@ const SENSORS: usize = 4;
 const SLOTS: usize = 48; // 30-minute slots in a day
 
 fn setup(readings_per_day: bool) -> tempfile::TempDir {
+    let dir = empty_db();
+    if readings_per_day {
+        add_readings(&dir, DEVICES, SENSORS, 1440, |d| format!("fridge-{d:02}"));
+    }
+    dir
+}
+
+fn empty_db() -> tempfile::TempDir {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
+    genba_store::open(&dir.path().join("genba.sqlite3")).unwrap();
+    dir
+}
+
+/// A reading a minute from DAY_START_MS for `minutes` minutes per device and probe.
+fn add_readings(
+    dir: &tempfile::TempDir,
+    devices: usize,
+    sensors: usize,
+    minutes: i64,
+    name: impl Fn(usize) -> String,
+) {
+    add_readings_from(dir, devices, sensors, 0, minutes, name)
+}
+
+fn add_readings_from(
+    dir: &tempfile::TempDir,
+    devices: usize,
+    sensors: usize,
+    from_minute: i64,
+    minutes: i64,
+    name: impl Fn(usize) -> String,
+) {
     let mut conn = genba_store::open(&dir.path().join("genba.sqlite3")).unwrap();
-    if readings_per_day {
-        let tx = conn.transaction().unwrap();
-        {
-            let mut stmt = tx
-                .prepare(
-                    "INSERT INTO readings (device_id, recorded_at, ts_device, sensor_hw_id, raw_celsius, offset_c,
-                     celsius, rssi, source, received_at) VALUES (?1, '', ?2, ?3, ?4, 0, ?4, -60, 'test', 0)",
-                )
-                .unwrap();
-            for d in 0..DEVICES {
-                for s in 0..SENSORS {
-                    for m in 0..1440i64 {
-                        let c = 3.0 + ((m + d as i64 + s as i64) % 7) as f64 / 4.0;
-                        stmt.execute(rusqlite::params![
-                            format!("fridge-{d:02}"),
-                            DAY_START_MS + m * 60_000,
-                            format!("28FF{s:012X}"),
-                            c
-                        ])
-                        .unwrap();
-                    }
+    let tx = conn.transaction().unwrap();
+    {
+        let mut stmt = tx
+            .prepare(
+                "INSERT INTO readings (device_id, recorded_at, ts_device, sensor_hw_id, raw_celsius, offset_c,
+                 celsius, rssi, source, received_at) VALUES (?1, '', ?2, ?3, ?4, 0, ?4, -60, 'test', 0)",
+            )
+            .unwrap();
+        for d in 0..devices {
+            for s in 0..sensors {
+                for m in from_minute..from_minute + minutes {
+                    let c = 3.0 + ((m + d as i64 + s as i64) % 7) as f64 / 4.0;
+                    stmt.execute(rusqlite::params![
+                        name(d),
+                        DAY_START_MS + m * 60_000,
+                        format!("28FF{s:012X}"),
+                        c
+                    ])
+                    .unwrap();
                 }
             }
         }
-        tx.commit().unwrap();
     }
-    dir
+    tx.commit().unwrap();
 }
 
 fn forwarder(fake: &FakeExment, dir: &tempfile::TempDir, secret: &str) -> Forwarder {
@@ -259,6 +287,7 @@ async fn exments_bulk_limit_and_validation_errors_are_permanent_refusals() {
         base: fake.url(),
         table: "haccp_temp".into(),
         columns: Default::default(),
+        redact: Default::default(),
     };
     let rec = |i: i64| Record {
         key: format!("d:s:{i}"),
@@ -280,4 +309,143 @@ async fn exments_bulk_limit_and_validation_errors_are_permanent_refusals() {
     }
     assert_eq!(client.create(&[rec(2)], &token).await, Ok(()));
     assert_eq!(fake.keys(), vec!["d:s:2".to_string()]);
+}
+
+#[tokio::test]
+async fn token_endpoint_429_other_4xx_and_5xx_are_retried_not_taken_as_refused_credentials() {
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    add_readings(&dir, 1, 1, 120, |_| "fridge-00".into());
+    fake.state.lock().unwrap().token_script.extend([
+        TokenInject::Answer(429, r#"{"message":"Too Many Attempts."}"#.into(), Some(1)),
+        TokenInject::Answer(
+            400,
+            "<html><h1>400 Bad Request</h1>nginx</html>".into(),
+            None,
+        ),
+        TokenInject::Answer(503, r#"{"message":"Service Unavailable"}"#.into(), None),
+    ]);
+    let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
+    // The 429 is waited out (Retry-After: 1) within the drain; the proxy's 400 then fails it.
+    let first = f.drain_once().await.unwrap_err();
+    assert!(matches!(first, ExmentError::Unavailable(_)), "{first}");
+    assert!(first.to_string().contains("HTTP 400"), "{first}");
+    let second = f.drain_once().await.unwrap_err();
+    assert!(matches!(second, ExmentError::Unavailable(_)), "{second}");
+    let third = f.drain_once().await.unwrap();
+    assert_eq!(third.created, 4, "two hours of 30-minute slots");
+    assert_eq!(fake.state.lock().unwrap().token_requests, 4);
+    assert_eq!(fake.keys().len(), 4);
+}
+
+#[tokio::test]
+async fn a_documented_credential_refusal_in_the_stock_passport_shape_is_a_config_error() {
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    add_readings(&dir, 1, 1, 60, |_| "fridge-00".into());
+    fake.state.lock().unwrap().token_script.push_back(TokenInject::Answer(
+        400,
+        r#"{"error":"invalid_grant","error_description":"The user credentials were incorrect.","message":"The user credentials were incorrect."}"#.into(),
+        None,
+    ));
+    let err = forwarder(&fake, &dir, CLIENT_SECRET)
+        .drain_once()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ExmentError::Credentials(_)), "{err}");
+    assert!(err.to_string().contains("invalid_grant"), "{err}");
+}
+
+/// A tracing writer into a shared buffer (what the journal would get).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn database_bytes(dir: &tempfile::TempDir) -> Vec<u8> {
+    let mut all = Vec::new();
+    for name in ["genba.sqlite3", "genba.sqlite3-wal"] {
+        all.extend(std::fs::read(dir.path().join(name)).unwrap_or_default());
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn a_proxy_echoing_the_request_leaks_no_secret_into_log_status_or_database() {
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    add_readings(&dir, 1, 1, 60, |_| "fridge-00".into());
+    {
+        let mut st = fake.state.lock().unwrap();
+        st.token_script.push_back(TokenInject::EchoRequest(502));
+        st.script.push_back(Inject::EchoRequest(502));
+    }
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let f = forwarder(&fake, &dir, CLIENT_SECRET);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(f.run(stopped));
+    // The token grant is echoed, then (after a backoff) the bulk create with its bearer token.
+    for _ in 0..200 {
+        if fake.state.lock().unwrap().echoed == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fake.state.lock().unwrap().echoed, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send(true).unwrap();
+    run.await.unwrap().unwrap();
+
+    let status = forwarder(&fake, &dir, CLIENT_SECRET).status().unwrap();
+    let (last_error, _) = status.last_error.clone().unwrap();
+    assert!(last_error.contains("HTTP 502"), "{last_error}");
+    assert!(last_error.chars().count() <= 200, "{last_error}");
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("502"), "the failures are logged: {log}");
+    let token = "eyJ0eXAiOiJKV1Q.fake.1"; // the fake's first access token
+    let db = database_bytes(&dir);
+    let status_json = serde_json::to_string(&status).unwrap();
+    for secret in [CLIENT_SECRET, API_KEY, token] {
+        assert!(!log.contains(secret), "{secret} in the log: {log}");
+        assert!(
+            !status_json.contains(secret),
+            "{secret} in the status: {status_json}"
+        );
+        assert!(!contains(&db, secret), "{secret} in the database");
+    }
+    assert!(status_json.contains("[redacted]"), "{status_json}");
+}
+
+#[tokio::test]
+async fn an_idle_drain_keeps_the_last_success() {
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    add_readings(&dir, 1, 1, 60, |_| "fridge-00".into());
+    let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
+    assert_eq!(f.drain_once().await.unwrap().created, 2);
+    let success = f.status().unwrap().last_success.unwrap();
+    assert!(success.0.starts_with("2 created"), "{success:?}");
+    let idle = f.drain_once().await.unwrap();
+    assert_eq!((idle.created, idle.found_already), (0, 0));
+    assert_eq!(f.status().unwrap().last_success.unwrap(), success);
 }
