@@ -101,7 +101,24 @@ fn forwarder_with(
     };
     let mut f = Forwarder::new(&cfg, secrets, dir.path().join("genba.sqlite3")).unwrap();
     f.clock_ms = Some(DAY_START_MS + 25 * 3_600_000);
+    // A create whose answer was lost is looked up once the 1 s timeout has passed (the fake
+    // stores before answering unless a test says otherwise).
+    f.in_flight_margin = Duration::ZERO;
     f
+}
+
+/// Drains until nothing is left in flight or unknown (a create whose answer was lost is looked
+/// up only after the timeout and the margin).
+async fn drain_until_settled(f: &mut Forwarder) {
+    for _ in 0..100 {
+        let report = f.drain_once().await;
+        let status = f.status().unwrap();
+        if report.is_ok_and(|r| r.in_flight == 0) && status.unknown == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("still in flight: {:?}", f.status().unwrap());
 }
 
 fn assert_exactly_one_per_slot(fake: &FakeExment) {
@@ -191,7 +208,7 @@ async fn crashes_and_timeouts_after_sending_never_duplicate_a_record() {
         let _ = task.await;
     }
     let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
-    f.drain_once().await.unwrap();
+    drain_until_settled(&mut f).await;
     assert_exactly_one_per_slot(&fake);
     assert_eq!(f.status().unwrap().sent, 1920);
 }
@@ -215,7 +232,7 @@ async fn a_429_is_waited_out_and_delivery_completes() {
     task.abort();
     let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
     // Retry-After is honoured: the next run waits for the window before its lookups succeed.
-    let _ = tokio::time::timeout(Duration::from_secs(90), f.drain_once()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(150), drain_until_settled(&mut f)).await;
     assert_exactly_one_per_slot(&fake);
 }
 
@@ -448,4 +465,153 @@ async fn an_idle_drain_keeps_the_last_success() {
     let idle = f.drain_once().await.unwrap();
     assert_eq!((idle.created, idle.found_already), (0, 0));
     assert_eq!(f.status().unwrap().last_success.unwrap(), success);
+}
+
+fn add_reading(dir: &tempfile::TempDir, device: &str, sensor: usize, ts: i64, celsius: f64) {
+    let conn = genba_store::open(&dir.path().join("genba.sqlite3")).unwrap();
+    conn.execute(
+        "INSERT INTO readings (device_id, recorded_at, ts_device, sensor_hw_id, raw_celsius, offset_c,
+         celsius, rssi, source, received_at) VALUES (?1, '', ?2, ?3, ?4, 0, ?4, -60, 'test', 0)",
+        rusqlite::params![device, ts, format!("28FF{sensor:012X}"), celsius],
+    )
+    .unwrap();
+}
+
+fn assert_no_duplicates(fake: &FakeExment) {
+    let keys = fake.keys();
+    let unique: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(unique.len(), keys.len(), "duplicates in Exment: {keys:?}");
+}
+
+#[tokio::test]
+async fn a_create_exment_stores_after_the_timeout_is_found_by_a_later_lookup_not_sent_twice() {
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    add_readings(&dir, 1, 1, 120, |_| "fridge-00".into());
+    // Exment takes 2 s to store the bulk: the forwarder (1 s timeout) gives up first.
+    fake.state
+        .lock()
+        .unwrap()
+        .script
+        .push_back(Inject::HangThenStore(Duration::from_secs(2)));
+    let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
+    f.in_flight_margin = Duration::from_secs(3);
+    let timed_out = f.drain_once().await.unwrap_err();
+    assert!(
+        matches!(timed_out, ExmentError::Unavailable(_)),
+        "{timed_out}"
+    );
+    assert_eq!(
+        fake.state.lock().unwrap().late_rows,
+        4,
+        "received, not stored yet"
+    );
+
+    // At once after the timeout the create may still be in flight: no lookup, no re-send.
+    let early = f.drain_once().await.unwrap();
+    assert_eq!((early.in_flight, early.requests, early.created), (4, 0, 0));
+
+    // Exment stores the request late; the lookup after the window finds every record.
+    for _ in 0..100 {
+        if fake.state.lock().unwrap().late_rows == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fake.keys().len(), 4);
+    drain_until_settled(&mut f).await;
+    assert_no_duplicates(&fake);
+    assert_eq!(fake.keys().len(), 4);
+    let status = f.status().unwrap();
+    assert_eq!((status.sent, status.unknown, status.records_due), (4, 0, 0));
+}
+
+#[tokio::test]
+async fn the_request_budget_keeps_a_margin_and_is_shared_by_processes_and_replay() {
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    add_readings(&dir, 1, 1, 240, |_| "fridge-00".into()); // 8 slots
+    let cfg = || ExmentConfig {
+        max_rows_per_request: 1,
+        max_requests_per_minute: 5, // 90%: 4 a minute
+        ..ExmentConfig::default()
+    };
+    // One process sends what the budget allows, then waits for the minute to pass.
+    let mut first = forwarder_with(&fake, &dir, CLIENT_SECRET, cfg());
+    let _ = tokio::time::timeout(Duration::from_secs(3), first.drain_once()).await;
+    drop(first);
+    assert_eq!(fake.state.lock().unwrap().calls.len(), 4);
+    // A restarted forwarder and a `replay` in another process find the minute's budget spent.
+    let mut second = forwarder_with(&fake, &dir, CLIENT_SECRET, cfg());
+    let _ = tokio::time::timeout(Duration::from_secs(2), second.drain_once()).await;
+    let mut replay = forwarder_with(&fake, &dir, CLIENT_SECRET, cfg());
+    let _ = tokio::time::timeout(Duration::from_secs(2), replay.replay(0, None)).await;
+    assert_eq!(fake.state.lock().unwrap().calls.len(), 4);
+    assert!(fake.max_calls_per_minute() <= 4);
+    assert_eq!(fake.keys().len(), 4);
+}
+
+#[tokio::test]
+async fn lookups_of_long_keys_stay_under_the_url_limit_and_a_414_halves_them() {
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    // 25 devices with 32-character ids, 4 slots each: 100 unique keys.
+    add_readings(&dir, 25, 1, 120, |d| format!("walk-in-freezer-{d:016}"));
+    let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
+    assert_eq!(f.drain_once().await.unwrap().created, 100);
+
+    // Behind Apache's default request-line limit, no lookup is refused.
+    fake.state.lock().unwrap().max_url_len = Some(8190);
+    let replay = f.replay(0, None).await.unwrap();
+    assert_eq!((replay.found_already, replay.created), (100, 0));
+    {
+        let st = fake.state.lock().unwrap();
+        assert_eq!(st.rejected_414, 0);
+        assert!(st.lookup_urls.len() >= 3, "{}", st.lookup_urls.len());
+        assert!(st.lookup_urls.iter().all(|u| u.len() <= 4000));
+    }
+
+    // A stricter proxy answers 414: the lookups are halved until they pass.
+    fake.state.lock().unwrap().max_url_len = Some(1500);
+    let replay = f.replay(0, None).await.unwrap();
+    assert_eq!((replay.found_already, replay.created), (100, 0));
+    assert!(fake.state.lock().unwrap().rejected_414 > 0);
+    assert_no_duplicates(&fake);
+    assert_eq!(fake.keys().len(), 100);
+}
+
+#[tokio::test]
+async fn a_drain_reads_only_new_readings_and_old_sent_rows_are_pruned_without_duplicates() {
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    add_readings(&dir, 2, 2, 1440, |d| format!("fridge-{d:02}"));
+    let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
+    let first = f.drain_once().await.unwrap();
+    assert_eq!(first.created, 2 * 2 * 48);
+    assert_eq!(
+        first.readings_read,
+        2 * 5760,
+        "each reading once, then per closed slot"
+    );
+
+    let idle = f.drain_once().await.unwrap();
+    assert_eq!((idle.readings_read, idle.requests), (0, 0));
+
+    // One new reading in a new (closed) slot: read once past the cursor, once for its slot.
+    add_reading(&dir, "fridge-00", 0, DAY_START_MS + 1440 * 60_000, 4.0);
+    let one = f.drain_once().await.unwrap();
+    assert_eq!((one.readings_read, one.created), (2, 1));
+
+    // 40 days on, the sent rows are pruned...
+    let mut later = forwarder(&fake, &dir, CLIENT_SECRET);
+    later.clock_ms = Some(DAY_START_MS + 40 * 86_400_000);
+    let pruned = later.drain_once().await.unwrap();
+    assert_eq!(pruned.requests, 0);
+    assert_eq!(later.status().unwrap().sent, 0);
+    // ...and a late reading for one of those slots is looked up, not sent again.
+    add_reading(&dir, "fridge-01", 1, DAY_START_MS + 30_000, 9.0);
+    let late = later.drain_once().await.unwrap();
+    assert_eq!((late.found_already, late.created), (1, 0));
+    assert_no_duplicates(&fake);
+    assert_eq!(fake.keys().len(), 193);
 }

@@ -173,7 +173,8 @@ async fn handle(
     for (name, value) in req.headers() {
         head.push_str(&format!("\n{name}: {}", value.to_str().unwrap_or("?")));
     }
-    if let Some(limit) = state.lock().unwrap().max_url_len {
+    let max_url_len = state.lock().unwrap().max_url_len;
+    if let Some(limit) = max_url_len {
         if target.len() > limit {
             state.lock().unwrap().rejected_414 += 1;
             return Ok(text_reply(
