@@ -84,6 +84,10 @@ pub(crate) fn classify(
 struct Cached {
     access_token: String,
     expires_at_ms: i64,
+    /// What the token was granted for (`<url> <client_id> <scope>`): a token cached before the
+    /// config changed (e.g. the scope was fixed) is not reused.
+    #[serde(default)]
+    granted_for: String,
 }
 
 pub struct Tokens {
@@ -92,9 +96,18 @@ pub struct Tokens {
     secrets: ExmentSecrets,
     file: PathBuf,
     cached: Option<Cached>,
+    granted_for: String,
     redact: Redactor,
     /// Token requests made by this process (status and tests).
     pub requests: u64,
+}
+
+fn granted_for(base_url: &str, secrets: &ExmentSecrets, scope: &str) -> String {
+    format!(
+        "{} {} {scope}",
+        base_url.trim_end_matches('/'),
+        secrets.client_id.as_deref().unwrap_or_default()
+    )
 }
 
 impl Tokens {
@@ -115,7 +128,8 @@ impl Tokens {
             .ok()
             .filter(|m| m.permissions().mode() & 0o077 == 0)
             .and_then(|_| std::fs::read(&file).ok())
-            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok());
+            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+            .filter(|c| c.granted_for == granted_for(base_url, &secrets, scope));
         for v in [&secrets.client_secret, &secrets.api_key]
             .into_iter()
             .flatten()
@@ -125,12 +139,14 @@ impl Tokens {
         if let Some(c) = &cached {
             redact.add(&c.access_token);
         }
+        let granted_for = granted_for(base_url, &secrets, scope);
         Tokens {
             url: format!("{}/admin/oauth/token", base_url.trim_end_matches('/')),
             scope: scope.to_owned(),
             secrets,
             file,
             cached,
+            granted_for,
             redact,
             requests: 0,
         }
@@ -191,6 +207,7 @@ impl Tokens {
         let cached = Cached {
             access_token: g.access_token,
             expires_at_ms: now + g.expires_in * 1000,
+            granted_for: self.granted_for.clone(),
         };
         let _ = std::fs::remove_file(&self.file);
         if let Ok(mut f) = std::fs::OpenOptions::new()

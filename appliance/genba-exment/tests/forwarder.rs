@@ -615,3 +615,83 @@ async fn a_drain_reads_only_new_readings_and_old_sent_rows_are_pruned_without_du
     assert_no_duplicates(&fake);
     assert_eq!(fake.keys().len(), 193);
 }
+
+#[tokio::test]
+async fn records_parked_for_a_wrong_table_arrive_once_after_the_config_is_fixed_and_retried() {
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    add_readings(&dir, 1, 1, 120, |_| "fridge-00".into());
+    let wrong = || ExmentConfig {
+        table: "haccp_tmp".into(),
+        ..ExmentConfig::default()
+    };
+    let parked = forwarder_with(&fake, &dir, CLIENT_SECRET, wrong())
+        .drain_once()
+        .await
+        .unwrap();
+    assert_eq!(parked.refused, 4);
+    // The table name is fixed; `genba exment retry` sends the parked records.
+    let mut fixed = forwarder(&fake, &dir, CLIENT_SECRET);
+    let (requeued, report) = fixed.retry(None).await.unwrap();
+    assert_eq!((requeued, report.created), (4, 4));
+    let status = fixed.status().unwrap();
+    assert_eq!((status.sent, status.refused, status.records_due), (4, 0, 0));
+    // Retrying again (or draining) sends nothing more.
+    let (requeued, again) = fixed.retry(None).await.unwrap();
+    assert_eq!((requeued, again.created, again.requests), (0, 0, 0));
+    assert_no_duplicates(&fake);
+    assert_eq!(fake.keys().len(), 4);
+}
+
+#[tokio::test]
+async fn replay_resends_records_parked_for_a_missing_scope_once_the_scope_is_fixed() {
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    add_readings(&dir, 1, 1, 120, |_| "fridge-00".into());
+    let read_only = ExmentConfig {
+        scope: "value_read".into(),
+        ..ExmentConfig::default()
+    };
+    let mut f = forwarder_with(&fake, &dir, CLIENT_SECRET, read_only);
+    assert_eq!(f.drain_once().await.unwrap().refused, 4);
+    let mut fixed = forwarder(&fake, &dir, CLIENT_SECRET);
+    let replay = fixed.replay(0, None).await.unwrap();
+    assert_eq!((replay.created, replay.found_already), (4, 0));
+    assert!(replay.requests > 0);
+    assert_no_duplicates(&fake);
+    assert_eq!(fake.keys().len(), 4);
+}
+
+#[tokio::test]
+async fn a_wrong_secret_keeps_the_forwarder_running_with_a_long_backoff_and_shows_in_store_status()
+{
+    let fake = FakeExment::start().await;
+    let dir = empty_db();
+    add_readings(&dir, 1, 1, 120, |_| "fridge-00".into());
+    let f = forwarder(&fake, &dir, "wrong-secret");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(f.run(stopped));
+    let reader = genba_store::Reader::open(&dir.path().join("genba.sqlite3")).unwrap();
+    let mut status = reader.exment_status().unwrap();
+    for _ in 0..100 {
+        if status.state.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = reader.exment_status().unwrap();
+    }
+    // Still running: no restart loop (the watchdog's 2 token requests a minute), one request.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !run.is_finished(),
+        "the forwarder stopped on a credential error"
+    );
+    assert_eq!(fake.state.lock().unwrap().token_requests, 1);
+    assert_eq!(status.state.as_deref(), Some("credentials refused"));
+    assert_eq!(status.records_due, Some(4));
+    let error = status.last_error.unwrap_or_default();
+    assert!(error.contains("Client authentication failed"), "{error}");
+    assert!(!error.contains("wrong-secret"), "{error}");
+    stop.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}
