@@ -716,7 +716,10 @@ mod tests {
         assert_eq!(tokyo.exment.time_zone.name(), "Asia/Tokyo");
         let err = parse("[exment]\ntime_zone = \"Asia/Tokio\"\n").unwrap_err();
         let err = err.to_string();
-        assert!(err.contains("time_zone") && err.contains("Asia/Tokio"), "{err}");
+        assert!(
+            err.contains("time_zone") && err.contains("Asia/Tokio"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -64,10 +64,16 @@ mod tests {
 
     #[test]
     fn iana_names_parse_and_others_are_refused_by_name() {
-        assert_eq!("Asia/Tokyo".parse::<TimeZone>().unwrap().name(), "Asia/Tokyo");
+        assert_eq!(
+            "Asia/Tokyo".parse::<TimeZone>().unwrap().name(),
+            "Asia/Tokyo"
+        );
         assert_eq!(TimeZone::default().name(), "UTC");
         let err = "Asia/Tokio".parse::<TimeZone>().unwrap_err();
-        assert!(err.contains("time_zone") && err.contains("Asia/Tokio"), "{err}");
+        assert!(
+            err.contains("time_zone") && err.contains("Asia/Tokio"),
+            "{err}"
+        );
         assert!("+09:00".parse::<TimeZone>().is_err());
     }
 }

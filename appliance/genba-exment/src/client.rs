@@ -40,6 +40,8 @@ pub struct Client {
     pub columns: genba_config::ExmentColumns,
     /// Takes secrets out of answers before they reach an error (log, status, database).
     pub redact: Redactor,
+    /// The site's time zone: `check_slot` is its wall time (the unique key stays UTC).
+    pub time_zone: chrono_tz::Tz,
 }
 
 /// An answer in a line: Exment's code and message, or a redacted excerpt of a body that is not
@@ -96,7 +98,11 @@ impl Client {
     pub fn row(&self, r: &Record) -> Value {
         let c = &self.columns;
         let slot = chrono::DateTime::from_timestamp_millis(r.slot_start_ms)
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .map(|t| {
+                t.with_timezone(&self.time_zone)
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string()
+            })
             .unwrap_or_default();
         json!({
             c.unique_key.as_str(): r.key, c.check_slot.as_str(): slot, c.temperature.as_str(): r.celsius,
@@ -180,16 +186,41 @@ impl Client {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lookups_are_split_so_each_url_stays_under_the_limit() {
+    fn client(time_zone: chrono_tz::Tz) -> Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client {
+        Client {
             http: reqwest::Client::new(),
             base: "https://exment.example.com".into(),
             table: "haccp_temp".into(),
             columns: Default::default(),
             redact: Redactor::default(),
+            time_zone,
+        }
+    }
+
+    #[test]
+    fn check_slot_is_the_sites_wall_time_and_the_key_stays_utc() {
+        // 2026-11-30 22:05 UTC is the 07:05 check of 1 December in Japan.
+        let start = chrono::DateTime::parse_from_rfc3339("2026-11-30T22:05:00Z")
+            .unwrap()
+            .timestamp_millis();
+        let r = Record {
+            key: crate::slots::slot_key("d", "s", start),
+            device_id: "d".into(),
+            sensor_hw_id: "s".into(),
+            slot_start_ms: start,
+            celsius: 4.0,
         };
+        let tokyo = client(chrono_tz::Asia::Tokyo).row(&r);
+        assert_eq!(tokyo["check_slot"], "2026-12-01 07:05:00");
+        assert_eq!(tokyo["unique_key"], "d:s:2026-11-30T22:05:00Z");
+        let utc = client(chrono_tz::UTC).row(&r);
+        assert_eq!(utc["check_slot"], "2026-11-30 22:05:00");
+    }
+
+    #[test]
+    fn lookups_are_split_so_each_url_stays_under_the_limit() {
+        let client = client(chrono_tz::UTC);
         // 100 keys of 32-character device ids: over 8 KB in one URL (9.5 KB with ":" escaped).
         let keys: Vec<String> = (0..100)
             .map(|i| crate::slots::slot_key(&format!("{i:032}"), "28FF000000000001", i * 1_800_000))

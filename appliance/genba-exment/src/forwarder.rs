@@ -119,6 +119,7 @@ impl Forwarder {
                 table: cfg.table.clone(),
                 columns: cfg.columns.clone(),
                 redact: redact.clone(),
+                time_zone: cfg.time_zone.tz(),
             },
             redact,
             cfg: cfg.clone(),

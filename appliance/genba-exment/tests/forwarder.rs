@@ -305,6 +305,7 @@ async fn exments_bulk_limit_and_validation_errors_are_permanent_refusals() {
         table: "haccp_temp".into(),
         columns: Default::default(),
         redact: Default::default(),
+        time_zone: chrono_tz::UTC,
     };
     let rec = |i: i64| Record {
         key: format!("d:s:{i}"),
@@ -694,4 +695,34 @@ async fn a_wrong_secret_keeps_the_forwarder_running_with_a_long_backoff_and_show
     assert!(!error.contains("wrong-secret"), "{error}");
     stop.send(true).unwrap();
     run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_tokyo_shop_gets_its_check_slot_in_japan_time_and_utc_stays_as_before() {
+    // The 07:05 check on 1 December in Japan is 22:05 UTC on 30 November.
+    let at = chrono::DateTime::parse_from_rfc3339("2026-11-30T22:05:00Z")
+        .unwrap()
+        .timestamp_millis();
+    for (zone, expected) in [
+        ("Asia/Tokyo", "2026-12-01 07:05:00"),
+        ("UTC", "2026-11-30 22:05:00"),
+    ] {
+        let fake = FakeExment::start().await;
+        let dir = empty_db();
+        add_reading(&dir, "fridge-00", 0, at + 20_000, 4.0);
+        let cfg = ExmentConfig {
+            slot_minutes: 5,
+            time_zone: zone.parse().unwrap(),
+            ..ExmentConfig::default()
+        };
+        let mut f = forwarder_with(&fake, &dir, CLIENT_SECRET, cfg);
+        f.clock_ms = Some(at + 3_600_000);
+        assert_eq!(f.drain_once().await.unwrap().created, 1);
+        let stored = fake.state.lock().unwrap().records[0].clone();
+        assert_eq!(stored["check_slot"], expected, "{zone}");
+        assert_eq!(
+            stored["unique_key"],
+            "fridge-00:28FF000000000000:2026-11-30T22:05:00Z"
+        );
+    }
 }
