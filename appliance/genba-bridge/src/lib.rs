@@ -474,9 +474,17 @@ async fn status(
 ) -> Result<HttpResponse, Problem> {
     state.auth.check(&headers).await?;
     let path = state.db_path.clone();
-    let status = tokio::task::spawn_blocking(move || genba_store::Reader::open(&path)?.status())
-        .await
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let exment_on = state.console.exment_on;
+    let status = tokio::task::spawn_blocking(move || {
+        let reader = genba_store::Reader::open(&path)?;
+        let mut status = reader.status()?;
+        if exment_on {
+            status.exment = Some(reader.exment_status()?);
+        }
+        Ok::<_, genba_store::StoreError>(status)
+    })
+    .await
+    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(reply::json(StatusCode::OK, &json!(status)))
 }

@@ -153,9 +153,11 @@ slot_minutes = 30                        # one record per device, probe and slot
 aggregation = "nearest"                  # nearest | min | max | avg
 grace_minutes = 5                        # send a slot this long after it ended
 max_rows_per_request = 100               # Exment's bulk limit
-max_requests_per_minute = 60             # Exment's rate limit
+max_requests_per_minute = 60             # Exment's rate limit; at most 90% of it is used
 timeout_secs = 15
 max_backoff_secs = 300
+credentials_backoff_secs = 600           # after Exment refused the credentials
+time_zone = "UTC"                        # the site's IANA zone, e.g. "Asia/Tokyo": check_slot's wall time
 [exment.columns]
 unique_key = "unique_key"                # needs a search index in Exment
 check_slot = "check_slot"

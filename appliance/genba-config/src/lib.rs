@@ -12,6 +12,7 @@ pub mod rules;
 mod secrets;
 pub mod settings;
 pub mod sinks;
+mod timezone;
 pub mod topic;
 pub mod upstream;
 
@@ -24,6 +25,7 @@ pub use acl::AclRule;
 pub use defaults::EXAMPLE_CONFIG;
 pub use secrets::{ExmentSecrets, Secrets, SecretsError};
 pub use sinks::{SinkConfig, SinkKind, SinkSecrets};
+pub use timezone::TimeZone;
 pub use upstream::UpstreamConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +191,15 @@ pub struct ExmentConfig {
     pub max_rows_per_request: usize,
     pub max_requests_per_minute: u32,
     pub timeout_secs: u64,
+    /// Longest wait between retries after Exment or the network failed.
     pub max_backoff_secs: u64,
+    /// Wait before asking again after Exment refused the credentials (the forwarder keeps
+    /// running and shows the error in `genba status`; fixing the secrets file and restarting
+    /// tries at once).
+    pub credentials_backoff_secs: u64,
+    /// The site's IANA time zone (e.g. "Asia/Tokyo"): `check_slot` is sent in its wall time.
+    /// Default "UTC" (the Pi's local zone is not a reliable guess).
+    pub time_zone: TimeZone,
     pub columns: ExmentColumns,
 }
 
@@ -230,6 +240,8 @@ impl Default for ExmentConfig {
             max_requests_per_minute: 60,
             timeout_secs: 15,
             max_backoff_secs: 300,
+            credentials_backoff_secs: 600,
+            time_zone: TimeZone::default(),
             columns: ExmentColumns::default(),
         }
     }
@@ -712,6 +724,19 @@ mod tests {
     #[test]
     fn example_config_is_valid() {
         parse(EXAMPLE_CONFIG).expect("example config must load");
+    }
+
+    #[test]
+    fn exment_time_zone_is_an_iana_name_checked_at_load_and_defaults_to_utc() {
+        assert_eq!(parse("").unwrap().exment.time_zone.name(), "UTC");
+        let tokyo = parse("[exment]\ntime_zone = \"Asia/Tokyo\"\n").unwrap();
+        assert_eq!(tokyo.exment.time_zone.name(), "Asia/Tokyo");
+        let err = parse("[exment]\ntime_zone = \"Asia/Tokio\"\n").unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("time_zone") && err.contains("Asia/Tokio"),
+            "{err}"
+        );
     }
 
     #[test]

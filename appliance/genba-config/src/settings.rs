@@ -40,6 +40,9 @@ pub struct Settings {
     pub exment: Option<ExmentSetting>,
     /// Thermometers and other devices posting to /api/telemetry with `X-API-Key`.
     pub devices: Vec<DeviceSetting>,
+    /// The site's IANA time zone (e.g. "Asia/Tokyo"); goes to `[exment] time_zone`, the wall
+    /// time of Exment's check slot. Unset: the config keeps its value (default UTC).
+    pub time_zone: Option<crate::TimeZone>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +106,8 @@ pub struct Applied {
     pub users: Vec<String>,
     pub slack: bool,
     pub exment: bool,
+    /// The time zone set, if the file had one.
+    pub time_zone: Option<String>,
     pub wifi: bool,
     pub devices: usize,
 }
@@ -220,6 +225,10 @@ impl Settings {
             secrets.exment.client_secret = Some(exment.client_secret.clone());
             secrets.exment.api_key = Some(exment.api_key.clone());
             applied.exment = true;
+        }
+        if let Some(zone) = self.time_zone {
+            config.exment.time_zone = zone;
+            applied.time_zone = Some(zone.name().to_owned());
         }
         applied.wifi = self.wifi.is_some();
         applied.devices = self.devices.len();
@@ -428,6 +437,8 @@ mod tests {
     }
 
     const FULL: &str = r#"
+time_zone = "Asia/Tokyo"
+
 [wifi]
 country = "JP"
 ssid = "IEEE"
@@ -513,6 +524,8 @@ api_key = "key"
             Some("https://exment.example.com")
         );
         assert_eq!(config.exment.table, "haccp");
+        assert_eq!(config.exment.time_zone.name(), "Asia/Tokyo");
+        assert_eq!(applied.time_zone.as_deref(), Some("Asia/Tokyo"));
         assert_eq!(secrets.exment.client_secret.as_deref(), Some("shh"));
         config.mqtt.listen = "0.0.0.0:1883".parse().unwrap();
         config.validate(std::path::Path::new("genba.toml")).unwrap();
@@ -524,6 +537,24 @@ api_key = "key"
             .unwrap();
         assert_eq!(config.mqtt.users.len(), 2);
         assert_eq!(config.slack.webhooks.len(), 1);
+    }
+
+    #[test]
+    fn a_misspelt_time_zone_is_refused_by_name_and_none_keeps_the_config() {
+        let err = Settings::parse("time_zone = \"Asia/Tokio\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("time_zone") && err.contains("Asia/Tokio"),
+            "{err}"
+        );
+        let mut config = Config::default();
+        Settings::parse("")
+            .unwrap()
+            .apply(&mut config, &mut Secrets::default())
+            .unwrap();
+        assert_eq!(config.exment.time_zone.name(), "UTC");
     }
 
     #[test]

@@ -1,16 +1,24 @@
-//! The forwarder loop: slots -> ledger -> lookup of unknown outcomes -> bulk create, within
-//! Exment's request budget, with Retry-After, backoff, and one re-auth per rejected token.
+//! The forwarder loop: new readings -> slots -> ledger -> lookup of unknown outcomes -> bulk
+//! create, within Exment's request budget, with Retry-After, backoff, and one re-auth per
+//! rejected token.
+//!
+//! Each pass reads only the readings past its cursor (their slots go to `exment_slots`),
+//! builds a record only for a slot that has closed and is not confirmed yet (from that slot's
+//! own readings), and forgets `sent` ledger rows of slots older than [`KEEP_SENT_DAYS`]. A
+//! record without a ledger row that old is looked up before it is sent, so exactly-once holds
+//! after pruning too.
 
-use std::collections::VecDeque;
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use genba_config::{ExmentConfig, ExmentSecrets};
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::client::{CallError, Client};
-use crate::ledger::{Ledger, REFUSED, SENT, UNKNOWN};
+use crate::ledger::{Ledger, SlotRow, REFUSED, SENT, UNKNOWN};
+use crate::redact::Redactor;
 use crate::slots::{self, Aggregation, Record};
 use crate::token::{TokenError, Tokens};
 
@@ -38,6 +46,10 @@ pub struct DrainReport {
     pub found_already: usize,
     pub refused: usize,
     pub requests: usize,
+    /// Readings rows read by this drain (new ones past the cursor, and those of closed slots).
+    pub readings_read: usize,
+    /// Records whose create may still be in flight: looked up in a later drain.
+    pub in_flight: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,6 +60,23 @@ pub struct Status {
     pub refused: i64,
     pub last_success: Option<(String, i64)>,
     pub last_error: Option<(String, i64)>,
+    /// "ok", "retrying" or "credentials refused", with the time it was noted.
+    pub state: Option<(String, i64)>,
+}
+
+/// `sent` ledger rows of slots older than this are pruned (a late reading for such a slot
+/// is looked up in Exment before anything is sent).
+pub const KEEP_SENT_DAYS: i64 = 30;
+const KEEP_SENT_MS: i64 = KEEP_SENT_DAYS * 86_400_000;
+
+/// Margin after the request timeout before a create with an unknown outcome is looked up:
+/// Exment may still store a request the client gave up on.
+pub const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(60);
+
+/// The share of `max_requests_per_minute` used: 90% (54 of 60), at least one.
+pub fn request_budget(max_requests_per_minute: u32) -> usize {
+    let m = max_requests_per_minute.max(1) as usize;
+    (m - m.div_ceil(10)).max(1)
 }
 
 pub struct Forwarder {
@@ -55,9 +84,17 @@ pub struct Forwarder {
     ledger: Ledger,
     tokens: Tokens,
     client: Client,
-    sent_at: VecDeque<Instant>,
-    /// Milliseconds to subtract from "now" when deciding which slots are closed (tests).
+    redact: Redactor,
+    /// Milliseconds since the epoch to use as "now" when deciding which slots are closed (tests).
     pub clock_ms: Option<i64>,
+    /// Margin after the timeout before an unknown outcome is looked up (tests shorten it).
+    pub in_flight_margin: Duration,
+    /// Longest lookup URL (tests lower it).
+    pub max_lookup_url: usize,
+}
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 impl Forwarder {
@@ -72,18 +109,23 @@ impl Forwarder {
             .timeout(Duration::from_secs(cfg.timeout_secs.max(1)))
             .build()
             .map_err(|e| ExmentError::Http(e.to_string()))?;
+        let redact = Redactor::default();
         Ok(Forwarder {
             ledger: Ledger::open(&db)?,
-            tokens: Tokens::new(&base, &cfg.scope, secrets, token_file),
+            tokens: Tokens::with_redactor(&base, &cfg.scope, secrets, token_file, redact.clone()),
             client: Client {
                 http,
                 base,
                 table: cfg.table.clone(),
                 columns: cfg.columns.clone(),
+                redact: redact.clone(),
+                time_zone: cfg.time_zone.tz(),
             },
+            redact,
             cfg: cfg.clone(),
-            sent_at: VecDeque::new(),
             clock_ms: None,
+            in_flight_margin: IN_FLIGHT_MARGIN,
+            max_lookup_url: crate::client::MAX_LOOKUP_URL,
         })
     }
 
@@ -92,54 +134,82 @@ impl Forwarder {
         self.tokens.requests
     }
 
-    fn due(&self) -> Result<Vec<Record>, ExmentError> {
-        let now = self
-            .clock_ms
-            .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
-        let closed_before = now - i64::from(self.cfg.grace_minutes) * 60_000;
-        let agg = Aggregation::parse(&self.cfg.aggregation).unwrap_or(Aggregation::Nearest);
-        let slot_ms = i64::from(self.cfg.slot_minutes.max(1)) * 60_000;
-        Ok(slots::build(
-            &self.ledger.readings()?,
-            slot_ms,
-            agg,
-            closed_before,
-        ))
+    fn now(&self) -> i64 {
+        self.clock_ms.unwrap_or_else(wall_ms)
     }
 
-    /// Waits until one more request fits Exment's per-minute budget.
-    async fn budget(&mut self) {
-        let window = Duration::from_secs(60);
+    fn slot_ms(&self) -> i64 {
+        i64::from(self.cfg.slot_minutes.max(1)) * 60_000
+    }
+
+    /// The start of the last closed slot (ended at least `grace_minutes` ago).
+    fn last_closed_start(&self) -> i64 {
+        self.now() - i64::from(self.cfg.grace_minutes) * 60_000 - self.slot_ms()
+    }
+
+    /// The record of a slot, from its readings (None when it has none).
+    fn record(&self, slot: &SlotRow, read: &mut usize) -> Result<Option<Record>, ExmentError> {
+        let agg = Aggregation::parse(&self.cfg.aggregation).unwrap_or(Aggregation::Nearest);
+        let slot_ms = self.slot_ms();
+        let rows = self.ledger.slot_readings(
+            &slot.device_id,
+            &slot.sensor_hw_id,
+            slot.slot_start,
+            slot.slot_start + slot_ms,
+        )?;
+        *read += rows.len();
+        Ok(slots::build(&rows, slot_ms, agg, i64::MAX)
+            .into_iter()
+            .find(|r| r.key == slot.key))
+    }
+
+    /// Waits until one more request fits the per-minute budget shared with every other
+    /// process on this database.
+    async fn budget(&mut self) -> Result<(), CallError> {
+        let limit = request_budget(self.cfg.max_requests_per_minute);
         loop {
-            while self.sent_at.front().is_some_and(|t| t.elapsed() >= window) {
-                self.sent_at.pop_front();
+            match self.ledger.take_request(limit, wall_ms()) {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait_ms)) => {
+                    tokio::time::sleep(Duration::from_millis(wait_ms.max(0) as u64 + 10)).await
+                }
+                Err(e) => return Err(CallError::Retry(format!("request budget: {e}"))),
             }
-            if self.sent_at.len() < self.cfg.max_requests_per_minute.max(1) as usize {
-                self.sent_at.push_back(Instant::now());
-                return;
-            }
-            let oldest = self.sent_at.front().copied().unwrap_or_else(Instant::now);
-            tokio::time::sleep(window.saturating_sub(oldest.elapsed())).await;
         }
     }
 
-    /// One call with the budget, a fresh token after one 401/108, and 429 waits.
-    async fn with_token<T, F, Fut>(&mut self, mut call: F) -> Result<T, CallError>
+    /// One call with the budget, a fresh token after one 401/108, and 429 waits. `sending`:
+    /// the records a create carries, stamped "in flight since now" before every attempt.
+    async fn with_token<T, F, Fut>(
+        &mut self,
+        sending: &[String],
+        mut call: F,
+    ) -> Result<T, CallError>
     where
         F: FnMut(String) -> Fut,
         Fut: std::future::Future<Output = Result<T, CallError>>,
     {
         let mut reauthed = false;
         loop {
-            self.budget().await;
-            let token = self
-                .tokens
-                .get(&self.client.http)
-                .await
-                .map_err(|e| match e {
-                    TokenError::Transport(m) => CallError::Retry(m),
-                    other => CallError::Credentials(other.to_string()),
-                })?;
+            self.budget().await?;
+            let token = match self.tokens.get(&self.client.http).await {
+                Ok(t) => t,
+                Err(TokenError::RateLimited(wait)) => {
+                    tracing::warn!(
+                        wait_s = wait.as_secs(),
+                        "exment token endpoint rate limit; waiting"
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(TokenError::Transport(m)) => return Err(CallError::Retry(m)),
+                Err(other) => return Err(CallError::Credentials(other.to_string())),
+            };
+            if !sending.is_empty() {
+                self.ledger
+                    .touch_unknown(sending)
+                    .map_err(|e| CallError::Retry(format!("ledger: {e}")))?;
+            }
             match call(token).await {
                 Err(CallError::TokenRejected) if !reauthed => {
                     tracing::info!("exment rejected the token; getting a new one");
@@ -155,44 +225,116 @@ impl Forwarder {
         }
     }
 
-    /// Sends every due record Exment does not have yet. Stops at the first transient failure
-    /// (the caller backs off); a permanent refusal is recorded and the rest goes on.
-    pub async fn drain_once(&mut self) -> Result<DrainReport, ExmentError> {
-        let mut report = DrainReport::default();
-        let states = self.ledger.states()?;
-        let due: Vec<Record> = self.due()?;
-        let mut pending = Vec::new();
-        let mut unknown = Vec::new();
-        for r in due {
-            match states.get(&r.key).map(String::as_str) {
-                Some(SENT) | Some(REFUSED) => {}
-                // Sent before without a confirmed answer: ask Exment first.
-                Some(UNKNOWN) => unknown.push(r),
-                _ => pending.push(r),
-            }
-        }
-        for chunk in unknown.chunks(100) {
-            let keys: Vec<String> = chunk.iter().map(|r| r.key.clone()).collect();
+    /// Looks `records` up by unique key: those Exment has are marked sent, the rest returned.
+    /// Lookups are split so each URL stays short; a 414 halves the lookup.
+    async fn look_up(
+        &mut self,
+        records: Vec<Record>,
+        report: &mut DrainReport,
+    ) -> Result<Vec<Record>, CallError> {
+        let keys: Vec<String> = records.iter().map(|r| r.key.clone()).collect();
+        let mut work = self.client.lookup_chunks(&keys, self.max_lookup_url);
+        work.reverse();
+        let mut found: HashSet<String> = HashSet::new();
+        let mut unlookable: HashSet<String> = HashSet::new();
+        while let Some(chunk) = work.pop() {
             let client = self.client.clone();
-            let found = self
-                .with_token(move |token| {
+            let keys = chunk.clone();
+            let answer = self
+                .with_token(&[], move |token| {
                     let (keys, c) = (keys.clone(), client.clone());
                     async move { c.existing(&keys, &token).await }
                 })
                 .await;
             report.requests += 1;
-            let found: std::collections::HashSet<String> = match found {
-                Ok(f) => f.into_iter().collect(),
-                Err(e) => return self.fail(e, report),
-            };
-            let there: Vec<(&str, i64, &str)> = chunk
+            match answer {
+                Ok(there) => {
+                    let there: HashSet<String> = there.into_iter().collect();
+                    let marks: Vec<(&str, i64, &str)> = records
+                        .iter()
+                        .filter(|r| chunk.contains(&r.key) && there.contains(&r.key))
+                        .map(|r| (r.key.as_str(), r.slot_start_ms, r.device_id.as_str()))
+                        .collect();
+                    self.ledger
+                        .mark(&marks, SENT, None)
+                        .map_err(|e| CallError::Retry(format!("ledger: {e}")))?;
+                    report.found_already += marks.len();
+                    found.extend(there.into_iter().filter(|k| chunk.contains(k)));
+                }
+                Err(CallError::UriTooLong) if chunk.len() > 1 => {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    tracing::info!(keys = chunk.len(), "exment lookup URL too long; halving");
+                    work.push(b.to_vec());
+                    work.push(a.to_vec());
+                }
+                Err(CallError::UriTooLong) => {
+                    unlookable.extend(chunk);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !unlookable.is_empty() {
+            let reason = "the lookup URL for this key alone is too long for the server (HTTP 414)";
+            let marks: Vec<(&str, i64, &str)> = records
                 .iter()
-                .filter(|r| found.contains(&r.key))
+                .filter(|r| unlookable.contains(&r.key))
                 .map(|r| (r.key.as_str(), r.slot_start_ms, r.device_id.as_str()))
                 .collect();
-            self.ledger.mark(&there, SENT, None)?;
-            report.found_already += there.len();
-            pending.extend(chunk.iter().filter(|r| !found.contains(&r.key)).cloned());
+            self.ledger
+                .mark(&marks, REFUSED, Some(reason))
+                .and_then(|_| self.ledger.note("last_error", reason))
+                .map_err(|e| CallError::Retry(format!("ledger: {e}")))?;
+            report.refused += marks.len();
+        }
+        Ok(records
+            .into_iter()
+            .filter(|r| !found.contains(&r.key) && !unlookable.contains(&r.key))
+            .collect())
+    }
+
+    /// Sends every due record Exment does not have yet. Stops at the first transient failure
+    /// (the caller backs off); a permanent refusal is recorded and the rest goes on.
+    pub async fn drain_once(&mut self) -> Result<DrainReport, ExmentError> {
+        let mut report = DrainReport::default();
+        report.readings_read += self.ledger.scan_new(self.slot_ms())?;
+        let horizon = self.now() - KEEP_SENT_MS;
+        self.ledger.prune_sent(horizon)?;
+        let in_flight_ms = (Duration::from_secs(self.cfg.timeout_secs.max(1))
+            + self.in_flight_margin)
+            .as_millis() as i64;
+        let wall = wall_ms();
+        let mut pending = Vec::new();
+        let mut unknown = Vec::new();
+        for slot in self.ledger.closed_slots(self.last_closed_start())? {
+            let look_up_first = match slot.state.as_deref() {
+                Some(REFUSED) => continue,
+                Some(SENT) => {
+                    self.ledger.drop_slot(&slot.key)?;
+                    continue;
+                }
+                // A create sent without a confirmed answer: Exment may still store it, so it
+                // is looked up only once the timeout and a margin have passed.
+                Some(UNKNOWN) => {
+                    if slot.unknown_since.is_some_and(|t| wall < t + in_flight_ms) {
+                        report.in_flight += 1;
+                        continue;
+                    }
+                    true
+                }
+                // Its ledger row may have been pruned after it was sent.
+                _ => slot.slot_start < horizon,
+            };
+            match self.record(&slot, &mut report.readings_read)? {
+                Some(r) if look_up_first => unknown.push(r),
+                Some(r) => pending.push(r),
+                None => self.ledger.drop_slot(&slot.key)?,
+            }
+        }
+        if !unknown.is_empty() {
+            match self.look_up(unknown, &mut report).await {
+                Ok(missing) => pending.extend(missing),
+                Err(e) => return self.fail(e, report),
+            }
         }
         pending.sort_by(|a, b| (a.slot_start_ms, &a.key).cmp(&(b.slot_start_ms, &b.key)));
         let size = self.cfg.max_rows_per_request.clamp(1, 100);
@@ -202,9 +344,10 @@ impl Forwarder {
                 .map(|r| (r.key.as_str(), r.slot_start_ms, r.device_id.as_str()))
                 .collect();
             self.ledger.mark(&marks, UNKNOWN, None)?;
+            let keys: Vec<String> = chunk.iter().map(|r| r.key.clone()).collect();
             let (records, client) = (chunk.to_vec(), self.client.clone());
             let result = self
-                .with_token(move |token| {
+                .with_token(&keys, move |token| {
                     let (records, c) = (records.clone(), client.clone());
                     async move { c.create(&records, &token).await }
                 })
@@ -216,7 +359,8 @@ impl Forwarder {
                     report.created += chunk.len();
                 }
                 Err(CallError::Refused(reason)) => {
-                    tracing::error!(%reason, rows = chunk.len(), "exment refused the records; parked");
+                    let reason = self.redact.excerpt(&reason);
+                    tracing::error!(%reason, rows = chunk.len(), "exment refused the records; parked (`genba exment retry` after fixing the cause)");
                     self.ledger.mark(&marks, REFUSED, Some(&reason))?;
                     self.ledger.note("last_error", &reason)?;
                     report.refused += chunk.len();
@@ -224,7 +368,8 @@ impl Forwarder {
                 Err(e) => return self.fail(e, report),
             }
         }
-        if report.created + report.found_already > 0 || report.requests == 0 {
+        // Only a drain that moved something is a success worth showing (an idle one is not).
+        if report.created + report.found_already > 0 {
             self.ledger.note(
                 "last_success",
                 &format!(
@@ -242,57 +387,85 @@ impl Forwarder {
             CallError::Refused(r) | CallError::Retry(r) => (r, false),
             other => (format!("{other:?}"), false),
         };
+        let reason = self.redact.excerpt(&reason);
         self.ledger.note("last_error", &reason)?;
         if config_error {
-            tracing::error!(%reason, "exment credentials refused; not retrying");
             return Err(ExmentError::Credentials(reason));
         }
         Err(ExmentError::Unavailable(reason))
     }
 
-    /// Re-sends a range: its records are looked up in Exment first, so nothing is duplicated.
+    /// Re-sends a range: its sent and refused records are looked up in Exment first (so
+    /// nothing is duplicated), and what Exment does not have is sent.
     pub async fn replay(
         &mut self,
         since_ms: i64,
         device: Option<&str>,
     ) -> Result<DrainReport, ExmentError> {
-        self.ledger.reopen(since_ms, device)?;
+        let slot_ms = self.slot_ms();
+        self.ledger.reopen(since_ms, device, slot_ms)?;
         self.drain_once().await
     }
 
+    /// Tries the refused (parked) records again, e.g. after the table name or the scope was
+    /// fixed: each is looked up first, and what Exment does not have is sent.
+    pub async fn retry(
+        &mut self,
+        device: Option<&str>,
+    ) -> Result<(usize, DrainReport), ExmentError> {
+        let requeued = self.ledger.retry_refused(device)?;
+        Ok((requeued, self.drain_once().await?))
+    }
+
     pub fn status(&self) -> Result<Status, ExmentError> {
-        let states = self.ledger.states()?;
-        let due = self.due()?;
         Ok(Status {
-            records_due: due
-                .iter()
-                .filter(|r| states.get(&r.key).map(String::as_str) != Some(SENT))
-                .count(),
+            records_due: self.ledger.count_due(self.last_closed_start())?.max(0) as usize,
             sent: self.ledger.count(SENT)?,
             unknown: self.ledger.count(UNKNOWN)?,
             refused: self.ledger.count(REFUSED)?,
             last_success: self.ledger.noted("last_success")?,
             last_error: self.ledger.noted("last_error")?,
+            state: self.ledger.noted("state")?,
         })
     }
 
-    /// Drains every 30 s (at once after a success), backing off after failures, until shutdown.
-    /// A refused token grant (wrong credentials) ends the loop with an error.
+    /// Notes what `genba status` and `GET /status` show of the forwarder.
+    fn note_state(&self, state: &str) {
+        let due = self.ledger.count_due(self.last_closed_start()).unwrap_or(0);
+        if let Err(e) = self
+            .ledger
+            .note("state", state)
+            .and_then(|_| self.ledger.note("records_due", &due.to_string()))
+        {
+            tracing::warn!(error = %e, "exment: cannot note the forwarder's state");
+        }
+    }
+
+    /// Drains every 30 s (at once after a success), backing off after failures, until
+    /// shutdown. Refused credentials do not end it: it asks again after
+    /// `credentials_backoff_secs` (a restart with fixed secrets tries at once), and the error
+    /// shows in `genba status`.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ExmentError> {
         let mut failures = 0u32;
         loop {
             let wait = match self.drain_once().await {
                 Ok(_) => {
                     failures = 0;
+                    self.note_state("ok");
                     Duration::from_secs(30)
                 }
-                // A configuration error: report it, do not retry in a loop.
-                Err(e @ ExmentError::Credentials(_)) => return Err(e),
+                Err(e @ ExmentError::Credentials(_)) => {
+                    let d = Duration::from_secs(self.cfg.credentials_backoff_secs.max(1));
+                    tracing::error!(error = %e, retry_in_s = d.as_secs(), "exment credentials refused; fix [exment] in the secrets file");
+                    self.note_state("credentials refused");
+                    d
+                }
                 Err(e) => {
                     failures += 1;
                     let cap = Duration::from_secs(self.cfg.max_backoff_secs.max(1));
                     let d = Duration::from_secs(1u64 << failures.min(10)).min(cap);
                     tracing::warn!(error = %e, retry_in_s = d.as_secs(), "exment drain failed");
+                    self.note_state("retrying");
                     d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
                 }
             };

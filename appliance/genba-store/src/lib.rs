@@ -8,6 +8,7 @@ pub mod alarms;
 pub mod broker_state;
 mod db;
 pub mod devices;
+mod exment;
 pub mod ingest;
 mod reader;
 mod schema;
@@ -19,6 +20,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use db::Db;
+pub use exment::ExmentStatus;
 pub use ingest::{DeviceMessage, Effect, Field, FieldValue, Refused, TelemetryBatch};
 pub use reader::{JournalEntry, Reader, SinkState, StoreStatus};
 pub use writer::{Journal, NewMessage, NewReading};

@@ -49,6 +49,10 @@ pub struct StoreStatus {
     pub last_id: i64,
     pub sinks: Vec<SinkState>,
     pub recent_parked: Vec<ParkedMessage>,
+    /// The Exment forwarder, when Exment is configured (the caller fills it in with
+    /// [`Reader::exment_status`]; [`Reader::status`] leaves it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exment: Option<crate::ExmentStatus>,
 }
 
 /// A connection for sinks and status pages; one per task.
@@ -305,7 +309,13 @@ impl Reader {
             last_id,
             sinks,
             recent_parked,
+            exment: None,
         })
+    }
+
+    /// The Exment forwarder's state, ledger counts, last success and last error.
+    pub fn exment_status(&self) -> Result<crate::ExmentStatus> {
+        crate::exment::status(&self.conn).map_err(|e| self.wrap(e))
     }
 
     /// Deletes journal rows older than `older_than_ms` that every sink has passed.

@@ -227,6 +227,37 @@ const MIGRATIONS: &[&str] = &[
         delay         INTEGER NOT NULL,                  -- MQTT 5 Will Delay Interval, seconds
         expiry        INTEGER                            -- Message Expiry Interval, seconds
      ) WITHOUT ROWID;",
+    // 10: the Exment forwarder (genba-exment). The ledger and state tables were created by
+    // genba-exment itself with IF NOT EXISTS before, so they may be there already in that
+    // shape; what this migration adds to them is added with ALTER/IF NOT EXISTS after.
+    "CREATE TABLE IF NOT EXISTS exment_ledger (
+        key        TEXT PRIMARY KEY,                    -- <device>:<probe>:<slot start UTC>
+        state      TEXT NOT NULL,                       -- 'sent', 'unknown' or 'refused'
+        slot_start INTEGER NOT NULL,                    -- unix ms
+        device_id  TEXT NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS exment_state (name TEXT PRIMARY KEY, value TEXT, at INTEGER);
+     -- When a create whose outcome is unknown was last sent (unix ms; NULL: no create can be
+     -- in flight, e.g. after a replay): it is looked up only after the request timeout and a
+     -- margin, so a late-stored request is found instead of sent twice.
+     ALTER TABLE exment_ledger ADD COLUMN unknown_since INTEGER;
+     CREATE INDEX IF NOT EXISTS exment_ledger_slot ON exment_ledger(slot_start);
+     -- Check slots seen in the readings (read once, past the cursor exment_state
+     -- 'readings_cursor') that Exment has not confirmed yet; a row goes when its record is sent.
+     CREATE TABLE IF NOT EXISTS exment_slots (
+        key          TEXT PRIMARY KEY,
+        device_id    TEXT    NOT NULL,
+        sensor_hw_id TEXT    NOT NULL,
+        slot_start   INTEGER NOT NULL                   -- unix ms
+     ) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS exment_slots_start ON exment_slots(slot_start);
+     -- Exment requests of the last minute (unix ms), shared by every process (the forwarder,
+     -- `genba exment replay`), so the per-minute budget survives restarts.
+     CREATE TABLE IF NOT EXISTS exment_requests (at INTEGER NOT NULL);
+     CREATE INDEX IF NOT EXISTS exment_requests_at ON exment_requests(at);",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {
@@ -255,4 +286,81 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database at version 9 on which genba-exment had already created its ledger tables
+    /// with its old `CREATE TABLE IF NOT EXISTS`.
+    fn version_9_with_old_ledger() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..9] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 9).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS exment_ledger (
+                key        TEXT PRIMARY KEY,
+                state      TEXT NOT NULL,
+                slot_start INTEGER NOT NULL,
+                device_id  TEXT NOT NULL,
+                attempts   INTEGER NOT NULL DEFAULT 0,
+                last_error TEXT,
+                updated_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS exment_state (name TEXT PRIMARY KEY, value TEXT, at INTEGER);
+             INSERT INTO exment_ledger (key, state, slot_start, device_id, updated_at)
+                VALUES ('d:s:2026-01-01T00:00:00Z', 'sent', 0, 'd', 1);
+             INSERT INTO exment_state VALUES ('last_success', '1 created', 1);",
+        )
+        .unwrap();
+        conn
+    }
+
+    #[test]
+    fn migration_10_adopts_the_exment_tables_made_by_the_old_if_not_exists_code() {
+        let conn = version_9_with_old_ledger();
+        if migrate(&conn).is_err() {
+            panic!("migration 10 failed on a database with the old exment tables");
+        }
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let (key, unknown_since): (String, Option<i64>) = conn
+            .query_row("SELECT key, unknown_since FROM exment_ledger", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(
+            (key.as_str(), unknown_since),
+            ("d:s:2026-01-01T00:00:00Z", None)
+        );
+        let noted: String = conn
+            .query_row("SELECT value FROM exment_state", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(noted, "1 created");
+        for table in ["exment_slots", "exment_requests"] {
+            let n: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 0, "{table}");
+        }
+    }
+
+    #[test]
+    fn migration_10_creates_the_exment_tables_on_a_new_database() {
+        let conn = Connection::open_in_memory().unwrap();
+        if migrate(&conn).is_err() {
+            panic!("migrations failed on a new database");
+        }
+        conn.execute(
+            "INSERT INTO exment_ledger (key, state, slot_start, device_id, updated_at, unknown_since)
+             VALUES ('k', 'unknown', 0, 'd', 1, 1)",
+            [],
+        )
+        .unwrap();
+    }
 }

@@ -17,7 +17,11 @@ pub fn status(common: &Common, json: bool) -> Result<()> {
             db.display()
         );
     }
-    let status = genba_store::Reader::open(&db)?.status()?;
+    let reader = genba_store::Reader::open(&db)?;
+    let mut status = reader.status()?;
+    if config.exment.base_url.is_some() {
+        status.exment = Some(reader.exment_status()?);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -46,6 +50,32 @@ pub fn status(common: &Common, json: bool) -> Result<()> {
         println!(
             "parked: {} #{} {}: {}",
             p.sink, p.journal_id, p.topic, p.reason
+        );
+    }
+    if let Some(e) = &status.exment {
+        let at = |ms: Option<i64>| {
+            ms.and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.format(" (%Y-%m-%d %H:%M:%S UTC)").to_string())
+                .unwrap_or_default()
+        };
+        println!(
+            "exment: {}{}, records due {}, sent {}, unknown {}, refused {}",
+            e.state.as_deref().unwrap_or("not started"),
+            at(e.state_at_ms),
+            e.records_due.map_or("-".into(), |n| n.to_string()),
+            e.sent,
+            e.unknown,
+            e.refused
+        );
+        println!(
+            "exment last success: {}{}",
+            e.last_success.as_deref().unwrap_or("-"),
+            at(e.last_success_at_ms)
+        );
+        println!(
+            "exment last error: {}{}",
+            e.last_error.as_deref().unwrap_or("-"),
+            at(e.last_error_at_ms)
         );
     }
     Ok(())
@@ -213,7 +243,7 @@ pub fn running_endpoints(
     )
 }
 
-/// `genba exment replay|status`.
+/// `genba exment replay|retry|status`.
 pub fn exment(common: &Common, cmd: crate::ExmentCommand) -> Result<()> {
     let config = load_config(common)?;
     if let crate::ExmentCommand::Check = cmd {
@@ -243,6 +273,13 @@ pub fn exment(common: &Common, cmd: crate::ExmentCommand) -> Result<()> {
                     .timestamp_millis();
                 let report = f.replay(since, device.as_deref()).await?;
                 println!("{}", serde_json::to_string(&report)?);
+            }
+            crate::ExmentCommand::Retry { device } => {
+                let (requeued, report) = f.retry(device.as_deref()).await?;
+                println!(
+                    "{}",
+                    serde_json::json!({ "requeued": requeued, "report": report })
+                );
             }
             crate::ExmentCommand::Status => {
                 println!("{}", serde_json::to_string_pretty(&f.status()?)?)

@@ -45,12 +45,13 @@ pub fn run(config_path: Option<&Path>, args: &FirstbootArgs) -> Result<()> {
                 .with_context(|| format!("removing {}", args.settings.display()))?;
             sync_parent(&args.settings)?;
             println!(
-                "applied {}: users {:?}, devices {}, slack {}, exment {}, wifi {}; removed it",
+                "applied {}: users {:?}, devices {}, slack {}, exment {}, time zone {}, wifi {}; removed it",
                 args.settings.display(),
                 applied.users,
                 applied.devices,
                 applied.slack,
                 applied.exment,
+                applied.time_zone.as_deref().unwrap_or("unchanged"),
                 applied.wifi
             );
             Ok(())

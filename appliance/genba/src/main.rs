@@ -70,7 +70,7 @@ enum Command {
     /// Validate or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// The Exment forwarder (HACCP check records); `replay` and `status` below.
+    /// The Exment forwarder (HACCP check records); `replay`, `retry` and `status` below.
     Exment {
         #[command(flatten)]
         common: Common,
@@ -144,11 +144,19 @@ pub enum SinksCommand {
 
 #[derive(Subcommand)]
 pub enum ExmentCommand {
-    /// Re-send the records of a range; what Exment already has is looked up and skipped.
+    /// Re-send the records of a range (refused ones too); what Exment already has is looked up
+    /// and skipped.
     Replay {
         /// Slots starting at or after this time (RFC 3339, e.g. 2026-02-15T00:00:00Z).
         #[arg(long)]
         since: String,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Send the records Exment refused (parked after e.g. a wrong table name or scope) again,
+    /// once the cause is fixed; each is looked up first, so nothing is duplicated.
+    Retry {
+        /// Only this device's records.
         #[arg(long)]
         device: Option<String>,
     },

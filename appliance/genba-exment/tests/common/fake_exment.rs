@@ -2,7 +2,9 @@
 //! grant with its 401 `{"message"}` answers, Bearer check (401 code 108), scope check (403 code
 //! 106), unknown table 404 `[]`, single create 201, bulk 200, >100 rows 400 code 109, validation
 //! 400 code 103, 60 requests a minute (429 + Retry-After), query-column lookup, and injected
-//! 500s, hangs, and token expiry.
+//! 500s, hangs, requests stored after the client gave up, token expiry, token-endpoint
+//! answers (429, a proxy's 400/5xx), a broken proxy echoing the request, and a web server's
+//! request-line limit (414).
 #![allow(dead_code)]
 
 use std::collections::{HashSet, VecDeque};
@@ -29,6 +31,21 @@ pub enum Inject {
     Fail500,
     /// Store the rows, then answer only after this long (the client times out first).
     AcceptThenHang(Duration),
+    /// Answer nothing for this long, then store the rows (Exment finishing a request the
+    /// client has given up on): the rows appear after the client's timeout.
+    HangThenStore(Duration),
+    /// A broken proxy in front of Exment: answer with this status and a text page echoing the
+    /// request (its headers and body).
+    EchoRequest(u16),
+}
+
+/// What the token endpoint answers instead of granting (a proxy or Exment's limiter).
+#[derive(Clone, Debug)]
+pub enum TokenInject {
+    /// This status, body and optional Retry-After (seconds).
+    Answer(u16, String, Option<u64>),
+    /// A broken proxy: this status and a text page echoing the request.
+    EchoRequest(u16),
 }
 
 #[derive(Default)]
@@ -47,6 +64,17 @@ pub struct State {
     pub rate_limit: usize,
     /// 429 answers given.
     pub rejected_429: usize,
+    pub token_script: VecDeque<TokenInject>,
+    /// Like a web server's request-line limit: longer request targets get 414.
+    pub max_url_len: Option<usize>,
+    /// 414 answers given.
+    pub rejected_414: usize,
+    /// Request targets of the lookups answered (for URL length checks).
+    pub lookup_urls: Vec<String>,
+    /// Answers that echoed the request.
+    pub echoed: usize,
+    /// Rows of HangThenStore requests waiting to be stored.
+    pub late_rows: usize,
 }
 
 #[derive(Clone)]
@@ -110,6 +138,24 @@ impl FakeExment {
     }
 }
 
+fn text_reply(status: u16, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", "text/html".parse().unwrap());
+    r
+}
+
+fn echo(status: u16, head: &str, body: &[u8]) -> Response<Full<Bytes>> {
+    text_reply(
+        status,
+        format!(
+            "<html><body><h1>{status} Bad Gateway</h1><pre>upstream failed for:\n{head}\n{}</pre></body></html>",
+            String::from_utf8_lossy(body)
+        ),
+    )
+}
+
 fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
@@ -122,6 +168,21 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
     state: Arc<Mutex<State>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let target = req.uri().to_string();
+    let mut head = format!("{} {target} HTTP/1.1", req.method());
+    for (name, value) in req.headers() {
+        head.push_str(&format!("\n{name}: {}", value.to_str().unwrap_or("?")));
+    }
+    let max_url_len = state.lock().unwrap().max_url_len;
+    if let Some(limit) = max_url_len {
+        if target.len() > limit {
+            state.lock().unwrap().rejected_414 += 1;
+            return Ok(text_reply(
+                414,
+                "<html><head><title>414 Request-URI Too Large</title></head></html>".into(),
+            ));
+        }
+    }
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let method = req.method().clone();
@@ -143,16 +204,71 @@ async fn handle(
         .unwrap_or_default();
 
     if path == "/admin/oauth/token" && method == hyper::Method::POST {
-        return Ok(token(&state, &body, is_form));
+        let inject = {
+            let mut st = state.lock().unwrap();
+            let inject = st.token_script.pop_front();
+            if inject.is_some() {
+                st.token_requests += 1;
+            }
+            inject
+        };
+        return Ok(match inject {
+            Some(TokenInject::Answer(status, text, retry_after)) => {
+                let mut r = text_reply(status, text.clone());
+                if serde_json::from_str::<Value>(&text).is_ok() {
+                    r.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                }
+                if let Some(s) = retry_after {
+                    r.headers_mut().insert("retry-after", s.into());
+                }
+                r
+            }
+            Some(TokenInject::EchoRequest(status)) => {
+                state.lock().unwrap().echoed += 1;
+                echo(status, &head, &body)
+            }
+            None => token(&state, &body, is_form),
+        });
     }
     let Some(rest) = path.strip_prefix("/admin/api/data/") else {
         return Ok(reply(404, json!({"message": "Not Found"})));
     };
-    let (response, delay) = data(&state, &method, rest, &query, bearer, &body);
-    if let Some(d) = delay {
-        tokio::time::sleep(d).await;
+    let (response, delay) = data(&state, &method, rest, &target, &query, bearer, &body);
+    match delay {
+        Some(Delay::Answer(d)) => tokio::time::sleep(d).await,
+        Some(Delay::Store(d, rows)) => {
+            // Stored after `d` whether or not the client is still there.
+            let s = state.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                let mut st = s.lock().unwrap();
+                st.late_rows -= rows.len();
+                st.records.extend(rows);
+            });
+            tokio::time::sleep(d + Duration::from_millis(100)).await;
+        }
+        None => {}
     }
-    Ok(response)
+    if matches!(&response, Answer::Echo(_)) {
+        state.lock().unwrap().echoed += 1;
+    }
+    Ok(match response {
+        Answer::Echo(status) => echo(status, &head, &body),
+        Answer::Reply(r) => r,
+    })
+}
+
+enum Delay {
+    /// Answer after this long.
+    Answer(Duration),
+    /// Store these rows after this long (and answer later still).
+    Store(Duration, Vec<Value>),
+}
+
+enum Answer {
+    Reply(Response<Full<Bytes>>),
+    Echo(u16),
 }
 
 /// The data API, answered under the lock; a delay to apply before answering, if injected.
@@ -160,11 +276,12 @@ fn data(
     state: &Arc<Mutex<State>>,
     method: &hyper::Method,
     rest: &str,
+    target: &str,
     query: &str,
     bearer: Option<String>,
     body: &[u8],
-) -> (Response<Full<Bytes>>, Option<Duration>) {
-    let no_delay = |r| (r, None);
+) -> (Answer, Option<Delay>) {
+    let no_delay = |r| (Answer::Reply(r), None);
     let mut st = state.lock().unwrap();
     // Bearer check first, as AuthenticateApi does.
     let Some(scopes) = bearer.as_ref().and_then(|t| st.tokens.get(t)).cloned() else {
@@ -217,6 +334,7 @@ fn data(
         return no_delay(reply(404, json!([])));
     }
     if *method == hyper::Method::GET && tail == "query-column" {
+        st.lookup_urls.push(target.to_owned());
         let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
@@ -246,8 +364,10 @@ fn data(
         return no_delay(reply(404, json!({"message": "Not Found"})));
     }
     let inject = st.script.pop_front();
-    if let Some(Inject::Fail500) = inject {
-        return no_delay(reply(500, json!({"message": "Server Error"})));
+    match inject {
+        Some(Inject::Fail500) => return no_delay(reply(500, json!({"message": "Server Error"}))),
+        Some(Inject::EchoRequest(status)) => return (Answer::Echo(status), None),
+        _ => {}
     }
     let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let (rows, single) = match &parsed["value"] {
@@ -274,18 +394,24 @@ fn data(
             ));
         }
     }
-    st.records.extend(rows.iter().cloned());
     let created: Vec<Value> = rows.iter().map(|v| json!({"id": 1, "value": v})).collect();
     let delay = match inject {
-        Some(Inject::AcceptThenHang(d)) => Some(d),
+        Some(Inject::AcceptThenHang(d)) => Some(Delay::Answer(d)),
+        Some(Inject::HangThenStore(d)) => {
+            st.late_rows += rows.len();
+            Some(Delay::Store(d, rows.clone()))
+        }
         _ => None,
     };
+    if !matches!(delay, Some(Delay::Store(..))) {
+        st.records.extend(rows.iter().cloned());
+    }
     (
-        if single {
+        Answer::Reply(if single {
             reply(201, created[0].clone())
         } else {
             reply(200, json!(created))
-        },
+        }),
         delay,
     )
 }
