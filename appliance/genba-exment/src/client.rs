@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::redact::Redactor;
 use crate::slots::Record;
+use genba_sinks::redact::Redactor;
 
 #[derive(Debug, PartialEq)]
 pub enum CallError {

@@ -18,9 +18,9 @@ use tokio::sync::watch;
 
 use crate::client::{CallError, Client};
 use crate::ledger::{Ledger, SlotRow, REFUSED, SENT, UNKNOWN};
-use crate::redact::Redactor;
 use crate::slots::{self, Aggregation, Record};
 use crate::token::{TokenError, Tokens};
+use genba_sinks::redact::Redactor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExmentError {

@@ -9,7 +9,6 @@
 pub mod client;
 pub mod forwarder;
 pub mod ledger;
-pub mod redact;
 pub mod slots;
 pub mod token;
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use genba_config::ExmentSecrets;
 use serde::{Deserialize, Serialize};
 
-use crate::redact::Redactor;
+use genba_sinks::redact::Redactor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {

@@ -14,7 +14,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use crate::outcome::{excerpt, Outcome};
+use crate::outcome::Outcome;
+use crate::redact::excerpt;
 use crate::template::render;
 
 pub struct Email {

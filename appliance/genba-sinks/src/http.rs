@@ -37,7 +37,7 @@ pub async fn send(request: reqwest::RequestBuilder, secrets: &[&str]) -> (Outcom
             let status = r.status().as_u16();
             let retry_after = header(&r, reqwest::header::RETRY_AFTER);
             let text = r.text().await.unwrap_or_default();
-            let body = crate::outcome::excerpt(&text, secrets);
+            let body = crate::redact::excerpt(&text, secrets);
             (
                 Outcome::from_http(status, retry_after.as_deref(), &body),
                 status,

@@ -13,6 +13,7 @@ pub mod email;
 pub mod http;
 pub mod line;
 pub mod outcome;
+pub mod redact;
 pub mod run;
 pub mod slack;
 pub mod template;

@@ -1,5 +1,6 @@
 //! What one delivery attempt came to, and the pieces every kind of sink shares to decide it:
-//! HTTP status classes, `Retry-After`, backoff, and a short, redacted excerpt of an answer.
+//! HTTP status classes, `Retry-After` and backoff (a receiver's answer is cut and redacted by
+//! [`crate::redact`]).
 
 use std::time::Duration;
 
@@ -68,27 +69,6 @@ pub fn backoff(failures: u32, cap: Duration) -> Duration {
     full.mul_f64(jitter)
 }
 
-/// Most characters of a receiver's answer kept in a reason (log, status, database).
-pub const EXCERPT_CHARS: usize = 200;
-
-/// A receiver's answer as it may be logged and stored: one line, at most [`EXCERPT_CHARS`]
-/// characters, with every secret this sink knows replaced (a proxy that echoes the request
-/// would otherwise put a token or password into the log and the database).
-pub fn excerpt(body: &str, secrets: &[&str]) -> String {
-    let mut text = body.trim().to_owned();
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        text = text.replace(secret, "<redacted>");
-    }
-    let one_line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    match one_line.char_indices().nth(EXCERPT_CHARS) {
-        Some((end, _)) => format!("{}…", &one_line[..end]),
-        None => one_line,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,15 +130,5 @@ mod tests {
         );
         let b30 = backoff(30, cap);
         assert!(b30 >= Duration::from_secs(30) && b30 <= cap, "{b30:?}");
-    }
-
-    #[test]
-    fn an_excerpt_is_one_bounded_line_without_the_secrets() {
-        let echo = "POST /token\nclient_secret=s3cr3t-value&grant=x\n".repeat(20);
-        let e = excerpt(&echo, &["s3cr3t-value"]);
-        assert!(!e.contains("s3cr3t"), "{e}");
-        assert!(!e.contains('\n'));
-        assert_eq!(e.chars().count(), EXCERPT_CHARS + 1, "{e}");
-        assert_eq!(excerpt("  ok ", &[]), "ok");
     }
 }

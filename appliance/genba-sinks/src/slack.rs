@@ -7,7 +7,8 @@ use genba_config::sinks::Template;
 use genba_store::JournalEntry;
 use serde_json::{json, Value};
 
-use crate::outcome::{excerpt, parse_retry_after, Outcome};
+use crate::outcome::{parse_retry_after, Outcome};
+use crate::redact::excerpt;
 use crate::template::{payload_text, render, truncate, when};
 
 /// Slack truncates beyond 40,000 characters and advises about 4,000; stay under that.

@@ -1,9 +1,9 @@
-//! What an Exment answer may leave in the log, `genba exment status` and the database: a short
-//! excerpt with every secret taken out. A broken proxy that echoes the request (the token
-//! grant's body, an `Authorization` header) must not copy the client secret, the API key or a
-//! token anywhere, so known secret values, `"key":"value"` and `key=value` pairs of secret-ish
-//! keys, and `Bearer` tokens are replaced by `[redacted]`, and the rest is cut to
-//! [`MAX_EXCERPT`] characters.
+//! What a receiver's answer may leave in the log, the status and the database: a short
+//! excerpt with every secret taken out. A broken proxy that echoes the request (a token grant's
+//! body, an `Authorization` header, a webhook URL with its token) must not copy a secret
+//! anywhere, so known secret values (also URL- and JSON-encoded), `"key":"value"` and
+//! `key=value` pairs of secret-ish keys, and `Bearer` tokens are replaced by `[redacted]`, and
+//! the rest is cut to [`MAX_EXCERPT`] characters. Every sink and the Exment forwarder use it.
 
 use std::sync::{Arc, LazyLock, RwLock};
 
@@ -114,6 +114,11 @@ impl Redactor {
         }
         out
     }
+}
+
+/// `body` as one redacted line of at most [`MAX_EXCERPT`] characters, `secrets` removed.
+pub fn excerpt(body: &str, secrets: &[&str]) -> String {
+    Redactor::new(secrets).excerpt(body)
 }
 
 #[cfg(test)]
