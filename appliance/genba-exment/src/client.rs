@@ -74,11 +74,8 @@ impl Client {
             .await
             .map_err(|e| CallError::Retry(self.redact.excerpt(&e.without_url().to_string())))?;
         let status = r.status().as_u16();
-        let retry_after = r
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let retry_after = genba_sinks::http::header(&r, reqwest::header::RETRY_AFTER)
+            .and_then(|v| genba_sinks::outcome::parse_retry_after(&v));
         let body = r
             .text()
             .await
@@ -87,9 +84,9 @@ impl Client {
             200..=299 => Ok(body),
             401 => Err(CallError::TokenRejected),
             414 => Err(CallError::UriTooLong),
-            429 => Err(CallError::RateLimited(Duration::from_secs(
-                retry_after.unwrap_or(60),
-            ))),
+            429 => Err(CallError::RateLimited(
+                retry_after.unwrap_or(Duration::from_secs(60)),
+            )),
             408 | 500..=599 => Err(CallError::Retry(describe(status, &body, &self.redact))),
             _ => Err(CallError::Refused(describe(status, &body, &self.redact))),
         }

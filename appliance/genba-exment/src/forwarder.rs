@@ -462,11 +462,12 @@ impl Forwarder {
                 }
                 Err(e) => {
                     failures += 1;
+                    // 1-2 s after the first failure, doubling up to max_backoff_secs.
                     let cap = Duration::from_secs(self.cfg.max_backoff_secs.max(1));
-                    let d = Duration::from_secs(1u64 << failures.min(10)).min(cap);
-                    tracing::warn!(error = %e, retry_in_s = d.as_secs(), "exment drain failed");
+                    let d = genba_sinks::backoff(failures + 1, cap);
+                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "exment drain failed");
                     self.note_state("retrying");
-                    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+                    d
                 }
             };
             tokio::select! {

@@ -186,12 +186,8 @@ impl Tokens {
                 TokenError::Transport(self.redact.excerpt(&e.without_url().to_string()))
             })?;
         let status = r.status().as_u16();
-        let retry_after = r
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = genba_sinks::http::header(&r, reqwest::header::RETRY_AFTER)
+            .and_then(|v| genba_sinks::outcome::parse_retry_after(&v));
         let text = r.text().await.unwrap_or_default();
         if status != 200 {
             return Err(classify(status, retry_after, &text, &self.redact));
