@@ -140,6 +140,15 @@ rollup_days = 731                        # per-minute and per-hour min/max/avg/c
 # security = "starttls"                  # port 587; "tls" = 465
 # from = "Genba <genba@example.com>"
 
+# [upstream]                             # example: forward to the company's MQTT cluster (docs/fleet.md)
+# host = "mqtt.example.com"              # port 8883, TLS; topics go to sites/{site}/...
+# site = "osaka-1"
+# filters = ["alarms/#", "devices/+/telemetry", "notify/#"]
+# commands = true                        # take sites/{site}/devices/+/commands down to the devices
+# ca_file = "/var/lib/genba/upstream/ca.pem"
+# client_cert = "/var/lib/genba/upstream/osaka-1.crt"
+# client_key = "/var/lib/genba/upstream/osaka-1.key"
+
 [telemetry]                              # POST /api/telemetry (X-API-Key from `genba keys add`)
 rate_per_sec = 5.0                       # per API key and per source address; beyond: 429 + Retry-After
 burst = 20
