@@ -1,6 +1,7 @@
 //! The one-shot subcommands: status, config check, passwd.
 
 use std::io::Read;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use genba_config::{passwords, Secrets};
@@ -202,6 +203,16 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
     let config = load_config(common)?;
     let data_dir = config.data_dir();
     let (mqtt, http) = running_endpoints(common, &config);
+    for addr in [mqtt, http] {
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+            .with_context(|| {
+                format!(
+                    "no appliance answers at {addr}: start `genba up` with this data dir ({}), \
+                     or give --mqtt/--http",
+                    data_dir.display()
+                )
+            })?;
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -225,10 +236,17 @@ pub fn running_endpoints(
     common: &Common,
     config: &genba_config::Config,
 ) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    // Left by a process that died without cleaning up (SIGKILL, power cut): not used.
+    let alive = |e: &serde_json::Value| {
+        e["pid"]
+            .as_u64()
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    };
     let endpoints: Option<serde_json::Value> =
         std::fs::read_to_string(config.data_dir().join("run").join("endpoints.json"))
             .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .filter(alive);
     let addr = |key: &str, fallback: std::net::SocketAddr| {
         endpoints
             .as_ref()

@@ -39,6 +39,7 @@ pub fn run(role: Role, common: Common) -> Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(data_dir.join("run"))
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let _locks = lock_roles(role, &data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("genba")
@@ -56,11 +57,49 @@ pub fn run(role: Role, common: Common) -> Result<()> {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let _ = stop_tx.send(true);
         started.drain(Duration::from_secs(15)).await;
+        let _ = std::fs::remove_file(data_dir.join("run").join("endpoints.json"));
         tracing::info!("stopped");
         anyhow::Ok(0)
     })?;
     // The broker state writer and blocking pools hold threads; leave without waiting for them.
     std::process::exit(code)
+}
+
+/// One process per role and data dir: `genba up` holds every role's lock, a role its own.
+/// A second one is refused with the first one's pid (the lock goes with the process, also on
+/// SIGKILL). The files stay in `run/`; only the lock on them counts.
+fn lock_roles(role: Role, data_dir: &Path) -> Result<Vec<std::fs::File>> {
+    use std::io::{Read, Seek, Write};
+    let names: Vec<&str> = match role {
+        Role::Up => vec!["broker", "bridge", "recorder", "slack", "exment"],
+        other => vec![other.name()],
+    };
+    let mut held = Vec::new();
+    for name in names {
+        let path = data_dir.join("run").join(format!("{name}.lock"));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if file.try_lock().is_err() {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            anyhow::bail!(
+                "another genba (pid {}) already runs the {name} role with the data dir {}: stop it, \
+                 or give this one its own --data-dir",
+                pid.trim(),
+                data_dir.display()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        held.push(file);
+    }
+    Ok(held)
 }
 
 fn init_logging() {

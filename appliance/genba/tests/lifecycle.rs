@@ -189,3 +189,40 @@ fn config_errors_name_the_key_and_the_printed_example_is_valid() {
         "the printed example does not pass its own check: {text}"
     );
 }
+
+#[test]
+fn a_second_up_on_the_same_data_dir_is_refused_and_a_stopped_one_leaves_no_endpoints() {
+    let mut a = common::Appliance::start("", "");
+    let (ok, out) = a.genba(&["up", "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"]);
+    assert!(!ok, "a second genba up started: {out}");
+    assert!(
+        out.contains(&format!("pid {}", a.pid())) && out.contains("--data-dir"),
+        "{out}"
+    );
+    // The first one still serves, and its endpoints are still the ones on record.
+    let endpoints = a.data_dir().join("run").join("endpoints.json");
+    let text = std::fs::read_to_string(&endpoints).unwrap();
+    assert!(text.contains(&a.mqtt.to_string()), "{text}");
+
+    assert!(a.terminate().success());
+    assert!(!endpoints.exists(), "endpoints.json outlived its process");
+    // Nothing runs: simulate says so (it used to try silently for a minute).
+    let (mqtt, http) = (common::free_port(), common::free_port());
+    let (ok, out) = a.genba(&[
+        "simulate",
+        "--batches",
+        "1",
+        "--mqtt",
+        &mqtt.to_string(),
+        "--http",
+        &http.to_string(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("no appliance answers at") && out.contains("genba up"),
+        "{out}"
+    );
+    // After the first one stopped, the data dir is free again.
+    a.spawn();
+    assert!(a.is_running());
+}
