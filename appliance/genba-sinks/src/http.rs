@@ -29,20 +29,33 @@ pub fn transport_failure(e: &reqwest::Error) -> Outcome {
     Outcome::retry(format!("request failed: {s}"))
 }
 
-/// Sends `request`; maps the answer with [`Outcome::from_http`] and an excerpt of the body
-/// with `secrets` redacted.
+/// An answer: status, `Retry-After`, and an excerpt of the body with the secrets redacted.
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub excerpt: String,
+}
+
+/// Sends `request` and reads the answer, or says why there was none (to be tried again).
+pub async fn answer(request: reqwest::RequestBuilder, secrets: &[&str]) -> Result<Answer, Outcome> {
+    let r = request.send().await.map_err(|e| transport_failure(&e))?;
+    let status = r.status().as_u16();
+    let retry_after = header(&r, reqwest::header::RETRY_AFTER);
+    let text = r.text().await.unwrap_or_default();
+    Ok(Answer {
+        status,
+        retry_after,
+        excerpt: crate::redact::excerpt(&text, secrets),
+    })
+}
+
+/// Sends `request`; maps the answer with [`Outcome::from_http`].
 pub async fn send(request: reqwest::RequestBuilder, secrets: &[&str]) -> (Outcome, u16) {
-    match request.send().await {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            let retry_after = header(&r, reqwest::header::RETRY_AFTER);
-            let text = r.text().await.unwrap_or_default();
-            let body = crate::redact::excerpt(&text, secrets);
-            (
-                Outcome::from_http(status, retry_after.as_deref(), &body),
-                status,
-            )
-        }
-        Err(e) => (transport_failure(&e), 0),
+    match answer(request, secrets).await {
+        Ok(a) => (
+            Outcome::from_http(a.status, a.retry_after.as_deref(), &a.excerpt),
+            a.status,
+        ),
+        Err(outcome) => (outcome, 0),
     }
 }

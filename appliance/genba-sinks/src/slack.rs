@@ -8,7 +8,6 @@ use genba_store::JournalEntry;
 use serde_json::{json, Value};
 
 use crate::outcome::{parse_retry_after, Outcome};
-use crate::redact::excerpt;
 use crate::template::{payload_text, render, truncate, when};
 
 /// Slack truncates beyond 40,000 characters and advises about 4,000; stay under that.
@@ -87,24 +86,13 @@ impl Slack {
         batch: &[JournalEntry],
         timeout: Duration,
     ) -> Outcome {
-        let sent = client
+        let request = client
             .post(&self.url)
             .json(&self.payload(batch))
-            .timeout(timeout)
-            .send()
-            .await;
-        match sent {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let retry_after = crate::http::header(&r, reqwest::header::RETRY_AFTER);
-                let text = r.text().await.unwrap_or_default();
-                classify(
-                    status,
-                    &excerpt(&text, &[&self.url]),
-                    retry_after.as_deref(),
-                )
-            }
-            Err(e) => crate::http::transport_failure(&e),
+            .timeout(timeout);
+        match crate::http::answer(request, &[&self.url]).await {
+            Ok(a) => classify(a.status, &a.excerpt, a.retry_after.as_deref()),
+            Err(outcome) => outcome,
         }
     }
 }
