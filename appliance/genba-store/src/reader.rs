@@ -69,6 +69,15 @@ impl Reader {
         })
     }
 
+    /// [`Reader::wrap`] as a value, for use while a transaction borrows the connection.
+    fn wrapper(&self) -> impl Fn(rusqlite::Error) -> StoreError + 'static {
+        let path = self.path.clone();
+        move |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        }
+    }
+
     fn wrap(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),
@@ -184,12 +193,8 @@ impl Reader {
 
     /// Parks messages that the sink refused for good, with the reason, and moves past them.
     pub fn park(&mut self, name: &str, entries: &[JournalEntry], reason: &str) -> Result<()> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
+        let wrap = self.wrapper();
+        let tx = self.conn.transaction().map_err(&wrap)?;
         let now = now_ms();
         let mut last = 0;
         for e in entries {
@@ -198,7 +203,7 @@ impl Reader {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![name, e.id, e.topic, reason, now],
             )
-            .map_err(wrap)?;
+            .map_err(&wrap)?;
             last = last.max(e.id);
         }
         tx.execute(
@@ -206,8 +211,8 @@ impl Reader {
              last_error = ?4, last_error_at = ?5, retry_at = NULL WHERE name = ?1",
             params![name, last, entries.len() as i64, reason, now],
         )
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)
+        .map_err(&wrap)?;
+        tx.commit().map_err(&wrap)
     }
 
     /// Parked rows of `name` an operator asked to try again (`genba sinks retry`), oldest
@@ -227,12 +232,8 @@ impl Reader {
     }
 
     fn parked_rows(&mut self, name: &str, ids: &[i64], reason: Option<&str>) -> Result<()> {
-        let path = self.path.clone();
-        let wrap = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(wrap)?;
+        let wrap = self.wrapper();
+        let tx = self.conn.transaction().map_err(&wrap)?;
         let now = now_ms();
         let mut changed = 0;
         for id in ids {
@@ -247,7 +248,7 @@ impl Reader {
                     params![name, id, reason, now],
                 ),
             }
-            .map_err(wrap)? as i64;
+            .map_err(&wrap)? as i64;
         }
         match reason {
             None => tx.execute(
@@ -261,8 +262,8 @@ impl Reader {
                 params![name, reason, now],
             ),
         }
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)
+        .map_err(&wrap)?;
+        tx.commit().map_err(&wrap)
     }
 
     pub fn status(&self) -> Result<StoreStatus> {
