@@ -5,13 +5,18 @@
 //!   (b) HTTP: `GET /notify` requests/s and p50/p99 at 1, 32 and 128 concurrent clients;
 //!   (c) resident memory of `genba up`, idle and after the load.
 //! It prints a table with Genba/Mosquitto ratios. With `--platform` it measures the device
-//! platform instead (see [`platform`]). Usage:
-//!   genba-bench --genba PATH [--mosquitto PATH] [--seconds N] [--platform]
+//! platform instead (see [`platform`]), with `--sinks` the delivery sinks (see [`sink_load`]),
+//! with `--fleet` the upstream bridge (see [`fleet`]).
+//! Usage:
+//!   genba-bench --genba PATH [--mosquitto PATH] [--seconds N] [--platform | --sinks | --fleet]
+//!   fleet options: [--sites 20] [--devices 1000] [--interval 5] [--batches 12] [--messages 100000]
 
+mod fleet;
 mod http_load;
 mod mqtt_load;
 mod peers;
 mod platform;
+mod sink_load;
 mod telemetry_load;
 
 use std::time::Duration;
@@ -61,6 +66,14 @@ struct Args {
     mosquitto: String,
     seconds: u64,
     platform: bool,
+    fleet: bool,
+    sinks: bool,
+    sites: usize,
+    devices: usize,
+    interval: f64,
+    batches: u64,
+    /// Default: 500 for --sinks, 100,000 for --fleet.
+    messages: Option<usize>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -69,6 +82,13 @@ fn parse_args() -> Result<Args> {
         mosquitto: "/usr/sbin/mosquitto".into(),
         seconds: 5,
         platform: false,
+        fleet: false,
+        sinks: false,
+        sites: 20,
+        devices: 1000,
+        interval: 5.0,
+        batches: 12,
+        messages: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -78,8 +98,15 @@ fn parse_args() -> Result<Args> {
             "--mosquitto" => args.mosquitto = value()?,
             "--seconds" => args.seconds = value()?.parse().context("--seconds")?,
             "--platform" => args.platform = true,
+            "--fleet" => args.fleet = true,
+            "--sinks" => args.sinks = true,
+            "--sites" => args.sites = value()?.parse().context("--sites")?,
+            "--devices" => args.devices = value()?.parse().context("--devices")?,
+            "--interval" => args.interval = value()?.parse().context("--interval")?,
+            "--batches" => args.batches = value()?.parse().context("--batches")?,
+            "--messages" => args.messages = Some(value()?.parse().context("--messages")?),
             "-h" | "--help" => {
-                println!("genba-bench --genba PATH [--mosquitto PATH] [--seconds N] [--platform]");
+                println!("genba-bench --genba PATH [--mosquitto PATH] [--seconds N] [--platform | --sinks [--messages N] | --fleet [--sites N] [--devices N] [--interval S] [--batches N] [--messages N]]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -118,6 +145,29 @@ async fn run(args: Args) -> Result<()> {
             platform::ingest(&args.genba, seconds * 2).await?;
         }
         return platform::streams(&args.genba, seconds).await;
+    }
+    if args.sinks {
+        return sink_load::run(&args.genba, args.messages.unwrap_or(500)).await;
+    }
+    if args.fleet {
+        if args.sites == 0 || args.devices < args.sites {
+            bail!("--sites must be at least 1 and --devices at least --sites");
+        }
+        fleet::sites(
+            &args.genba,
+            &args.mosquitto,
+            args.sites,
+            args.devices,
+            args.interval,
+            args.batches,
+        )
+        .await?;
+        return fleet::drain(
+            &args.genba,
+            &args.mosquitto,
+            args.messages.unwrap_or(100_000),
+        )
+        .await;
     }
     let genba = peers::Genba::start(&args.genba).await?;
     let mosquitto = peers::Mosquitto::start(&args.mosquitto).await?;

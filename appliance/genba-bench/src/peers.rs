@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-fn free_port() -> Result<SocketAddr> {
+pub fn free_port() -> Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
 }
@@ -165,13 +165,18 @@ impl Mosquitto {
     /// Mosquitto with settings that do not throttle the load: anonymous on loopback, a deep
     /// queue and the same in-flight window the client uses.
     pub async fn start(bin: &str) -> Result<Mosquitto> {
+        Mosquitto::start_on(bin, free_port()?, "").await
+    }
+
+    /// The same on a given address, with `extra` lines appended to its configuration (a
+    /// bridge `connection`, for instance).
+    pub async fn start_on(bin: &str, addr: SocketAddr, extra: &str) -> Result<Mosquitto> {
         let dir = tempfile::tempdir()?;
-        let addr = free_port()?;
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 100000\npersistence false\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 1000000\npersistence false\n{extra}",
                 addr.port()
             ),
         )?;

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 pub struct TokenBucket {
+    /// Tokens per second now: `max_rate`, or less after the receiver asked to slow down.
     rate: f64,
+    max_rate: f64,
     burst: f64,
     tokens: f64,
     at: Instant,
@@ -13,6 +15,7 @@ impl TokenBucket {
     pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
         TokenBucket {
             rate,
+            max_rate: rate,
             burst: burst as f64,
             tokens: burst as f64,
             at: now,
@@ -41,16 +44,55 @@ impl TokenBucket {
         self.tokens -= 1.0;
     }
 
-    /// Spends the whole bucket, e.g. after Slack answered 429.
-    pub fn drain(&mut self, now: Instant) {
+    /// After a receiver answered "wait `after`" (429 or 503 with `Retry-After`): spends the
+    /// whole bucket and sends no faster than one per `after` from then on, so a sink paced
+    /// above its receiver's limit does not keep running into it (Slack warns that it may
+    /// disable apps that do). [`TokenBucket::recover`] creeps back up to the configured rate.
+    pub fn slow_down(&mut self, after: Duration, now: Instant) {
         self.refill(now);
         self.tokens = self.tokens.min(0.0);
+        if !after.is_zero() {
+            self.rate = self.rate.min(1.0 / after.as_secs_f64());
+        }
+    }
+
+    /// After a delivery the receiver accepted: 5% closer to the configured rate.
+    pub fn recover(&mut self) {
+        self.rate = (self.rate * 1.05).min(self.max_rate);
+    }
+
+    /// The rate in force now.
+    pub fn rate(&self) -> f64 {
+        self.rate
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_after_caps_the_rate_until_deliveries_bring_it_back() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 10, t0);
+        b.slow_down(Duration::from_secs(2), t0);
+        assert_eq!(b.rate(), 0.5);
+        // The bucket is empty: the next send waits the full two seconds.
+        let w = b.wait(t0);
+        assert!(
+            w > Duration::from_millis(1990) && w <= Duration::from_secs(2),
+            "{w:?}"
+        );
+        b.recover();
+        assert!((b.rate() - 0.525).abs() < 1e-9, "{}", b.rate());
+        for _ in 0..200 {
+            b.recover();
+        }
+        assert_eq!(b.rate(), 10.0, "never above the configured rate");
+        // A Retry-After longer than the current pace never speeds it up.
+        b.slow_down(Duration::from_millis(10), t0);
+        assert_eq!(b.rate(), 10.0);
+    }
 
     #[test]
     fn burst_then_one_per_second() {

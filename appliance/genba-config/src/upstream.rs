@@ -35,11 +35,18 @@ pub struct UpstreamConfig {
     /// most clusters ask).
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
-    /// Messages published before waiting for their acknowledgements.
+    /// Messages published (at most [`UpstreamConfig::IN_FLIGHT`] unacknowledged at a time)
+    /// before the cursor moves; also what a crash may send twice.
     pub max_batch: usize,
     pub keep_alive_secs: u64,
     pub timeout_secs: u64,
     pub max_backoff_secs: u64,
+}
+
+impl UpstreamConfig {
+    /// Unacknowledged QoS 1 messages on the link at a time (rumqttc's own default): a batch
+    /// is a stream through this window, so a big `max_batch` never floods a cluster.
+    pub const IN_FLIGHT: u16 = 100;
 }
 
 impl Default for UpstreamConfig {
@@ -60,7 +67,7 @@ impl Default for UpstreamConfig {
             ca_file: None,
             client_cert: None,
             client_key: None,
-            max_batch: 100,
+            max_batch: 1000,
             keep_alive_secs: 30,
             timeout_secs: 20,
             max_backoff_secs: 60,

@@ -183,6 +183,9 @@ impl<D: Deliver> Consumer<D> {
                     };
                 }
             }
+            if matches!(outcome, Outcome::Delivered) {
+                bucket.recover();
+            }
             let name = sink.clone();
             match (outcome, &from) {
                 (Outcome::Delivered, Batch::New { target }) => {
@@ -232,7 +235,7 @@ impl<D: Deliver> Consumer<D> {
                     }
                     let delay = match after {
                         Some(d) => {
-                            bucket.drain(Instant::now());
+                            bucket.slow_down(d, Instant::now());
                             d
                         }
                         None => backoff(failures, self.pace.max_backoff),

@@ -15,7 +15,6 @@
 //! resend after a crash before the PUBACK carries DUP and the same packet id, and the journal
 //! drops it: each command is journaled once.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,12 +66,26 @@ impl Link {
         })
     }
 
+    /// A client and its event loop for the cluster. Nagle is off: a batch ends with a small
+    /// PUBLISH and the cluster answers with small PUBACKs, which Nagle and delayed ACKs would
+    /// otherwise hold for up to 40 ms each (measured: 100-message batches drained at 2,200
+    /// messages/s with it, see docs/fleet.md).
+    fn client(&self, options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop) {
+        let (client, mut eventloop) = AsyncClient::new(options, capacity);
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
+        (client, eventloop)
+    }
+
     fn options(&self, client_id: String, clean: bool) -> MqttOptions {
         let host = self.cfg.host.clone().unwrap_or_default();
         let mut o = MqttOptions::new(client_id, host, self.cfg.port());
         o.set_keep_alive(Duration::from_secs(self.cfg.keep_alive_secs));
         o.set_clean_session(clean);
-        o.set_inflight(self.cfg.max_batch.clamp(1, u16::MAX as usize) as u16);
+        o.set_inflight(
+            (self.cfg.max_batch.clamp(1, u16::MAX as usize) as u16).min(UpstreamConfig::IN_FLIGHT),
+        );
         if let Some(user) = &self.cfg.username {
             o.set_credentials(user, self.password.clone().unwrap_or_default());
         }
@@ -148,9 +161,10 @@ fn client_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamE
 
 /// What the forwarding connection's event loop reports.
 enum Ev {
-    /// A PUBLISH went out with this packet id.
-    Sent(u16),
-    Acked(u16),
+    /// A PUBLISH went out.
+    Sent,
+    /// A PUBACK came in.
+    Acked,
     Down(String),
 }
 
@@ -184,14 +198,15 @@ impl Forward {
 
     fn connect(&self) -> Connection {
         let options = self.link.options(self.link.cfg.client_id(), true);
-        let (client, mut eventloop) =
-            AsyncClient::new(options, self.link.cfg.max_batch.max(1) * 2 + 8);
+        let (client, mut eventloop) = self
+            .link
+            .client(options, self.link.cfg.max_batch.max(1) * 2 + 8);
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             loop {
                 let ev = match eventloop.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Ev::Sent(pkid),
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => Ev::Acked(ack.pkid),
+                    Ok(Event::Outgoing(Outgoing::Publish(_))) => Ev::Sent,
+                    Ok(Event::Incoming(Packet::PubAck(_))) => Ev::Acked,
                     Ok(_) => continue,
                     Err(e) => {
                         let _ = tx.send(Ev::Down(e.to_string()));
@@ -223,23 +238,21 @@ impl Forward {
                 .await
                 .map_err(|e| format!("publish: {e}"))?;
         }
-        let (mut sent, mut acked) = (HashSet::new(), HashSet::new());
+        // Packet ids are reused once the in-flight window wraps, so count: every PUBACK on
+        // this connection answers one publish of this batch (a failed connection is dropped
+        // with whatever it still had in flight).
+        let (mut sent, mut acked) = (0usize, 0usize);
         let wait = Duration::from_secs(self.link.cfg.timeout_secs.max(1));
         let deadline = tokio::time::Instant::now() + wait;
-        while sent.len() < batch.len() || !sent.is_subset(&acked) {
+        while sent < batch.len() || acked < sent {
             match tokio::time::timeout_at(deadline, connection.events.recv()).await {
-                Ok(Some(Ev::Sent(pkid))) => {
-                    sent.insert(pkid);
-                }
-                Ok(Some(Ev::Acked(pkid))) => {
-                    acked.insert(pkid);
-                }
+                Ok(Some(Ev::Sent)) => sent += 1,
+                Ok(Some(Ev::Acked)) => acked += 1,
                 Ok(Some(Ev::Down(why))) => return Err(format!("connection: {why}")),
                 Ok(None) => return Err("connection closed".into()),
                 Err(_) => {
                     return Err(format!(
-                        "{} of {} PUBACKs within {} s",
-                        acked.len(),
+                        "{acked} of {} PUBACKs within {} s",
                         batch.len(),
                         wait.as_secs()
                     ))
@@ -328,7 +341,7 @@ pub async fn commands(
     let filter = format!("{prefix}/devices/+/commands");
     let mut options = link.options(format!("{}-commands", cfg.client_id()), false);
     options.set_manual_acks(true);
-    let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options, 64);
+    let (client, mut eventloop) = link.client(options, 64);
     let mut failures = 0u32;
     loop {
         let event = tokio::select! {
