@@ -382,17 +382,42 @@ impl Forwarder {
     }
 
     fn fail(&self, e: CallError, _report: DrainReport) -> Result<DrainReport, ExmentError> {
+        let error = self.classify(e);
+        let (ExmentError::Credentials(reason) | ExmentError::Unavailable(reason)) = &error else {
+            return Err(error);
+        };
+        self.ledger.note("last_error", reason)?;
+        Err(error)
+    }
+
+    /// A failed call as the operator sees it: credentials refused (a configuration error) or
+    /// unavailable (tried again), with a redacted one-line excerpt of the answer.
+    fn classify(&self, e: CallError) -> ExmentError {
         let (reason, config_error) = match e {
             CallError::Credentials(r) => (r, true),
             CallError::Refused(r) | CallError::Retry(r) => (r, false),
             other => (format!("{other:?}"), false),
         };
         let reason = self.redact.excerpt(&reason);
-        self.ledger.note("last_error", &reason)?;
         if config_error {
-            return Err(ExmentError::Credentials(reason));
+            ExmentError::Credentials(reason)
+        } else {
+            ExmentError::Unavailable(reason)
         }
-        Err(ExmentError::Unavailable(reason))
+    }
+
+    /// `genba sinks test exment`: a token, then a lookup of a key no record has. It checks the
+    /// address, the credentials, the table and the scope, creates nothing and notes nothing.
+    pub async fn check(&mut self) -> Result<(), ExmentError> {
+        let client = self.client.clone();
+        let probe = vec!["genba-sinks-test".to_owned()];
+        self.with_token(&[], move |token| {
+            let (keys, c) = (probe.clone(), client.clone());
+            async move { c.existing(&keys, &token).await }
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| self.classify(e))
     }
 
     /// Re-sends a range: its sent and refused records are looked up in Exment first (so

@@ -726,3 +726,38 @@ async fn a_tokyo_shop_gets_its_check_slot_in_japan_time_and_utc_stays_as_before(
         );
     }
 }
+
+#[tokio::test]
+async fn the_sink_test_checks_credentials_table_and_scope_without_creating_or_noting_anything() {
+    let fake = FakeExment::start().await;
+    let dir = setup(true);
+    forwarder(&fake, &dir, CLIENT_SECRET).check().await.unwrap();
+    assert!(fake.keys().is_empty(), "a test creates nothing");
+
+    // A fresh data dir: the first forwarder's token is cached in the other one.
+    let err = forwarder(&fake, &setup(true), "wrong-secret")
+        .check()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Client authentication failed"), "{err}");
+    assert!(!err.contains("wrong-secret"), "the secret leaked: {err}");
+
+    let cfg = ExmentConfig {
+        table: "no_such_table".into(),
+        ..ExmentConfig::default()
+    };
+    let err = forwarder_with(&fake, &dir, CLIENT_SECRET, cfg)
+        .check()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("HTTP 404"), "{err}");
+    let status = forwarder(&fake, &dir, CLIENT_SECRET).status().unwrap();
+    assert!(
+        status.last_error.is_none(),
+        "a test notes nothing: {status:?}"
+    );
+    assert_eq!((status.sent, status.refused), (0, 0));
+    assert!(fake.keys().is_empty());
+}

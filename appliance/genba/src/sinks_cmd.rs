@@ -44,9 +44,54 @@ fn states(config: &Config) -> Result<Vec<SinkState>> {
     Ok(genba_store::Reader::open(&db)?.status()?.sinks)
 }
 
+/// The Exment forwarder's row in the sinks table: it runs its own loop (check slots, a
+/// sent-ledger, lookups) but is listed, tested and retried beside the others.
+const EXMENT: &str = "exment";
+
+fn exment_row(config: &Config) -> Result<Option<serde_json::Value>> {
+    if config.exment.base_url.is_none() {
+        return Ok(None);
+    }
+    let db = genba_store::db_path(&config.data_dir());
+    let status = if db.exists() {
+        Some(genba_store::Reader::open(&db)?.exment_status()?)
+    } else {
+        None
+    };
+    Ok(Some(serde_json::json!({
+        "name": EXMENT,
+        "kind": EXMENT,
+        "store_name": EXMENT,
+        "filters": ["readings (HACCP check slots)"],
+        "state": status.map(|s| serde_json::json!({
+            "backlog": s.records_due,
+            "delivered": s.sent,
+            "parked": s.refused,
+            "unknown": s.unknown,
+            "state": s.state,
+            "last_error": s.last_error,
+        })),
+    })))
+}
+
+/// A forwarder for `genba sinks test|retry exment`, on a runtime of its own.
+fn with_exment<T>(
+    config: &Config,
+    work: impl AsyncFnOnce(&mut genba_exment::Forwarder) -> Result<T>,
+) -> Result<T> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secrets = genba_config::Secrets::load(&config.secrets_path())?;
+    let db = genba_store::db_path(&config.data_dir());
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut f = genba_exment::Forwarder::new(&config.exment, secrets.exment.clone(), db)?;
+        work(&mut f).await
+    })
+}
+
 fn list(config: &Config, json: bool) -> Result<()> {
     let states = states(config)?;
-    let rows: Vec<serde_json::Value> = config
+    let mut rows: Vec<serde_json::Value> = config
         .delivery_sinks()
         .iter()
         .map(|s| {
@@ -62,6 +107,7 @@ fn list(config: &Config, json: bool) -> Result<()> {
             })
         })
         .collect();
+    rows.extend(exment_row(config)?);
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -103,6 +149,13 @@ fn list(config: &Config, json: bool) -> Result<()> {
 }
 
 fn test(config: &Config, name: &str) -> Result<()> {
+    if name == EXMENT && config.exment.base_url.is_some() {
+        return with_exment(config, async |f| {
+            f.check().await?;
+            println!("exment: token granted and the table answered a lookup; nothing was created");
+            Ok(())
+        });
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sink = find(config, name)?;
     let secrets = genba_config::Secrets::load(&config.secrets_path())?;
@@ -130,6 +183,16 @@ fn test(config: &Config, name: &str) -> Result<()> {
 }
 
 fn retry(config: &Config, name: &str) -> Result<()> {
+    if name == EXMENT && config.exment.base_url.is_some() {
+        return with_exment(config, async |f| {
+            let (requeued, report) = f.retry(None).await?;
+            println!(
+                "exment: {requeued} refused record(s) tried again: {}",
+                serde_json::to_string(&report)?
+            );
+            Ok(())
+        });
+    }
     let store_name = match find(config, name) {
         Ok(sink) => sink.store_name(),
         Err(e) => {

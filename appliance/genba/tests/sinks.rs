@@ -497,3 +497,34 @@ fn email_over_starttls_folds_an_outage_backlog_into_one_digest_and_parks_a_refus
         "the SMTP password leaked"
     );
 }
+
+#[test]
+fn exment_is_listed_and_tested_among_the_sinks_and_a_failed_test_names_the_cause() {
+    let a = Appliance::start(
+        "[exment]\nbase_url = \"http://127.0.0.1:1\"\ntimeout_secs = 2\n",
+        "[exment]\nclient_id = \"genba-id\"\nclient_secret = \"exment-secret-5f2a\"\napi_key = \"k\"\n",
+    );
+    let (ok, out) = a.genba(&["sinks", "list", "--json"]);
+    assert!(ok, "{out}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "exment")
+        .unwrap_or_else(|| panic!("no exment row in {out}"));
+    assert_eq!(row["kind"], "exment");
+    assert_eq!(row["state"]["delivered"], 0);
+
+    // Nothing listens on port 1: the test says so, and keeps the secret out of the answer.
+    let (ok, out) = a.genba(&["sinks", "test", "exment"]);
+    assert!(!ok, "a test against a closed port passed: {out}");
+    assert!(
+        out.contains("exment") && out.contains("unavailable"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("exment-secret-5f2a"),
+        "the secret leaked: {out}"
+    );
+}
