@@ -560,7 +560,9 @@ async fn run_steps(door: Arc<FrontDoor>, client: Arc<Client>, mut rx: mpsc::Rece
                     let ok = match commit.await {
                         Ok(Ok(_)) => true,
                         Ok(Err(e)) => {
-                            tracing::error!(error = %e, "journal commit failed; closing the client connection");
+                            // The writer and the storage check log the cause once; one line
+                            // per refused client would flood the log of a full card.
+                            tracing::debug!(error = %e, "journal commit failed; closing the client connection");
                             false
                         }
                         Err(_) => false,

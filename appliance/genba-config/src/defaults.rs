@@ -80,6 +80,12 @@ api_key_sha256 = []                      # X-API-Key values, as printed by `genb
 [store]
 retention_hours = 168                    # prune journal rows older than this once every sink passed them
 max_batch = 512                          # group commit size
+max_share_percent = 50                   # the database may use this share of the data file system;
+                                         # above it the oldest rows every sink passed go, whatever
+                                         # their age, then new data is refused (docs/storage.md)
+# max_mb = 2048                          # a fixed budget instead of the share
+low_space_percent = 10                   # alarms/genba/storage below this much free space
+check_secs = 60                          # how often space is checked
 
 [console]                                # the web console at http://<host>/; users are [[http.users]]
 admins = ["admin"]                       # may do everything (the first-boot admin is "admin")

@@ -361,6 +361,27 @@ pub struct StoreConfig {
     pub retention_hours: u64,
     /// Rows committed together at most (group commit).
     pub max_batch: usize,
+    /// The database may use this share of the data file system (docs/storage.md): above it
+    /// the oldest journal rows every sink has passed are pruned whatever their age, and when
+    /// none are left new data is refused (HTTP 507, MQTT connection closed).
+    pub max_share_percent: u8,
+    /// A fixed budget in MiB instead of the share.
+    pub max_mb: Option<u64>,
+    /// An alarm (`alarms/genba/storage`) when free space on the data file system falls below
+    /// this share (at most 1 GiB), or the database passes 80% of its budget.
+    pub low_space_percent: u8,
+    /// Seconds between storage checks.
+    pub check_secs: u64,
+}
+
+impl StoreConfig {
+    /// The database's budget in bytes on a file system of `fs_bytes`.
+    pub fn budget_bytes(&self, fs_bytes: u64) -> u64 {
+        match self.max_mb {
+            Some(mb) => mb.saturating_mul(1024 * 1024),
+            None => fs_bytes / 100 * u64::from(self.max_share_percent),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -615,6 +636,27 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if !(1..=95).contains(&self.store.max_share_percent) {
+            return Err(invalid(
+                "store.max_share_percent".into(),
+                "must be 1..=95 (percent of the data file system)".into(),
+            ));
+        }
+        if self.store.max_mb == Some(0) {
+            return Err(invalid("store.max_mb".into(), "must be at least 1".into()));
+        }
+        if self.store.low_space_percent > 50 {
+            return Err(invalid(
+                "store.low_space_percent".into(),
+                "must be 0..=50 (0: no low-space alarm)".into(),
+            ));
+        }
+        if self.store.check_secs == 0 {
+            return Err(invalid(
+                "store.check_secs".into(),
+                "must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -696,6 +738,10 @@ impl Default for StoreConfig {
         StoreConfig {
             retention_hours: 24 * 7,
             max_batch: 512,
+            max_share_percent: 50,
+            max_mb: None,
+            low_space_percent: 10,
+            check_secs: 60,
         }
     }
 }

@@ -45,6 +45,9 @@ pub enum StoreError {
     WriterGone,
     #[error("the journal queue is full")]
     Busy,
+    /// The database is at its storage budget and sinks still hold its oldest rows.
+    #[error("storage full: the database is at its budget (store.max_share_percent / store.max_mb) and sinks have not passed its oldest rows; nothing was stored")]
+    Full,
     #[error("database schema version {found} is newer than this genba ({supported})")]
     TooNew { found: i64, supported: i64 },
 }

@@ -322,27 +322,7 @@ impl Reader {
     /// Deletes journal rows older than `older_than_ms` that every sink has passed.
     /// Returns how many rows went.
     pub fn prune(&self, older_than_ms: i64) -> Result<usize> {
-        let min_cursor: Option<i64> = self
-            .conn
-            .query_row("SELECT MIN(cursor) FROM sinks", [], |r| r.get(0))
-            .map_err(|e| self.wrap(e))?;
-        let limit = min_cursor.unwrap_or(i64::MAX);
-        let mut total = 0;
-        loop {
-            // Small batches keep the write lock short for the journal writer.
-            let n = self
-                .conn
-                .execute(
-                    "DELETE FROM journal WHERE id IN (
-                        SELECT id FROM journal WHERE id <= ?1 AND received_at < ?2 ORDER BY id LIMIT 5000)",
-                    params![limit, older_than_ms],
-                )
-                .map_err(|e| self.wrap(e))?;
-            total += n;
-            if n < 5000 {
-                break;
-            }
-        }
+        let total = self.delete_passed(older_than_ms, usize::MAX)?;
         self.conn
             .execute(
                 "DELETE FROM parked WHERE parked_at < ?1",
@@ -350,6 +330,56 @@ impl Reader {
             )
             .map_err(|e| self.wrap(e))?;
         Ok(total)
+    }
+
+    /// Deletes up to `max_rows` of the oldest journal rows received before `before_ms` that
+    /// every sink has passed, in small batches that keep the write lock short for the journal
+    /// writer. Returns how many went.
+    pub fn delete_passed(&self, before_ms: i64, max_rows: usize) -> Result<usize> {
+        let min_cursor: Option<i64> = self
+            .conn
+            .query_row("SELECT MIN(cursor) FROM sinks", [], |r| r.get(0))
+            .map_err(|e| self.wrap(e))?;
+        let limit = min_cursor.unwrap_or(i64::MAX);
+        let mut total = 0;
+        while total < max_rows {
+            let step = (max_rows - total).min(5000);
+            let n = self
+                .conn
+                .execute(
+                    "DELETE FROM journal WHERE id IN (
+                        SELECT id FROM journal WHERE id <= ?1 AND received_at < ?2 ORDER BY id LIMIT ?3)",
+                    params![limit, before_ms, step as i64],
+                )
+                .map_err(|e| self.wrap(e))?;
+            total += n;
+            if n < step {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Rows in the journal.
+    pub fn journal_len(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM journal", [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| self.wrap(e))
+    }
+
+    /// Bytes the database's live pages take (its file may be larger: freed pages are reused
+    /// before the file grows).
+    pub fn used_bytes(&self) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT (page_count - freelist_count) * page_size
+                 FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|b| b.max(0) as u64)
+            .map_err(|e| self.wrap(e))
     }
 
     /// `PRAGMA integrity_check`: "ok" when the file is sound.

@@ -58,7 +58,13 @@ pub struct Journal {
     path: Arc<PathBuf>,
     /// Set while commits fail (a full card, a broken disk); cleared by the next commit.
     failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Set while the database is at its storage budget (see [`Journal::set_full`]).
+    full: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Journal sources whose messages are taken even at the storage budget: the appliance's own
+/// alarms (a few small rows) must still reach the sinks that tell someone.
+pub const SYSTEM_SOURCE_PREFIX: &str = "genba:";
 
 impl Journal {
     /// Opens (creating and migrating) the database and starts the writer thread.
@@ -76,6 +82,8 @@ impl Journal {
         let thread_path = path.to_owned();
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer_failing = failing.clone();
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer_full = full.clone();
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || {
@@ -86,6 +94,7 @@ impl Journal {
                     max_batch.max(1),
                     &thread_path,
                     &writer_failing,
+                    &writer_full,
                 )
             })
             .map_err(|source| StoreError::Dir {
@@ -97,6 +106,7 @@ impl Journal {
             committed,
             path: Arc::new(path.to_owned()),
             failing,
+            full,
         })
     }
 
@@ -171,10 +181,31 @@ impl Journal {
         self.queue.is_closed()
     }
 
-    /// Whether the journal takes messages now: the writer runs and its last commit worked.
-    /// `/health` and the watchdog report "degraded" otherwise.
+    /// Whether the journal takes messages now: the writer runs, its last commit worked and
+    /// the database is under its budget. `/health` and the watchdog report "degraded" otherwise.
     pub fn is_healthy(&self) -> bool {
-        !self.is_closed() && !self.failing.load(std::sync::atomic::Ordering::Relaxed)
+        self.state() == "up"
+    }
+
+    /// "up", "stopped" (the writer is gone), "failing" (commits fail: a full card, a broken
+    /// disk) or "full" (at the storage budget: new data refused).
+    pub fn state(&self) -> &'static str {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.is_closed() {
+            "stopped"
+        } else if self.failing.load(Relaxed) {
+            "failing"
+        } else if self.full.load(Relaxed) {
+            "full"
+        } else {
+            "up"
+        }
+    }
+
+    /// At the storage budget: refuse every append ([`StoreError::Full`]) but the appliance's
+    /// own (source `genba:...`), until cleared. Set by the storage check.
+    pub fn set_full(&self, full: bool) {
+        self.full.store(full, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {
@@ -194,6 +225,7 @@ fn write_loop(
     max_batch: usize,
     path: &Path,
     failing: &std::sync::atomic::AtomicBool,
+    full: &std::sync::atomic::AtomicBool,
 ) {
     // Failed commits are logged at most once a minute (with how many failed since).
     let mut last_log: Option<std::time::Instant> = None;
@@ -205,6 +237,12 @@ fn write_loop(
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
                 Err(_) => break,
+            }
+        }
+        if full.load(std::sync::atomic::Ordering::Relaxed) {
+            refuse_at_budget(&mut batch);
+            if batch.is_empty() {
+                continue;
             }
         }
         match commit_batch(&mut conn, &batch) {
@@ -245,6 +283,20 @@ fn write_loop(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Answers [`StoreError::Full`] to every request of `batch` but the appliance's own messages,
+/// and keeps those.
+fn refuse_at_budget(batch: &mut Vec<Request>) {
+    let (keep, refuse): (Vec<Request>, Vec<Request>) = batch.drain(..).partition(
+        |r| matches!(&r.work, Work::Message(m) if m.source.starts_with(SYSTEM_SOURCE_PREFIX)),
+    );
+    *batch = keep;
+    for req in refuse {
+        if let Some(reply) = req.reply {
+            let _ = reply.send(Err(StoreError::Full));
         }
     }
 }

@@ -10,6 +10,7 @@ mod recorder;
 mod roles;
 mod simulate;
 mod sinks_cmd;
+mod storage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

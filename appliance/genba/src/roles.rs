@@ -148,8 +148,19 @@ pub async fn start(
     } else {
         None
     };
-    if journal.is_some() {
+    let mut started_storage = None;
+    if let Some(journal) = &journal {
         register_sinks(&db, config, role.runs_broker())?;
+        // Every process with a journal refuses new data at the storage budget; the broker's
+        // prunes and raises the alarms.
+        started_storage = Some(tokio::spawn(crate::storage::run(
+            db.clone(),
+            data_dir.clone(),
+            journal.clone(),
+            config.store.clone(),
+            role.runs_broker(),
+            shutdown.clone(),
+        )));
     }
     // One certificate for every TLS listener, loaded (or made) once; the bridge serves the
     // local CA's certificate (/ca.pem) whenever any TLS listener is configured, even when
@@ -176,7 +187,7 @@ pub async fn start(
         internal_secret: internal_secret.clone(),
         bridge: None,
         broker: None,
-        tasks: Vec::new(),
+        tasks: started_storage.into_iter().collect(),
     };
 
     if role.runs_broker() {
@@ -225,11 +236,6 @@ pub async fn start(
                 config.devices.clone(),
                 shutdown.clone(),
             )));
-        started.tasks.push(tokio::spawn(retention(
-            db.clone(),
-            config.store.retention_hours,
-            shutdown.clone(),
-        )));
         started.broker = Some(broker);
     }
     if role.runs_bridge() {
@@ -390,25 +396,5 @@ pub(crate) fn internal_secret(data_dir: &Path) -> Result<String> {
             anyhow::bail!("{} is empty", path.display())
         }
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
-    }
-}
-
-/// Prunes journal rows past retention that every sink has passed, every ten minutes.
-async fn retention(db: std::path::PathBuf, hours: u64, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let path = db.clone();
-        let cutoff = chrono::Utc::now().timestamp_millis() - (hours as i64) * 3_600_000;
-        let result =
-            tokio::task::spawn_blocking(move || genba_store::Reader::open(&path)?.prune(cutoff))
-                .await;
-        match result {
-            Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "pruned journal"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "journal pruning failed"),
-            _ => {}
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-            _ = shutdown.changed() => return,
-        }
     }
 }

@@ -395,7 +395,7 @@ fn health_is_degraded_while_the_journal_cannot_commit_and_recovers() {
     let health = h.get(&a.url("/health"), &[]);
     assert_eq!(
         (health.status, health.json["journal"].as_str()),
-        (503, Some("down")),
+        (503, Some("failing")),
         "{}",
         health.json
     );

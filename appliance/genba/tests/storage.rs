@@ -1,0 +1,162 @@
+//! The database's storage budget (docs/storage.md): above it the oldest rows every sink has
+//! passed are pruned whatever their age; when sinks still hold them new data is refused with a
+//! clear answer, nothing accepted is lost, `/health` says so and an alarm is journaled; a
+//! bigger budget brings everything back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::Http;
+use common::{wait_until, Appliance};
+
+const BODY_BYTES: usize = 2000;
+
+fn message(i: usize) -> String {
+    serde_json::json!({"message": format!("{i:06} {}", "x".repeat(BODY_BYTES))}).to_string()
+}
+
+fn used_bytes(a: &Appliance) -> i64 {
+    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+    conn.query_row(
+        "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn storage_alarms(a: &Appliance) -> Vec<String> {
+    a.journal()
+        .into_iter()
+        .filter(|(t, _)| t == "alarms/genba/storage")
+        .map(|(_, p)| {
+            let v: serde_json::Value = serde_json::from_str(&p).unwrap();
+            v["state"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn over_the_budget_the_oldest_delivered_rows_are_pruned_whatever_their_age() {
+    let a = Appliance::start("[store]\nmax_mb = 1\ncheck_secs = 1\n", "");
+    let h = Http::new();
+    let mut accepted = Vec::new();
+    for i in 0..1500 {
+        let r = h.post(&a.url("/notify"), "application/json", message(i), &[]);
+        if r.status == 200 {
+            accepted.push(i);
+        }
+    }
+    assert!(accepted.len() > 1000, "only {} accepted", accepted.len());
+    assert!(
+        wait_until(Duration::from_secs(20), || used_bytes(&a) <= 1024 * 1024),
+        "the database stays at {} bytes over its 1 MiB budget",
+        used_bytes(&a)
+    );
+    let journal = a.journal();
+    let kept: Vec<&String> = journal
+        .iter()
+        .filter(|(t, _)| t.starts_with("notify"))
+        .map(|(_, p)| p)
+        .collect();
+    assert!(
+        kept.len() < accepted.len(),
+        "nothing was pruned ({} rows)",
+        kept.len()
+    );
+    let last = format!("{:06} ", accepted.last().unwrap());
+    assert!(
+        kept.last().is_some_and(|p| p.contains(&last)),
+        "the newest message must survive pruning"
+    );
+    assert!(a.log().contains("pruned the oldest rows"), "{}", a.log());
+}
+
+#[test]
+fn rows_no_sink_has_passed_are_kept_and_new_data_is_refused_loudly_until_the_budget_grows() {
+    // A webhook whose receiver is down holds every notify/ row. The free-space alarm is off:
+    // it depends on the machine's disk.
+    let config = "[store]\nmax_mb = 1\ncheck_secs = 1\nlow_space_percent = 0\n\
+                  [[sinks]]\nname = \"down\"\nkind = \"webhook\"\nfilters = [\"notify/#\"]\nmax_backoff_secs = 1\n";
+    let secrets = "[sinks.down]\nurl = \"http://127.0.0.1:1/hook\"\n";
+    let mut a = Appliance::start(config, secrets);
+    let h = Http::new();
+    let mut accepted = 0;
+    let mut refusal = None;
+    for i in 0..5000 {
+        let r = h.post(&a.url("/notify"), "application/json", message(i), &[]);
+        match r.status {
+            200 => accepted += 1,
+            507 => {
+                refusal = Some(r);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", r.json),
+        }
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let refusal = refusal.expect("never refused at a 1 MiB budget");
+    let error = refusal.json["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("storage full") && error.contains("nothing was stored"),
+        "{}",
+        refusal.json
+    );
+    // Nothing accepted was dropped to make room.
+    let kept = a
+        .journal()
+        .into_iter()
+        .filter(|(t, _)| t.starts_with("notify"))
+        .count();
+    assert_eq!(
+        kept, accepted,
+        "accepted messages were pruned before delivery"
+    );
+    let health = h.get(&a.url("/health"), &[]);
+    assert_eq!(
+        (health.status, health.json["journal"].as_str()),
+        (503, Some("full")),
+        "{}",
+        health.json
+    );
+    let alarms = storage_alarms(&a);
+    assert!(alarms.contains(&"full".to_owned()), "{alarms:?}");
+    let errors = a.log().lines().filter(|l| l.contains("ERROR")).count();
+    for _ in 0..200 {
+        assert_eq!(
+            h.post(&a.url("/notify"), "application/json", message(0), &[])
+                .status,
+            507
+        );
+    }
+    let errors_after = a.log().lines().filter(|l| l.contains("ERROR")).count();
+    assert!(
+        errors_after - errors <= 1,
+        "200 refusals logged {} ERROR lines",
+        errors_after - errors
+    );
+
+    // A bigger budget: taken again, and the alarm says so.
+    a.kill9();
+    let config_path = a.data_dir().parent().unwrap().join("genba.toml");
+    std::fs::write(&config_path, config.replace("max_mb = 1", "max_mb = 64")).unwrap();
+    a.spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || h
+            .post(&a.url("/notify"), "application/json", message(1), &[])
+            .status
+            == 200),
+        "still refused with a 64 MiB budget"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || storage_alarms(&a)
+            .last()
+            .is_some_and(|s| s == "ok")),
+        "{:?}",
+        storage_alarms(&a)
+    );
+    assert_eq!(h.get(&a.url("/health"), &[]).status, 200);
+}
