@@ -95,6 +95,12 @@ pub const SLOT_LEN: usize = 4096;
 pub const SLOTS: usize = 4;
 /// The config area: the size of the `config` partition's used part and of a provisioning file.
 pub const AREA_LEN: usize = SLOT_LEN * SLOTS;
+/// Label of the config partition in the firmware's `partitions.csv`.
+pub const PARTITION_LABEL: &str = "config";
+/// Where the config partition starts in flash (`partitions.csv`; `scripts/build-firmware`
+/// checks the two agree). A provisioning file is written there:
+/// `espflash write-bin 0x3f0000 FILE`.
+pub const PARTITION_OFFSET: u32 = 0x3F_0000;
 /// The firmware writes the config area at most once per this many seconds.
 pub const MIN_WRITE_GAP_S: u32 = 600;
 
