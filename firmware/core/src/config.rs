@@ -847,9 +847,9 @@ impl<F: NorFlash> Store<F> {
     /// Wraps the partition; checks that it holds [`SLOTS`] sector-aligned slots.
     pub fn new(flash: F) -> Result<Self, StoreError<F::Error>> {
         let fits = flash.capacity() >= AREA_LEN
-            && SLOT_LEN % F::ERASE_SIZE == 0
-            && IO_LEN % F::WRITE_SIZE == 0
-            && IO_LEN % F::READ_SIZE == 0;
+            && SLOT_LEN.is_multiple_of(F::ERASE_SIZE)
+            && IO_LEN.is_multiple_of(F::WRITE_SIZE)
+            && IO_LEN.is_multiple_of(F::READ_SIZE);
         if !fits {
             return Err(StoreError::Geometry);
         }
@@ -978,7 +978,7 @@ mod tests {
         const ERASE_SIZE: usize = 4096;
         fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
             let (from, to) = (from as usize, to as usize);
-            if from % 4096 != 0 || to % 4096 != 0 || to > self.mem.len() {
+            if !from.is_multiple_of(4096) || !to.is_multiple_of(4096) || to > self.mem.len() {
                 return Err(NorFlashErrorKind::NotAligned);
             }
             self.mem[from..to].fill(0xFF);
@@ -989,7 +989,7 @@ mod tests {
         }
         fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
             let o = offset as usize;
-            if o % 4 != 0 || bytes.len() % 4 != 0 {
+            if !o.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
                 return Err(NorFlashErrorKind::NotAligned);
             }
             let n = self
