@@ -33,7 +33,8 @@
 //! next sector after the newest record with the next sequence number, so a power cut during a
 //! write leaves the previous record intact (the torn one fails its checksum), and erases are
 //! spread over every sector. It writes only when the record differs from the stored one; the
-//! firmware additionally writes at most once per [`MIN_WRITE_GAP_S`]. With 100 000 erase cycles
+//! firmware additionally paces writes with [`WritePacer`]: after [`SETTLE_S`] of quiet, at most
+//! once per [`MIN_WRITE_GAP_S`]. With 100 000 erase cycles
 //! per sector, a device changed by commands at that maximum rate without pause wears its config
 //! area out after 100 000 × 4 × 10 min ≈ 7.6 years; normal use changes it a few times a year.
 
@@ -103,6 +104,9 @@ pub const PARTITION_LABEL: &str = "config";
 pub const PARTITION_OFFSET: u32 = 0x3F_0000;
 /// The firmware writes the config area at most once per this many seconds.
 pub const MIN_WRITE_GAP_S: u32 = 600;
+/// A changed setting is written once nothing has changed for this many seconds, so a burst
+/// of commands (an offset per probe) costs one write.
+pub const SETTLE_S: u32 = 30;
 
 /// GPIOs free on ESP32-C3 modules: 11-17 are the SPI flash, 18/19 the USB serial/JTAG.
 pub const FREE_GPIOS: &[u8] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21];
@@ -819,6 +823,57 @@ impl<E: fmt::Debug> fmt::Display for StoreError<E> {
 
 impl<E: fmt::Debug> core::error::Error for StoreError<E> {}
 
+/// When to write settings that commands changed: [`SETTLE_S`] after the last change (at the
+/// latest [`MIN_WRITE_GAP_S`] after the first unwritten one, so a stream of changes cannot
+/// postpone the write forever), and never sooner than [`MIN_WRITE_GAP_S`] after the previous
+/// write or failed attempt. Times are milliseconds of uptime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WritePacer {
+    /// First and last change not written yet.
+    pending: Option<(u64, u64)>,
+    written_at: Option<u64>,
+}
+
+impl WritePacer {
+    /// Nothing pending, nothing written yet.
+    pub const fn new() -> Self {
+        WritePacer {
+            pending: None,
+            written_at: None,
+        }
+    }
+
+    /// A setting changed now.
+    pub fn changed(&mut self, now_ms: u64) {
+        let first = self.pending.map_or(now_ms, |(first, _)| first);
+        self.pending = Some((first, now_ms));
+    }
+
+    /// Milliseconds until the write is due (0: now); `None` when nothing is pending.
+    pub fn due_in(&self, now_ms: u64) -> Option<u64> {
+        let (first, last) = self.pending?;
+        let gap_ms = u64::from(MIN_WRITE_GAP_S) * 1000;
+        let settled = last
+            .saturating_add(u64::from(SETTLE_S) * 1000)
+            .min(first.saturating_add(gap_ms));
+        let gap = self.written_at.map_or(0, |w| w.saturating_add(gap_ms));
+        Some(settled.max(gap).saturating_sub(now_ms))
+    }
+
+    /// What [`Store::save`] did at `now_ms`: a write (or a failed attempt, which is retried
+    /// after the gap) starts the gap; an unchanged record needs no write.
+    pub fn saved<E>(&mut self, result: &Result<Saved, E>, now_ms: u64) {
+        match result {
+            Ok(Saved::Unchanged) => self.pending = None,
+            Ok(Saved::Written { .. }) => {
+                self.pending = None;
+                self.written_at = Some(now_ms);
+            }
+            Err(_) => self.written_at = Some(now_ms),
+        }
+    }
+}
+
 /// What [`Store::save`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Saved {
@@ -1278,6 +1333,67 @@ mod tests {
         let mut flash = RamFlash::new();
         flash.mem.truncate(SLOT_LEN);
         assert!(matches!(Store::new(flash), Err(StoreError::Geometry)));
+    }
+
+    #[test]
+    fn the_pacer_writes_a_burst_once_and_never_twice_within_the_gap() {
+        const S: u64 = 1000;
+        let written = Ok::<_, ()>(Saved::Written {
+            slot: 0,
+            sequence: 1,
+        });
+        let mut p = WritePacer::new();
+        assert_eq!(p.due_in(0), None);
+        // eight offset commands a second apart: one write, 30 s after the last
+        for t in 0..8 {
+            p.changed(t * S);
+        }
+        assert_eq!(p.due_in(7 * S), Some(30 * S));
+        assert_eq!(p.due_in(37 * S), Some(0));
+        p.saved(&written, 37 * S);
+        assert_eq!(p.due_in(38 * S), None);
+        // the next change waits for the 10-minute gap, not only for quiet
+        p.changed(60 * S);
+        assert_eq!(p.due_in(90 * S), Some((637 - 90) * S));
+        // a failed write is retried after the gap; an unchanged record ends the wait
+        p.saved(&Err::<Saved, ()>(()), 637 * S);
+        assert_eq!(p.due_in(637 * S), Some(600 * S));
+        p.saved(&Ok::<_, ()>(Saved::Unchanged), 1237 * S);
+        assert_eq!(p.due_in(1237 * S), None);
+    }
+
+    #[test]
+    fn the_pacer_bounds_writes_to_one_per_gap_and_does_not_starve_under_constant_changes() {
+        let mut p = WritePacer::new();
+        let mut writes = std::vec::Vec::new();
+        // a change every 7 s for a day (never 30 s of quiet), the loop checking every second
+        for now in (0..86_400_000u64).step_by(1000) {
+            if now % 7000 == 0 {
+                p.changed(now);
+            }
+            if p.due_in(now) == Some(0) {
+                p.saved(
+                    &Ok::<_, ()>(Saved::Written {
+                        slot: 0,
+                        sequence: 1,
+                    }),
+                    now,
+                );
+                writes.push(now);
+            }
+        }
+        let gap = u64::from(MIN_WRITE_GAP_S) * 1000;
+        assert!(writes.windows(2).all(|w| w[1] - w[0] >= gap), "{writes:?}");
+        assert_eq!(
+            writes.first(),
+            Some(&gap),
+            "the first write waits one gap, not forever"
+        );
+        assert!(
+            (140..=144).contains(&writes.len()),
+            "{} writes in a day",
+            writes.len()
+        );
     }
 
     #[test]

@@ -1,16 +1,16 @@
 //! The device config in the `config` flash partition (see `partitions.csv`): read once at
 //! boot, and written back when commands change the report interval or a probe offset.
 //!
-//! The record format, its checks and the slot rotation are `genba_firmware_core::config`;
-//! this module only finds the partition and paces the writes: a change is written after it
-//! has been stable for [`SETTLE_S`] (a burst of offset commands becomes one write), and at most
-//! once per [`config::MIN_WRITE_GAP_S`].
+//! The record format, its checks, the slot rotation and the write pacing (30 s of quiet, at
+//! most one write per 10 minutes) are `genba_firmware_core::config`, tested on the host; this
+//! module finds the partition and runs them.
 
-use embassy_time::{Duration, Timer};
+use embassy_futures::select::{Either, select};
+use embassy_time::{Duration, Instant, Timer};
 use esp_bootloader_esp_idf::partitions::{
     self, FlashRegion, FlashStorage, NorFlashRegion, PARTITION_TABLE_MAX_LEN,
 };
-use genba_firmware_core::config::{self, DeviceConfig, PARTITION_LABEL, Saved, Store};
+use genba_firmware_core::config::{self, DeviceConfig, PARTITION_LABEL, Saved, Store, WritePacer};
 use log::{error, info, warn};
 use static_cell::StaticCell;
 
@@ -18,8 +18,6 @@ use crate::state::{self, SETTINGS, SETTINGS_CHANGED};
 
 /// Partition type "data".
 const DATA: u8 = 0x01;
-/// A changed setting is written once it has not changed for this long.
-const SETTLE_S: u64 = 30;
 
 /// The config store on the flash partition.
 pub type ConfigStore = Store<NorFlashRegion<'static, 'static, 'static>>;
@@ -84,32 +82,44 @@ pub fn open(flash: FlashStorage<'static>) -> Result<(ConfigStore, DeviceConfig),
     Ok((store, loaded.config))
 }
 
-/// Writes the settings commands change back to flash, paced as the module says.
+/// Writes the settings commands change back to flash, paced by [`WritePacer`].
 #[embassy_executor::task]
 pub async fn persist_task(mut store: ConfigStore, mut config: DeviceConfig) {
+    let mut pacer = WritePacer::new();
     loop {
-        SETTINGS_CHANGED.wait().await;
-        // let a burst of commands settle, so it costs one write
-        loop {
-            let settled = embassy_futures::select::select(
-                Timer::after(Duration::from_secs(SETTLE_S)),
-                SETTINGS_CHANGED.wait(),
-            )
-            .await;
-            if let embassy_futures::select::Either::First(()) = settled {
-                break;
+        let now = || Instant::now().as_millis();
+        match pacer.due_in(now()) {
+            None => {
+                SETTINGS_CHANGED.wait().await;
+                pacer.changed(now());
             }
-        }
-        let (interval_s, offsets) = state::with(&SETTINGS, |s| (s.interval_s, s.offsets.clone()));
-        config.interval_s = interval_s;
-        config.offsets = offsets;
-        match store.save(&config) {
-            Ok(Saved::Unchanged) => info!("config: settings unchanged, nothing written"),
-            Ok(Saved::Written { slot, sequence }) => {
-                info!("config: settings saved (sequence {sequence}, slot {slot})");
-                Timer::after(Duration::from_secs(u64::from(config::MIN_WRITE_GAP_S))).await;
+            Some(0) => {
+                let (interval_s, offsets) =
+                    state::with(&SETTINGS, |s| (s.interval_s, s.offsets.clone()));
+                config.interval_s = interval_s;
+                config.offsets = offsets;
+                let result = store.save(&config);
+                match &result {
+                    Ok(Saved::Unchanged) => info!("config: settings unchanged, nothing written"),
+                    Ok(Saved::Written { slot, sequence }) => {
+                        info!("config: settings saved (sequence {sequence}, slot {slot})")
+                    }
+                    Err(e) => error!(
+                        "config: settings not saved ({e}); retrying in {} s",
+                        config::MIN_WRITE_GAP_S
+                    ),
+                }
+                pacer.saved(&result, now());
             }
-            Err(e) => error!("config: settings not saved: {e}"),
+            Some(ms) => {
+                let woke = select(
+                    Timer::after(Duration::from_millis(ms)),
+                    SETTINGS_CHANGED.wait(),
+                );
+                if let Either::Second(()) = woke.await {
+                    pacer.changed(now());
+                }
+            }
         }
     }
 }
