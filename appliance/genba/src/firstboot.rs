@@ -89,18 +89,12 @@ fn apply(config_path: &Path, args: &FirstbootArgs) -> Result<Applied> {
         store_device_keys(&settings, &config.data_dir())?;
     }
 
-    // genba's files belong to whoever owns the directory they are in (the genba user).
-    let owner = |path: &Path| -> Result<Option<(u32, u32)>> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let meta = fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
-        Ok(Some((meta.uid(), meta.gid())))
-    };
     let secrets_text = toml::to_string(&secrets).context("serializing the secrets")?;
     write_file(
         &secrets_path,
         secrets_text.as_bytes(),
         0o600,
-        owner(&secrets_path)?,
+        dir_owner(&secrets_path)?,
     )?;
     let config_text = format!(
         "# Updated by `genba firstboot` from the settings file; edit freely.\n{}",
@@ -110,7 +104,7 @@ fn apply(config_path: &Path, args: &FirstbootArgs) -> Result<Applied> {
         &config_path,
         config_text.as_bytes(),
         0o600,
-        owner(&config_path)?,
+        dir_owner(&config_path)?,
     )?;
     if let Some(wifi) = &settings.wifi {
         let conf = wpa_supplicant_conf(wifi)?;
@@ -147,8 +141,20 @@ fn store_device_keys(settings: &Settings, data_dir: &Path) -> Result<()> {
     stored
 }
 
+/// genba's files belong to whoever owns the directory they are in (the genba user).
+pub(crate) fn dir_owner(path: &Path) -> Result<Option<(u32, u32)>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let meta = fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    Ok(Some((meta.uid(), meta.gid())))
+}
+
 /// Writes `path` atomically: a temporary file beside it, fsync, rename, fsync of the directory.
-fn write_file(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+pub(crate) fn write_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     let tmp = path.with_extension("tmp");
     match fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

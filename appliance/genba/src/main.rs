@@ -6,6 +6,7 @@ mod event_sink;
 mod firstboot;
 mod lifecycle;
 mod platform_cmd;
+mod provision;
 mod recorder;
 mod roles;
 mod simulate;
@@ -88,7 +89,8 @@ enum Command {
     /// Device API keys for POST /api/telemetry and /post_v2/.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// The device registry: add, list, show, disable, enable, send a command.
+    /// The device registry: add, provision (a thermometer's config file), list, show,
+    /// disable, enable, send a command.
     #[command(subcommand)]
     Devices(platform_cmd::DevicesCommand),
     /// REST API tokens for /v2 (X-APITOKEN).

@@ -57,6 +57,10 @@ pub enum DevicesCommand {
         common: Common,
         id: String,
     },
+    /// Register a thermometer, make its own credential and write its config file (Wi-Fi,
+    /// appliance address, credential, pins, interval, offsets) for its `config` flash
+    /// partition; prints the espflash command that writes it over USB.
+    Provision(crate::provision::ProvisionArgs),
     /// Publish a command on devices/ID/commands (QoS 1), journaled first.
     Send {
         #[command(flatten)]
@@ -206,6 +210,7 @@ pub fn devices_cmd(cmd: DevicesCommand) -> Result<()> {
             id,
             payload,
         } => send(&common, &id, payload)?,
+        DevicesCommand::Provision(args) => crate::provision::run(args)?,
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! `genba simulate`: thermometers on the host, built from the firmware core (telemetry format,
 //! bounded backlog sent oldest first, reconnect backoff with jitter), against a running
 //! appliance. For demos, load tests and outage tests: readings carry unique device times, so
-//! however often a batch is resent, the appliance stores each reading once.
+//! however often a batch is resent, the appliance stores each reading once. With
+//! `--device-config`, the devices are the ones provisioning files describe (`genba devices
+//! provision --out`), decoded by the firmware core as the firmware does at boot.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use genba_firmware_core::backlog::Backlog;
 use genba_firmware_core::backoff::Backoff;
+use genba_firmware_core::config::{self, Credential, DeviceConfig};
 use genba_firmware_core::telemetry::{self, Reading, Telemetry};
 use rand::Rng;
 use serde::Serialize;
@@ -51,6 +54,11 @@ pub struct SimulateArgs {
     /// Give up sending the backlog this many seconds after the last batch.
     #[arg(long, default_value_t = 120)]
     pub drain_timeout: u64,
+    /// Simulate the device a provisioning file describes (repeat for several) instead of
+    /// sim-000...: its id, transport, credential and appliance address come from the file;
+    /// --interval still sets the pace.
+    #[arg(long = "device-config", value_name = "FILE")]
+    pub device_configs: Vec<std::path::PathBuf>,
 }
 
 /// What one run did, printed as JSON at the end.
@@ -93,6 +101,16 @@ enum Transport {
     },
 }
 
+impl Transport {
+    fn http(url: String, key: String) -> Result<Transport> {
+        Ok(Transport::Http {
+            url,
+            key,
+            client: reqwest::Client::builder().timeout(SEND_TIMEOUT).build()?,
+        })
+    }
+}
+
 enum SendError {
     /// Worth retrying later (outage, timeout, 429, 5xx).
     Retry(String),
@@ -119,24 +137,39 @@ pub async fn run(
     let interval = Duration::from_secs_f64(args.interval);
     let started = Instant::now();
     let outage = Arc::new(outage);
+    let mut devices = Vec::new();
+    if args.device_configs.is_empty() {
+        for d in 0..args.devices {
+            let device_id = format!("sim-{d:03}");
+            let credentials = args.username.as_deref().zip(args.password.as_deref());
+            let transport = match args.via {
+                Via::Mqtt => Transport::Mqtt(Arc::new(MqttDevice::connect(
+                    &device_id,
+                    &mqtt.ip().to_string(),
+                    mqtt.port(),
+                    credentials,
+                )?)),
+                Via::Http => Transport::http(
+                    format!("http://{http}{}", config::TELEMETRY_PATH),
+                    device_key(&db, &device_id)?,
+                )?,
+            };
+            devices.push((device_id, transport));
+        }
+    } else {
+        for path in &args.device_configs {
+            devices.push(provisioned(path)?);
+        }
+    }
     let mut tasks = Vec::new();
-    for d in 0..args.devices {
-        let device_id = format!("sim-{d:03}");
-        let transport = match args.via {
-            Via::Mqtt => Transport::Mqtt(Arc::new(MqttDevice::connect(&device_id, mqtt, &args)?)),
-            Via::Http => Transport::Http {
-                url: format!("http://{http}/api/telemetry"),
-                key: device_key(&db, &device_id)?,
-                client: reqwest::Client::builder().timeout(SEND_TIMEOUT).build()?,
-            },
-        };
+    for (d, (device_id, transport)) in devices.into_iter().enumerate() {
         let (args, outage) = (args.clone(), outage.clone());
         tasks.push(tokio::spawn(async move {
             device(device_id, d, transport, args, interval, started, outage).await
         }));
     }
     let mut total = Summary {
-        devices: args.devices,
+        devices: tasks.len(),
         ..Summary::default()
     };
     for t in tasks {
@@ -149,6 +182,30 @@ pub async fn run(
         total.unsent += s.unsent;
     }
     Ok(total)
+}
+
+/// The device a provisioning file describes, connected as the firmware would connect it.
+fn provisioned(path: &std::path::Path) -> Result<(String, Transport)> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    let device: DeviceConfig = config::decode_area(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        .config;
+    let transport = match &device.credential {
+        Credential::Mqtt { username, password } => Transport::Mqtt(Arc::new(MqttDevice::connect(
+            &device.device_id,
+            &device.host,
+            device.mqtt_port,
+            Some((username.as_str(), password.as_str())),
+        )?)),
+        Credential::ApiKey(key) => {
+            let url = device.telemetry_url();
+            Transport::http(
+                format!("http://{}:{}{}", url.host, url.port, url.path),
+                key.to_string(),
+            )?
+        }
+    };
+    Ok((device.device_id.to_string(), transport))
 }
 
 /// A key for `device_id` in the appliance's database on this machine (HTTP mode).
@@ -303,10 +360,15 @@ struct MqttDevice {
 }
 
 impl MqttDevice {
-    fn connect(device_id: &str, addr: SocketAddr, args: &SimulateArgs) -> Result<MqttDevice> {
-        let mut o = rumqttc::MqttOptions::new(device_id, addr.ip().to_string(), addr.port());
+    fn connect(
+        device_id: &str,
+        host: &str,
+        port: u16,
+        credentials: Option<(&str, &str)>,
+    ) -> Result<MqttDevice> {
+        let mut o = rumqttc::MqttOptions::new(device_id, host, port);
         o.set_keep_alive(Duration::from_secs(15));
-        if let (Some(u), Some(p)) = (&args.username, &args.password) {
+        if let Some((u, p)) = credentials {
             o.set_credentials(u, p);
         }
         let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 16);

@@ -10,6 +10,7 @@
 //! - [`backlog`]: a bounded, oldest-first queue of unsent batches;
 //! - [`backoff`]: reconnect backoff with a cap and jitter;
 //! - [`command`]: commands received on `devices/{id}/commands`;
+//! - [`config`]: the device config record in the `config` flash partition and its store;
 //! - [`clock`]: wall-clock bookkeeping (SNTP packets, RFC 3339 formatting, unsynced marking);
 //! - [`http`]: the HTTP/1.1 `POST /api/telemetry` request and response status line.
 //!
@@ -24,6 +25,7 @@ pub mod backlog;
 pub mod backoff;
 pub mod clock;
 pub mod command;
+pub mod config;
 pub mod ds18b20;
 pub mod http;
 pub mod offsets;

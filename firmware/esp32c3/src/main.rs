@@ -5,7 +5,10 @@
 //! backlog oldest first to the Genba appliance over MQTT 5 (`devices/{id}/telemetry`, QoS 1,
 //! username/password) or HTTP (`POST /api/telemetry` with `X-API-Key`). Commands arrive on
 //! `devices/{id}/commands`. Wi-Fi and the appliance link reconnect with exponential backoff
-//! and jitter. All settings come from the provisioning file at build time (see build.rs).
+//! and jitter. Every per-device setting (device id, Wi-Fi, appliance, credential, pins,
+//! interval, offsets) is read at boot from the `config` flash partition, which
+//! `genba devices provision` writes; the image itself is the same for every device. Without a
+//! valid config the device stays in a setup state that says why on the serial console.
 //!
 //! The wire format, sensor decoding, backlog, backoff and command rules are in
 //! `genba-firmware-core`, which is tested on the host.
@@ -14,31 +17,27 @@
 
 extern crate alloc;
 
-#[macro_use]
-mod provisioning {
-    include!(concat!(env!("OUT_DIR"), "/provisioning.rs"));
-}
 mod net;
 mod sensors;
 mod state;
+mod storage;
 
 use embassy_executor::Spawner;
 use embassy_futures::select::{Either, select};
 use embassy_net::{Runner, StackResources};
 use embassy_time::{Duration, Timer};
 use esp_backtrace as _;
+use esp_bootloader_esp_idf::partitions::FlashStorage;
 use esp_hal::clock::CpuClock;
-use esp_hal::gpio::{DriveMode, Flex, InputConfig, Level, Output, OutputConfig, Pull};
+use esp_hal::gpio::{AnyPin, DriveMode, Flex, InputConfig, Level, Output, OutputConfig, Pull};
 use esp_hal::rng::Rng;
 use esp_hal::timer::timg::TimerGroup;
 use esp_radio::wifi::sta::StationConfig;
 use esp_radio::wifi::{AuthenticationMethodConfig, Config, Interface, WifiController};
 use genba_firmware_core::backoff::Backoff;
-use genba_firmware_core::offsets::Offsets;
+use genba_firmware_core::config::{DeviceConfig, Transport};
 use log::{error, info, warn};
 use static_cell::StaticCell;
-
-use crate::provisioning::{DEVICE_ID, FROM_EXAMPLE, OFFSETS, WIFI_PASSWORD, WIFI_SSID};
 
 esp_bootloader_esp_idf::esp_app_desc!();
 
@@ -50,12 +49,12 @@ async fn net_task(mut runner: Runner<'static, Interface>) {
 
 /// Keeps the station associated: reconnects with backoff after a drop, and samples the RSSI.
 #[embassy_executor::task]
-async fn wifi_task(mut controller: WifiController<'static>) {
+async fn wifi_task(mut controller: WifiController<'static>, ssid: &'static str) {
     let mut backoff = Backoff::new(2_000, 60_000);
     loop {
         match controller.connect_async().await {
             Ok(_) => {
-                info!("Wi-Fi associated with {WIFI_SSID}");
+                info!("Wi-Fi associated with {ssid}");
                 backoff.reset();
                 loop {
                     match select(
@@ -76,19 +75,19 @@ async fn wifi_task(mut controller: WifiController<'static>) {
                 state::with(&state::RSSI, |r| *r = 0);
                 warn!("Wi-Fi disconnected");
             }
-            Err(e) => warn!("Wi-Fi connect to {WIFI_SSID} failed: {e:?}"),
+            Err(e) => warn!("Wi-Fi connect to {ssid} failed: {e:?}"),
         }
         let delay = backoff.next_delay_ms(Rng::new().random());
         Timer::after(Duration::from_millis(u64::from(delay))).await;
     }
 }
 
-fn station_config() -> Option<Config> {
-    let ssid = WIFI_SSID.try_into().ok()?;
-    let auth = if WIFI_PASSWORD.is_empty() {
+fn station_config(cfg: &DeviceConfig) -> Option<Config> {
+    let ssid = cfg.wifi_ssid.as_str().try_into().ok()?;
+    let auth = if cfg.wifi_pass.is_empty() {
         AuthenticationMethodConfig::Open
     } else {
-        AuthenticationMethodConfig::Wpa2Personal(WIFI_PASSWORD.try_into().ok()?)
+        AuthenticationMethodConfig::Wpa2Personal(cfg.wifi_pass.as_str().try_into().ok()?)
     };
     Some(Config::Station(
         StationConfig::default()
@@ -107,23 +106,68 @@ async fn main(spawner: Spawner) -> ! {
     let timg0 = TimerGroup::new(peripherals.TIMG0);
     esp_rtos::start(timg0.timer0, peripherals.FROM_CPU_INTR0);
 
+    info!("Genba thermometer, firmware {}", env!("CARGO_PKG_VERSION"));
+    let (store, config) = match storage::open(FlashStorage::new(peripherals.FLASH)) {
+        Ok(found) => found,
+        Err(e) => setup_state(&e).await,
+    };
+    static CONFIG: StaticCell<DeviceConfig> = StaticCell::new();
+    let cfg: &'static DeviceConfig = CONFIG.init(config.clone());
     info!(
-        "Genba thermometer {DEVICE_ID}, firmware {}",
-        env!("CARGO_PKG_VERSION")
+        "device {} -> {} ({}), every {} s, 1-Wire GPIO{}, LED GPIO{}",
+        cfg.device_id,
+        cfg.host,
+        match cfg.transport() {
+            Transport::Mqtt => "MQTT",
+            Transport::Http => "HTTP",
+        },
+        cfg.interval_s,
+        cfg.pins.onewire,
+        cfg.pins.led
     );
-    if FROM_EXAMPLE {
-        warn!("built from cfg.toml.example: Wi-Fi and broker settings are placeholders");
+    state::with(&state::SETTINGS, |s| {
+        s.interval_s = cfg.interval_s;
+        s.offsets = cfg.offsets.clone();
+    });
+    match storage::persist_task(store, config) {
+        Ok(token) => spawner.spawn(token),
+        Err(e) => error!("cannot start the config writer (settings stay in RAM): {e:?}"),
     }
-    match Offsets::parse_list(OFFSETS) {
-        Ok(o) => state::with(&state::SETTINGS, |s| s.offsets = o),
-        Err(e) => error!("provisioned offsets ignored: {e}"),
+
+    // The GPIOs a config may name (config::FREE_GPIOS), by number; the config checked that
+    // the two pins are free and differ.
+    let mut pins: [Option<AnyPin<'static>>; 22] = [const { None }; 22];
+    let free: [(usize, AnyPin<'static>); 13] = [
+        (0, peripherals.GPIO0.into()),
+        (1, peripherals.GPIO1.into()),
+        (2, peripherals.GPIO2.into()),
+        (3, peripherals.GPIO3.into()),
+        (4, peripherals.GPIO4.into()),
+        (5, peripherals.GPIO5.into()),
+        (6, peripherals.GPIO6.into()),
+        (7, peripherals.GPIO7.into()),
+        (8, peripherals.GPIO8.into()),
+        (9, peripherals.GPIO9.into()),
+        (10, peripherals.GPIO10.into()),
+        (20, peripherals.GPIO20.into()),
+        (21, peripherals.GPIO21.into()),
+    ];
+    for (n, pin) in free {
+        pins[n] = Some(pin);
     }
+    let mut take = |gpio: u8| pins.get_mut(usize::from(gpio)).and_then(Option::take);
+    let (Some(led_pin), Some(onewire_pin)) = (take(cfg.pins.led), take(cfg.pins.onewire)) else {
+        halt("the configured GPIOs are not available", cfg.pins)
+    };
 
     // status LED, off until a command says otherwise
-    let led = Output::new(led_pin!(peripherals), Level::Low, OutputConfig::default());
+    let led = net::Led::new(
+        Output::new(led_pin, Level::Low, OutputConfig::default()),
+        cfg.pins.led_active_low,
+    );
 
     // 1-Wire bus: open drain with the internal pull-up (fit the external 4.7 kΩ as well)
-    let mut ow = Flex::new(onewire_pin!(peripherals));
+    let mut ow = Flex::new(onewire_pin);
     ow.apply_output_config(
         &OutputConfig::default()
             .with_drive_mode(DriveMode::OpenDrain)
@@ -133,7 +177,7 @@ async fn main(spawner: Spawner) -> ! {
     ow.set_output_enable(true);
     ow.set_input_enable(true);
     ow.set_high();
-    match sensors::sensor_task(sensors::Bus::new(ow)) {
+    match sensors::sensor_task(sensors::Bus::new(ow), &cfg.device_id) {
         Ok(token) => spawner.spawn(token),
         Err(e) => error!("cannot start the sensor task: {e:?}"),
     }
@@ -143,7 +187,7 @@ async fn main(spawner: Spawner) -> ! {
         Ok(c) => c,
         Err(e) => halt("Wi-Fi driver failed to start", e),
     };
-    match station_config().map(|cfg| controller.set_config(&cfg)) {
+    match station_config(cfg).map(|station| controller.set_config(&station)) {
         Some(Ok(())) => {}
         Some(Err(e)) => halt("Wi-Fi configuration refused", e),
         None => halt("Wi-Fi SSID or password does not fit", ()),
@@ -157,7 +201,7 @@ async fn main(spawner: Spawner) -> ! {
         RESOURCES.init(StackResources::new()),
         seed,
     );
-    match (net_task(runner), wifi_task(controller)) {
+    match (net_task(runner), wifi_task(controller, &cfg.wifi_ssid)) {
         (Ok(net), Ok(wifi)) => {
             spawner.spawn(net);
             spawner.spawn(wifi);
@@ -165,7 +209,21 @@ async fn main(spawner: Spawner) -> ! {
         _ => halt("cannot start the network tasks", ()),
     }
 
-    net::run(stack, led).await
+    net::run(stack, led, cfg).await
+}
+
+/// No usable config: nothing to connect to. Says why on the serial console every minute until
+/// someone writes a config (`genba devices provision`, then `espflash write-bin`) and resets.
+async fn setup_state(why: &storage::ConfigError) -> ! {
+    loop {
+        error!("not provisioned: {why}");
+        error!(
+            "setup: on the appliance run `genba devices provision ID --wifi-ssid ... --out ID.bin`, \
+             then `espflash write-bin {:#x} ID.bin` over USB, and reset",
+            genba_firmware_core::config::PARTITION_OFFSET
+        );
+        Timer::after(Duration::from_secs(60)).await;
+    }
 }
 
 /// Logs a fatal start-up error, waits 30 s (so the log can be read and a reset loop does not

@@ -13,15 +13,12 @@ use esp_hal::rng::Rng;
 use genba_firmware_core::backoff::Backoff;
 use genba_firmware_core::clock::{self, NTP_PORT};
 use genba_firmware_core::command::{Command, Effect};
+use genba_firmware_core::config::{Credential, DeviceConfig};
 use genba_firmware_core::http::{self, Outcome};
 use genba_firmware_core::telemetry::{self, JSON_MAX_LEN, Topic};
 use log::{error, info, warn};
 
-use crate::provisioning::{
-    DEVICE_ID, HTTP_API_KEY, HTTP_URL, LED_ACTIVE_LOW, MQTT_HOST, MQTT_PASSWORD, MQTT_PORT,
-    MQTT_USERNAME, NTP_SERVER, TRANSPORT_HTTP,
-};
-use crate::state::{self, BACKLOG, CLOCK, DATA_READY, SETTINGS, WAKE_SENSORS};
+use crate::state::{self, BACKLOG, CLOCK, DATA_READY, SETTINGS, SETTINGS_CHANGED, WAKE_SENSORS};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MQTT_KEEPALIVE_S: u16 = 30;
@@ -58,6 +55,7 @@ impl core::fmt::Display for NetError {
 
 /// SNTP bookkeeping.
 struct TimeSync {
+    server: &'static str,
     last_attempt: Option<Instant>,
     last_success: Option<Instant>,
 }
@@ -77,7 +75,7 @@ impl TimeSync {
             return;
         }
         self.last_attempt = Some(Instant::now());
-        match sntp(stack).await {
+        match sntp(stack, self.server).await {
             Ok(epoch_ms) => {
                 self.last_success = Some(Instant::now());
                 let uptime = Instant::now().as_millis();
@@ -94,7 +92,10 @@ impl TimeSync {
                     clock::rfc3339(epoch_ms)
                 );
             }
-            Err(e) => warn!("SNTP with {NTP_SERVER} failed: {e}; readings stay marked unsynced"),
+            Err(e) => warn!(
+                "SNTP with {} failed: {e}; readings stay marked unsynced",
+                self.server
+            ),
         }
     }
 }
@@ -124,8 +125,8 @@ impl core::fmt::Display for SntpFailure {
     }
 }
 
-async fn sntp(stack: Stack<'static>) -> Result<u64, SntpFailure> {
-    let server = resolve(stack, NTP_SERVER).await.map_err(SntpFailure::Net)?;
+async fn sntp(stack: Stack<'static>, server: &str) -> Result<u64, SntpFailure> {
+    let server = resolve(stack, server).await.map_err(SntpFailure::Net)?;
     let (mut rx_meta, mut tx_meta) = ([PacketMetadata::EMPTY; 2], [PacketMetadata::EMPTY; 2]);
     let (mut rx_buf, mut tx_buf) = ([0u8; 128], [0u8; 64]);
     let mut sock = UdpSocket::new(stack, &mut rx_meta, &mut rx_buf, &mut tx_meta, &mut tx_buf);
@@ -152,16 +153,29 @@ async fn sntp(stack: Stack<'static>) -> Result<u64, SntpFailure> {
     }
 }
 
-fn set_led(led: &mut Output<'static>, on: bool) {
-    led.set_level(if on != LED_ACTIVE_LOW {
-        Level::High
-    } else {
-        Level::Low
-    });
+/// The status LED and its polarity.
+pub struct Led {
+    pin: Output<'static>,
+    active_low: bool,
 }
 
-/// Applies a command payload received on `devices/{id}/commands`.
-fn handle_command(payload: &[u8], led: &mut Output<'static>) {
+impl Led {
+    pub fn new(pin: Output<'static>, active_low: bool) -> Self {
+        Led { pin, active_low }
+    }
+
+    fn set(&mut self, on: bool) {
+        self.pin.set_level(if on != self.active_low {
+            Level::High
+        } else {
+            Level::Low
+        });
+    }
+}
+
+/// Applies a command payload received on `devices/{id}/commands`. A changed interval or
+/// offset is also written to the config partition (by `storage::persist_task`).
+fn handle_command(payload: &[u8], led: &mut Led) {
     let cmd = match Command::parse(payload) {
         Ok(c) => c,
         Err(e) => {
@@ -171,7 +185,7 @@ fn handle_command(payload: &[u8], led: &mut Output<'static>) {
     };
     match state::with(&SETTINGS, |s| s.apply(&cmd)) {
         Ok(Effect::Led(on)) => {
-            set_led(led, on);
+            led.set(on);
             info!("command: LED {}", if on { "on" } else { "off" });
         }
         Ok(Effect::Interval) => {
@@ -180,8 +194,12 @@ fn handle_command(payload: &[u8], led: &mut Output<'static>) {
                 state::with(&SETTINGS, |s| s.interval_s)
             );
             WAKE_SENSORS.signal(());
+            SETTINGS_CHANGED.signal(());
         }
-        Ok(Effect::Offset) => info!("command: offset updated ({cmd:?})"),
+        Ok(Effect::Offset) => {
+            info!("command: offset updated ({cmd:?})");
+            SETTINGS_CHANGED.signal(());
+        }
         Ok(Effect::SendNow) => {
             info!("command: send now");
             WAKE_SENSORS.signal(());
@@ -208,27 +226,34 @@ fn oldest_json(buf: &mut [u8]) -> Option<usize> {
 }
 
 /// Runs forever: keeps the clock synced and the backlog flowing to the appliance.
-pub async fn run(stack: Stack<'static>, mut led: Output<'static>) -> ! {
-    set_led(&mut led, false);
+pub async fn run(stack: Stack<'static>, mut led: Led, cfg: &'static DeviceConfig) -> ! {
+    led.set(false);
     let mut backoff = Backoff::new(1_000, 60_000);
     let mut time = TimeSync {
+        server: &cfg.ntp_server,
         last_attempt: None,
         last_success: None,
     };
     // MQTT session buffers live across reconnects, so QoS 1 state survives an outage
     let mut mqtt_rx = [0u8; 1024];
     let mut mqtt_tx = [0u8; 2 * JSON_MAX_LEN + 512];
-    let config = minimq::ConfigBuilder::new(minimq::Buffers::new(&mut mqtt_rx, &mut mqtt_tx))
-        .client_id(DEVICE_ID)
-        .and_then(|c| c.auth(MQTT_USERNAME, MQTT_PASSWORD.as_bytes()))
-        .map(|c| c.keepalive_interval(MQTT_KEEPALIVE_S));
-    let mut session = match config {
-        Ok(c) => Some(minimq::Session::new(c)),
-        Err(e) => {
-            // only reachable with a provisioning file the build script should have refused
-            error!("MQTT configuration refused: {e:?}");
-            None
+    let mut session = match &cfg.credential {
+        Credential::Mqtt { username, password } => {
+            let config =
+                minimq::ConfigBuilder::new(minimq::Buffers::new(&mut mqtt_rx, &mut mqtt_tx))
+                    .client_id(&cfg.device_id)
+                    .and_then(|c| c.auth(username, password.as_bytes()))
+                    .map(|c| c.keepalive_interval(MQTT_KEEPALIVE_S));
+            match config {
+                Ok(c) => Some(minimq::Session::new(c)),
+                Err(e) => {
+                    // only reachable with a config the core's checks should have refused
+                    error!("MQTT configuration refused: {e:?}");
+                    None
+                }
+            }
         }
+        Credential::ApiKey(_) => None,
     };
     loop {
         if !stack.is_config_up() {
@@ -239,12 +264,14 @@ pub async fn run(stack: Stack<'static>, mut led: Output<'static>) -> ! {
             }
         }
         time.run_if_due(stack).await;
-        let result = match (&mut session, TRANSPORT_HTTP) {
-            (_, true) => http_loop(stack, &mut backoff, &mut time).await,
-            (Some(session), false) => {
-                mqtt_loop(stack, session, &mut backoff, &mut time, &mut led).await
+        let result = match (&mut session, &cfg.credential) {
+            (_, Credential::ApiKey(key)) => {
+                http_loop(stack, cfg, key, &mut backoff, &mut time).await
             }
-            (None, false) => {
+            (Some(session), Credential::Mqtt { .. }) => {
+                mqtt_loop(stack, cfg, session, &mut backoff, &mut time, &mut led).await
+            }
+            (None, Credential::Mqtt { .. }) => {
                 Timer::after(Duration::from_secs(3600)).await;
                 continue;
             }
@@ -262,19 +289,20 @@ pub async fn run(stack: Stack<'static>, mut led: Output<'static>) -> ! {
 /// a batch leaves the backlog only when its PUBACK arrives) and handle commands.
 async fn mqtt_loop(
     stack: Stack<'static>,
+    cfg: &DeviceConfig,
     session: &mut minimq::Session<'_>,
     backoff: &mut Backoff,
     time: &mut TimeSync,
-    led: &mut Output<'static>,
+    led: &mut Led,
 ) -> NetError {
     let (telemetry_topic, commands_topic): (Topic, Topic) = match (
-        telemetry::telemetry_topic(DEVICE_ID),
-        telemetry::commands_topic(DEVICE_ID),
+        telemetry::telemetry_topic(&cfg.device_id),
+        telemetry::commands_topic(&cfg.device_id),
     ) {
         (Ok(t), Ok(c)) => (t, c),
         _ => return NetError::Mqtt,
     };
-    let broker = match resolve(stack, MQTT_HOST).await {
+    let broker = match resolve(stack, &cfg.host).await {
         Ok(a) => a,
         Err(e) => return e,
     };
@@ -282,7 +310,7 @@ async fn mqtt_loop(
     let mut tx = [0u8; 2560];
     let mut socket = TcpSocket::new(stack, &mut rx, &mut tx);
     socket.set_timeout(Some(Duration::from_secs(u64::from(MQTT_KEEPALIVE_S) * 3)));
-    match with_timeout(CONNECT_TIMEOUT, socket.connect((broker, MQTT_PORT))).await {
+    match with_timeout(CONNECT_TIMEOUT, socket.connect((broker, cfg.mqtt_port))).await {
         Err(_) => return NetError::Timeout,
         Ok(Err(e)) => return NetError::Connect(e),
         Ok(Ok(())) => {}
@@ -296,7 +324,10 @@ async fn mqtt_loop(
         Err(_) => return NetError::Timeout,
     };
     info!(
-        "MQTT connected to {MQTT_HOST}:{MQTT_PORT} as {DEVICE_ID} ({:?})",
+        "MQTT connected to {}:{} as {} ({:?})",
+        cfg.host,
+        cfg.mqtt_port,
+        cfg.device_id,
         conn.connect_event()
     );
     backoff.reset();
@@ -373,11 +404,14 @@ async fn mqtt_loop(
 }
 
 /// HTTP transport: one `POST /api/telemetry` per batch, oldest first, `Connection: close`.
-async fn http_loop(stack: Stack<'static>, backoff: &mut Backoff, time: &mut TimeSync) -> NetError {
-    let url = match http::parse_url(HTTP_URL) {
-        Ok(u) => u,
-        Err(e) => return NetError::Http(e),
-    };
+async fn http_loop(
+    stack: Stack<'static>,
+    cfg: &DeviceConfig,
+    api_key: &str,
+    backoff: &mut Backoff,
+    time: &mut TimeSync,
+) -> NetError {
+    let url = cfg.telemetry_url();
     let mut json = [0u8; JSON_MAX_LEN];
     let mut request = [0u8; JSON_MAX_LEN + 512];
     loop {
@@ -386,7 +420,7 @@ async fn http_loop(stack: Stack<'static>, backoff: &mut Backoff, time: &mut Time
             let _ = with_timeout(Duration::from_secs(60), DATA_READY.wait()).await;
             continue;
         };
-        let len = match http::write_post(&mut request, &url, HTTP_API_KEY, &json[..body_len]) {
+        let len = match http::write_post(&mut request, &url, api_key, &json[..body_len]) {
             Ok(n) => n,
             Err(e) => return NetError::Http(e),
         };

@@ -14,7 +14,6 @@ use genba_firmware_core::telemetry::{MAX_READINGS, Reading, Telemetry};
 use heapless::Vec;
 use log::{info, warn};
 
-use crate::provisioning::DEVICE_ID;
 use crate::state::{self, BACKLOG, CLOCK, DATA_READY, RSSI, SETTINGS, WAKE_SENSORS};
 
 /// Scratchpad reads per probe before giving up for this cycle.
@@ -120,10 +119,15 @@ impl Bus {
 }
 
 /// Reads every probe and returns one batch (None when no probe gave a valid reading).
-fn take_batch(bus: &mut Bus, roms: &[RomCode], uptime_ms: u64) -> Option<Telemetry> {
+fn take_batch(
+    bus: &mut Bus,
+    device_id: &str,
+    roms: &[RomCode],
+    uptime_ms: u64,
+) -> Option<Telemetry> {
     let stamp = state::with(&CLOCK, |c| c.stamp(uptime_ms));
     let rssi = state::with(&RSSI, |r| *r);
-    let mut batch = match Telemetry::new(DEVICE_ID, &stamp.recorded_at, stamp.ts_device, rssi) {
+    let mut batch = match Telemetry::new(device_id, &stamp.recorded_at, stamp.ts_device, rssi) {
         Ok(b) => b,
         Err(e) => {
             warn!("cannot build a batch: {e}");
@@ -155,7 +159,7 @@ fn take_batch(bus: &mut Bus, roms: &[RomCode], uptime_ms: u64) -> Option<Telemet
 /// Reads the probes every report interval (or at once on a send-now command) and queues
 /// each batch in the backlog for the network loop.
 #[embassy_executor::task]
-pub async fn sensor_task(mut bus: Bus) {
+pub async fn sensor_task(mut bus: Bus, device_id: &'static str) {
     let mut roms = bus.scan();
     info!("1-Wire scan: {} DS18B20", roms.len());
     for rom in &roms {
@@ -177,7 +181,7 @@ pub async fn sensor_task(mut bus: Bus) {
                         Resolution::Bits12.conversion_time_ms(),
                     )))
                     .await;
-                    if let Some(batch) = take_batch(&mut bus, &roms, uptime_ms) {
+                    if let Some(batch) = take_batch(&mut bus, device_id, &roms, uptime_ms) {
                         let (evicted, waiting) = state::with(&BACKLOG, |b| {
                             let evicted = b.push(batch).is_some();
                             (evicted, b.len())

@@ -11,10 +11,12 @@ use embassy_sync::signal::Signal;
 use genba_firmware_core::backlog::Backlog;
 use genba_firmware_core::clock::Clock;
 use genba_firmware_core::command::Settings;
+use genba_firmware_core::config::DEFAULT_INTERVAL_S;
 use genba_firmware_core::offsets::Offsets;
 use genba_firmware_core::telemetry::{MAX_READINGS, Telemetry};
 
-use crate::provisioning::{BACKLOG_LEN, REPORT_INTERVAL_S};
+/// Unsent batches kept in RAM during Wi-Fi or appliance outages (at 60 s, 48 minutes).
+pub const BACKLOG_LEN: usize = 48;
 
 /// A value shared between tasks.
 pub type Shared<T> = Mutex<CriticalSectionRawMutex, RefCell<T>>;
@@ -23,10 +25,10 @@ pub type Shared<T> = Mutex<CriticalSectionRawMutex, RefCell<T>>;
 pub static BACKLOG: Shared<Backlog<Telemetry, BACKLOG_LEN>> =
     Mutex::new(RefCell::new(Backlog::new()));
 
-/// LED, report interval and per-sensor offsets (changed by commands).
+/// LED, report interval and per-sensor offsets (from the config, then changed by commands).
 pub static SETTINGS: Shared<Settings<MAX_READINGS>> = Mutex::new(RefCell::new(Settings {
     led_on: false,
-    interval_s: REPORT_INTERVAL_S,
+    interval_s: DEFAULT_INTERVAL_S,
     offsets: Offsets::new(),
 }));
 
@@ -38,6 +40,9 @@ pub static RSSI: Shared<i16> = Mutex::new(RefCell::new(0));
 
 /// Wakes the sensor loop early (send-now command, interval change).
 pub static WAKE_SENSORS: Signal<CriticalSectionRawMutex, ()> = Signal::new();
+
+/// Tells the config writer that a command changed the interval or an offset.
+pub static SETTINGS_CHANGED: Signal<CriticalSectionRawMutex, ()> = Signal::new();
 
 /// Tells the network loop that a new batch is in the backlog.
 pub static DATA_READY: Signal<CriticalSectionRawMutex, ()> = Signal::new();

@@ -1,0 +1,304 @@
+//! `genba devices provision`: registers a thermometer, gives it its own credential and writes
+//! the config file the device reads from its `config` flash partition (the record format is
+//! `genba_firmware_core::config`, the same code the firmware decodes it with). The file goes to
+//! the device over USB with `espflash write-bin`.
+
+use std::fs;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use genba_config::{passwords, Config};
+use genba_firmware_core::config::{
+    self as device_config, Credential, DeviceConfig, Pins, AREA_LEN, PARTITION_OFFSET,
+};
+use genba_firmware_core::offsets::Offsets;
+use genba_firmware_core::telemetry::MAX_READINGS;
+use genba_store::devices::{self, DeviceChange};
+
+use crate::firstboot::{dir_owner, write_file};
+use crate::lifecycle::load_config;
+use crate::Common;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// MQTT 5 to the broker: telemetry and commands. Adds an [[mqtt.users]] device account to
+    /// the config file (the broker takes it at its next start).
+    Mqtt,
+    /// POST /api/telemetry with a device API key: telemetry only, works at once.
+    Http,
+}
+
+#[derive(Args)]
+pub struct ProvisionArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Device id: 1-32 characters from A-Z a-z 0-9 - _ . (MQTT client id and topic level).
+    pub id: String,
+    /// The Wi-Fi network the device joins.
+    #[arg(long)]
+    pub wifi_ssid: String,
+    /// Its WPA2 pass phrase (8-63 characters; none for an open network). Also read from
+    /// GENBA_WIFI_PASS, which keeps it out of the shell history.
+    #[arg(
+        long,
+        env = "GENBA_WIFI_PASS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub wifi_pass: String,
+    /// This appliance as the device reaches it: an IPv4 address or a DNS name (the firmware
+    /// does not resolve mDNS names such as genba.local yet). Default: the MQTT listen address
+    /// when it is a LAN address.
+    #[arg(long)]
+    pub appliance: Option<String>,
+    #[arg(long, value_enum, default_value = "mqtt")]
+    pub transport: TransportArg,
+    /// Seconds between readings (5-86400); commands can change it later.
+    #[arg(long, default_value_t = device_config::DEFAULT_INTERVAL_S)]
+    pub interval: u32,
+    /// GPIO of the DS18B20 data line (0-10, 20, 21).
+    #[arg(long, default_value_t = Pins::default().onewire)]
+    pub onewire_gpio: u8,
+    /// GPIO of the status LED (0-10, 20, 21).
+    #[arg(long, default_value_t = Pins::default().led)]
+    pub led_gpio: u8,
+    /// The LED lights when its pin is high (default: low, as on ESP32-C3 SuperMini boards).
+    #[arg(long)]
+    pub led_active_high: bool,
+    /// A probe's calibration offset, SENSOR_ID=°C (e.g. 28FF4C3A91160457=-0.25); repeat.
+    #[arg(long = "offset")]
+    pub offsets: Vec<String>,
+    /// SNTP server the device asks (IPv4 address or DNS name).
+    #[arg(long, default_value = device_config::DEFAULT_NTP_SERVER)]
+    pub ntp_server: String,
+    /// Where the config file goes (mode 600: it holds the Wi-Fi pass phrase and the
+    /// credential). Default: ID.genba-config.bin in the current directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the result as JSON (never the secrets; they are only in the file).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The host the device is told to reach: `--appliance`, else the broker's address when a
+/// device on the LAN could reach it.
+fn appliance_host(args: &ProvisionArgs, mqtt: SocketAddr) -> Result<String> {
+    if let Some(host) = &args.appliance {
+        return Ok(host.clone());
+    }
+    let ip = mqtt.ip();
+    let lan = match ip {
+        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_loopback(),
+        IpAddr::V6(_) => false,
+    };
+    if lan {
+        Ok(ip.to_string())
+    } else {
+        anyhow::bail!(
+            "--appliance: the address devices reach this appliance at (IPv4 or DNS name); \
+             the broker listens on {mqtt}, which does not say"
+        )
+    }
+}
+
+/// The device's config with `credential`; every field checked by the firmware core's rules.
+/// `mqtt` and `http` are where the appliance serves (the running one's ports, else the
+/// configured ones).
+fn build_config(
+    args: &ProvisionArgs,
+    (mqtt, http): (SocketAddr, SocketAddr),
+    credential: Credential,
+) -> Result<DeviceConfig> {
+    let host = appliance_host(args, mqtt)?;
+    let field = |e: device_config::Error| anyhow::anyhow!("{e}");
+    let mut device = DeviceConfig::new(
+        &args.id,
+        &args.wifi_ssid,
+        &args.wifi_pass,
+        &host,
+        credential,
+    )
+    .map_err(field)?;
+    let port = |name: &str, port: u16| {
+        if port == 0 {
+            anyhow::bail!("the {name} listen port is 0 (any free port): devices need a fixed one")
+        }
+        Ok(port)
+    };
+    device.mqtt_port = port("MQTT", mqtt.port())?;
+    device.http_port = port("HTTP", http.port())?;
+    device.interval_s = args.interval;
+    device.pins = Pins {
+        onewire: args.onewire_gpio,
+        led: args.led_gpio,
+        led_active_low: !args.led_active_high,
+    };
+    device.offsets = Offsets::<MAX_READINGS>::parse_list(&args.offsets.join(","))
+        .map_err(|e| anyhow::anyhow!("--offset: {e}"))?;
+    device.set_ntp_server(&args.ntp_server).map_err(field)?;
+    device.validate().map_err(field)?;
+    Ok(device)
+}
+
+/// Appends a device account for `id` to the config file, after checking the file with it
+/// parses and validates; comments and layout of the file stay as they are.
+fn add_mqtt_user(config_path: &Path, id: &str, password: &str) -> Result<PathBuf> {
+    // the config path may be a symlink from a read-only /etc to the data partition
+    let path = fs::canonicalize(config_path)
+        .with_context(|| format!("config file {}", config_path.display()))?;
+    let current = Config::read(&path)?;
+    if current.mqtt.users.iter().any(|u| u.name == id) {
+        anyhow::bail!(
+            "{} has an MQTT user {id:?} already; remove its [[mqtt.users]] entry to provision \
+             the device again (its old password then stops working)",
+            path.display()
+        );
+    }
+    let hash = passwords::hash_password(password).map_err(anyhow::Error::msg)?;
+    let mut text = fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    // the id is checked (A-Z a-z 0-9 - _ .) and an argon2 PHC string has no quotes
+    text.push_str(&format!(
+        "\n# device account added by `genba devices provision {id}`\n\
+         [[mqtt.users]]\nname = \"{id}\"\npassword_hash = \"{hash}\"\ndevice = \"{id}\"\n"
+    ));
+    let updated: Config = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot add an [[mqtt.users]] table to it ({e}); add the device account by hand",
+            path.display()
+        )
+    })?;
+    if !updated.mqtt.users.iter().any(|u| u.name == id) {
+        anyhow::bail!(
+            "{}: the appended [[mqtt.users]] entry did not take; add the device account by hand",
+            path.display()
+        );
+    }
+    updated.validate(&path)?;
+    write_file(&path, text.as_bytes(), 0o600, dir_owner(&path)?)?;
+    Ok(path)
+}
+
+pub fn run(args: ProvisionArgs) -> Result<()> {
+    genba_firmware_core::telemetry::validate_device_id(&args.id).map_err(|_| {
+        anyhow::anyhow!(
+            "device id {:?}: 1-32 characters from A-Z a-z 0-9 - _ .",
+            args.id
+        )
+    })?;
+    let config = load_config(&args.common)?;
+    let secret = passwords::generate_api_key();
+    let credential = match args.transport {
+        TransportArg::Mqtt => Credential::mqtt(&args.id, &secret),
+        TransportArg::Http => Credential::api_key(&secret),
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Everything is checked before anything is created.
+    let endpoints = crate::commands::running_endpoints(&args.common, &config);
+    let device = build_config(&args, endpoints, credential)?;
+    let mut image = vec![0u8; AREA_LEN];
+    device
+        .area_image(&mut image)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.genba-config.bin", args.id)));
+    let config_path = match (args.transport, &args.common.config) {
+        (TransportArg::Mqtt, None) => anyhow::bail!(
+            "--transport mqtt adds the device's MQTT account to the config file: give --config \
+             (or GENBA_CONFIG), or use --transport http"
+        ),
+        (_, path) => path.clone(),
+    };
+
+    let data_dir = config.data_dir();
+    let conn = genba_store::open(&genba_store::db_path(&data_dir))?;
+    let tx = conn.unchecked_transaction()?;
+    let added = devices::add(&tx, &args.id, &DeviceChange::default())?;
+    let key_id = match args.transport {
+        TransportArg::Http => {
+            Some(genba_telemetry::keys::add_given(&tx, &args.id, &[], &secret)?.id)
+        }
+        TransportArg::Mqtt => None,
+    };
+    let account = match (args.transport, &config_path) {
+        (TransportArg::Mqtt, Some(path)) => Some(add_mqtt_user(path, &args.id, &secret)?),
+        _ => None,
+    };
+    write_file(&out, &image, 0o600, None)?;
+    tx.commit()?;
+
+    let flash = format!("espflash write-bin {PARTITION_OFFSET:#x} {}", out.display());
+    let transport = match args.transport {
+        TransportArg::Mqtt => "mqtt",
+        TransportArg::Http => "http",
+    };
+    if args.json {
+        let credential = match key_id {
+            Some(id) => serde_json::json!({"kind": "api_key", "key_id": id}),
+            None => serde_json::json!({"kind": "mqtt_user", "name": args.id}),
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "device_id": args.id,
+                "new_device": added.is_some(),
+                "transport": transport,
+                "appliance": device.host.as_str(),
+                "mqtt_port": device.mqtt_port,
+                "http_port": device.http_port,
+                "credential": credential,
+                "config_file": account.as_ref().map(|p| p.display().to_string()),
+                "broker_restart_needed": account.is_some(),
+                "file": out.display().to_string(),
+                "file_bytes": image.len(),
+                "partition_offset": format!("{PARTITION_OFFSET:#x}"),
+                "flash_command": flash,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "device {} {}; it reports to {} over {}",
+        args.id,
+        if added.is_some() {
+            "registered"
+        } else {
+            "was registered already"
+        },
+        device.host,
+        match args.transport {
+            TransportArg::Mqtt => format!("MQTT (port {})", device.mqtt_port),
+            TransportArg::Http => format!("HTTP (port {})", device.http_port),
+        }
+    );
+    match (key_id, &account) {
+        (Some(id), _) => println!(
+            "credential: API key #{id} for {} (revoke it alone with `genba keys revoke {id}`)",
+            args.id
+        ),
+        (None, Some(path)) => println!(
+            "credential: MQTT device account {} added to {}; restart the broker to take it \
+             (systemctl restart genba-broker, or restart `genba up`)",
+            args.id,
+            path.display()
+        ),
+        (None, None) => {}
+    }
+    println!(
+        "config file: {} ({} bytes, mode 600: it holds the Wi-Fi pass phrase and the credential)",
+        out.display(),
+        image.len()
+    );
+    println!("write it to the device's config partition over USB:");
+    println!("  {flash}");
+    println!(
+        "(a new board needs the firmware first: firmware/README.md, \"Set up a thermometer\")"
+    );
+    Ok(())
+}

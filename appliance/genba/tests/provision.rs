@@ -1,0 +1,312 @@
+//! `genba devices provision` against a real data dir and config file: the config file it writes
+//! decodes with the firmware core (the code the device runs), corrupt or truncated copies are
+//! refused, and the credential inside works: the HTTP device's API key posts telemetry at once,
+//! the MQTT device's account logs in with the firmware's own MQTT client after a broker restart,
+//! and `genba simulate --device-config` runs devices from such files.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::http::Http;
+use common::Appliance;
+use embedded_io_adapters::tokio_1::FromTokio;
+use genba_firmware_core::config::{
+    decode_area, Credential, DeviceConfig, Error, Loaded, Transport, AREA_LEN, SLOT_LEN,
+};
+use genba_firmware_core::telemetry::{Reading, Telemetry};
+
+fn appliance() -> Appliance {
+    let hash = common::hash_password("admin-password");
+    Appliance::start(
+        &format!("[mqtt]\nallow_anonymous = false\n[[mqtt.users]]\nname = \"admin\"\npassword_hash = \"{hash}\"\n"),
+        "",
+    )
+}
+
+fn provision(a: &Appliance, id: &str, transport: &str, extra: &[&str]) -> (bool, String) {
+    provision_for(a, "192.168.1.10", id, transport, extra)
+}
+
+fn provision_for(
+    a: &Appliance,
+    appliance: &str,
+    id: &str,
+    transport: &str,
+    extra: &[&str],
+) -> (bool, String) {
+    let out = a.dir.path().join(format!("{id}.bin"));
+    let mut args = vec![
+        "devices",
+        "provision",
+        id,
+        "--wifi-ssid",
+        "shop-floor",
+        "--wifi-pass",
+        "wifi-pass-1234",
+        "--appliance",
+        appliance,
+        "--transport",
+        transport,
+        "--out",
+    ];
+    let out = out.to_str().unwrap().to_owned();
+    args.push(&out);
+    args.extend_from_slice(extra);
+    a.genba(&args)
+}
+
+fn decoded(a: &Appliance, id: &str) -> Loaded {
+    let bytes = std::fs::read(a.dir.path().join(format!("{id}.bin"))).unwrap();
+    assert_eq!(bytes.len(), AREA_LEN);
+    decode_area(&bytes).expect("the firmware core decodes the provisioning file")
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn readings(a: &Appliance, device: &str) -> i64 {
+    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM readings WHERE device_id = ?1",
+        [device],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn batch(device: &str) -> Vec<u8> {
+    let mut t = Telemetry::new(device, "2026-02-15T12:00:00Z", 1_771_156_800_000, -60).unwrap();
+    t.push(Reading::new("28FF4C3A91160457", 3.5, -0.25).unwrap())
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = t.to_json(&mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn an_http_device_gets_a_config_file_whose_api_key_posts_telemetry() {
+    let a = appliance();
+    let (ok, out) = provision(
+        &a,
+        "fridge-http",
+        "http",
+        &[
+            "--interval",
+            "300",
+            "--onewire-gpio",
+            "5",
+            "--offset",
+            "28FF4C3A91160457=-0.25",
+            "--json",
+        ],
+    );
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        answer["flash_command"].as_str().unwrap().split(' ').nth(2),
+        Some("0x3f0000")
+    );
+    assert_eq!(answer["credential"]["kind"], "api_key");
+    assert!(
+        !out.contains("wifi-pass-1234"),
+        "a secret was printed: {out}"
+    );
+
+    let file = a.dir.path().join("fridge-http.bin");
+    assert_eq!(mode(&file), 0o600);
+    let loaded = decoded(&a, "fridge-http");
+    let c: &DeviceConfig = &loaded.config;
+    assert_eq!((loaded.slot, loaded.sequence), (0, 1));
+    assert_eq!(c.device_id.as_str(), "fridge-http");
+    assert_eq!(
+        (c.wifi_ssid.as_str(), c.wifi_pass.as_str()),
+        ("shop-floor", "wifi-pass-1234")
+    );
+    assert_eq!(c.host.as_str(), "192.168.1.10");
+    assert_eq!((c.mqtt_port, c.http_port), (a.mqtt.port(), a.http.port()));
+    assert_eq!((c.interval_s, c.pins.onewire, c.pins.led), (300, 5, 8));
+    assert_eq!(c.offsets.get("28FF4C3A91160457"), -0.25);
+    assert_eq!(c.transport(), Transport::Http);
+    let Credential::ApiKey(key) = &c.credential else {
+        panic!("an HTTP device carries an API key")
+    };
+
+    // the device is registered and its key works now, as the firmware sends it
+    let (ok, list) = a.genba(&["devices", "list", "--json"]);
+    assert!(ok && list.contains("\"fridge-http\""), "{list}");
+    let http = Http::new();
+    let url = a.url(c.telemetry_url().path);
+    let post = |device: &str, headers: &[(&str, &str)]| {
+        http.post(&url, "application/json", batch(device), headers)
+    };
+    let reply = post("fridge-http", &[]);
+    assert_eq!(reply.status, 401, "no key: {}", reply.text);
+    let with_key = [("X-API-Key", key.as_str())];
+    let reply = post("fridge-http", &with_key);
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(readings(&a, "fridge-http"), 1);
+    // the key is the device's own: it cannot post for another device
+    let reply = post("fridge-other", &with_key);
+    assert_eq!(reply.status, 403, "{}", reply.text);
+}
+
+#[test]
+fn a_corrupt_or_truncated_provisioning_file_is_refused_by_the_core() {
+    let a = appliance();
+    let (ok, out) = provision(&a, "freezer-1", "http", &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("espflash write-bin 0x3f0000"), "{out}");
+    let bytes = std::fs::read(a.dir.path().join("freezer-1.bin")).unwrap();
+    let mut corrupt = bytes.clone();
+    corrupt[40] ^= 0x01;
+    assert!(matches!(
+        decode_area(&corrupt),
+        Err(Error::BadChecksum { .. })
+    ));
+    assert_eq!(decode_area(&bytes[..SLOT_LEN - 1]), Err(Error::Truncated));
+    let record_len = 12 + usize::from(u16::from_le_bytes([bytes[6], bytes[7]])) + 4;
+    let mut cut = bytes.clone();
+    cut[record_len - 2..].fill(0xFF);
+    assert!(
+        decode_area(&cut).is_err(),
+        "a record cut short (torn write) decoded"
+    );
+    let mut future = bytes;
+    future[4] = 9;
+    assert_eq!(decode_area(&future), Err(Error::UnsupportedVersion(9)));
+}
+
+#[test]
+fn bad_settings_are_refused_before_anything_is_created() {
+    let a = appliance();
+    for (args, expect) in [
+        (vec!["--led-gpio", "4"], "LED GPIO"),
+        (vec!["--onewire-gpio", "12"], "1-Wire GPIO"),
+        (vec!["--interval", "2"], "report interval"),
+        (vec!["--offset", "28FF=11"], "--offset"),
+    ] {
+        let (ok, out) = provision(&a, "bad-1", "http", &args);
+        assert!(!ok, "{args:?} accepted: {out}");
+        assert!(out.contains(expect), "{args:?}: {out}");
+    }
+    let (ok, out) = provision(&a, "no/slash", "http", &[]);
+    assert!(!ok && out.contains("device id"), "{out}");
+    let (_, keys) = a.genba(&["keys", "list", "--json"]);
+    assert!(
+        !keys.contains("bad-1"),
+        "a key was made for a refused device: {keys}"
+    );
+    let (_, list) = a.genba(&["devices", "list", "--json"]);
+    assert!(!list.contains("bad-1"), "{list}");
+    assert!(!a.dir.path().join("bad-1.bin").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_device_account_logs_in_with_the_firmware_client_after_a_broker_restart() {
+    let mut a = appliance();
+    let (ok, out) = provision(&a, "fridge-mqtt", "mqtt", &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("restart the broker"), "{out}");
+    let config = std::fs::read_to_string(a.dir.path().join("genba.toml")).unwrap();
+    assert!(
+        config.contains("name = \"admin\""),
+        "existing users kept: {config}"
+    );
+    assert!(config.contains("device = \"fridge-mqtt\""), "{config}");
+    assert_eq!(mode(&a.dir.path().join("genba.toml")), 0o600);
+    // provisioning the same id again is refused (the old password would stop working)
+    let (ok, again) = provision(&a, "fridge-mqtt", "mqtt", &[]);
+    assert!(!ok && again.contains("already"), "{again}");
+
+    let loaded = decoded(&a, "fridge-mqtt");
+    let c = loaded.config;
+    assert_eq!(c.transport(), Transport::Mqtt);
+    assert_eq!(c.mqtt_port, a.mqtt.port());
+    let Credential::Mqtt { username, password } = &c.credential else {
+        panic!("an MQTT device carries a user and password")
+    };
+    assert_eq!(username.as_str(), "fridge-mqtt");
+
+    a.terminate();
+    a.spawn();
+    // the firmware's client, configured from the decoded file as the firmware configures it
+    let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
+    let mut session = minimq::Session::new(
+        minimq::ConfigBuilder::new(minimq::Buffers::new(&mut rx, &mut tx))
+            .client_id(&c.device_id)
+            .unwrap()
+            .auth(username, password.as_bytes())
+            .unwrap()
+            .keepalive_interval(30),
+    );
+    let io = FromTokio::new(tokio::net::TcpStream::connect(a.mqtt).await.unwrap());
+    let mut conn = session
+        .connect(io)
+        .await
+        .expect("the provisioned account logs in");
+    let json = batch("fridge-mqtt");
+    let topic = format!("devices/{}/telemetry", c.device_id);
+    conn.publish(
+        minimq::Publication::new(topic.as_str(), json.as_slice()).qos(minimq::QoS::AtLeastOnce),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while readings(&a, "fridge-mqtt") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no reading stored; log:\n{}",
+            a.log()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), conn.poll()).await;
+    }
+}
+
+#[test]
+fn simulated_devices_run_from_their_provisioning_files() {
+    let mut a = appliance();
+    for (id, transport) in [("sim-mqtt", "mqtt"), ("sim-http", "http")] {
+        let (ok, out) = provision_for(&a, "127.0.0.1", id, transport, &[]);
+        assert!(ok, "{out}");
+    }
+    a.terminate();
+    a.spawn();
+    let files: Vec<String> = ["sim-mqtt", "sim-http"]
+        .iter()
+        .map(|id| a.dir.path().join(format!("{id}.bin")).display().to_string())
+        .collect();
+    let (ok, out) = a.genba(&[
+        "simulate",
+        "--device-config",
+        &files[0],
+        "--device-config",
+        &files[1],
+        "--batches",
+        "2",
+        "--interval",
+        "0.2",
+    ]);
+    assert!(ok, "{out}\nlog:\n{}", a.log());
+    let summary: serde_json::Value =
+        serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(
+        (summary["devices"].as_u64(), summary["sent"].as_u64()),
+        (Some(2), Some(4)),
+        "{out}"
+    );
+    // two batches of two probes each, per device, under the ids in the files (MQTT readings
+    // reach the table through the journal's consumer, a moment after the PUBACK)
+    let stored = common::wait_until(Duration::from_secs(15), || {
+        readings(&a, "sim-mqtt") == 4 && readings(&a, "sim-http") == 4
+    });
+    assert!(
+        stored,
+        "readings: {} MQTT, {} HTTP",
+        readings(&a, "sim-mqtt"),
+        readings(&a, "sim-http")
+    );
+}
