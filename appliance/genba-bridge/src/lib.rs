@@ -37,11 +37,8 @@ use reply::{HttpResponse, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    #[error("cannot listen for HTTP on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] genba_config::listen::BindError),
 }
 
 pub struct BridgeSettings {
@@ -102,16 +99,9 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
 ) -> Result<RunningBridge, BridgeError> {
     let listen = settings.http.listen;
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| BridgeError::Bind {
-            addr: listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| BridgeError::Bind {
-        addr: listen,
-        source,
-    })?;
+    let bind_err = |cause| genba_config::listen::BindError::new("http.listen", listen, cause);
+    let listener = TcpListener::bind(listen).await.map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
     let publisher = publisher::Publisher::start(
         &settings.broker,
         &settings.internal_user,
@@ -140,10 +130,8 @@ pub async fn start(
     });
     let tls_addr = match (state.http.tls_listen, tls) {
         (Some(listen), Some(acceptor)) => {
-            let bind_err = |source| BridgeError::Bind {
-                addr: listen,
-                source,
-            };
+            let bind_err =
+                |cause| genba_config::listen::BindError::new("http.tls_listen", listen, cause);
             let l = TcpListener::bind(listen).await.map_err(bind_err)?;
             let a = l.local_addr().map_err(bind_err)?;
             tokio::spawn(serve(l, state.clone(), shutdown.clone(), Some(acceptor)));

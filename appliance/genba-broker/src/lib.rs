@@ -41,11 +41,8 @@ const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot listen for MQTT on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] genba_config::listen::BindError),
     #[error("broker state in {path}: {source}")]
     State {
         path: std::path::PathBuf,
@@ -156,16 +153,9 @@ pub async fn start(
             "broker state restored"
         );
     }
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| BrokerError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
+    let bind_err = |cause| genba_config::listen::BindError::new("mqtt.listen", cfg.listen, cause);
+    let listener = TcpListener::bind(cfg.listen).await.map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
     let stats = Arc::new(frontdoor::DoorStats::default());
     // Nobody is connected to a broker that is starting.
     let sessions = genba_store::Db::new(journal.path());
@@ -190,21 +180,18 @@ pub async fn start(
     // The other listeners: MQTT over TLS, over WebSocket, over WebSocket and TLS.
     // (address, TLS needed, WebSocket); a TLS listener without a certificate is not opened.
     let listeners = [
-        (cfg.tls_listen, true, false),
-        (cfg.ws_listen, false, true),
-        (cfg.wss_listen, true, true),
+        ("mqtt.tls_listen", cfg.tls_listen, true, false),
+        ("mqtt.ws_listen", cfg.ws_listen, false, true),
+        ("mqtt.wss_listen", cfg.wss_listen, true, true),
     ];
     let mut extra = Vec::new();
-    for (listen, needs_tls, websocket) in listeners {
+    for (key, listen, needs_tls, websocket) in listeners {
         let (Some(listen), true) = (listen, !needs_tls || tls.is_some()) else {
             extra.push(None);
             continue;
         };
         let tls = if needs_tls { tls.clone() } else { None };
-        let bind_err = |source| BrokerError::Bind {
-            addr: listen,
-            source,
-        };
+        let bind_err = |cause| genba_config::listen::BindError::new(key, listen, cause);
         let l = TcpListener::bind(listen).await.map_err(bind_err)?;
         extra.push(Some(l.local_addr().map_err(bind_err)?));
         let transport = frontdoor::Transport { tls, websocket };

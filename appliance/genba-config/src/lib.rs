@@ -6,6 +6,7 @@
 pub mod acl;
 pub mod credentials;
 mod defaults;
+pub mod listen;
 pub mod passwords;
 pub mod rate;
 pub mod rules;
@@ -295,12 +296,16 @@ impl Default for RecorderConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// The one public MQTT port (3.1.1 and 5).
+    #[serde(deserialize_with = "listen::addr")]
     pub listen: SocketAddr,
     /// MQTT over TLS (usually port 8883); unset: none.
+    #[serde(default, deserialize_with = "listen::opt_addr")]
     pub tls_listen: Option<SocketAddr>,
     /// MQTT over WebSocket (usually 8083), for browser clients; unset: none.
+    #[serde(default, deserialize_with = "listen::opt_addr")]
     pub ws_listen: Option<SocketAddr>,
     /// MQTT over WebSocket and TLS (usually 8084); unset: none.
+    #[serde(default, deserialize_with = "listen::opt_addr")]
     pub wss_listen: Option<SocketAddr>,
     /// `true` lets anonymous clients in; `false` refuses them. Unset: anonymous only while
     /// the broker listens on a loopback address and no users are configured.
@@ -338,8 +343,10 @@ pub struct MqttUser {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
+    #[serde(deserialize_with = "listen::addr")]
     pub listen: SocketAddr,
     /// HTTPS (usually port 443); unset: none.
+    #[serde(default, deserialize_with = "listen::opt_addr")]
     pub tls_listen: Option<SocketAddr>,
     pub default_topic: String,
     pub max_body_bytes: usize,

@@ -38,11 +38,11 @@ pub struct Common {
     /// Data directory (SQLite journal, run/endpoints.json). Default ./genba-data.
     #[arg(long, env = "GENBA_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
-    /// MQTT listen address (port 0: any free port).
-    #[arg(long, global = true)]
+    /// MQTT listen address, IP:PORT or localhost:PORT (port 0: any free port).
+    #[arg(long, global = true, value_parser = genba_config::listen::parse)]
     pub mqtt: Option<SocketAddr>,
-    /// HTTP listen address (port 0: any free port).
-    #[arg(long, global = true)]
+    /// HTTP listen address, IP:PORT or localhost:PORT (port 0: any free port).
+    #[arg(long, global = true, value_parser = genba_config::listen::parse)]
     pub http: Option<SocketAddr>,
 }
 
