@@ -5,6 +5,7 @@
 
 mod auth;
 mod console;
+pub mod metrics;
 mod notify;
 mod publisher;
 mod reply;
@@ -171,11 +172,13 @@ fn router(state: Shared) -> Router {
         .route("/health", get(health))
         .route("/ca.pem", get(ca_pem))
         .route("/status", get(status))
+        .route("/metrics", get(metrics::handle))
         .route("/notify", get(notify).post(notify))
         .route("/api/telemetry", post(telemetry::handle))
         .route("/post_v2", post(v2::post_v2))
         .route("/post_v2/", post(v2::post_v2))
         .nest("/v2", v2::router())
+        .route_layer(axum::middleware::from_fn(metrics::count_requests))
         .fallback(not_found)
         .layer(axum::middleware::map_response(json_method_not_allowed))
         .with_state(state)

@@ -192,6 +192,9 @@ impl FrontDoor {
         // The CONNACK goes first; the writer (which may resend what was in flight) after it.
         wr.write_all(&packet::connack_accepted(attached.present, props.as_ref()))
             .await?;
+        metrics::counter!("genba_mqtt_connections_total").increment(1);
+        let connected = metrics::gauge!("genba_mqtt_connections");
+        connected.increment(1.0);
         if let Some(w) = old_will {
             let _ = self
                 .broker
@@ -267,6 +270,7 @@ impl FrontDoor {
         }
         self.broker
             .disconnect(&client.session, client.conn, graceful, new_expiry);
+        connected.decrement(1.0);
         if let Some(id) = client.registered {
             self.broker
                 .persist()
@@ -556,6 +560,7 @@ async fn run_steps(door: Arc<FrontDoor>, client: Arc<Client>, mut rx: mpsc::Rece
     while let Some(step) = rx.recv().await {
         match step {
             Step::Publish { msg, commit, ack } => {
+                metrics::counter!("genba_mqtt_messages_received_total").increment(1);
                 if let Some(commit) = commit {
                     let ok = match commit.await {
                         Ok(Ok(_)) => true,

@@ -363,6 +363,9 @@ impl Session {
             };
             // Too large for the client: dropped as if delivered (MQTT 5 3.1.2.11.4).
             let sent = put(out, link, &d, pid, false, now);
+            if sent {
+                metrics::counter!("genba_mqtt_messages_sent_total").increment(1);
+            }
             if sent && d.qos > 0 {
                 self.inflight.push_back(Inflight {
                     pid,

@@ -186,6 +186,13 @@ impl<D: Deliver> Consumer<D> {
             if matches!(outcome, Outcome::Delivered) {
                 bucket.recover();
             }
+            let result = match &outcome {
+                Outcome::Delivered => "delivered",
+                Outcome::Retry { .. } => "retry",
+                Outcome::Permanent { .. } => "parked",
+            };
+            metrics::counter!("genba_sink_deliveries_total", "sink" => sink.clone(), "outcome" => result)
+                .increment(1);
             let name = sink.clone();
             match (outcome, &from) {
                 (Outcome::Delivered, Batch::New { target }) => {

@@ -236,3 +236,24 @@ pub fn retry_requested(
     })?;
     rows.collect()
 }
+
+/// Alarms by state and severity, and the number of rules: what `/metrics` reports.
+pub struct Counts {
+    /// (state: `raised`, `acknowledged` or `cleared`; severity; alarms).
+    pub alarms: Vec<(String, String, i64)>,
+    pub rules: i64,
+}
+
+pub fn counts(conn: &Connection) -> rusqlite::Result<Counts> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT CASE WHEN cleared_at IS NOT NULL THEN 'cleared'
+                     WHEN acked_at IS NOT NULL THEN 'acknowledged' ELSE 'raised' END AS state,
+                severity, COUNT(*)
+         FROM alarms GROUP BY state, severity ORDER BY state, severity",
+    )?;
+    let alarms = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let rules = conn.query_row("SELECT COUNT(*) FROM rules", [], |r| r.get(0))?;
+    Ok(Counts { alarms, rules })
+}

@@ -245,8 +245,13 @@ fn write_loop(
                 continue;
             }
         }
+        let started = std::time::Instant::now();
         match commit_batch(&mut conn, &batch) {
             Ok((ids, last)) => {
+                metrics::counter!("genba_journal_commits_total").increment(1);
+                metrics::counter!("genba_journal_appends_total").increment(batch.len() as u64);
+                metrics::histogram!("genba_journal_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 if failing.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!(path = %path.display(), "journal commits work again");
                     last_log = None;
@@ -266,6 +271,7 @@ fn write_loop(
                 }
             }
             Err(source) => {
+                metrics::counter!("genba_journal_commit_failures_total").increment(1);
                 failing.store(true, std::sync::atomic::Ordering::Relaxed);
                 unlogged += 1;
                 if last_log.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
@@ -294,6 +300,7 @@ fn refuse_at_budget(batch: &mut Vec<Request>) {
         |r| matches!(&r.work, Work::Message(m) if m.source.starts_with(SYSTEM_SOURCE_PREFIX)),
     );
     *batch = keep;
+    metrics::counter!("genba_journal_refused_total").increment(refuse.len() as u64);
     for req in refuse {
         if let Some(reply) = req.reply {
             let _ = reply.send(Err(StoreError::Full));

@@ -33,6 +33,7 @@ pub fn load_config(common: &Common) -> Result<Config> {
 
 pub fn run(role: Role, common: Common) -> Result<()> {
     init_logging();
+    genba_bridge::metrics::install();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = load_config(&common)?;
     let secrets = Secrets::load(&config.secrets_path())?;

@@ -229,6 +229,9 @@ pub async fn run(
                         "journal at its storage budget: pruned the oldest rows every sink had passed"
                     );
                 }
+                metrics::gauge!("genba_storage_used_bytes").set(space.used_bytes as f64);
+                metrics::gauge!("genba_storage_budget_bytes").set(space.budget_bytes as f64);
+                metrics::gauge!("genba_storage_free_bytes").set(space.free_bytes as f64);
                 let now = space.level(&cfg);
                 journal.set_full(now == Level::Full);
                 if now != level {

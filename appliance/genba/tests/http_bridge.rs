@@ -324,6 +324,15 @@ fn api_key_and_basic_auth_are_required_when_configured() {
     id_of(&h.get(&url, &[("authorization", &basic)]));
     assert_eq!(h.get(&a.url("/status"), &[("x-api-key", &key)]).status, 200);
     assert_eq!(
+        h.get(&a.url("/metrics"), &[]).status,
+        401,
+        "metrics need auth"
+    );
+    assert_eq!(
+        h.get(&a.url("/metrics"), &[("x-api-key", &key)]).status,
+        200
+    );
+    assert_eq!(
         h.get(&a.url("/health"), &[]).status,
         200,
         "health is open for probes"
@@ -410,4 +419,83 @@ fn health_is_degraded_while_the_journal_cannot_commit_and_recovers() {
     );
     let errors = a.log().matches("journal commit failed").count();
     assert_eq!(errors, 1, "one log line, not one per refusal:\n{}", a.log());
+}
+
+/// The value of one series in a Prometheus text exposition (`name{labels} value`).
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_count_requests_journal_commits_mqtt_and_sink_backlog() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    for _ in 0..3 {
+        id_of(&h.get(&a.url("/notify?message=counted"), &[]));
+    }
+    assert_eq!(h.get(&a.url("/notify"), &[]).status, 400);
+    let out = common::mosquitto_pub(a.mqtt.port(), &["-t", "line/1", "-m", "x", "-q", "1"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let m = h.get(&a.url("/metrics"), &[]);
+    assert_eq!(m.status, 200, "{}", m.text);
+    assert!(
+        m.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        m.headers
+    );
+    let text = &m.text;
+    assert_eq!(
+        series(
+            text,
+            r#"genba_http_requests_total{route="/notify",status="200"}"#
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            text,
+            r#"genba_http_requests_total{route="/notify",status="400"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // Three notifications and the MQTT message, each committed before its answer.
+    assert!(
+        series(text, "genba_journal_appends_total").unwrap_or(0.0) >= 4.0,
+        "{text}"
+    );
+    assert!(
+        series(text, "genba_journal_commits_total").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        series(text, "genba_journal_commit_seconds_count").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(series(text, "genba_journal_rows"), Some(4.0), "{text}");
+    assert_eq!(series(text, "genba_journal_up"), Some(1.0), "{text}");
+    assert!(
+        series(text, "genba_mqtt_connections_total").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        series(text, "genba_mqtt_messages_received_total").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        series(text, r#"genba_sink_backlog{sink="readings"}"#).is_some(),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP genba_journal_commits_total"),
+        "{text}"
+    );
 }
