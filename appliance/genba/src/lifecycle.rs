@@ -115,7 +115,10 @@ fn init_logging() {
         .with_target(true)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if under_systemd {
+    // One JSON object per line for log shippers (Loki, Fluent Bit, journald's JSON fields).
+    if std::env::var("GENBA_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().flatten_event(true).init();
+    } else if under_systemd {
         builder.without_time().init();
     } else {
         builder.init();

@@ -226,3 +226,50 @@ fn a_second_up_on_the_same_data_dir_is_refused_and_a_stopped_one_leaves_no_endpo
     a.spawn();
     assert!(a.is_running());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_level_target_and_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genba"))
+        .args([
+            "up",
+            "--mqtt",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("GENBA_LOG_FORMAT", "json")
+        .env("GENBA_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let line = line.unwrap();
+        let ready = line.contains("http bridge ready");
+        lines.push(line);
+        if ready {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(lines.len() >= 2, "{lines:?}");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object: {line:?}: {e}"));
+        assert!(v["level"].is_string() && v["target"].is_string(), "{line}");
+    }
+    let ready: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(ready["target"], "genba::roles");
+    assert!(
+        ready["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{ready}"
+    );
+}
