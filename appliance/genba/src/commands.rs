@@ -109,14 +109,19 @@ pub fn config_check(common: &Common) -> Result<()> {
     Ok(())
 }
 
-pub fn passwd(api_key: bool) -> Result<()> {
+pub fn passwd(api_key: bool, json: bool) -> Result<()> {
     if api_key {
         let key = passwords::generate_api_key();
+        let digest = passwords::api_key_digest(&key);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"key": key, "api_key_sha256": digest})
+            );
+            return Ok(());
+        }
         println!("api key (give it to the client; shown once): {key}");
-        println!(
-            "for genba.toml [http] api_key_sha256: \"{}\"",
-            passwords::api_key_digest(&key)
-        );
+        println!("for genba.toml [http] api_key_sha256: \"{digest}\"");
         return Ok(());
     }
     let mut password = String::new();
@@ -127,10 +132,12 @@ pub fn passwd(api_key: bool) -> Result<()> {
     if password.is_empty() {
         anyhow::bail!("empty password on stdin (try: echo -n 'secret' | genba passwd)");
     }
-    println!(
-        "{}",
-        passwords::hash_password(password).map_err(anyhow::Error::msg)?
-    );
+    let hash = passwords::hash_password(password).map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::json!({ "password_hash": hash }));
+    } else {
+        println!("{hash}");
+    }
     Ok(())
 }
 

@@ -115,6 +115,9 @@ enum Command {
         /// Generate a new API key and print it with its SHA-256 for http.api_key_sha256.
         #[arg(long)]
         api_key: bool,
+        /// Print {"key","api_key_sha256"} or {"password_hash"} as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -245,6 +248,6 @@ fn main() -> Result<()> {
         } => commands::exment(&common, cmd),
         Command::Simulate { common, args } => commands::simulate(&common, args),
         Command::Firstboot { config, args } => firstboot::run(config.as_deref(), &args),
-        Command::Passwd { api_key } => commands::passwd(api_key),
+        Command::Passwd { api_key, json } => commands::passwd(api_key, json),
     }
 }

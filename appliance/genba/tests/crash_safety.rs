@@ -130,7 +130,13 @@ fn acknowledged_messages_survive_repeated_sigkill_exactly_once_in_the_journal() 
     let http = http_publishers(a.url("/notify"), stop.clone(), acked.clone());
     let mqtt = mqtt_publisher(a.mqtt.port(), stop.clone(), acked.clone());
 
-    let mut rng = rand::rng();
+    // The kill timing is random; a failure prints the seed, and GENBA_TEST_SEED repeats it.
+    let seed = std::env::var("GENBA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random::<u64>());
+    println!("crash timing seed: {seed} (GENBA_TEST_SEED={seed} repeats it)");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
         a.kill9();

@@ -267,28 +267,12 @@ fn slow_clients_time_out_while_others_are_served() {
 fn api_key_and_basic_auth_are_required_when_configured() {
     let (key, digest) = {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_genba"))
-            .args(["passwd", "--api-key"])
+            .args(["passwd", "--api-key", "--json"])
             .output()
             .unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        let key = text
-            .lines()
-            .next()
-            .unwrap()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .to_owned();
-        let digest = text
-            .lines()
-            .nth(1)
-            .unwrap()
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .trim_matches('"')
-            .to_owned();
-        (key, digest)
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let field = |k: &str| v[k].as_str().unwrap().to_owned();
+        (field("key"), field("api_key_sha256"))
     };
     let hash = common::hash_password("phone-pw");
     let a = Appliance::start(

@@ -13,21 +13,17 @@ use common::{mosquitto_pub, mosquitto_sub, wait_until, Appliance};
 const SEED_BODY: &str = r#"{"device_id":"esp32-kitchen-01","recorded_at":"2026-02-15 12:00:00","ts_device":1771156800000,"rssi":-61,"readings":[{"sensor_hw_id":"28FF4C3A91160457","raw_celsius":3.5,"offset_c":-0.25,"celsius":3.25},{"sensor_hw_id":"28FF4C3A91160458","raw_celsius":-18.0625,"offset_c":0.0,"celsius":-18.0625}]}"#;
 
 fn add_key(a: &Appliance, device: &str, scope: Option<&str>) -> (i64, String) {
-    let mut args = vec!["keys", "add", "--device", device];
+    let mut args = vec!["keys", "add", "--device", device, "--json"];
     if let Some(s) = scope {
         args.extend(["--scope", s]);
     }
     let (ok, out) = a.genba(&args);
     assert!(ok, "{out}");
-    let id = out
-        .split("(id ")
-        .nth(1)
-        .and_then(|s| s.split(';').next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    let key = out.lines().last().unwrap().trim().to_owned();
-    (id, key)
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    (
+        v["id"].as_i64().unwrap(),
+        v["key"].as_str().unwrap().to_owned(),
+    )
 }
 
 fn readings_count(a: &Appliance) -> i64 {
@@ -300,17 +296,18 @@ fn telemetry_over_mqtt_lands_in_the_same_table_once_and_http_batches_are_publish
 fn a_signing_key_needs_a_fresh_valid_signature_and_a_replay_is_refused() {
     let a = Appliance::start("", "");
     let h = Http::new();
-    let (ok, out) = a.genba(&["keys", "add", "--device", "esp32-kitchen-01", "--sign"]);
+    let (ok, out) = a.genba(&[
+        "keys",
+        "add",
+        "--device",
+        "esp32-kitchen-01",
+        "--sign",
+        "--json",
+    ]);
     assert!(ok, "{out}");
-    let secret = out
-        .lines()
-        .next()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let key = out.lines().last().unwrap().trim().to_owned();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let secret = v["signing_secret"].as_str().unwrap().to_owned();
+    let key = v["key"].as_str().unwrap().to_owned();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

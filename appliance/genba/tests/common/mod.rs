@@ -259,7 +259,7 @@ impl Drop for Killed {
 pub fn hash_password(password: &str) -> String {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_genba"))
-        .arg("passwd")
+        .args(["passwd", "--json"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -272,7 +272,8 @@ pub fn hash_password(password: &str) -> String {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["password_hash"].as_str().unwrap().to_owned()
 }
 
 /// `mosquitto_pub -h 127.0.0.1 -p PORT ARGS...`, waited for.
