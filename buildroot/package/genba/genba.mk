@@ -25,6 +25,10 @@ define GENBA_INSTALL_INIT_SYSTEMD
 	$(foreach unit,genba-broker.service genba-bridge.service genba-slack.service \
 		genba-recorder.service genba-exment.service genba.target, \
 		$(INSTALL) -D -m 0644 $(@D)/systemd/$(unit) $(TARGET_DIR)/usr/lib/systemd/system/$(unit)$(sep))
+	$(foreach unit,genba-broker.service genba-bridge.service genba-slack.service \
+		genba-recorder.service genba-exment.service, \
+		$(INSTALL) -D -m 0644 $(@D)/systemd/genba-role.conf \
+			$(TARGET_DIR)/usr/lib/systemd/system/$(unit).d/10-genba-role.conf$(sep))
 	mkdir -p $(TARGET_DIR)/etc/systemd/system/multi-user.target.wants
 	ln -sf /usr/lib/systemd/system/genba.target \
 		$(TARGET_DIR)/etc/systemd/system/multi-user.target.wants/genba.target
