@@ -47,6 +47,12 @@ pub fn status(common: &Common, json: bool) -> Result<()> {
             s.last_error.as_deref().unwrap_or("-")
         );
     }
+    if config.delivery_sinks().is_empty() && config.exment.base_url.is_none() {
+        println!(
+            "no delivery sink is configured: messages are journaled and nothing sends them on; \
+             add [[sinks]] (Slack, webhook, LINE, e-mail) to the config, see docs/sinks.md"
+        );
+    }
     for p in &status.recent_parked {
         println!(
             "parked: {} #{} {}: {}",

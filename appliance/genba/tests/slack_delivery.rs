@@ -146,6 +146,7 @@ fn a_permanent_error_parks_the_message_with_its_reason_and_delivery_goes_on() {
     let (ok, text) = a.genba(&["status"]);
     assert!(ok, "{text}");
     assert!(text.contains("channel_not_found"), "{text}");
+    assert!(!text.contains("no delivery sink"), "{text}");
     let r = h.get(&a.url("/status"), &[]);
     assert_eq!(r.status, 200);
     assert_eq!(slack_sink(&r.json)["parked"], 1, "{}", r.json);
