@@ -237,7 +237,7 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
         genba_store::db_path(&data_dir),
     ))?;
     println!("{}", serde_json::to_string(&summary)?);
-    if summary.unsent > 0 {
+    if summary.unsent > 0 && !summary.interrupted {
         anyhow::bail!("{} batches could not be sent", summary.unsent);
     }
     Ok(())

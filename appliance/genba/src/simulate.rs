@@ -6,6 +6,7 @@
 //! provision --out`), decoded by the firmware core as the firmware does at boot.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,11 +72,57 @@ pub struct Summary {
     pub retries: u64,
     pub dropped: u64,
     pub unsent: u64,
+    /// Stopped by Ctrl-C before the devices finished.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+}
+
+/// Running totals of every device, shared with the progress line and read at the end or on
+/// Ctrl-C.
+#[derive(Default)]
+struct Tally {
+    batches: AtomicU64,
+    readings: AtomicU64,
+    sent: AtomicU64,
+    retries: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Tally {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// What was made, sent, retried and dropped so far; what was made and neither sent nor
+    /// dropped is unsent (still in a device's backlog).
+    fn summary(&self, devices: usize) -> Summary {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (batches, sent, dropped) = (get(&self.batches), get(&self.sent), get(&self.dropped));
+        Summary {
+            devices,
+            batches,
+            readings: get(&self.readings),
+            sent,
+            retries: get(&self.retries),
+            dropped,
+            unsent: batches.saturating_sub(sent + dropped),
+            interrupted: false,
+        }
+    }
 }
 
 struct Outage {
     start: Duration,
     end: Duration,
+}
+
+/// What every device of one run shares.
+struct Run {
+    args: SimulateArgs,
+    interval: Duration,
+    started: Instant,
+    outage: Option<Outage>,
+    tally: Tally,
 }
 
 fn parse_outage(s: &str) -> Result<Outage> {
@@ -136,7 +183,6 @@ pub async fn run(
     let outage = args.outage.as_deref().map(parse_outage).transpose()?;
     let interval = Duration::from_secs_f64(args.interval);
     let started = Instant::now();
-    let outage = Arc::new(outage);
     let mut devices = Vec::new();
     if args.device_configs.is_empty() {
         for d in 0..args.devices {
@@ -161,27 +207,49 @@ pub async fn run(
             devices.push(provisioned(path)?);
         }
     }
-    let mut tasks = Vec::new();
+    let count = devices.len();
+    let run = Arc::new(Run {
+        args,
+        interval,
+        started,
+        outage,
+        tally: Tally::default(),
+    });
+    let tally = &run.tally;
+    let mut tasks = tokio::task::JoinSet::new();
     for (d, (device_id, transport)) in devices.into_iter().enumerate() {
-        let (args, outage) = (args.clone(), outage.clone());
-        tasks.push(tokio::spawn(async move {
-            device(device_id, d, transport, args, interval, started, outage).await
-        }));
+        let run = run.clone();
+        tasks.spawn(async move { device(device_id, d, transport, run).await });
     }
-    let mut total = Summary {
-        devices: tasks.len(),
-        ..Summary::default()
+    // A progress line on a terminal (indicatif hides it otherwise); Ctrl-C stops the devices
+    // and still prints the summary.
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.enable_steady_tick(Duration::from_millis(500));
+    let show = |p: &indicatif::ProgressBar| {
+        let s = tally.summary(count);
+        p.set_message(format!(
+            "{count} devices: {} batches made, {} sent, {} retries, {} dropped, {} waiting",
+            s.batches, s.sent, s.retries, s.dropped, s.unsent
+        ));
     };
-    for t in tasks {
-        let s = t.await.context("device task")??;
-        total.batches += s.batches;
-        total.readings += s.readings;
-        total.sent += s.sent;
-        total.retries += s.retries;
-        total.dropped += s.dropped;
-        total.unsent += s.unsent;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(result) => result.context("device task")??,
+                None => break,
+            },
+            _ = tick.tick() => show(&progress),
+            _ = tokio::signal::ctrl_c() => {
+                tasks.abort_all();
+                progress.finish_and_clear();
+                eprintln!("stopped by Ctrl-C after {:.1} s", started.elapsed().as_secs_f64());
+                return Ok(Summary { interrupted: true, ..tally.summary(count) });
+            }
+        }
     }
-    Ok(total)
+    progress.finish_and_clear();
+    Ok(tally.summary(count))
 }
 
 /// The device a provisioning file describes, connected as the firmware would connect it.
@@ -219,42 +287,40 @@ async fn device(
     device_id: String,
     index: usize,
     transport: Transport,
-    args: SimulateArgs,
-    interval: Duration,
-    started: Instant,
-    outage: Arc<Option<Outage>>,
-) -> Result<Summary> {
+    run: Arc<Run>,
+) -> Result<()> {
+    let (args, interval, tally) = (&run.args, run.interval, &run.tally);
     let mut backlog: Backlog<Telemetry, BACKLOG> = Backlog::new();
     let mut backoff = Backoff::new(250, 5_000);
-    let mut summary = Summary::default();
+    let mut made: u64 = 0;
     let mut temps: Vec<f32> = (0..args.sensors).map(|s| 3.0 + s as f32).collect();
     let t0 = now_ms();
     let mut next_batch = Instant::now();
     let mut retry_at = Instant::now();
     let mut last_batch_at: Option<Instant> = None;
     let in_outage = |now: Instant| {
-        outage
+        run.outage
             .as_ref()
-            .as_ref()
-            .is_some_and(|o| (o.start..o.end).contains(&now.duration_since(started)))
+            .is_some_and(|o| (o.start..o.end).contains(&now.duration_since(run.started)))
     };
     loop {
         let now = Instant::now();
-        let done_making = args.batches.is_some_and(|b| summary.batches >= b);
+        let done_making = args.batches.is_some_and(|b| made >= b);
         if !done_making && now >= next_batch {
             let t = batch(
                 &device_id,
                 index,
                 &mut temps,
-                t0 + summary.batches * interval.as_millis() as u64,
+                t0 + made * interval.as_millis() as u64,
             )?;
-            summary.readings += t.readings.len() as u64;
-            summary.batches += 1;
+            Tally::add(&tally.readings, t.readings.len() as u64);
+            Tally::add(&tally.batches, 1);
+            made += 1;
             if backlog.push(t).is_some() {
-                summary.dropped += 1;
+                Tally::add(&tally.dropped, 1);
             }
             next_batch += interval;
-            if args.batches.is_some_and(|b| summary.batches >= b) {
+            if args.batches.is_some_and(|b| made >= b) {
                 last_batch_at = Some(now);
             }
         }
@@ -264,16 +330,16 @@ async fn device(
             match send(&transport, front).await {
                 Ok(()) => {
                     backlog.pop_front();
-                    summary.sent += 1;
+                    Tally::add(&tally.sent, 1);
                     backoff.reset();
                 }
                 Err(SendError::Refused(why)) => {
                     tracing::warn!(device = %device_id, %why, "batch refused; dropped");
                     backlog.pop_front();
-                    summary.dropped += 1;
+                    Tally::add(&tally.dropped, 1);
                 }
                 Err(SendError::Retry(why)) => {
-                    summary.retries += 1;
+                    Tally::add(&tally.retries, 1);
                     let delay = backoff.next_delay_ms(rand::rng().random());
                     tracing::debug!(device = %device_id, %why, delay_ms = delay, "send failed; backing off");
                     retry_at = Instant::now() + Duration::from_millis(delay as u64);
@@ -286,7 +352,7 @@ async fn device(
         }
         if let Some(at) = last_batch_at {
             if at.elapsed() > Duration::from_secs(args.drain_timeout) {
-                summary.unsent = backlog.len() as u64;
+                // What is left in the backlog counts as unsent in the summary.
                 break;
             }
         }
@@ -300,7 +366,7 @@ async fn device(
     if let Transport::Mqtt(m) = &transport {
         m.disconnect().await;
     }
-    Ok(summary)
+    Ok(())
 }
 
 fn now_ms() -> u64 {

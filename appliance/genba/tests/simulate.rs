@@ -107,3 +107,46 @@ fn a_device_network_outage_over_http_is_bridged_by_the_backlog() {
     assert_eq!(summary["sent"], 60);
     assert_eq!(readings(&a), (180, 180));
 }
+
+#[test]
+fn ctrl_c_stops_a_run_without_an_end_and_still_prints_the_summary() {
+    let a = Appliance::start("", "");
+    let mut sim = a
+        .command(&[
+            "simulate",
+            "--devices",
+            "2",
+            "--interval",
+            "0.1",
+            "--via",
+            "mqtt",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || readings(&a).0 >= 10),
+        "the simulated devices sent nothing"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sim.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = wait_exit(&mut sim, Duration::from_secs(10));
+    assert!(out.status.success(), "{out:?}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(summary["interrupted"], true, "{summary}");
+    assert_eq!(summary["devices"], 2);
+    let (made, sent) = (
+        summary["batches"].as_u64().unwrap(),
+        summary["sent"].as_u64().unwrap(),
+    );
+    assert!(sent >= 5 && made >= sent, "{summary}");
+    assert_eq!(
+        made,
+        sent + summary["dropped"].as_u64().unwrap() + summary["unsent"].as_u64().unwrap(),
+        "{summary}"
+    );
+}
