@@ -55,7 +55,7 @@ pub(crate) struct Console {
     sessions: Mutex<HashMap<String, Session>>,
     logins: genba_telemetry::limiter::Limiter,
     pub slot_minutes: u32,
-    pub aggregation: String,
+    pub aggregation: genba_config::Aggregation,
     /// `[exment] base_url` is set: the Delivery page shows the forwarder's ledger.
     pub exment_on: bool,
 }
@@ -78,7 +78,7 @@ impl Console {
             logins: genba_telemetry::limiter::Limiter::new(1.0 / 12.0, 5),
             slot_minutes: exment.slot_minutes,
             exment_on: exment.base_url.is_some(),
-            aggregation: exment.aggregation.clone(),
+            aggregation: exment.aggregation,
         }
     }
 
@@ -837,8 +837,7 @@ async fn sheet(
         return Ok(None);
     };
     let slot_ms = i64::from(state.console.slot_minutes.max(1)) * 60_000;
-    let agg = genba_exment::slots::Aggregation::parse(&state.console.aggregation)
-        .unwrap_or(genba_exment::slots::Aggregation::Nearest);
+    let agg = state.console.aggregation;
     let slot_minutes = state.console.slot_minutes;
     state
         .db

@@ -175,6 +175,17 @@ impl Config {
 }
 
 /// `genba exment`: HACCP check records built from the readings, sent to an Exment table.
+/// `[exment] aggregation`: which reading of a check slot becomes its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// The reading nearest the slot's start.
+    Nearest,
+    Min,
+    Max,
+    Avg,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExmentConfig {
@@ -185,8 +196,8 @@ pub struct ExmentConfig {
     pub scope: String,
     /// Length of a check slot; one record per (device, probe, slot).
     pub slot_minutes: u32,
-    /// `nearest` (the reading nearest the slot start), `min`, `max` or `avg`.
-    pub aggregation: String,
+    /// Which reading of a slot is the record.
+    pub aggregation: Aggregation,
     /// A slot is sent once it ended this long ago (late readings still count).
     pub grace_minutes: u32,
     pub max_rows_per_request: usize,
@@ -235,7 +246,7 @@ impl Default for ExmentConfig {
             table: "haccp_temp".into(),
             scope: "value_read value_write".into(),
             slot_minutes: 30,
-            aggregation: "nearest".into(),
+            aggregation: Aggregation::Nearest,
             grace_minutes: 5,
             max_rows_per_request: 100,
             max_requests_per_minute: 60,
@@ -554,12 +565,6 @@ impl Config {
             ));
         }
         let e = &self.exment;
-        if !["nearest", "min", "max", "avg"].contains(&e.aggregation.as_str()) {
-            return Err(invalid(
-                "exment.aggregation".into(),
-                "must be nearest, min, max or avg".into(),
-            ));
-        }
         if e.slot_minutes == 0 || 1440 % e.slot_minutes != 0 {
             return Err(invalid(
                 "exment.slot_minutes".into(),

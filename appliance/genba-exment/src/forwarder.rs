@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::client::{CallError, Client};
 use crate::ledger::{Ledger, SlotRow, REFUSED, SENT, UNKNOWN};
-use crate::slots::{self, Aggregation, Record};
+use crate::slots::{self, Record};
 use crate::token::{TokenError, Tokens};
 use genba_sinks::redact::Redactor;
 
@@ -149,7 +149,7 @@ impl Forwarder {
 
     /// The record of a slot, from its readings (None when it has none).
     fn record(&self, slot: &SlotRow, read: &mut usize) -> Result<Option<Record>, ExmentError> {
-        let agg = Aggregation::parse(&self.cfg.aggregation).unwrap_or(Aggregation::Nearest);
+        let agg = self.cfg.aggregation;
         let slot_ms = self.slot_ms();
         let rows = self.ledger.slot_readings(
             &slot.device_id,

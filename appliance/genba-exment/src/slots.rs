@@ -22,25 +22,7 @@ pub struct Record {
     pub celsius: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Aggregation {
-    Nearest,
-    Min,
-    Max,
-    Avg,
-}
-
-impl Aggregation {
-    pub fn parse(s: &str) -> Option<Aggregation> {
-        Some(match s {
-            "nearest" => Aggregation::Nearest,
-            "min" => Aggregation::Min,
-            "max" => Aggregation::Max,
-            "avg" => Aggregation::Avg,
-            _ => return None,
-        })
-    }
-}
+pub use genba_config::Aggregation;
 
 pub fn slot_key(device: &str, sensor: &str, slot_start_ms: i64) -> String {
     let at = chrono::DateTime::from_timestamp_millis(slot_start_ms)

@@ -273,3 +273,23 @@ fn json_logs_are_one_object_per_line_with_level_target_and_fields() {
         "{ready}"
     );
 }
+
+#[test]
+fn the_config_is_validated_once_after_the_command_line_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("genba.toml");
+    // Open to the network without users: refused, unless the command line keeps it on loopback.
+    std::fs::write(&config, "[mqtt]\nlisten = \"0.0.0.0:1883\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let (ok, out) = genba(&["config", "check", "--config", config]);
+    assert!(!ok && out.contains("mqtt.users"), "{out}");
+    let (ok, out) = genba(&[
+        "config",
+        "check",
+        "--config",
+        config,
+        "--mqtt",
+        "localhost:1883",
+    ]);
+    assert!(ok, "{out}");
+}
