@@ -33,7 +33,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use publisher::split_host_port;
 use reply::{HttpResponse, Problem};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +69,7 @@ pub(crate) struct State {
     journal: Journal,
     publisher: publisher::Publisher,
     broker: String,
+    internal_user: String,
     internal_secret: String,
     db_path: PathBuf,
     db: Db,
@@ -122,6 +122,7 @@ pub async fn start(
         journal,
         publisher,
         broker: settings.broker,
+        internal_user: settings.internal_user,
         internal_secret: settings.internal_secret,
         telemetry: telemetry::Telemetry::new(&settings.telemetry, &settings.db_path),
         db: Db::new(&settings.db_path),
@@ -446,10 +447,8 @@ pub(crate) async fn read_body(req: Request, state: &State) -> Result<Bytes, Prob
 }
 
 async fn health(AxumState(state): AxumState<Shared>) -> HttpResponse {
-    let broker_up = match state.broker.parse::<SocketAddr>() {
-        Ok(addr) => genba_broker::probe(addr, &state.internal_secret).await,
-        Err(_) => state.publisher.connected(),
-    };
+    let broker_up =
+        publisher::probe(&state.broker, &state.internal_user, &state.internal_secret).await;
     let journal = state.journal.state();
     let ok = broker_up && journal == "up";
     reply::json(

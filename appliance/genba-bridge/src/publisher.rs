@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use genba_config::split_host_port;
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 
 #[derive(Clone)]
 pub struct Publisher {
@@ -60,15 +61,33 @@ impl Publisher {
     }
 }
 
-/// Splits `host:port` (port 1883 when absent; `[v6]:port` understood).
-pub fn split_host_port(addr: &str) -> (String, u16) {
-    if let Some(rest) = addr.strip_prefix('[') {
-        if let Some((h, p)) = rest.split_once("]:") {
-            return (h.to_owned(), p.parse().unwrap_or(1883));
+/// Liveness of the broker at `broker` (`host:port`): a fresh MQTT CONNECT as the internal user
+/// must get CONNACK "accepted" within two seconds (the broker takes new connections, not only
+/// keeps the bridge's own).
+pub async fn probe(broker: &str, user: &str, secret: &str) -> bool {
+    let (host, port) = split_host_port(broker);
+    let mut opts = MqttOptions::new(format!("genba-probe-{}", std::process::id()), host, port);
+    opts.set_credentials(user, secret);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(opts, 1);
+    let accepted = async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return ack.code == ConnectReturnCode::Success
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
         }
+    };
+    let ok = tokio::time::timeout(Duration::from_secs(2), accepted)
+        .await
+        .unwrap_or(false);
+    if ok {
+        // DISCONNECT goes out with the next poll; the broker closes the connection.
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
     }
-    match addr.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h.to_owned(), p.parse().unwrap_or(1883)),
-        _ => (addr.to_owned(), 1883),
-    }
+    ok
 }

@@ -155,6 +155,20 @@ impl Default for DevicesConfig {
     }
 }
 
+/// Splits the broker address `host:port` (port 1883 when absent; `[v6]:port` understood), as
+/// `mqtt.connect` and the recorder's `broker` are written.
+pub fn split_host_port(addr: &str) -> (String, u16) {
+    if let Some(rest) = addr.strip_prefix('[') {
+        if let Some((h, p)) = rest.split_once("]:") {
+            return (h.to_owned(), p.parse().unwrap_or(1883));
+        }
+    }
+    match addr.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h.to_owned(), p.parse().unwrap_or(1883)),
+        _ => (addr.to_owned(), 1883),
+    }
+}
+
 impl Config {
     /// Whether a message from an unknown device creates it. `authenticated` says whether the
     /// message's sender proved who it is (an API key; an MQTT broker that requires users).

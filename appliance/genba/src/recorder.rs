@@ -17,7 +17,7 @@ pub async fn run(
     journal: Journal,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let (host, port) = genba_bridge::split_host_port(&broker);
+    let (host, port) = genba_config::split_host_port(&broker);
     let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(false);

@@ -293,3 +293,44 @@ fn the_config_is_validated_once_after_the_command_line_overrides() {
     ]);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn a_bridge_whose_broker_is_down_reports_degraded_health() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on stands for the broker.
+    let broker = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut bridge = Command::new(env!("CARGO_BIN_EXE_genba"))
+        .args([
+            "bridge",
+            "--http",
+            "127.0.0.1:0",
+            "--mqtt",
+            &broker.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoints = dir.path().join("run").join("endpoints.json");
+    assert!(
+        common::wait_until(Duration::from_secs(30), || endpoints.exists()),
+        "the bridge did not start"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap()).unwrap();
+    let url = format!("http://{}/health", v["http"].as_str().unwrap());
+    let health = Http::new().get(&url, &[]);
+    bridge.kill().unwrap();
+    bridge.wait().unwrap();
+    assert_eq!(
+        (health.status, health.json["broker"].as_str()),
+        (503, Some("down")),
+        "{}",
+        health.json
+    );
+}
