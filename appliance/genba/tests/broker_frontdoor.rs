@@ -179,12 +179,9 @@ fn normal_operation_logs_no_error_lines() {
     let data = dir.path().join("data");
     let log_path = dir.path().join("genba.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_genba"))
-        .args(["up", "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+    let mut child = common::genba_up(&data)
         .arg("--config")
         .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
         .env("GENBA_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(log)

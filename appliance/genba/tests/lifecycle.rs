@@ -37,16 +37,7 @@ fn up_notifies_ready_pings_the_watchdog_and_exits_zero_on_sigterm() {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_genba"))
-        .args([
-            "up",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&data)
+    let mut child = common::genba_up(&data)
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "1000000")
         .env("GENBA_LOG", "info")
@@ -230,16 +221,7 @@ fn a_second_up_on_the_same_data_dir_is_refused_and_a_stopped_one_leaves_no_endpo
 #[test]
 fn json_logs_are_one_object_per_line_with_level_target_and_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_genba"))
-        .args([
-            "up",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
+    let mut child = common::genba_up(dir.path())
         .env("GENBA_LOG_FORMAT", "json")
         .env("GENBA_LOG", "info")
         .stdout(Stdio::null())

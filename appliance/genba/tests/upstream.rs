@@ -308,18 +308,9 @@ fn a_bad_certificate_file_is_named_at_start() {
         "[upstream]\nhost = \"localhost\"\nsite = \"s1\"\nca_file = \"/nonexistent/ca.pem\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_genba"))
-        .args([
-            "up",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--config",
-        ])
+    let out = common::genba_up(&dir.path().join("data"))
+        .arg("--config")
         .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -255,6 +255,22 @@ impl Drop for Killed {
     }
 }
 
+/// `genba up` on free ports (port 0: `run/endpoints.json` says which) with `data_dir`; the
+/// caller adds what it needs (a config, an environment, where output goes) and spawns it.
+pub fn genba_up(data_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_genba"));
+    c.args([
+        "up",
+        "--mqtt",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data_dir);
+    c
+}
+
 /// An argon2 hash from `genba passwd`, the way an operator makes one.
 pub fn hash_password(password: &str) -> String {
     use std::io::Write;
