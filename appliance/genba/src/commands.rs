@@ -274,6 +274,25 @@ pub fn running_endpoints(
     )
 }
 
+/// Runs `work` on an Exment forwarder of this config (its secrets, its database), on a
+/// runtime of its own: `genba exment replay|retry|status` and `genba sinks test|retry exment`.
+pub fn with_exment<T>(
+    config: &genba_config::Config,
+    work: impl AsyncFnOnce(&mut genba_exment::Forwarder) -> Result<T>,
+) -> Result<T> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secrets = genba_config::Secrets::load(&config.secrets_path())?;
+    let db = genba_store::db_path(&config.data_dir());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut f = genba_exment::Forwarder::new(&config.exment, secrets.exment.clone(), db)?;
+        work(&mut f).await
+    })
+}
+
 /// `genba exment replay|retry|status`.
 pub fn exment(common: &Common, cmd: crate::ExmentCommand) -> Result<()> {
     let config = load_config(common)?;
@@ -287,14 +306,7 @@ pub fn exment(common: &Common, cmd: crate::ExmentCommand) -> Result<()> {
         }
         return Ok(());
     }
-    let secrets = genba_config::Secrets::load(&config.secrets_path())?;
-    let db = genba_store::db_path(&config.data_dir());
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut f = genba_exment::Forwarder::new(&config.exment, secrets.exment.clone(), db)?;
+    with_exment(&config, async |f| {
         match cmd {
             crate::ExmentCommand::Replay { since, device } => {
                 let since = chrono::DateTime::parse_from_rfc3339(&since)

@@ -74,21 +74,6 @@ fn exment_row(config: &Config) -> Result<Option<serde_json::Value>> {
     })))
 }
 
-/// A forwarder for `genba sinks test|retry exment`, on a runtime of its own.
-fn with_exment<T>(
-    config: &Config,
-    work: impl AsyncFnOnce(&mut genba_exment::Forwarder) -> Result<T>,
-) -> Result<T> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let secrets = genba_config::Secrets::load(&config.secrets_path())?;
-    let db = genba_store::db_path(&config.data_dir());
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async {
-        let mut f = genba_exment::Forwarder::new(&config.exment, secrets.exment.clone(), db)?;
-        work(&mut f).await
-    })
-}
-
 fn list(config: &Config, json: bool) -> Result<()> {
     let states = states(config)?;
     let mut rows: Vec<serde_json::Value> = config
@@ -150,7 +135,7 @@ fn list(config: &Config, json: bool) -> Result<()> {
 
 fn test(config: &Config, name: &str) -> Result<()> {
     if name == EXMENT && config.exment.base_url.is_some() {
-        return with_exment(config, async |f| {
+        return crate::commands::with_exment(config, async |f| {
             f.check().await?;
             println!("exment: token granted and the table answered a lookup; nothing was created");
             Ok(())
@@ -184,7 +169,7 @@ fn test(config: &Config, name: &str) -> Result<()> {
 
 fn retry(config: &Config, name: &str) -> Result<()> {
     if name == EXMENT && config.exment.base_url.is_some() {
-        return with_exment(config, async |f| {
+        return crate::commands::with_exment(config, async |f| {
             let (requeued, report) = f.retry(None).await?;
             println!(
                 "exment: {requeued} refused record(s) tried again: {}",
