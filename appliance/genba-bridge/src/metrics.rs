@@ -151,12 +151,7 @@ fn read_database(state: &Shared) -> genba_store::Result<()> {
         metrics::gauge!("genba_sink_parked", "sink" => sink.clone()).set(s.parked as f64);
         metrics::gauge!("genba_sink_failures", "sink" => sink).set(s.failures as f64);
     }
-    let conn = genba_store::open(&state.db_path)?;
-    let counts =
-        genba_store::alarms::counts(&conn).map_err(|source| genba_store::StoreError::Sqlite {
-            path: state.db_path.clone(),
-            source,
-        })?;
+    let counts = reader.alarm_counts()?;
     for (alarm_state, severity, n) in counts.alarms {
         metrics::gauge!("genba_alarms", "state" => alarm_state, "severity" => severity)
             .set(n as f64);

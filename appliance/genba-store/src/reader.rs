@@ -360,6 +360,11 @@ impl Reader {
         Ok(total)
     }
 
+    /// Alarms by state and severity, and the rule count (`/metrics`).
+    pub fn alarm_counts(&self) -> Result<crate::alarms::Counts> {
+        crate::alarms::counts(&self.conn).map_err(|e| self.wrap(e))
+    }
+
     /// Rows in the journal.
     pub fn journal_len(&self) -> Result<u64> {
         self.conn
