@@ -25,10 +25,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The load generator's client options, with a QoS 1 window of 100.
 fn options(id: &str, addr: SocketAddr) -> MqttOptions {
-    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    let mut o = crate::mqtt_load::options(id.to_owned(), addr);
     o.set_inflight(100);
     o
 }

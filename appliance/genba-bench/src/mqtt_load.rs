@@ -21,7 +21,7 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn options(id: String, addr: SocketAddr) -> MqttOptions {
+pub(crate) fn options(id: String, addr: SocketAddr) -> MqttOptions {
     let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(64 * 1024, 64 * 1024);

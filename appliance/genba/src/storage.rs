@@ -163,17 +163,11 @@ fn alarm(level: Level, s: &Space) -> NewMessage {
 /// "ok again"); `Ok` when there was none.
 fn announced(db: &Path) -> Result<Level> {
     let conn = genba_store::open(db)?;
-    let last: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT payload FROM journal WHERE topic = ?1 ORDER BY id DESC LIMIT 1",
-            [ALARM_TOPIC],
-            |r| r.get(0),
-        )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
+    let last: Option<Vec<u8>> = rusqlite::OptionalExtension::optional(conn.query_row(
+        "SELECT payload FROM journal WHERE topic = ?1 ORDER BY id DESC LIMIT 1",
+        [ALARM_TOPIC],
+        |r| r.get(0),
+    ))?;
     let state = last
         .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
         .and_then(|v| v["state"].as_str().map(str::to_owned));
