@@ -207,7 +207,7 @@ impl Drop for Smtp {
 /// What the sink's cursor says: messages delivered.
 fn delivered(data_dir: &std::path::Path) -> i64 {
     genba_store::Reader::open(&genba_store::db_path(data_dir))
-        .and_then(|r| r.status())
+        .and_then(|r| r.status(false))
         .map(|s| s.sinks.iter().map(|k| k.delivered).sum())
         .unwrap_or(0)
 }

@@ -712,7 +712,7 @@ async fn send_command(
         dup: false,
     });
     let committed = match submitted {
-        Ok(rx) => rx.await.ok().and_then(Result::ok),
+        Ok(commit) => commit.await.ok(),
         Err(_) => None,
     };
     match committed {
@@ -951,38 +951,13 @@ async fn delivery_page(
     let flash = q
         .get("retried")
         .map(|n| Flash::Ok(format!("{}: {n}", tr(v.lang, "Retry parked"))));
-    let path = state.db_path.clone();
     let exment_on = state.console.exment_on;
-    let loaded = tokio::task::spawn_blocking(move || {
-        let status = genba_store::Reader::open(&path)?.status()?;
-        let exment = if exment_on {
-            let ledger = genba_exment::ledger::Ledger::open(&path)?;
-            let read = || -> rusqlite::Result<pages::ExmentRow> {
-                use genba_exment::ledger::{REFUSED, SENT, UNKNOWN};
-                Ok(pages::ExmentRow {
-                    sent: ledger.count(SENT)?,
-                    unknown: ledger.count(UNKNOWN)?,
-                    refused: ledger.count(REFUSED)?,
-                    last_success: ledger.noted("last_success")?,
-                    last_error: ledger.noted("last_error")?,
-                })
-            };
-            read().ok()
-        } else {
-            None
-        };
-        Ok::<_, genba_store::StoreError>((status, exment))
-    })
-    .await;
+    let loaded = state.db.read(move |reader| reader.status(exment_on)).await;
     let names = retryable_sinks(&state);
     let retryable: Vec<&str> = names.iter().map(String::as_str).collect();
     match loaded {
-        Ok(Ok((status, exment))) => html(
-            pages::delivery(&v, &status, exment.as_ref(), &retryable, flash),
-            &q,
-        ),
-        Ok(Err(e)) => db_error(e),
-        Err(e) => db_error(genba_store::StoreError::Task(e.to_string())),
+        Ok(status) => html(pages::delivery(&v, &status, &retryable, flash), &q),
+        Err(e) => db_error(e),
     }
 }
 

@@ -71,7 +71,6 @@ pub(crate) struct State {
     broker: String,
     internal_user: String,
     internal_secret: String,
-    db_path: PathBuf,
     db: Db,
     telemetry: telemetry::Telemetry,
     provision_http: bool,
@@ -112,6 +111,7 @@ pub async fn start(
         Some(t) => (Some(t.acceptor), t.ca_pem),
         None => (None, None),
     };
+    let db = Db::new(&settings.db_path);
     let state = Arc::new(State {
         ca_pem,
         console: console::Console::new(&settings.http, &settings.console, &settings.exment),
@@ -124,9 +124,8 @@ pub async fn start(
         broker: settings.broker,
         internal_user: settings.internal_user,
         internal_secret: settings.internal_secret,
-        telemetry: telemetry::Telemetry::new(&settings.telemetry, &settings.db_path),
-        db: Db::new(&settings.db_path),
-        db_path: settings.db_path,
+        telemetry: telemetry::Telemetry::new(&settings.telemetry, db.clone()),
+        db,
         provision_http: settings.provision_http,
         v2_limiter: genba_telemetry::limiter::Limiter::new(v2::RATE_PER_SEC, v2::BURST),
     });
@@ -371,10 +370,7 @@ async fn notify(AxumState(state): AxumState<Shared>, req: Request) -> Result<Res
 /// `Retry-After`, nothing stored.
 pub(crate) async fn journal_message(state: &State, message: NewMessage) -> Result<i64, Problem> {
     let committed = state.journal.try_submit(message).map_err(store_problem)?;
-    committed
-        .await
-        .map_err(|_| store_problem(StoreError::WriterGone))?
-        .map_err(store_problem)
+    committed.await.map_err(store_problem)
 }
 
 /// A refused append as the client sees it. Not logged per request: the journal writer and the
@@ -472,18 +468,11 @@ async fn status(
     headers: hyper::HeaderMap,
 ) -> Result<HttpResponse, Problem> {
     state.auth.check(&headers).await?;
-    let path = state.db_path.clone();
     let exment_on = state.console.exment_on;
-    let status = tokio::task::spawn_blocking(move || {
-        let reader = genba_store::Reader::open(&path)?;
-        let mut status = reader.status()?;
-        if exment_on {
-            status.exment = Some(reader.exment_status()?);
-        }
-        Ok::<_, genba_store::StoreError>(status)
-    })
-    .await
-    .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let status = state
+        .db
+        .read(move |reader| reader.status(exment_on))
+        .await
+        .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(reply::json(StatusCode::OK, &json!(status)))
 }

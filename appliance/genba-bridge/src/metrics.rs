@@ -138,9 +138,8 @@ pub(crate) async fn count_requests(req: Request, next: Next) -> Response {
 }
 
 /// Reads what the database knows into gauges.
-fn read_database(state: &Shared) -> genba_store::Result<()> {
-    let reader = genba_store::Reader::open(&state.db_path)?;
-    let status = reader.status()?;
+fn read_database(reader: &genba_store::Reader) -> genba_store::Result<()> {
+    let status = reader.status(false)?;
     metrics::gauge!("genba_journal_rows").set(status.journal_rows as f64);
     metrics::counter!("genba_journal_last_id").absolute(status.last_id.max(0) as u64);
     for s in &status.sinks {
@@ -175,11 +174,8 @@ pub(crate) async fn handle(
         .into_response();
     };
     metrics::gauge!("genba_journal_up").set(if state.journal.is_healthy() { 1.0 } else { 0.0 });
-    let s = state.clone();
-    match tokio::task::spawn_blocking(move || read_database(&s)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: cannot read the database"),
-        Err(e) => tracing::warn!(error = %e, "metrics: database task failed"),
+    if let Err(e) = state.db.read(read_database).await {
+        tracing::warn!(error = %e, "metrics: cannot read the database");
     }
     handle.run_upkeep();
     (

@@ -5,17 +5,14 @@
 //! `devices/{id}/telemetry` for live subscribers.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State as AxumState};
-use genba_store::{NewMessage, TelemetryBatch};
+use genba_store::{Db, NewMessage, TelemetryBatch};
 use genba_telemetry::keys::{self, KeyError, KeyInfo, SCOPE_TELEMETRY_WRITE};
 use genba_telemetry::limiter::Limiter;
 use genba_telemetry::signing::{self, ReplayGuard, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use hyper::StatusCode;
-use rusqlite::Connection;
 use serde_json::json;
 
 use crate::reply::{self, HttpResponse, Problem};
@@ -25,39 +22,30 @@ pub(crate) struct Telemetry {
     limiter: Limiter,
     replays: ReplayGuard,
     publish: bool,
-    db_path: PathBuf,
-    /// One connection for key checks, opened on first use.
-    keys: Arc<Mutex<Option<Connection>>>,
+    /// The bridge's pooled connections, for key checks.
+    db: Db,
 }
 
 impl Telemetry {
-    pub fn new(cfg: &genba_config::TelemetryConfig, db_path: &Path) -> Self {
+    pub fn new(cfg: &genba_config::TelemetryConfig, db: Db) -> Self {
         Telemetry {
             limiter: Limiter::new(cfg.rate_per_sec, cfg.burst),
             replays: ReplayGuard::default(),
             publish: cfg.publish,
-            db_path: db_path.to_owned(),
-            keys: Arc::default(),
+            db,
         }
     }
 
     /// Checks a device API key for `telemetry:write` (401 unknown or revoked, 403 scope).
     pub(crate) async fn authorize_key(&self, key: String) -> Result<KeyInfo, Problem> {
-        let (conn, path) = (self.keys.clone(), self.db_path.clone());
-        let checked = tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
-            if guard.is_none() {
-                *guard = Some(genba_store::open(&path).map_err(|e| e.to_string())?);
-            }
-            let conn = guard.as_ref().ok_or("no key database")?;
-            Ok::<_, String>(keys::authorize(conn, &key, SCOPE_TELEMETRY_WRITE))
-        })
-        .await
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "api key check failed");
-            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "API keys are unavailable")
-        })?;
+        let checked = self
+            .db
+            .run(move |c| Ok(keys::authorize(c, &key, SCOPE_TELEMETRY_WRITE)))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "api key check failed");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "API keys are unavailable")
+            })?;
         checked.map_err(|e| match e {
             KeyError::MissingScope(_) => {
                 Problem::field(StatusCode::FORBIDDEN, "x-api-key", e.to_string())
@@ -155,7 +143,7 @@ pub(crate) async fn handle(
     message.record = None; // the consumer keeps the record when it reads the journal row
     let committed = state
         .journal
-        .try_submit_telemetry(TelemetryBatch {
+        .try_submit(TelemetryBatch {
             // Journaled like every message, in the same transaction: the telemetry consumer
             // judges it against the rules (its readings, stored here already, are not stored
             // twice), and the answer can say how many readings were new.
@@ -175,10 +163,7 @@ pub(crate) async fn handle(
             cursor: None,
         })
         .map_err(crate::store_problem)?;
-    let inserted = committed
-        .await
-        .map_err(|_| crate::store_problem(genba_store::StoreError::WriterGone))?
-        .map_err(crate::store_problem)?;
+    let inserted = committed.await.map_err(crate::store_problem)?;
     if t.publish {
         state.publisher.publish(
             &format!("devices/{}/telemetry", batch.device_id),

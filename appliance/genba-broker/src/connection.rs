@@ -45,7 +45,7 @@ enum ClientEnd {
     Closed,
 }
 
-type Commit = oneshot::Receiver<genba_store::Result<i64>>;
+use genba_store::Commit;
 
 /// What the steps task does, in the order the client sent it.
 enum Step {
@@ -563,14 +563,13 @@ async fn run_steps(door: Arc<FrontDoor>, client: Arc<Client>, mut rx: mpsc::Rece
                 metrics::counter!("genba_mqtt_messages_received_total").increment(1);
                 if let Some(commit) = commit {
                     let ok = match commit.await {
-                        Ok(Ok(_)) => true,
-                        Ok(Err(e)) => {
+                        Ok(_) => true,
+                        Err(e) => {
                             // The writer and the storage check log the cause once; one line
                             // per refused client would flood the log of a full card.
                             tracing::debug!(error = %e, "journal commit failed; closing the client connection");
                             false
                         }
-                        Err(_) => false,
                     };
                     if !ok {
                         if let Some((_, pid)) = ack {

@@ -424,19 +424,12 @@ pub fn haccp_csv(sheet: &HaccpSheet) -> String {
     out
 }
 
-/// The Exment forwarder's state (it keeps a ledger of records instead of a cursor).
-pub struct ExmentRow {
-    pub sent: i64,
-    pub unknown: i64,
-    pub refused: i64,
-    pub last_success: Option<(String, i64)>,
-    pub last_error: Option<(String, i64)>,
-}
-
-fn noted(n: &Option<(String, i64)>) -> String {
-    n.as_ref()
-        .map(|(m, at)| format!("{} ({m})", local_time(*at)))
-        .unwrap_or_default()
+/// A note of the Exment forwarder (last success, last error) with its time.
+fn noted(note: &Option<String>, at_ms: Option<i64>) -> String {
+    match (note, at_ms) {
+        (Some(m), Some(at)) => format!("{} ({m})", local_time(at)),
+        _ => String::new(),
+    }
 }
 
 /// `retryable`: sinks whose parked messages may be tried again from here (the telemetry
@@ -444,7 +437,6 @@ fn noted(n: &Option<(String, i64)>) -> String {
 pub fn delivery(
     v: &Viewer,
     status: &StoreStatus,
-    exment: Option<&ExmentRow>,
     retryable: &[&str],
     flash: Option<Flash>,
 ) -> Markup {
@@ -475,10 +467,10 @@ pub fn delivery(
             } }
             tbody {
                 @for s in &status.sinks { (sink_row(s)) }
-                @if let Some(e) = exment {
+                @if let Some(e) = &status.exment {
                     tr {
                         td { "exment" } td.num { (e.unknown) } td.num { (e.sent) } td.num { (e.refused) }
-                        td { (noted(&e.last_success)) } td { (noted(&e.last_error)) } td {}
+                        td { (noted(&e.last_success, e.last_success_at_ms)) } td { (noted(&e.last_error, e.last_error_at_ms)) } td {}
                     }
                 }
             }

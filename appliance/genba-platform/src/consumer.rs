@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use genba_config::rules::Rule;
 use genba_store::alarms::{self, StoredRule, Which};
-use genba_store::{devices, streams, Db, Journal, JournalEntry, Reader, Refused, TelemetryBatch};
+use genba_store::{
+    devices, streams, ConsumerReader, Db, Journal, JournalEntry, Refused, TelemetryBatch,
+};
 use tokio::sync::watch;
 
 use crate::message::{self, topic_device};
@@ -100,18 +102,21 @@ fn typed(stored: &[StoredRule]) -> Vec<Rule> {
 /// Device id -> (enabled, tags).
 type DeviceStates = HashMap<String, (bool, Vec<String>)>;
 
-fn device_states(db: &Db) -> Result<DeviceStates, ConsumerError> {
-    let list = db.run_blocking(devices::list)?;
+async fn device_states(db: &Db) -> Result<DeviceStates, ConsumerError> {
+    let list = db.run(devices::list).await?;
     Ok(list
         .into_iter()
         .map(|d| (d.id, (d.enabled, d.tags)))
         .collect())
 }
 
-fn snapshot(db: &Db, devices: &DeviceStates) -> Result<Snapshot, ConsumerError> {
-    let streams = db.run_blocking(streams::all)?;
-    let pending = db.run_blocking(alarms::pending)?;
-    let open = db.run_blocking(|c| alarms::list(c, Which::Open, None, usize::MAX >> 1))?;
+async fn snapshot(db: &Db, devices: &DeviceStates) -> Result<Snapshot, ConsumerError> {
+    let (streams, pending, open) = db
+        .run(|c| {
+            let open = alarms::list(c, Which::Open, None, usize::MAX >> 1)?;
+            Ok((streams::all(c)?, alarms::pending(c)?, open))
+        })
+        .await?;
     Ok(Snapshot {
         devices: devices
             .iter()
@@ -166,19 +171,20 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConsumerError> {
     let db = Db::new(&db_path);
-    let reader = tokio::task::block_in_place(|| Reader::open(&db_path))?;
-    let mut cursor = tokio::task::block_in_place(|| reader.register_sink(SINK))?.cursor;
+    let reader = ConsumerReader::open(&db_path).await?;
+    let mut cursor = reader.run(|r| r.register_sink(SINK)).await?.cursor;
     let specs: Vec<(String, String)> = config_rules
         .iter()
         .map(|r| (r.name.clone(), serde_json::to_string(r).unwrap_or_default()))
         .collect();
-    let (mut engine, mut stored_rules) = tokio::task::block_in_place(|| {
-        db.run_blocking(|c| alarms::sync_config_rules(c, &specs))?;
-        let stored = db.run_blocking(alarms::rules)?;
-        let devices = device_states(&db)?;
-        let engine = Engine::new(typed(&stored), snapshot(&db, &devices)?);
-        Ok::<_, ConsumerError>((engine, stored))
-    })?;
+    let mut stored_rules = db
+        .run(move |c| {
+            alarms::sync_config_rules(c, &specs)?;
+            alarms::rules(c)
+        })
+        .await?;
+    let devices = device_states(&db).await?;
+    let mut engine = Engine::new(typed(&stored_rules), snapshot(&db, &devices).await?);
     tracing::info!(rules = engine.rules().len(), "rules engine ready");
     let mut committed = journal.committed();
     let mut next_tick = tokio::time::Instant::now();
@@ -191,13 +197,13 @@ pub async fn run(
             retry_parked(&mut engine, &db, &journal, provisioning).await?;
             next_tick = tokio::time::Instant::now() + TICK;
         }
-        let entries = tokio::task::block_in_place(|| reader.after(cursor, READ_BATCH))?;
+        let entries = reader.run(move |r| r.after(cursor, READ_BATCH)).await?;
         let Some(last) = entries.last().map(|e| e.id) else {
             if stored_cursor < cursor {
                 // Idle: the cursor moves in the database too.
                 let mut batch = batch_of(&[], provisioning);
                 batch.cursor = Some((SINK.to_owned(), cursor));
-                journal.store_telemetry(batch).await?;
+                journal.append(batch).await?;
                 stored_cursor = cursor;
                 stored_at = tokio::time::Instant::now();
             }
@@ -210,7 +216,7 @@ pub async fn run(
         };
         let mut batch = batch_of(&entries, provisioning);
         if !batch.messages.is_empty() {
-            let devices = tokio::task::block_in_place(|| device_states(&db))?;
+            let devices = device_states(&db).await?;
             judge(&mut engine, &mut batch, &devices);
         }
         cursor = last;
@@ -227,7 +233,7 @@ pub async fn run(
             continue;
         }
         batch.cursor = Some((SINK.to_owned(), last));
-        journal.store_telemetry(batch).await?;
+        journal.append(batch).await?;
         stored_cursor = last;
         stored_at = tokio::time::Instant::now();
     }
@@ -241,18 +247,18 @@ async fn retry_parked(
     journal: &Journal,
     provisioning: Provisioning,
 ) -> Result<(), ConsumerError> {
-    let entries = tokio::task::block_in_place(|| {
-        db.run_blocking(|c| alarms::retry_requested(c, SINK, READ_BATCH))
-    })?;
+    let entries = db
+        .run(|c| alarms::retry_requested(c, SINK, READ_BATCH))
+        .await?;
     if entries.is_empty() {
         return Ok(());
     }
     let mut batch = batch_of(&entries, provisioning);
-    let devices = tokio::task::block_in_place(|| device_states(db))?;
+    let devices = device_states(db).await?;
     judge(engine, &mut batch, &devices);
     batch.unpark = Some((SINK.to_owned(), entries.iter().map(|e| e.id).collect()));
     tracing::info!(rows = entries.len(), "retrying parked telemetry");
-    journal.store_telemetry(batch).await?;
+    journal.append(batch).await?;
     Ok(())
 }
 
@@ -263,30 +269,32 @@ async fn tick_once(
     stored_rules: &mut Vec<StoredRule>,
     journal: &Journal,
 ) -> Result<(), ConsumerError> {
-    let effects = tokio::task::block_in_place(|| {
-        let stored = db.run_blocking(alarms::rules)?;
-        let mut effects = Vec::new();
-        if stored != *stored_rules {
-            effects.extend(engine.set_rules(typed(&stored)));
-            tracing::info!(rules = engine.rules().len(), "rules reloaded");
-            *stored_rules = stored;
-        }
-        for (id, (_, tags)) in device_states(db)? {
-            engine.set_device(&id, tags);
-        }
-        let unacked: Vec<Unacknowledged> = db
-            .run_blocking(|c| alarms::list(c, Which::Unacknowledged, None, 10_000))?
-            .into_iter()
-            .filter(|a| a.escalated_at_ms.is_none())
-            .map(|a| (a.id, a.rule, a.device_id, a.raised_at_ms))
-            .collect();
-        let now = chrono::Utc::now().timestamp_millis();
-        effects.extend(engine.tick(now, &unacked));
-        Ok::<_, ConsumerError>(effects)
-    })?;
+    let (stored, unacked) = db
+        .run(|c| {
+            let unacked = alarms::list(c, Which::Unacknowledged, None, 10_000)?;
+            Ok((alarms::rules(c)?, unacked))
+        })
+        .await?;
+    let devices = device_states(db).await?;
+    let mut effects = Vec::new();
+    if stored != *stored_rules {
+        effects.extend(engine.set_rules(typed(&stored)));
+        tracing::info!(rules = engine.rules().len(), "rules reloaded");
+        *stored_rules = stored;
+    }
+    for (id, (_, tags)) in devices {
+        engine.set_device(&id, tags);
+    }
+    let unacked: Vec<Unacknowledged> = unacked
+        .into_iter()
+        .filter(|a| a.escalated_at_ms.is_none())
+        .map(|a| (a.id, a.rule, a.device_id, a.raised_at_ms))
+        .collect();
+    let now = chrono::Utc::now().timestamp_millis();
+    effects.extend(engine.tick(now, &unacked));
     if !effects.is_empty() {
         journal
-            .store_telemetry(TelemetryBatch {
+            .append(TelemetryBatch {
                 journal: Vec::new(),
                 messages: Vec::new(),
                 effects,

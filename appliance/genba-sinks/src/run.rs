@@ -7,12 +7,11 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use genba_config::rate::TokenBucket;
 use genba_config::topic::matches;
-use genba_store::{JournalEntry, Reader};
+use genba_store::{ConsumerReader, JournalEntry, Reader};
 use tokio::sync::watch;
 
 use crate::outcome::{backoff, Outcome};
@@ -60,8 +59,9 @@ pub struct Consumer<D> {
     pub wake: Option<watch::Receiver<i64>>,
 }
 
+/// The sink's reader, with its name for errors.
 struct Db {
-    reader: Arc<Mutex<Reader>>,
+    reader: ConsumerReader,
     sink: String,
 }
 
@@ -70,14 +70,7 @@ impl Db {
         &self,
         f: impl FnOnce(&mut Reader) -> genba_store::Result<T> + Send + 'static,
     ) -> Result<T, SinkError> {
-        let reader = self.reader.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut r = reader.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut r)
-        })
-        .await
-        .unwrap_or(Err(genba_store::StoreError::WriterGone));
-        result.map_err(|source| SinkError::Store {
+        self.reader.run(f).await.map_err(|source| SinkError::Store {
             sink: self.sink.clone(),
             source,
         })
@@ -99,16 +92,14 @@ impl<D: Deliver> Consumer<D> {
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
         let sink = self.name.clone();
-        let path = self.db_path.clone();
-        let reader = tokio::task::spawn_blocking(move || Reader::open(&path))
+        let reader = ConsumerReader::open(&self.db_path)
             .await
-            .unwrap_or(Err(genba_store::StoreError::WriterGone))
             .map_err(|source| SinkError::Store {
                 sink: sink.clone(),
                 source,
             })?;
         let db = Db {
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
             sink: sink.clone(),
         };
         let name = sink.clone();

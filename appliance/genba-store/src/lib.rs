@@ -19,11 +19,11 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use db::Db;
+pub use db::{ConsumerReader, Db};
 pub use exment::ExmentStatus;
 pub use ingest::{DeviceMessage, Effect, Field, FieldValue, Refused, TelemetryBatch};
 pub use reader::{JournalEntry, Reader, SinkState, StoreStatus};
-pub use writer::{Journal, NewMessage, NewReading};
+pub use writer::{Commit, Journal, NewMessage, NewReading, Work};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -49,8 +49,7 @@ pub struct StoreStatus {
     pub last_id: i64,
     pub sinks: Vec<SinkState>,
     pub recent_parked: Vec<ParkedMessage>,
-    /// The Exment forwarder, when Exment is configured (the caller fills it in with
-    /// [`Reader::exment_status`]; [`Reader::status`] leaves it out).
+    /// The Exment forwarder, when Exment is configured (see [`Reader::status`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exment: Option<crate::ExmentStatus>,
 }
@@ -67,6 +66,11 @@ impl Reader {
             conn: crate::open(path)?,
             path: path.to_owned(),
         })
+    }
+
+    /// The connection, for [`crate::Db::run`]'s registry reads and edits.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// [`Reader::wrap`] as a value, for use while a transaction borrows the connection.
@@ -266,7 +270,9 @@ impl Reader {
         tx.commit().map_err(&wrap)
     }
 
-    pub fn status(&self) -> Result<StoreStatus> {
+    /// The journal and every sink; with `exment`, the Exment forwarder's state too (when Exment
+    /// is configured).
+    pub fn status(&self, exment: bool) -> Result<StoreStatus> {
         let (journal_rows, last_id): (i64, i64) = self
             .conn
             .query_row(
@@ -310,7 +316,11 @@ impl Reader {
             last_id,
             sinks,
             recent_parked,
-            exment: None,
+            exment: if exment {
+                Some(self.exment_status()?)
+            } else {
+                None
+            },
         })
     }
 
@@ -474,7 +484,7 @@ mod tests {
         fill(&journal, 2).await;
         let entries = reader.after(0, 10).unwrap();
         reader.park("ops", &entries, "no_service").unwrap();
-        let status = reader.status().unwrap();
+        let status = reader.status(false).unwrap();
         assert_eq!(status.sinks[0].parked, 2);
         assert_eq!(status.sinks[0].backlog, 0);
         assert_eq!(status.recent_parked[0].reason, "no_service");

@@ -37,9 +37,21 @@ pub struct NewReading {
 }
 
 /// Work for the writer; every kind commits in the same group transaction.
-enum Work {
+pub enum Work {
     Message(NewMessage),
     Telemetry(TelemetryBatch),
+}
+
+impl From<NewMessage> for Work {
+    fn from(m: NewMessage) -> Work {
+        Work::Message(m)
+    }
+}
+
+impl From<TelemetryBatch> for Work {
+    fn from(b: TelemetryBatch) -> Work {
+        Work::Telemetry(b)
+    }
 }
 
 /// The journal id of a message, or the number of readings and points newly inserted.
@@ -47,7 +59,32 @@ type Reply = oneshot::Sender<Result<i64>>;
 
 struct Request {
     work: Work,
-    reply: Option<Reply>,
+    reply: Reply,
+}
+
+impl Request {
+    fn new(work: Work) -> (Request, Commit) {
+        let (tx, rx) = oneshot::channel();
+        let request = Request { work, reply: tx };
+        (request, Commit(rx))
+    }
+}
+
+/// Queued work; resolves once committed to what [`Journal::append`] returns (`WriterGone` if
+/// the writer stopped first).
+pub struct Commit(oneshot::Receiver<Result<i64>>);
+
+impl std::future::Future for Commit {
+    type Output = Result<i64>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<i64>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StoreError::WriterGone)))
+    }
 }
 
 /// Handle to the journal writer; cheap to clone.
@@ -110,65 +147,32 @@ impl Journal {
         })
     }
 
-    /// Appends and waits for the commit; returns the journal id. Waits for room in the queue.
-    pub async fn append(&self, message: NewMessage) -> Result<i64> {
-        let rx = self.submit(message).await?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
+    /// Appends and waits for the commit: the journal id of a message, or the number of readings
+    /// and points a telemetry batch newly inserted. Waits for room in the queue.
+    pub async fn append(&self, work: impl Into<Work>) -> Result<i64> {
+        self.submit(work).await?.await
     }
 
-    /// Queues an append, waiting for room; the receiver resolves once it is committed.
-    pub async fn submit(&self, message: NewMessage) -> Result<oneshot::Receiver<Result<i64>>> {
-        let (tx, rx) = oneshot::channel();
+    /// Queues work for the next commit, waiting for room; the [`Commit`] resolves once it is
+    /// committed. The one way in for producers that pace themselves by the queue (the broker).
+    pub async fn submit(&self, work: impl Into<Work>) -> Result<Commit> {
+        let (request, commit) = Request::new(work.into());
         self.queue
-            .send(Request {
-                work: Work::Message(message),
-                reply: Some(tx),
-            })
+            .send(request)
             .await
             .map_err(|_| StoreError::WriterGone)?;
-        Ok(rx)
+        Ok(commit)
     }
 
-    /// Queues an append without waiting for room: `Busy` when the queue is full.
-    pub fn try_submit(&self, message: NewMessage) -> Result<oneshot::Receiver<Result<i64>>> {
-        self.try_queue(Work::Message(message))
-    }
-
-    /// Stores device telemetry (see [`crate::ingest`]) without waiting for room: `Busy` when
-    /// the queue is full. The receiver resolves, once committed, to the number of readings
-    /// (HACCP) plus points newly inserted; resends insert nothing.
-    pub fn try_submit_telemetry(
-        &self,
-        batch: TelemetryBatch,
-    ) -> Result<oneshot::Receiver<Result<i64>>> {
-        self.try_queue(Work::Telemetry(batch))
-    }
-
-    /// Stores device telemetry, waiting for room and for the commit.
-    pub async fn store_telemetry(&self, batch: TelemetryBatch) -> Result<i64> {
-        let (tx, rx) = oneshot::channel();
-        self.queue
-            .send(Request {
-                work: Work::Telemetry(batch),
-                reply: Some(tx),
-            })
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
-    }
-
-    fn try_queue(&self, work: Work) -> Result<oneshot::Receiver<Result<i64>>> {
-        let (tx, rx) = oneshot::channel();
-        self.queue
-            .try_send(Request {
-                work,
-                reply: Some(tx),
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::Busy,
-                mpsc::error::TrySendError::Closed(_) => StoreError::WriterGone,
-            })?;
-        Ok(rx)
+    /// Queues work without waiting for room: `Busy` when the queue is full (HTTP answers 503
+    /// rather than holding a request open).
+    pub fn try_submit(&self, work: impl Into<Work>) -> Result<Commit> {
+        let (request, commit) = Request::new(work.into());
+        self.queue.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+            mpsc::error::TrySendError::Closed(_) => StoreError::WriterGone,
+        })?;
+        Ok(commit)
     }
 
     /// Watches the id of the last committed row (wakes sinks in this process).
@@ -265,9 +269,7 @@ fn write_loop(
                     moved
                 });
                 for (req, id) in batch.drain(..).zip(ids) {
-                    if let Some(reply) = req.reply {
-                        let _ = reply.send(Ok(id));
-                    }
+                    let _ = req.reply.send(Ok(id));
                 }
             }
             Err(source) => {
@@ -281,12 +283,10 @@ fn write_loop(
                     unlogged = 0;
                 }
                 for req in batch.drain(..) {
-                    if let Some(reply) = req.reply {
-                        let _ = reply.send(Err(StoreError::Commit {
-                            path: path.to_owned(),
-                            message: source.to_string(),
-                        }));
-                    }
+                    let _ = req.reply.send(Err(StoreError::Commit {
+                        path: path.to_owned(),
+                        message: source.to_string(),
+                    }));
                 }
             }
         }
@@ -302,9 +302,7 @@ fn refuse_at_budget(batch: &mut Vec<Request>) {
     *batch = keep;
     metrics::counter!("genba_journal_refused_total").increment(refuse.len() as u64);
     for req in refuse {
-        if let Some(reply) = req.reply {
-            let _ = reply.send(Err(StoreError::Full));
-        }
+        let _ = req.reply.send(Err(StoreError::Full));
     }
 }
 
@@ -482,17 +480,11 @@ mod telemetry_tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::start(&dir.path().join("r.sqlite3"), 8, 8).unwrap();
         let first = vec![reading("A", 1000, 3.5), reading("B", 1000, 4.0)];
-        assert_eq!(
-            journal.store_telemetry(batch(first.clone())).await.unwrap(),
-            2
-        );
-        assert_eq!(
-            journal.store_telemetry(batch(first.clone())).await.unwrap(),
-            0
-        );
+        assert_eq!(journal.append(batch(first.clone())).await.unwrap(), 2);
+        assert_eq!(journal.append(batch(first.clone())).await.unwrap(), 0);
         let mut more = first;
         more.push(reading("A", 2000, 3.6));
-        assert_eq!(journal.store_telemetry(batch(more)).await.unwrap(), 1);
+        assert_eq!(journal.append(batch(more)).await.unwrap(), 1);
         assert_eq!(count(&journal, "SELECT COUNT(*) FROM readings"), 3);
         // One stream per probe; each point once, and the rollups count each point once.
         assert_eq!(count(&journal, "SELECT COUNT(*) FROM streams"), 2);
@@ -517,7 +509,7 @@ mod telemetry_tests {
             reading("A", 59_999, 4.0),
             reading("A", 60_000, 10.0),
         ];
-        journal.store_telemetry(batch(readings)).await.unwrap();
+        journal.append(batch(readings)).await.unwrap();
         let conn = crate::open(journal.path()).unwrap();
         let rows: Vec<(i64, i64, i64, f64, f64, f64)> = conn
             .prepare(
@@ -564,7 +556,7 @@ mod telemetry_tests {
         b.messages[0].provision = false;
         b.messages[0].journal = Some((7, "devices/fridge-1/telemetry".into()));
         b.cursor = Some(("platform".into(), 7));
-        assert_eq!(journal.store_telemetry(b.clone()).await.unwrap(), 0);
+        assert_eq!(journal.append(b.clone()).await.unwrap(), 0);
         assert_eq!(count(&journal, "SELECT COUNT(*) FROM devices"), 0);
         assert_eq!(count(&journal, "SELECT COUNT(*) FROM readings"), 0);
         assert_eq!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use genba_config::topic::matches;
-use genba_store::{Journal, JournalEntry, Reader};
+use genba_store::{ConsumerReader, Journal, JournalEntry};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 
@@ -33,9 +33,10 @@ pub async fn run(
     secret: String,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let reader = tokio::task::block_in_place(|| Reader::open(&db))
+    let reader = ConsumerReader::open(&db)
+        .await
         .with_context(|| format!("command sink: opening {}", db.display()))?;
-    let mut cursor = tokio::task::block_in_place(|| reader.register_sink(SINK))?.cursor;
+    let mut cursor = reader.run(|r| r.register_sink(SINK)).await?.cursor;
     let mut opts = MqttOptions::new(
         format!("genba-commands-{}", std::process::id()),
         broker.ip().to_string(),
@@ -63,7 +64,7 @@ pub async fn run(
     });
     let mut committed = journal.committed();
     loop {
-        let entries = tokio::task::block_in_place(|| reader.after(cursor, READ_BATCH))?;
+        let entries = reader.run(move |r| r.after(cursor, READ_BATCH)).await?;
         let Some(last) = entries.last().map(|e| e.id) else {
             tokio::select! {
                 _ = committed.changed() => {}
@@ -100,7 +101,7 @@ pub async fn run(
             delivered += 1;
             tracing::info!(topic = %entry.topic, id = entry.id, "command delivered to the broker");
         }
-        tokio::task::block_in_place(|| reader.passed(SINK, last, delivered))?;
+        reader.run(move |r| r.passed(SINK, last, delivered)).await?;
         cursor = last;
     }
 }

@@ -19,10 +19,7 @@ pub fn status(common: &Common, json: bool) -> Result<()> {
         );
     }
     let reader = genba_store::Reader::open(&db)?;
-    let mut status = reader.status()?;
-    if config.exment.base_url.is_some() {
-        status.exment = Some(reader.exment_status()?);
-    }
+    let status = reader.status(config.exment.base_url.is_some())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());

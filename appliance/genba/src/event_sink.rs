@@ -20,8 +20,8 @@ pub const SINK: &str = "rule-webhooks";
 const FILTER: &str = "alarms/+/+";
 const TRIES: u32 = 6;
 
-fn rules_by_name(db: &Db) -> Result<HashMap<String, Rule>> {
-    let stored = db.run_blocking(genba_store::alarms::rules)?;
+async fn rules_by_name(db: &Db) -> Result<HashMap<String, Rule>> {
+    let stored = db.run(genba_store::alarms::rules).await?;
     Ok(stored
         .iter()
         .filter_map(|r| serde_json::from_str::<Rule>(&r.spec).ok())
@@ -68,7 +68,7 @@ impl Deliver for RuleWebhooks {
         let (Some(device), Some(name)) = (levels.next(), levels.next()) else {
             return Outcome::Delivered;
         };
-        let rules = match tokio::task::block_in_place(|| rules_by_name(&self.db)) {
+        let rules = match rules_by_name(&self.db).await {
             Ok(rules) => rules,
             Err(e) => return Outcome::retry(format!("reading the rules: {e:#}")),
         };

@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use crate::roles::{self, Role, Started};
 use crate::Common;
 
-/// Loads the config file (or defaults) and applies the command-line overrides.
 /// The config file (or the defaults) with the command line's overrides, validated once, after
 /// the overrides: `--mqtt 127.0.0.1:1883` makes a file's open listener without users valid.
 pub fn load_config(common: &Common) -> Result<Config> {

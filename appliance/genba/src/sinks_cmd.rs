@@ -41,7 +41,7 @@ fn states(config: &Config) -> Result<Vec<SinkState>> {
     if !db.exists() {
         return Ok(Vec::new());
     }
-    Ok(genba_store::Reader::open(&db)?.status()?.sinks)
+    Ok(genba_store::Reader::open(&db)?.status(false)?.sinks)
 }
 
 /// The Exment forwarder's row in the sinks table: it runs its own loop (check slots, a

@@ -5,9 +5,12 @@
 
 mod common;
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::http::Http;
+use common::mqtt_raw::{connect_packet, publish, read_packet};
 use common::{wait_until, Appliance};
 
 const BODY_BYTES: usize = 2000;
@@ -24,6 +27,29 @@ fn used_bytes(a: &Appliance) -> i64 {
         |r| r.get(0),
     )
     .unwrap()
+}
+
+/// Publishes with QoS 1 over MQTT 3.1.1; whether the broker acknowledged it (`false`: it closed
+/// the connection without a PUBACK, so the client keeps the message).
+fn mqtt_publish_acknowledged(a: &Appliance, topic: &str) -> bool {
+    let mut s = TcpStream::connect(a.mqtt).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&connect_packet(4, "budget-test")).unwrap();
+    assert_eq!(
+        read_packet(&mut s),
+        Some((0x20, vec![0, 0])),
+        "CONNACK accepted"
+    );
+    s.write_all(&publish(4, topic.as_bytes(), 1, 7, b"reading"))
+        .unwrap();
+    match read_packet(&mut s) {
+        Some((0x40, body)) => {
+            assert_eq!(body, vec![0, 7], "PUBACK for another packet id");
+            true
+        }
+        None => false,
+        Some(other) => panic!("unexpected packet {other:?}"),
+    }
 }
 
 fn storage_alarms(a: &Appliance) -> Vec<String> {
@@ -74,7 +100,8 @@ fn over_the_budget_the_oldest_delivered_rows_are_pruned_whatever_their_age() {
 }
 
 #[test]
-fn rows_no_sink_has_passed_are_kept_and_new_data_is_refused_loudly_until_the_budget_grows() {
+fn rows_no_sink_has_passed_are_kept_and_new_http_and_mqtt_data_is_refused_loudly_until_the_budget_grows(
+) {
     // A webhook whose receiver is down holds every notify/ row. The free-space alarm is off:
     // it depends on the machine's disk.
     let config = "[store]\nmax_mb = 1\ncheck_secs = 1\nlow_space_percent = 0\n\
@@ -132,11 +159,22 @@ fn rows_no_sink_has_passed_are_kept_and_new_data_is_refused_loudly_until_the_bud
             507
         );
     }
+    // MQTT: not acknowledged, so the client keeps it; not journaled either.
+    for _ in 0..20 {
+        assert!(
+            !mqtt_publish_acknowledged(&a, "sensors/full"),
+            "a publish was acknowledged while the journal is full"
+        );
+    }
     let errors_after = a.log().lines().filter(|l| l.contains("ERROR")).count();
     assert!(
         errors_after - errors <= 1,
-        "200 refusals logged {} ERROR lines",
+        "200 HTTP and 20 MQTT refusals logged {} ERROR lines",
         errors_after - errors
+    );
+    assert!(
+        !a.journal().iter().any(|(t, _)| t == "sensors/full"),
+        "a refused MQTT publish was journaled"
     );
 
     // A bigger budget: taken again, and the alarm says so.
@@ -159,4 +197,12 @@ fn rows_no_sink_has_passed_are_kept_and_new_data_is_refused_loudly_until_the_bud
         storage_alarms(&a)
     );
     assert_eq!(h.get(&a.url("/health"), &[]).status, 200);
+    // The client's resend is taken now, once.
+    assert!(mqtt_publish_acknowledged(&a, "sensors/full"));
+    let taken = a
+        .journal()
+        .into_iter()
+        .filter(|(t, _)| t == "sensors/full")
+        .count();
+    assert_eq!(taken, 1);
 }
