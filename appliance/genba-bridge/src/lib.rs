@@ -92,16 +92,43 @@ pub struct RunningBridge {
     pub done: tokio::task::JoinHandle<()>,
 }
 
-/// Binds the HTTP port and serves until the process ends.
+/// The bridge's bound sockets: HTTP and, when configured, HTTPS. [`bind`] binds what the
+/// config names; a test binds its own (port 0) and starts the bridge in-process.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub https: Option<TcpListener>,
+}
+
+/// Binds `http.listen` and, when `tls` (a certificate) is available, `http.tls_listen`.
+pub async fn bind(http: &HttpConfig, tls: bool) -> Result<Listeners, BridgeError> {
+    let one = |key: &'static str, listen: SocketAddr| async move {
+        let bind_err = |cause| genba_config::listen::BindError::new(key, listen, cause);
+        TcpListener::bind(listen).await.map_err(bind_err)
+    };
+    let https = match http.tls_listen {
+        Some(listen) if tls => Some(one("http.tls_listen", listen).await?),
+        _ => None,
+    };
+    Ok(Listeners {
+        http: one("http.listen", http.listen).await?,
+        https,
+    })
+}
+
+/// Serves on bound `listeners` until `shutdown` turns true; then [`RunningBridge::done`] ends
+/// once open requests finished.
 pub async fn start(
     settings: BridgeSettings,
+    listeners: Listeners,
     journal: Journal,
     shutdown: watch::Receiver<bool>,
 ) -> Result<RunningBridge, BridgeError> {
-    let listen = settings.http.listen;
-    let bind_err = |cause| genba_config::listen::BindError::new("http.listen", listen, cause);
-    let listener = TcpListener::bind(listen).await.map_err(bind_err)?;
-    let addr = listener.local_addr().map_err(bind_err)?;
+    let configured = settings.http.listen;
+    let local_addr = |key: &'static str, l: &TcpListener| {
+        l.local_addr()
+            .map_err(|cause| genba_config::listen::BindError::new(key, configured, cause))
+    };
+    let addr = local_addr("http.listen", &listeners.http)?;
     let publisher = publisher::Publisher::start(
         &settings.broker,
         &settings.internal_user,
@@ -129,18 +156,15 @@ pub async fn start(
         provision_http: settings.provision_http,
         v2_limiter: genba_telemetry::limiter::Limiter::new(v2::RATE_PER_SEC, v2::BURST),
     });
-    let tls_addr = match (state.http.tls_listen, tls) {
-        (Some(listen), Some(acceptor)) => {
-            let bind_err =
-                |cause| genba_config::listen::BindError::new("http.tls_listen", listen, cause);
-            let l = TcpListener::bind(listen).await.map_err(bind_err)?;
-            let a = l.local_addr().map_err(bind_err)?;
+    let tls_addr = match (listeners.https, tls) {
+        (Some(l), Some(acceptor)) => {
+            let a = local_addr("http.tls_listen", &l)?;
             tokio::spawn(serve(l, state.clone(), shutdown.clone(), Some(acceptor)));
             Some(a)
         }
         _ => None,
     };
-    let done = tokio::spawn(serve(listener, state, shutdown, None));
+    let done = tokio::spawn(serve(listeners.http, state, shutdown, None));
     Ok(RunningBridge {
         addr,
         tls_addr,

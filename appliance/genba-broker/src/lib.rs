@@ -50,6 +50,51 @@ pub enum BrokerError {
     },
 }
 
+/// The broker's bound sockets: the public MQTT port and, when configured, MQTT over TLS, over
+/// WebSocket, and over WebSocket and TLS. [`bind`] binds what the config names; a test binds
+/// its own (port 0) and starts the broker in-process with [`Listeners::mqtt_only`].
+pub struct Listeners {
+    pub mqtt: TcpListener,
+    pub tls: Option<TcpListener>,
+    pub ws: Option<TcpListener>,
+    pub wss: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub fn mqtt_only(mqtt: TcpListener) -> Listeners {
+        Listeners {
+            mqtt,
+            tls: None,
+            ws: None,
+            wss: None,
+        }
+    }
+}
+
+/// Binds the listeners `cfg` names; the TLS ones only when `tls` (a certificate) is available.
+pub async fn bind(cfg: &MqttConfig, tls: bool) -> Result<Listeners, BrokerError> {
+    async fn one(key: &'static str, listen: SocketAddr) -> Result<TcpListener, BrokerError> {
+        let bind_err = |cause| genba_config::listen::BindError::new(key, listen, cause);
+        Ok(TcpListener::bind(listen).await.map_err(bind_err)?)
+    }
+    async fn optional(
+        key: &'static str,
+        listen: Option<SocketAddr>,
+        wanted: bool,
+    ) -> Result<Option<TcpListener>, BrokerError> {
+        match listen {
+            Some(listen) if wanted => Ok(Some(one(key, listen).await?)),
+            _ => Ok(None),
+        }
+    }
+    Ok(Listeners {
+        mqtt: one("mqtt.listen", cfg.listen).await?,
+        tls: optional("mqtt.tls_listen", cfg.tls_listen, tls).await?,
+        ws: optional("mqtt.ws_listen", cfg.ws_listen, true).await?,
+        wss: optional("mqtt.wss_listen", cfg.wss_listen, tls).await?,
+    })
+}
+
 /// A broker that is serving.
 pub struct RunningBroker {
     /// The public address (the one clients use).
@@ -99,10 +144,12 @@ fn connections_within(fd_limit: u64, wanted: usize) -> usize {
     wanted.min(usize::try_from(fit).unwrap_or(usize::MAX))
 }
 
-/// Starts the broker: restores its stored state from the journal's SQLite file, then
-/// serves the public port. Returns once it accepts connections.
+/// Starts the broker on bound `listeners`: restores its stored state from the journal's SQLite
+/// file, then serves. Returns once it accepts connections; [`RunningBroker::stop_accepting`]
+/// stops it.
 pub async fn start(
     cfg: &MqttConfig,
+    listeners: Listeners,
     journal: Journal,
     internal_secret: &str,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -153,9 +200,7 @@ pub async fn start(
             "broker state restored"
         );
     }
-    let bind_err = |cause| genba_config::listen::BindError::new("mqtt.listen", cfg.listen, cause);
-    let listener = TcpListener::bind(cfg.listen).await.map_err(bind_err)?;
-    let addr = listener.local_addr().map_err(bind_err)?;
+    let addr = local_addr("mqtt.listen", &listeners.mqtt)?;
     let stats = Arc::new(frontdoor::DoorStats::default());
     // Nobody is connected to a broker that is starting.
     let sessions = genba_store::Db::new(journal.path());
@@ -177,27 +222,25 @@ pub async fn start(
         disabled: Default::default(),
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    // The other listeners: MQTT over TLS, over WebSocket, over WebSocket and TLS.
-    // (address, TLS needed, WebSocket); a TLS listener without a certificate is not opened.
-    let listeners = [
-        ("mqtt.tls_listen", cfg.tls_listen, true, false),
-        ("mqtt.ws_listen", cfg.ws_listen, false, true),
-        ("mqtt.wss_listen", cfg.wss_listen, true, true),
+    // The other listeners: MQTT over TLS, over WebSocket, over WebSocket and TLS (a TLS
+    // listener without a certificate is not served).
+    let others = [
+        ("mqtt.tls_listen", listeners.tls, true, false),
+        ("mqtt.ws_listen", listeners.ws, false, true),
+        ("mqtt.wss_listen", listeners.wss, true, true),
     ];
     let mut extra = Vec::new();
-    for (key, listen, needs_tls, websocket) in listeners {
-        let (Some(listen), true) = (listen, !needs_tls || tls.is_some()) else {
+    for (key, listener, needs_tls, websocket) in others {
+        let (Some(listener), true) = (listener, !needs_tls || tls.is_some()) else {
             extra.push(None);
             continue;
         };
+        extra.push(Some(local_addr(key, &listener)?));
         let tls = if needs_tls { tls.clone() } else { None };
-        let bind_err = |cause| genba_config::listen::BindError::new(key, listen, cause);
-        let l = TcpListener::bind(listen).await.map_err(bind_err)?;
-        extra.push(Some(l.local_addr().map_err(bind_err)?));
         let transport = frontdoor::Transport { tls, websocket };
-        tokio::spawn(door.clone().serve(l, stopped.clone(), transport));
+        tokio::spawn(door.clone().serve(listener, stopped.clone(), transport));
     }
-    tokio::spawn(door.serve(listener, stopped, frontdoor::Transport::default()));
+    tokio::spawn(door.serve(listeners.mqtt, stopped, frontdoor::Transport::default()));
     let sweeper = Arc::downgrade(&broker);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -216,6 +259,13 @@ pub async fn start(
         stop,
         stats,
     })
+}
+
+/// The address a bound listener serves (`key` names it in an error).
+fn local_addr(key: &'static str, l: &TcpListener) -> Result<SocketAddr, BrokerError> {
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    let bind_err = |cause| genba_config::listen::BindError::new(key, unknown, cause);
+    Ok(l.local_addr().map_err(bind_err)?)
 }
 
 /// The largest packet (remaining length) read from a client: a payload of `max_payload` with

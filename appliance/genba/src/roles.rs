@@ -192,8 +192,10 @@ pub async fn start(
 
     if role.runs_broker() {
         let journal = journal.clone().context("broker needs the journal")?;
+        let listeners = genba_broker::bind(&config.mqtt, tls.is_some()).await?;
         let broker = genba_broker::start(
             &config.mqtt,
+            listeners,
             journal.clone(),
             &internal_secret,
             tls.as_ref().map(|t| t.acceptor.clone()),
@@ -244,6 +246,7 @@ pub async fn start(
             .mqtt
             .map(|a| a.to_string())
             .unwrap_or_else(|| config.broker_connect_addr());
+        let listeners = genba_bridge::bind(&config.http, tls.is_some()).await?;
         let bridge = genba_bridge::start(
             genba_bridge::BridgeSettings {
                 http: config.http.clone(),
@@ -258,6 +261,7 @@ pub async fn start(
                 sinks: config.delivery_sinks(),
                 tls: tls.clone(),
             },
+            listeners,
             journal,
             shutdown.clone(),
         )
