@@ -59,6 +59,9 @@ pub struct BridgeSettings {
     pub sinks: Vec<genba_config::SinkConfig>,
     /// The certificate for `http.tls_listen` (and the local CA's, served at `/ca.pem`).
     pub tls: Option<genba_tls::ServerTls>,
+    /// Where the other processes (roles run as separate units) leave their metrics for
+    /// `/metrics` ([`metrics::export`]).
+    pub metrics_dir: Option<PathBuf>,
 }
 
 pub(crate) struct State {
@@ -80,6 +83,7 @@ pub(crate) struct State {
     /// TLS on the HTTP port (then cookies are `Secure`); not offered yet.
     /// Ends long-lived answers (the console's live stream) at shutdown.
     shutdown: watch::Receiver<bool>,
+    metrics_dir: Option<PathBuf>,
 }
 
 type Shared = Arc<State>;
@@ -143,6 +147,7 @@ pub async fn start(
         ca_pem,
         console: console::Console::new(&settings.http, &settings.console, &settings.exment),
         sinks: settings.sinks,
+        metrics_dir: settings.metrics_dir,
         shutdown: shutdown.clone(),
         auth: auth::HttpAuth::new(&settings.http),
         http: settings.http,

@@ -37,7 +37,8 @@ pub fn load_config(common: &Common) -> Result<Config> {
 
 pub fn run(role: Role, common: Common) -> Result<()> {
     init_logging();
-    genba_bridge::metrics::install();
+    // Separate processes label their series, so the bridge's page can hold them all.
+    genba_bridge::metrics::install((role != Role::Up).then(|| role.name()));
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = load_config(&common)?;
     let secrets = Secrets::load(&config.secrets_path())?;

@@ -260,6 +260,7 @@ pub async fn start(
                 exment: config.exment.clone(),
                 sinks: config.delivery_sinks(),
                 tls: tls.clone(),
+                metrics_dir: Some(metrics_dir(&data_dir)),
             },
             listeners,
             journal,
@@ -348,7 +349,22 @@ pub async fn start(
             }
         }));
     }
+    if !role.runs_bridge() {
+        // The bridge's /metrics shows this process's series too (docs/metrics.md).
+        started
+            .tasks
+            .push(tokio::spawn(genba_bridge::metrics::export(
+                metrics_dir(&data_dir),
+                role.name(),
+                shutdown.clone(),
+            )));
+    }
     Ok(started)
+}
+
+/// Where processes without the bridge leave their metrics for its `/metrics` page.
+fn metrics_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("run").join("metrics")
 }
 
 /// Registers every configured sink before anything is accepted, so a new sink's cursor starts

@@ -316,3 +316,94 @@ fn a_bridge_whose_broker_is_down_reports_degraded_health() {
         health.json
     );
 }
+
+/// The address `key` in a process's endpoints.json, once it is there.
+fn endpoint_of(data_dir: &std::path::Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join("run").join("endpoints.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v[key].as_str().map(str::to_owned)
+}
+
+/// Kills the child when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn with_roles_in_separate_processes_the_bridge_metrics_page_holds_the_broker_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let role = |args: &[&str]| {
+        let child = Command::new(env!("CARGO_BIN_EXE_genba"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Killed(child)
+    };
+    let _broker = role(&["broker", "--mqtt", "127.0.0.1:0"]);
+    let mut mqtt = None;
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            mqtt = endpoint_of(dir.path(), "mqtt");
+            mqtt.is_some()
+        }),
+        "the broker did not start"
+    );
+    let mqtt = mqtt.unwrap();
+    let port = mqtt.rsplit(':').next().unwrap();
+    let out = common::mosquitto_pub(
+        port.parse().unwrap(),
+        &["-t", "line/1", "-m", "x", "-q", "1"],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    let _bridge = role(&["bridge", "--http", "127.0.0.1:0", "--mqtt", &mqtt]);
+    let mut http = None;
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            http = endpoint_of(dir.path(), "http");
+            http.is_some()
+        }),
+        "the bridge did not start"
+    );
+    let url = format!("http://{}/metrics", http.unwrap());
+    let h = Http::new();
+    let broker_received = |text: &str| {
+        text.lines().any(|l| {
+            l.starts_with("genba_mqtt_messages_received_total{")
+                && l.contains(r#"process="broker""#)
+                && l.ends_with(" 1")
+        })
+    };
+    // One request the bridge counts before the page is read.
+    assert_eq!(h.get(&url, &[]).status, 200);
+    let mut text = String::new();
+    // The broker writes its metrics every 10 s.
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            text = h.get(&url, &[]).text;
+            broker_received(&text)
+        }),
+        "no broker series on the bridge's page:\n{text}"
+    );
+    // The bridge's own series are labelled too, and each family is declared once.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("genba_http_requests_total{")
+                && l.contains(r#"process="bridge""#)),
+        "{text}"
+    );
+    let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let declared = types.len();
+    types.sort();
+    types.dedup();
+    assert_eq!(types.len(), declared, "a family declared twice:\n{text}");
+}
