@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use genba_config::{passwords, Secrets};
 
-use crate::lifecycle::load_config;
+use crate::lifecycle::{endpoints_file, load_config};
+use crate::roles::Role;
 use crate::Common;
 
 pub fn status(common: &Common, json: bool) -> Result<()> {
@@ -240,8 +241,9 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
     Ok(())
 }
 
-/// The MQTT and HTTP addresses of the appliance running on this data dir
-/// (`run/endpoints.json`), or the configured ones when none runs or `--mqtt/--http` are given.
+/// The MQTT and HTTP addresses of the appliance running on this data dir (what `genba up`
+/// or each role's process wrote in `run/`), or the configured ones when none runs or
+/// `--mqtt/--http` are given.
 pub fn running_endpoints(
     common: &Common,
     config: &genba_config::Config,
@@ -252,15 +254,18 @@ pub fn running_endpoints(
             .as_u64()
             .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
     };
-    let endpoints: Option<serde_json::Value> =
-        std::fs::read_to_string(config.data_dir().join("run").join("endpoints.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .filter(alive);
+    let data_dir = config.data_dir();
+    let roles = [Role::Up, Role::Broker, Role::Bridge];
+    let endpoints: Vec<serde_json::Value> = roles
+        .into_iter()
+        .filter_map(|r| std::fs::read_to_string(endpoints_file(&data_dir, r)).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .filter(alive)
+        .collect();
     let addr = |key: &str, fallback: std::net::SocketAddr| {
         endpoints
-            .as_ref()
-            .and_then(|e| e[key].as_str())
+            .iter()
+            .find_map(|e| e[key].as_str())
             .and_then(|a| a.parse().ok())
             .filter(|_| common.mqtt.is_none() && common.http.is_none())
             .unwrap_or(fallback)

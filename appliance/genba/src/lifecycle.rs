@@ -54,7 +54,8 @@ pub fn run(role: Role, common: Common) -> Result<()> {
     let code = runtime.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let started = roles::start(role, &config, &secrets, stop_rx).await?;
-        write_endpoints(&data_dir, &started)?;
+        let endpoints = endpoints_file(&data_dir, role);
+        write_endpoints(&endpoints, &data_dir, &started)?;
         print_banner(role, &config, &started);
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         spawn_watchdog(&started);
@@ -63,7 +64,7 @@ pub fn run(role: Role, common: Common) -> Result<()> {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let _ = stop_tx.send(true);
         started.drain(Duration::from_secs(15)).await;
-        let _ = std::fs::remove_file(data_dir.join("run").join("endpoints.json"));
+        let _ = std::fs::remove_file(&endpoints);
         tracing::info!("stopped");
         anyhow::Ok(0)
     })?;
@@ -130,8 +131,17 @@ fn init_logging() {
     }
 }
 
-fn write_endpoints(data_dir: &Path, started: &Started) -> Result<()> {
-    let path = data_dir.join("run").join("endpoints.json");
+/// Where a process says which addresses it serves: `run/endpoints.json` for `genba up`,
+/// `run/endpoints-ROLE.json` for one role (separate units do not overwrite each other's).
+pub fn endpoints_file(data_dir: &Path, role: Role) -> std::path::PathBuf {
+    let name = match role {
+        Role::Up => "endpoints.json".to_owned(),
+        other => format!("endpoints-{}.json", other.name()),
+    };
+    data_dir.join("run").join(name)
+}
+
+fn write_endpoints(path: &Path, data_dir: &Path, started: &Started) -> Result<()> {
     let body = serde_json::json!({
         "mqtt": started.mqtt.map(|a| a.to_string()),
         "http": started.http.map(|a| a.to_string()),
@@ -145,7 +155,7 @@ fn write_endpoints(data_dir: &Path, started: &Started) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

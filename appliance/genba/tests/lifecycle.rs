@@ -298,7 +298,7 @@ fn a_bridge_whose_broker_is_down_reports_degraded_health() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let endpoints = dir.path().join("run").join("endpoints.json");
+    let endpoints = dir.path().join("run").join("endpoints-bridge.json");
     assert!(
         common::wait_until(Duration::from_secs(30), || endpoints.exists()),
         "the bridge did not start"
@@ -317,9 +317,10 @@ fn a_bridge_whose_broker_is_down_reports_degraded_health() {
     );
 }
 
-/// The address `key` in a process's endpoints.json, once it is there.
-fn endpoint_of(data_dir: &std::path::Path, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(data_dir.join("run").join("endpoints.json")).ok()?;
+/// The address `key` in the endpoints file of a process running `role` alone, once it is there.
+fn endpoint_of(data_dir: &std::path::Path, role: &str, key: &str) -> Option<String> {
+    let file = format!("endpoints-{role}.json");
+    let text = std::fs::read_to_string(data_dir.join("run").join(file)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v[key].as_str().map(str::to_owned)
 }
@@ -352,7 +353,7 @@ fn with_roles_in_separate_processes_the_bridge_metrics_page_holds_the_broker_ser
     let mut mqtt = None;
     assert!(
         common::wait_until(Duration::from_secs(30), || {
-            mqtt = endpoint_of(dir.path(), "mqtt");
+            mqtt = endpoint_of(dir.path(), "broker", "mqtt");
             mqtt.is_some()
         }),
         "the broker did not start"
@@ -369,7 +370,7 @@ fn with_roles_in_separate_processes_the_bridge_metrics_page_holds_the_broker_ser
     let mut http = None;
     assert!(
         common::wait_until(Duration::from_secs(30), || {
-            http = endpoint_of(dir.path(), "http");
+            http = endpoint_of(dir.path(), "bridge", "http");
             http.is_some()
         }),
         "the bridge did not start"
