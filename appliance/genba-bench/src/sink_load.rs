@@ -5,18 +5,12 @@
 //! aiosmtpd). The figure is how long the backlog takes to be accepted by the receiver, as
 //! genba's own sink cursor says, and how many requests and 429s that took.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use genba_testkit::fake_http::{FakeHttp, Reply};
 
 use crate::peers::{self, Genba};
 
@@ -58,94 +52,34 @@ const SERVICES: [Service; 3] = [
     },
 ];
 
-/// A receiver on a real socket with a token bucket; counts requests and 429s.
-struct Fake {
-    addr: SocketAddr,
-    requests: Arc<AtomicU64>,
-    limited: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Fake {
-    async fn start(service: &'static Service) -> Result<Fake> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let requests = Arc::new(AtomicU64::new(0));
-        let limited = Arc::new(AtomicU64::new(0));
-        let bucket = Arc::new(Mutex::new((service.burst, Instant::now())));
-        let (req_count, lim_count) = (requests.clone(), limited.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (bucket, req_count, lim_count) =
-                    (bucket.clone(), req_count.clone(), lim_count.clone());
-                tokio::spawn(async move {
-                    let serve =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let (bucket, req_count, lim_count) =
-                                (bucket.clone(), req_count.clone(), lim_count.clone());
-                            async move {
-                                let _ = req.into_body().collect().await;
-                                req_count.fetch_add(1, Ordering::Relaxed);
-                                let allowed = bucket.lock().is_ok_and(|mut b| {
-                                    let now = Instant::now();
-                                    b.0 = (b.0
-                                        + now.duration_since(b.1).as_secs_f64() * service.rate)
-                                        .min(service.burst);
-                                    b.1 = now;
-                                    if b.0 >= 1.0 {
-                                        b.0 -= 1.0;
-                                        true
-                                    } else {
-                                        false
-                                    }
-                                });
-                                let mut r = if allowed {
-                                    Response::new(Full::new(Bytes::from_static(
-                                        service.ok.as_bytes(),
-                                    )))
-                                } else {
-                                    lim_count.fetch_add(1, Ordering::Relaxed);
-                                    let mut r = Response::new(Full::new(Bytes::from_static(
-                                        service.limited.as_bytes(),
-                                    )));
-                                    *r.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
-                                    r.headers_mut().insert(
-                                        "retry-after",
-                                        hyper::header::HeaderValue::from_static("1"),
-                                    );
-                                    r
-                                };
-                                let ctype = if service.ok == "ok" {
-                                    "text/html"
-                                } else {
-                                    "application/json"
-                                };
-                                r.headers_mut().insert(
-                                    "content-type",
-                                    hyper::header::HeaderValue::from_static(ctype),
-                                );
-                                Ok::<_, Infallible>(r)
-                            }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), serve)
-                        .await;
-                });
+/// A receiver on a real socket that takes `service.rate` requests per second (burst
+/// `service.burst`) and answers 429 with `Retry-After: 1` over it.
+fn fake(service: &'static Service) -> Result<FakeHttp> {
+    let bucket = Mutex::new((service.burst, Instant::now()));
+    let content_type = if service.ok == "ok" {
+        "text/html"
+    } else {
+        "application/json"
+    };
+    let fake = FakeHttp::try_start(move |_req| {
+        let allowed = bucket.lock().is_ok_and(|mut b| {
+            let now = Instant::now();
+            b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * service.rate).min(service.burst);
+            b.1 = now;
+            if b.0 >= 1.0 {
+                b.0 -= 1.0;
+                true
+            } else {
+                false
             }
         });
-        Ok(Fake {
-            addr,
-            requests,
-            limited,
-            task,
-        })
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+        if allowed {
+            Reply::new(200, service.ok, content_type)
+        } else {
+            Reply::new(429, service.limited, content_type).header("retry-after", 1)
+        }
+    })?;
+    Ok(fake)
 }
 
 /// Debian's aiosmtpd, as the e-mail sink's tests run it (no TLS, no AUTH here).
@@ -249,7 +183,7 @@ pub async fn run(genba_bin: &str, n: usize) -> Result<()> {
     println!("|---|---|---:|---:|---:|---:|");
     let pace = "filters = [\"alarms/#\"]\nrate_per_sec = 10.0\nburst = 10\nmax_backoff_secs = 5\n";
     for service in &SERVICES {
-        let fake = Fake::start(service).await?;
+        let fake = fake(service)?;
         let url = format!("http://{}/bench", fake.addr);
         let (config, secrets) = match service.kind {
             "line" => (
@@ -268,8 +202,8 @@ pub async fn run(genba_bin: &str, n: usize) -> Result<()> {
             service.kind,
             service.limit_text,
             n as f64 / secs,
-            fake.requests.load(Ordering::Relaxed),
-            fake.limited.load(Ordering::Relaxed)
+            fake.received().len(),
+            fake.received().iter().filter(|r| r.status == 429).count()
         );
     }
     match Smtp::start() {

@@ -1,7 +1,7 @@
 //! Test harness: runs the real `genba` binary on free ports in a temp dir, and a fake Slack.
 #![allow(dead_code)]
 
-pub mod fake_http;
+pub use genba_testkit::fake_http;
 pub mod fake_slack;
 pub mod http;
 pub mod mqtt_raw;

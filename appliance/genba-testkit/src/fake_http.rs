@@ -1,6 +1,7 @@
-//! A receiver on a real socket for the HTTP sinks' fakes (Slack, webhook, LINE): each fake
+//! A receiver on a real socket for fakes of HTTP services (Slack, webhook, LINE): each fake
 //! decides its answers from the request as the real service documents them; every request is
-//! recorded with its time, headers and body.
+//! recorded with its time, headers and body. It runs on a runtime of its own, so it serves
+//! the same from a synchronous test and from async code (the benchmarks).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -76,24 +77,44 @@ type Handler = dyn Fn(&Req) -> Reply + Send + Sync;
 pub struct FakeHttp {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Req>>>,
-    _rt: Arc<tokio::runtime::Runtime>,
+    _runtime: Arc<OwnRuntime>,
+}
+
+/// The fake's runtime, shut down without waiting when the last clone goes (dropping a runtime
+/// inside async code would panic).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl FakeHttp {
+    /// Serves on a free port of 127.0.0.1. Panics if none can be bound (tests).
     pub fn start(handler: impl Fn(&Req) -> Reply + Send + Sync + 'static) -> FakeHttp {
+        FakeHttp::try_start(handler).expect("fake HTTP receiver: binding 127.0.0.1:0")
+    }
+
+    pub fn try_start(
+        handler: impl Fn(&Req) -> Reply + Send + Sync + 'static,
+    ) -> std::io::Result<FakeHttp> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
-            .build()
-            .unwrap();
+            .build()?;
         let received = Arc::new(Mutex::new(Vec::new()));
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
         let handler: Arc<Handler> = Arc::new(handler);
         let r = received.clone();
         rt.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -109,11 +130,11 @@ impl FakeHttp {
                 });
             }
         });
-        FakeHttp {
+        Ok(FakeHttp {
             addr,
             received,
-            _rt: Arc::new(rt),
-        }
+            _runtime: Arc::new(OwnRuntime(Some(rt))),
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -121,7 +142,10 @@ impl FakeHttp {
     }
 
     pub fn received(&self) -> Vec<Req> {
-        self.received.lock().unwrap().clone()
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -161,17 +185,23 @@ async fn handle(
     r.status = reply.status;
     r.answer = reply.body.clone();
     // Recorded on arrival, so the order and times are those of the attempts.
-    received.lock().unwrap().push(r);
+    received.lock().unwrap_or_else(|e| e.into_inner()).push(r);
     if let Some(d) = reply.delay {
         tokio::time::sleep(d).await;
     }
-    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
-    *response.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
-    response
-        .headers_mut()
-        .insert("content-type", reply.content_type.parse().unwrap());
+    let mut response = Response::builder()
+        .status(reply.status)
+        .header("content-type", reply.content_type);
     for (k, v) in reply.headers {
-        response.headers_mut().insert(k, v.parse().unwrap());
+        response = response.header(k, v);
     }
-    Ok(response)
+    // A reply the fake's author got wrong (a status out of range, a header with a newline)
+    // is a 500 that says so, not a panic in the server task.
+    Ok(response
+        .body(Full::new(Bytes::from(reply.body)))
+        .unwrap_or_else(|e| {
+            let mut r = Response::new(Full::new(Bytes::from(format!("fake: bad reply: {e}"))));
+            *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }))
 }
