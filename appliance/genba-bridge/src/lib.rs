@@ -8,6 +8,7 @@ mod console;
 pub mod metrics;
 mod notify;
 mod publisher;
+pub use publisher::LiveHandoff;
 mod reply;
 mod telemetry;
 mod v2;
@@ -62,6 +63,9 @@ pub struct BridgeSettings {
     /// Where the other processes (roles run as separate units) leave their metrics for
     /// `/metrics` ([`metrics::export`]).
     pub metrics_dir: Option<PathBuf>,
+    /// The broker of this process (`genba up`): live copies go to it directly instead of over
+    /// MQTT to `broker`.
+    pub live: Option<Arc<dyn LiveHandoff>>,
 }
 
 pub(crate) struct State {
@@ -133,11 +137,14 @@ pub async fn start(
             .map_err(|cause| genba_config::listen::BindError::new(key, configured, cause))
     };
     let addr = local_addr("http.listen", &listeners.http)?;
-    let publisher = publisher::Publisher::start(
-        &settings.broker,
-        &settings.internal_user,
-        &settings.internal_secret,
-    );
+    let publisher = match settings.live.clone() {
+        Some(broker) => publisher::Publisher::InProcess(broker),
+        None => publisher::Publisher::start(
+            &settings.broker,
+            &settings.internal_user,
+            &settings.internal_secret,
+        ),
+    };
     let (tls, ca_pem) = match settings.tls {
         Some(t) => (Some(t.acceptor), t.ca_pem),
         None => (None, None),

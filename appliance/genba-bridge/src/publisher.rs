@@ -1,4 +1,5 @@
-//! The bridge's MQTT client: hands journaled messages to the broker for live subscribers.
+//! Hands journaled messages to the broker for live subscribers: in-process when the broker
+//! runs in the same process (`genba up`), else over MQTT as the internal user.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,10 +8,19 @@ use std::time::Duration;
 use genba_config::split_host_port;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 
+/// The broker of this process, taking a journaled message for its live subscribers (QoS 1,
+/// not retained) without a network hop.
+pub trait LiveHandoff: Send + Sync {
+    fn publish(&self, topic: &str, payload: Vec<u8>);
+}
+
 #[derive(Clone)]
-pub struct Publisher {
-    client: AsyncClient,
-    connected: Arc<AtomicBool>,
+pub enum Publisher {
+    Mqtt {
+        client: AsyncClient,
+        connected: Arc<AtomicBool>,
+    },
+    InProcess(Arc<dyn LiveHandoff>),
 }
 
 impl Publisher {
@@ -43,21 +53,31 @@ impl Publisher {
                 }
             }
         });
-        Publisher { client, connected }
+        Publisher::Mqtt { client, connected }
     }
 
     /// Queues a QoS 1 publish; false when the broker link is down or its queue is full
     /// (the message is journaled either way, so sinks still get it).
     pub fn publish(&self, topic: &str, payload: Vec<u8>) -> bool {
-        self.connected.load(Ordering::Relaxed)
-            && self
-                .client
-                .try_publish(topic, QoS::AtLeastOnce, false, payload)
-                .is_ok()
+        match self {
+            Publisher::Mqtt { client, connected } => {
+                connected.load(Ordering::Relaxed)
+                    && client
+                        .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                        .is_ok()
+            }
+            Publisher::InProcess(broker) => {
+                broker.publish(topic, payload);
+                true
+            }
+        }
     }
 
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        match self {
+            Publisher::Mqtt { connected, .. } => connected.load(Ordering::Relaxed),
+            Publisher::InProcess(_) => true,
+        }
     }
 }
 

@@ -505,6 +505,20 @@ pub fn will_message(w: Will, origin: Option<ClientId>) -> Message {
 }
 
 /// A message built from a client's PUBLISH.
+/// A QoS 1 message from Genba itself (the HTTP bridge in the same process), already journaled.
+pub fn internal_message(topic: &str, payload: Vec<u8>) -> Message {
+    Message {
+        id: 0,
+        topic: topic.into(),
+        payload: payload.into(),
+        qos: 1,
+        retain: false,
+        props: bytes::Bytes::new(),
+        expires_at: None,
+        origin: None,
+    }
+}
+
 pub fn message_from(p: crate::packet::Publish, origin: Option<ClientId>) -> Message {
     Message {
         id: 0,

@@ -261,6 +261,9 @@ pub async fn start(
                 sinks: config.delivery_sinks(),
                 tls: tls.clone(),
                 metrics_dir: Some(metrics_dir(&data_dir)),
+                live: started.broker.as_ref().map(|b| {
+                    Arc::new(BrokerHandoff(b.broker.clone())) as Arc<dyn genba_bridge::LiveHandoff>
+                }),
             },
             listeners,
             journal,
@@ -360,6 +363,16 @@ pub async fn start(
             )));
     }
     Ok(started)
+}
+
+/// The broker of this process taking the bridge's live copies (no loopback MQTT connection).
+struct BrokerHandoff(Arc<genba_broker::broker::Broker>);
+
+impl genba_bridge::LiveHandoff for BrokerHandoff {
+    fn publish(&self, topic: &str, payload: Vec<u8>) {
+        self.0
+            .publish(genba_broker::broker::internal_message(topic, payload));
+    }
 }
 
 /// Where processes without the bridge leave their metrics for its `/metrics` page.

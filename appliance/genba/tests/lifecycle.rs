@@ -336,7 +336,7 @@ impl Drop for Killed {
 }
 
 #[test]
-fn with_roles_in_separate_processes_the_bridge_metrics_page_holds_the_broker_series() {
+fn with_roles_in_separate_processes_notify_reaches_the_broker_and_metrics_hold_every_process() {
     let dir = tempfile::tempdir().unwrap();
     let role = |args: &[&str]| {
         let child = Command::new(env!("CARGO_BIN_EXE_genba"))
@@ -375,13 +375,35 @@ fn with_roles_in_separate_processes_the_bridge_metrics_page_holds_the_broker_ser
         }),
         "the bridge did not start"
     );
-    let url = format!("http://{}/metrics", http.unwrap());
+    let http = http.unwrap();
     let h = Http::new();
+    // The bridge hands its live copies to the other process's broker over MQTT.
+    assert!(
+        common::wait_until(Duration::from_secs(20), || h
+            .get(&format!("http://{http}/health"), &[])
+            .json["bridge_connected"]
+            == true),
+        "the bridge did not connect to the broker"
+    );
+    let sub = common::mosquitto_sub(
+        port.parse().unwrap(),
+        &["-t", "notify/#", "-v", "-C", "1", "-W", "20"],
+    );
+    let sent = h.get(&format!("http://{http}/notify?message=split%20units"), &[]);
+    assert_eq!(sent.status, 200, "{}", sent.json);
+    assert_eq!(sent.json["published"], true, "{}", sent.json);
+    let out = sub.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("split units"),
+        "{out:?}"
+    );
+
+    let url = format!("http://{http}/metrics");
     let broker_received = |text: &str| {
         text.lines().any(|l| {
             l.starts_with("genba_mqtt_messages_received_total{")
                 && l.contains(r#"process="broker""#)
-                && l.ends_with(" 1")
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) >= Some(1.0)
         })
     };
     // One request the bridge counts before the page is read.
@@ -391,6 +413,7 @@ fn with_roles_in_separate_processes_the_bridge_metrics_page_holds_the_broker_ser
     assert!(
         common::wait_until(Duration::from_secs(30), || {
             text = h.get(&url, &[]).text;
+            std::thread::sleep(Duration::from_millis(200));
             broker_received(&text)
         }),
         "no broker series on the bridge's page:\n{text}"
