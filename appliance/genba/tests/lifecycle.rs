@@ -317,12 +317,21 @@ fn a_bridge_whose_broker_is_down_reports_degraded_health() {
     );
 }
 
-/// The address `key` in the endpoints file of a process running `role` alone, once it is there.
-fn endpoint_of(data_dir: &std::path::Path, role: &str, key: &str) -> Option<String> {
-    let file = format!("endpoints-{role}.json");
-    let text = std::fs::read_to_string(data_dir.join("run").join(file)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v[key].as_str().map(str::to_owned)
+/// The address `key` in the endpoints file of a process running `role` alone, once it is
+/// there (30 s at most).
+fn endpoint_of(data_dir: &std::path::Path, role: &str, key: &str) -> String {
+    let file = data_dir.join("run").join(format!("endpoints-{role}.json"));
+    let read = || -> Option<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).ok()?).ok()?;
+        v[key].as_str().map(str::to_owned)
+    };
+    let mut found = None;
+    common::wait_until(Duration::from_secs(30), || {
+        found = read();
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("genba {role} did not start"))
 }
 
 /// Kills the child when the test ends, passed or not.
@@ -350,15 +359,7 @@ fn with_roles_in_separate_processes_notify_reaches_the_broker_and_metrics_hold_e
         Killed(child)
     };
     let _broker = role(&["broker", "--mqtt", "127.0.0.1:0"]);
-    let mut mqtt = None;
-    assert!(
-        common::wait_until(Duration::from_secs(30), || {
-            mqtt = endpoint_of(dir.path(), "broker", "mqtt");
-            mqtt.is_some()
-        }),
-        "the broker did not start"
-    );
-    let mqtt = mqtt.unwrap();
+    let mqtt = endpoint_of(dir.path(), "broker", "mqtt");
     let port = mqtt.rsplit(':').next().unwrap();
     let out = common::mosquitto_pub(
         port.parse().unwrap(),
@@ -367,15 +368,7 @@ fn with_roles_in_separate_processes_notify_reaches_the_broker_and_metrics_hold_e
     assert!(out.status.success(), "{out:?}");
 
     let _bridge = role(&["bridge", "--http", "127.0.0.1:0", "--mqtt", &mqtt]);
-    let mut http = None;
-    assert!(
-        common::wait_until(Duration::from_secs(30), || {
-            http = endpoint_of(dir.path(), "bridge", "http");
-            http.is_some()
-        }),
-        "the bridge did not start"
-    );
-    let http = http.unwrap();
+    let http = endpoint_of(dir.path(), "bridge", "http");
     let h = Http::new();
     // The bridge hands its live copies to the other process's broker over MQTT.
     assert!(
