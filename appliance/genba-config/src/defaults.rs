@@ -186,6 +186,11 @@ filters = ["#"]
 # username = "genba"
 client_id = "genba-recorder"             # persistent session: QoS 1 messages wait while it is away
 
+[discovery]                              # mDNS: announce _genba._tcp so devices find this appliance
+enabled = true                           #   (docs/discovery.md); a failure to announce is a warning
+# instance = "genba"                     # the name devices and browsers see; default: the host name
+# interfaces = ["eth0", "wlan0"]         # default: those of the listen addresses (all for 0.0.0.0)
+
 [tls]                                    # the certificate of [mqtt] tls_listen and [http] tls_listen
 # cert = "/etc/genba/server.pem"         # unset with key: a local CA made in DATA_DIR/tls (its
 # key = "/etc/genba/server.key"          #   certificate for devices: http://<host>/ca.pem)

@@ -69,6 +69,63 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// The certificate of the TLS listeners (`[mqtt] tls_listen`, `[http] tls_listen`).
     pub tls: TlsConfig,
+    /// The mDNS (DNS-SD) announcement devices find the appliance by (docs/discovery.md).
+    pub discovery: DiscoveryConfig,
+}
+
+/// `[discovery]`: the `_genba._tcp` service the broker and bridge announce over mDNS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Announce at all.
+    pub enabled: bool,
+    /// The instance name devices and browsers see; unset: the host name.
+    pub instance: Option<String>,
+    /// Announce on these network interfaces only (names such as `eth0`); empty: the
+    /// interfaces of the listen addresses (every one for 0.0.0.0).
+    pub interfaces: Vec<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            enabled: true,
+            instance: None,
+            interfaces: Vec::new(),
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    /// Longest instance name: one DNS label.
+    pub const INSTANCE_MAX: usize = 63;
+
+    fn check(&self) -> Result<(), (String, String)> {
+        if let Some(name) = &self.instance {
+            if name.is_empty()
+                || name.len() > Self::INSTANCE_MAX
+                || name.chars().any(|c| c.is_control() || c == '.')
+            {
+                return Err((
+                    "instance".into(),
+                    "1 to 63 bytes, no dots or control characters".into(),
+                ));
+            }
+        }
+        for (i, name) in self.interfaces.iter().enumerate() {
+            // IFNAMSIZ is 16 with the terminating NUL.
+            if name.is_empty()
+                || name.len() > 15
+                || name.chars().any(|c| c.is_whitespace() || c == '/')
+            {
+                return Err((
+                    format!("interfaces[{i}]"),
+                    "an interface name such as eth0 (1 to 15 characters)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[tls]`: where the TLS listeners' certificate comes from (genba-tls).
@@ -677,6 +734,9 @@ impl Config {
                 "must be 0..=50 (0: no low-space alarm)".into(),
             ));
         }
+        self.discovery
+            .check()
+            .map_err(|(key, m)| invalid(format!("discovery.{key}"), m))?;
         if self.store.check_secs == 0 {
             return Err(invalid(
                 "store.check_secs".into(),
@@ -809,6 +869,31 @@ mod tests {
             err.contains("time_zone") && err.contains("Asia/Tokio"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn discovery_is_on_by_default_and_bad_names_are_refused() {
+        let d = parse("").unwrap().discovery;
+        assert!(d.enabled);
+        assert_eq!((d.instance, d.interfaces.len()), (None, 0));
+        let d = parse("[discovery]\ninstance = \"Shop floor 1\"\ninterfaces = [\"eth0\"]\n")
+            .unwrap()
+            .discovery;
+        assert_eq!(d.instance.as_deref(), Some("Shop floor 1"));
+        for (bad, key) in [
+            ("instance = \"\"", "discovery.instance"),
+            ("instance = \"genba.local\"", "discovery.instance"),
+            (
+                &format!("instance = \"{}\"", "x".repeat(64)),
+                "discovery.instance",
+            ),
+            ("interfaces = [\"eth0\", \"\"]", "discovery.interfaces[1]"),
+        ] {
+            let err = parse(&format!("[discovery]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct ServerTls {
     pub ca_pem: Option<String>,
     /// SHA-256 of the server certificate (DER), lower-case hex: what a device may pin.
     pub fingerprint: String,
+    /// SHA-256 of the local CA's certificate (DER), lower-case hex; `None` when the
+    /// certificate comes from the settings. It stays when the server certificate is issued
+    /// again (other names), so it is the steadier pin.
+    pub ca_fingerprint: Option<String>,
 }
 
 /// The directory of the local CA and certificate.
@@ -76,6 +80,16 @@ pub fn load(cfg: &TlsConfig, data_dir: &Path) -> Result<ServerTls, TlsError> {
         what: "certificate",
     })?;
     let fingerprint = hex(&Sha256::digest(first.as_ref()));
+    let ca_fingerprint = match &ca_pem {
+        Some(pem) => {
+            let ca = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::Pem {
+                path: dir(data_dir).join("ca.pem"),
+                what: "certificate",
+            })?;
+            Some(hex(&Sha256::digest(ca.as_ref())))
+        }
+        None => None,
+    };
     let key_path = cfg
         .key
         .clone()
@@ -120,6 +134,7 @@ pub fn load(cfg: &TlsConfig, data_dir: &Path) -> Result<ServerTls, TlsError> {
         acceptor: TlsAcceptor::from(Arc::new(config)),
         ca_pem,
         fingerprint,
+        ca_fingerprint,
     })
 }
 
@@ -275,6 +290,12 @@ mod tests {
         let renamed = load(&cfg, dir.path()).unwrap();
         assert_eq!(renamed.ca_pem.as_deref(), Some(ca.as_str()));
         assert_ne!(renamed.fingerprint, first.fingerprint);
+        // The CA's fingerprint is the SHA-256 of ca.pem's certificate, and stays.
+        let ca_der = CertificateDer::from_pem_slice(ca.as_bytes()).unwrap();
+        let ca_fp = hex(&Sha256::digest(ca_der.as_ref()));
+        assert_eq!(first.ca_fingerprint.as_deref(), Some(ca_fp.as_str()));
+        assert_eq!(renamed.ca_fingerprint, first.ca_fingerprint);
+        assert_ne!(ca_fp, first.fingerprint);
     }
 
     #[test]

@@ -209,20 +209,48 @@ pub fn keys(cmd: crate::KeysCommand) -> Result<()> {
 }
 
 /// `genba simulate`: targets the running appliance of this data dir (run/endpoints.json), or
-/// the configured listen addresses.
+/// the configured listen addresses; with `--discover`, the appliance mDNS finds first.
 pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<()> {
+    use genba_firmware_core::config::Transport;
+    use genba_firmware_core::discovery::{Host, Stored};
     let config = load_config(common)?;
     let data_dir = config.data_dir();
-    let (mqtt, http) = running_endpoints(common, &config);
-    for addr in [mqtt, http] {
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
-            .with_context(|| {
-                format!(
-                    "no appliance answers at {addr}: start `genba up` with this data dir ({}), \
-                     or give --mqtt/--http",
-                    data_dir.display()
-                )
-            })?;
+    let (mut mqtt, mut http) = running_endpoints(common, &config);
+    let found = if args.discover {
+        Some(crate::simulate::discover(&args)?)
+    } else {
+        None
+    };
+    if args.device_configs.is_empty() {
+        if let Some(found) = &found {
+            let host = mqtt.ip().to_string();
+            let stored = Stored {
+                host: &host,
+                mqtt_port: mqtt.port(),
+                http_port: http.port(),
+                pin: crate::simulate::pin(&args)?,
+                transport: match args.via {
+                    crate::simulate::Via::Mqtt => Transport::Mqtt,
+                    crate::simulate::Via::Http => Transport::Http,
+                },
+            };
+            let choice = crate::simulate::choose("simulated devices", found, stored);
+            if let Host::Ip(ip) = choice.host {
+                mqtt = std::net::SocketAddr::new(ip, choice.mqtt_port);
+                http = std::net::SocketAddr::new(ip, choice.http_port);
+            }
+        }
+        for addr in [mqtt, http] {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+                .with_context(|| {
+                    format!(
+                        "no appliance answers at {addr}: start `genba up` with this data dir ({}), \
+                         or give --mqtt/--http{}",
+                        data_dir.display(),
+                        if args.discover { "" } else { " or --discover" }
+                    )
+                })?;
+        }
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -233,6 +261,7 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
         mqtt,
         http,
         genba_store::db_path(&data_dir),
+        found.as_deref(),
     ))?;
     println!("{}", serde_json::to_string(&summary)?);
     if summary.unsent > 0 && !summary.interrupted {

@@ -2,6 +2,7 @@
 
 mod command_sink;
 mod commands;
+mod discovery;
 mod event_sink;
 mod firstboot;
 mod lifecycle;

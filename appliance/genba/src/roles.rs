@@ -67,6 +67,8 @@ pub struct Started {
     /// The broker's front door, told to stop accepting at shutdown.
     broker: Option<genba_broker::RunningBroker>,
     tasks: Vec<JoinHandle<()>>,
+    /// The mDNS announcement; not a health task (a failure to announce is only a warning).
+    discovery: Option<JoinHandle<()>>,
 }
 
 /// A role's liveness, as the watchdog sees it.
@@ -108,6 +110,10 @@ impl Started {
             b.stop_accepting();
         }
         let work = async {
+            // First, so devices hear the goodbye while the rest drains.
+            if let Some(d) = self.discovery {
+                let _ = d.await;
+            }
             if let Some(b) = self.bridge {
                 let _ = b.await;
             }
@@ -188,6 +194,7 @@ pub async fn start(
         bridge: None,
         broker: None,
         tasks: started_storage.into_iter().collect(),
+        discovery: None,
     };
 
     if role.runs_broker() {
@@ -361,6 +368,17 @@ pub async fn start(
                 role.name(),
                 shutdown.clone(),
             )));
+    }
+    if role.runs_broker() || role.runs_bridge() {
+        let listening = crate::discovery::Listening {
+            mqtt: started.mqtt,
+            http: started.http,
+            mqtts: started.mqtts,
+            https: started.https,
+            fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
+            ca_fingerprint: tls.as_ref().and_then(|t| t.ca_fingerprint.clone()),
+        };
+        started.discovery = crate::discovery::spawn(config, &listening, shutdown.clone());
     }
     Ok(started)
 }

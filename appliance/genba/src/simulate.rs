@@ -14,9 +14,12 @@ use anyhow::{bail, Context, Result};
 use genba_firmware_core::backlog::Backlog;
 use genba_firmware_core::backoff::Backoff;
 use genba_firmware_core::config::{self, Credential, DeviceConfig};
+use genba_firmware_core::discovery::{self, Choice, Stored};
 use genba_firmware_core::telemetry::{self, Reading, Telemetry};
 use rand::Rng;
 use serde::Serialize;
+
+use crate::discovery::Found;
 
 /// Batches a simulated device keeps while it cannot send (the firmware's bound).
 const BACKLOG: usize = 256;
@@ -60,6 +63,19 @@ pub struct SimulateArgs {
     /// --interval still sets the pace.
     #[arg(long = "device-config", value_name = "FILE")]
     pub device_configs: Vec<std::path::PathBuf>,
+    /// Find the appliance by mDNS first, as the firmware does (the `_genba._tcp` service it
+    /// announces); when none answers or qualifies, the address used without it
+    /// (run/endpoints.json, --mqtt/--http, the config, or a device config's appliance).
+    #[arg(long)]
+    pub discover: bool,
+    /// How long --discover browses, seconds (it stops one quiet second after the first answer).
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub discover_secs: f64,
+    /// The fingerprint the simulated devices pin (SHA-256 of the appliance's TLS certificate
+    /// or of its CA, 64 hex digits): --discover ignores announcements that do not claim it.
+    /// A device config carries its own.
+    #[arg(long, value_name = "SHA256")]
+    pub pin: Option<String>,
 }
 
 /// What one run did, printed as JSON at the end.
@@ -170,6 +186,7 @@ pub async fn run(
     mqtt: SocketAddr,
     http: SocketAddr,
     db: std::path::PathBuf,
+    found: Option<&[Found]>,
 ) -> Result<Summary> {
     if args.devices == 0 || args.sensors == 0 || args.sensors > telemetry::MAX_READINGS {
         bail!(
@@ -204,7 +221,7 @@ pub async fn run(
         }
     } else {
         for path in &args.device_configs {
-            devices.push(provisioned(path)?);
+            devices.push(provisioned(path, found).await?);
         }
     }
     let count = devices.len();
@@ -252,28 +269,142 @@ pub async fn run(
     Ok(tally.summary(count))
 }
 
-/// The device a provisioning file describes, connected as the firmware would connect it.
-fn provisioned(path: &std::path::Path) -> Result<(String, Transport)> {
+/// The device a provisioning file describes, connected as the firmware would connect it: to
+/// the appliance that `--discover` found and the device accepts, else to the one in the file.
+async fn provisioned(
+    path: &std::path::Path,
+    found: Option<&[Found]>,
+) -> Result<(String, Transport)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
     let device: DeviceConfig = config::decode_area(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         .config;
+    let choice = found.map(|found| choose(&device.device_id, found, Stored::from(&device)));
+    let host = choice.map_or_else(|| device.host.to_string(), |c| c.host.to_string());
+    let (mqtt_port, http_port) = choice.map_or((device.mqtt_port, device.http_port), |c| {
+        (c.mqtt_port, c.http_port)
+    });
+    let port = match device.transport() {
+        config::Transport::Mqtt => mqtt_port,
+        config::Transport::Http => http_port,
+    };
+    reachable(&host, port, &device.device_id).await?;
     let transport = match &device.credential {
         Credential::Mqtt { username, password } => Transport::Mqtt(Arc::new(MqttDevice::connect(
             &device.device_id,
-            &device.host,
-            device.mqtt_port,
+            &host,
+            mqtt_port,
             Some((username.as_str(), password.as_str())),
         )?)),
-        Credential::ApiKey(key) => {
-            let url = device.telemetry_url();
-            Transport::http(
-                format!("http://{}:{}{}", url.host, url.port, url.path),
-                key.to_string(),
-            )?
-        }
+        Credential::ApiKey(key) => Transport::http(
+            format!(
+                "http://{}{}",
+                host_port(&host, http_port),
+                config::TELEMETRY_PATH
+            ),
+            key.to_string(),
+        )?,
     };
     Ok((device.device_id.to_string(), transport))
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+fn host_port(host: &str, port: u16) -> String {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        _ => format!("{host}:{port}"),
+    }
+}
+
+/// Says at once when nothing answers where a device would send (rather than a minute of
+/// retries).
+async fn reachable(host: &str, port: u16, device: &str) -> Result<()> {
+    let target = host_port(host, port);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target)
+        .await
+        .with_context(|| format!("{device}: resolving {target}"))?
+        .collect();
+    for a in addrs {
+        let connect = tokio::net::TcpStream::connect(a);
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), connect).await {
+            return Ok(());
+        }
+    }
+    bail!("{device}: no appliance answers at {target}")
+}
+
+/// Browses for appliances (`--discover`) and says what answered on stderr.
+pub fn discover(args: &SimulateArgs) -> Result<Vec<Found>> {
+    if !(args.discover_secs.is_finite() && args.discover_secs > 0.0 && args.discover_secs <= 60.0) {
+        bail!("--discover-secs must be more than 0 and at most 60");
+    }
+    let limit = Duration::from_secs_f64(args.discover_secs);
+    let started = Instant::now();
+    let found = crate::discovery::browse(limit).context("mDNS browse")?;
+    if found.is_empty() {
+        eprintln!(
+            "discovery: no appliance answered within {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    for f in &found {
+        match &f.txt {
+            Ok(s) => {
+                let port = |p: Option<u16>| p.map_or("-".to_owned(), |p| p.to_string());
+                let fp = |f: &Option<discovery::Fingerprint>| {
+                    f.as_ref()
+                        .map_or("-".to_owned(), |f| discovery::hex(f).to_string())
+                };
+                eprintln!(
+                    "discovery: found `{}` at {}: mqtt {}, http {}, mqtts {}, https {}, fp {}, ca {}",
+                    f.instance,
+                    f.address,
+                    port(s.mqtt),
+                    port(s.http),
+                    port(s.mqtts),
+                    port(s.https),
+                    fp(&s.fingerprint),
+                    fp(&s.ca),
+                );
+            }
+            Err(e) => eprintln!(
+                "discovery: found `{}` at {}, not usable: {e}",
+                f.instance, f.address
+            ),
+        }
+    }
+    Ok(found)
+}
+
+/// The firmware core's choice for one device, said on stderr.
+pub fn choose<'a>(device: &str, found: &'a [Found], stored: Stored<'a>) -> Choice<'a> {
+    let announcements: Vec<discovery::Announcement<'a>> =
+        found.iter().map(Found::announcement).collect();
+    for a in &announcements {
+        if let Err(why) = discovery::judge(a, &stored) {
+            eprintln!(
+                "discovery: {device}: ignoring `{}` at {}: {why}",
+                a.instance, a.address
+            );
+        }
+    }
+    let choice = discovery::choose(&announcements, stored);
+    eprintln!(
+        "discovery: {device}: appliance at {} (mqtt {}, http {}): {}",
+        choice.host, choice.mqtt_port, choice.http_port, choice.why
+    );
+    choice
+}
+
+/// The fingerprint `--pin` names.
+pub fn pin(args: &SimulateArgs) -> Result<Option<discovery::Fingerprint>> {
+    args.pin
+        .as_deref()
+        .map(|p| {
+            discovery::parse_fingerprint(p)
+                .with_context(|| format!("--pin {p:?}: 64 hex digits (a SHA-256) expected"))
+        })
+        .transpose()
 }
 
 /// A key for `device_id` in the appliance's database on this machine (HTTP mode).

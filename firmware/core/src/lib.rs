@@ -12,7 +12,9 @@
 //! - [`command`]: commands received on `devices/{id}/commands`;
 //! - [`config`]: the device config record in the `config` flash partition and its store;
 //! - [`clock`]: wall-clock bookkeeping (SNTP packets, RFC 3339 formatting, unsynced marking);
-//! - [`http`]: the HTTP/1.1 `POST /api/telemetry` request and response status line.
+//! - [`http`]: the HTTP/1.1 `POST /api/telemetry` request and response status line;
+//! - [`discovery`]: the `_genba._tcp` mDNS announcement's TXT record and the choice between
+//!   the announced address and the stored one.
 //!
 //! The crate is `no_std` and needs no allocator. Its error types implement
 //! `core::error::Error`, so `?` into `anyhow`/`Box<dyn Error>` works on the host; the `std`
@@ -26,6 +28,7 @@ pub mod backoff;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod discovery;
 pub mod ds18b20;
 pub mod http;
 pub mod offsets;
