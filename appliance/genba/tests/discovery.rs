@@ -84,7 +84,7 @@ impl Genba {
         std::fs::write(&config_path, config).unwrap();
         let log = dir.join(format!("{role}.log"));
         let data = dir.join("data");
-        let endpoints = data.join("run").join("endpoints.json");
+        let endpoints = data.join("run").join(endpoints_file(role));
         let _ = std::fs::remove_file(&endpoints);
         let child = Command::new(env!("CARGO_BIN_EXE_genba"))
             .arg(role)
@@ -140,6 +140,15 @@ impl Genba {
     }
 }
 
+/// The file a process running `role` writes its addresses to (`genba up`: all of them).
+fn endpoints_file(role: &str) -> String {
+    match role {
+        "up" => "endpoints.json".to_owned(),
+        other => format!("endpoints-{other}.json"),
+    }
+}
+
+/// An address `genba up` serves.
 fn endpoint(dir: &Path, key: &str) -> std::net::SocketAddr {
     let text = std::fs::read_to_string(dir.join("data/run/endpoints.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -334,16 +334,6 @@ fn endpoint_of(data_dir: &std::path::Path, role: &str, key: &str) -> String {
     found.unwrap_or_else(|| panic!("genba {role} did not start"))
 }
 
-/// Kills the child when the test ends, passed or not.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn with_roles_in_separate_processes_notify_reaches_the_broker_and_metrics_hold_every_process() {
     let dir = tempfile::tempdir().unwrap();
@@ -356,7 +346,7 @@ fn with_roles_in_separate_processes_notify_reaches_the_broker_and_metrics_hold_e
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        Killed(child)
+        common::Killed(child)
     };
     let _broker = role(&["broker", "--mqtt", "127.0.0.1:0"]);
     let mqtt = endpoint_of(dir.path(), "broker", "mqtt");
