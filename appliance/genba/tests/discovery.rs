@@ -155,6 +155,25 @@ fn endpoint(dir: &Path, key: &str) -> std::net::SocketAddr {
     v[key].as_str().expect(key).parse().unwrap()
 }
 
+/// `genba devices provision fridge-1` for the appliance at `appliance` (HTTP), with the
+/// test's `up.toml` and data dir; the device config file.
+fn provision_fridge(dir: &Path, appliance: &str) -> PathBuf {
+    let file = dir.join("fridge-1.bin");
+    let out = Command::new(env!("CARGO_BIN_EXE_genba"))
+        .args(["devices", "provision", "fridge-1", "--wifi-ssid", "shop"])
+        .args(["--wifi-pass", "wifi-pass-1234", "--appliance", appliance])
+        .args(["--transport", "http", "--out"])
+        .arg(&file)
+        .arg("--config")
+        .arg(dir.join("up.toml"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    file
+}
+
 /// `genba simulate ARGS` with its own empty data dir (so no run/endpoints.json points at the
 /// appliance: without discovery it would try the defaults, 127.0.0.1:1883 and :8080, where
 /// nothing listens in the namespace). Returns (success, stdout + stderr).
@@ -320,19 +339,7 @@ fn a_moved_appliance_is_found_by_its_provisioned_device_unless_the_device_pins_a
     );
     up.wait_announced();
     // The device was provisioned for the appliance's old address.
-    let file = dir.path().join("fridge-1.bin");
-    let out = Command::new(env!("CARGO_BIN_EXE_genba"))
-        .args(["devices", "provision", "fridge-1", "--wifi-ssid", "shop"])
-        .args(["--wifi-pass", "wifi-pass-1234", "--appliance", "10.9.8.7"])
-        .args(["--transport", "http", "--out"])
-        .arg(&file)
-        .arg("--config")
-        .arg(dir.path().join("up.toml"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let file = provision_fridge(dir.path(), "10.9.8.7");
     let file_arg = file.to_str().unwrap();
 
     let (ok, out) = simulate(dir.path(), &["--device-config", file_arg, "--batches", "1"]);
@@ -646,19 +653,7 @@ fn a_pi_that_moved_to_another_address_is_found_there_by_a_device_on_the_lan() {
     up.wait_announced();
     let http = endpoint(dir.path(), "http").port();
     // A thermometer provisioned with the Pi's address of the day.
-    let file = dir.path().join("fridge-1.bin");
-    let out = Command::new(env!("CARGO_BIN_EXE_genba"))
-        .args(["devices", "provision", "fridge-1", "--wifi-ssid", "shop"])
-        .args(["--wifi-pass", "wifi-pass-1234", "--appliance", "10.77.0.1"])
-        .args(["--transport", "http", "--out"])
-        .arg(&file)
-        .arg("--config")
-        .arg(dir.path().join("up.toml"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let file = provision_fridge(dir.path(), "10.77.0.1");
     let file = file.to_str().unwrap();
     let run = [
         "--device-config",
