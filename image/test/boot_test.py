@@ -4,9 +4,10 @@
 On a copy of the image, grown by 512 MiB like a bigger SD card:
  1. a settings file goes on the boot partition (admin password, an MQTT user, a device key, and a
     Slack webhook pointing at a fake Slack on this host, reached from the guest as 10.0.2.2);
- 2. first boot: waits for the console's `genba-ready:` line, then over forwarded ports publishes
-    over MQTT (Debian's mosquitto_pub), calls /notify and /api/telemetry, and waits for both
-    messages at the fake Slack;
+ 2. first boot, with the image's own kernel command line (cmdline.txt; qemu's serial port in place
+    of the Pi's, HDMI's tty0 still /dev/console): waits for the `genba-ready:` line on the serial
+    console, then over forwarded ports publishes over MQTT (Debian's mosquitto_pub), calls
+    /notify and /api/telemetry, and waits for both messages at the fake Slack;
  3. a retained message and a persistent session with a queued QoS 1 message are made, then a
     write burst of /notify requests, and the VM is killed (a hard power-off) in the middle;
     after the reboot both are still there;
@@ -140,15 +141,24 @@ def mtools_env():
     return dict(os.environ, MTOOLS_SKIP_CHECK="1")
 
 
+def qemu_cmdline(pi_cmdline):
+    """The image's own cmdline.txt for qemu's virt machine: its serial console is the PL011
+    ttyAMA0 where the Pi 3/4's header UART is ttyS1. The order of the console= entries stays, so
+    /dev/console is the last one (tty0, HDMI on a Pi) as on the Pi, and this serial log sees only
+    what is written to every console, as a serial cable on a Pi would."""
+    args = re.sub(r"\bconsole=ttyS1\b", "console=ttyAMA0", pi_cmdline.strip()).split()
+    return " ".join(args + [a for a in ["net.ifnames=0"] if a not in args])
+
+
 class Vm:
-    def __init__(self, work, card, kernel, initrd, http_port, mqtt_port, name):
+    def __init__(self, work, card, kernel, initrd, cmdline, http_port, mqtt_port, name):
         self.log_path = os.path.join(work, f"serial-{name}.log")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [
                 "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2",
                 "-m", "1024", "-nographic", "-kernel", kernel, "-initrd", initrd,
-                "-append", "root=LABEL=GENBAROOT ro rootwait console=ttyAMA0 net.ifnames=0",
+                "-append", cmdline,
                 "-drive", f"if=none,id=hd,file={card.path},format=raw,cache=writeback",
                 "-device", "virtio-blk-pci,drive=hd",
                 "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{http_port}-:80,"
@@ -272,6 +282,13 @@ def main():
     for f in (kernel, initrd):
         run("mcopy", "-o", "-i", card.fat(), f"::{f}", os.path.join(work, f), env=mtools_env())
     kernel, initrd = os.path.join(work, kernel), os.path.join(work, initrd)
+    pi_cmdline = run("mtype", "-i", card.fat(), "::cmdline.txt", env=mtools_env()).stdout
+    consoles = re.findall(r"\bconsole=([^\s,]+)", pi_cmdline)
+    check(consoles[-1:] == ["tty0"] and "ttyS1" in consoles,
+          f"the image's cmdline.txt has the serial console ttyS1 and tty0 (HDMI) last: "
+          f"{pi_cmdline.strip()!r}")
+    cmdline = qemu_cmdline(pi_cmdline)
+    log(f"qemu kernel command line: {cmdline}")
 
     http_port, mqtt_port = free_port(), free_port()
     base = f"http://127.0.0.1:{http_port}"
@@ -279,17 +296,18 @@ def main():
 
     # --- first boot -------------------------------------------------------------------------
     log("first boot")
-    vm = Vm(work, card, kernel, initrd, http_port, mqtt_port, "boot1")
+    vm = Vm(work, card, kernel, initrd, cmdline, http_port, mqtt_port, "boot1")
     ready, seconds = vm.wait_ready(args.timeout)
     figures["first boot to ready (s)"] = round(seconds, 1)
     log(ready)
+    log("ok: the genba-ready line is on the serial console (ttyAMA0), which is not /dev/console")
     for unit in ("genba-broker", "genba-bridge", "genba-slack"):
         check(f"{unit}=active" in ready, f"{unit} is active")
     check("genba-exment=active" not in ready, "genba-exment is skipped (Exment not configured)")
     failed = re.findall(r"genba-failed: [^\r\n]*", vm.console())
     check(not failed, f"no failed units ({failed})")
-    check("applied /boot/firmware/genba-settings.toml" in vm.console(),
-          "firstboot applied the settings file (console)")
+    check("genba-firstboot: applied /boot/firmware/genba-settings.toml" in vm.console(),
+          "firstboot applied the settings file (its line on the serial console)")
 
     status, body = request("GET", f"{base}/health")
     check(status == 200, f"GET /health answers 200 ({body[:80]!r})")
@@ -345,7 +363,7 @@ def main():
 
     # --- second boot ------------------------------------------------------------------------
     log("second boot after the power cut")
-    vm = Vm(work, card, kernel, initrd, http_port, mqtt_port, "boot2")
+    vm = Vm(work, card, kernel, initrd, cmdline, http_port, mqtt_port, "boot2")
     ready, seconds = vm.wait_ready(args.timeout)
     figures["boot to ready after the power cut (s)"] = round(seconds, 1)
     log(ready)
