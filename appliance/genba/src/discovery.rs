@@ -1,17 +1,19 @@
 //! mDNS (DNS-SD, mdns-sd): the appliance announces `_genba._tcp.local.` so devices find it
-//! after it moved, and `genba simulate --discover` browses for it as a device would
-//! (docs/discovery.md). The TXT record is written and read by the firmware core's
+//! after it moved, and `genba simulate --discover` asks for it with the firmware's own query
+//! and reader (docs/discovery.md). The TXT record is written and read by the firmware core's
 //! `discovery` module, so both ends share its keys and the choice between the announced and
 //! the stored address.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use genba_config::Config;
-use genba_firmware_core::discovery::{self as fw, Service, SERVICE_TYPE};
-use mdns_sd::{DaemonEvent, IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
+use genba_firmware_core::discovery::{Service, SERVICE_TYPE};
+use genba_firmware_core::mdns;
+use mdns_sd::{DaemonEvent, IfKind, ServiceDaemon, ServiceInfo};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -48,7 +50,8 @@ impl Plan {
         let fingerprint = |hex: &Option<String>, what: &str| -> Result<_, String> {
             hex.as_deref()
                 .map(|h| {
-                    fw::parse_fingerprint(h).ok_or_else(|| format!("{what} {h:?} is not SHA-256"))
+                    genba_firmware_core::discovery::parse_fingerprint(h)
+                        .ok_or_else(|| format!("{what} {h:?} is not SHA-256"))
                 })
                 .transpose()
         };
@@ -346,73 +349,68 @@ fn watch_daemon(events: mdns_sd::Receiver<DaemonEvent>) {
     }
 }
 
-/// One answer to a browse: an instance at one of its addresses, with its TXT record read by
-/// the firmware core (or why it could not be read).
-#[derive(Debug, Clone)]
-pub struct Found {
-    pub instance: String,
-    pub address: IpAddr,
-    pub txt: Result<Service, fw::TxtError>,
-}
+/// One appliance that answered, as the firmware core read it.
+pub use genba_firmware_core::mdns::Found;
 
-impl Found {
-    pub fn announcement(&self) -> fw::Announcement<'_> {
-        fw::Announcement {
-            instance: &self.instance,
-            address: self.address,
-            service: self.txt,
+/// Asks the LAN for appliances as a device does: the firmware core's one-shot mDNS query
+/// (`genba_firmware_core::mdns`), sent from an ordinary UDP port on every IPv4 interface that
+/// is up, the unicast answers read with the core's reader. Waits until `limit`, or one quiet
+/// second after the first appliance answered (others on the LAN answer within it too).
+pub fn query(limit: Duration) -> std::io::Result<Vec<Found>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let id: u16 = rand::random();
+    let packet = mdns::query(id);
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+    let group = SocketAddr::from((mdns::GROUP, mdns::PORT)).into();
+    let mut sent = 0;
+    for iface in if_addrs::get_if_addrs()? {
+        let if_addrs::IfAddr::V4(v4) = &iface.addr else {
+            continue;
+        };
+        // Each interface in turn: the multicast leaves from it, the answer comes back to it.
+        let on = socket
+            .set_multicast_if_v4(&v4.ip)
+            .and_then(|()| socket.send_to(&packet, &group));
+        match on {
+            Ok(_) => sent += 1,
+            Err(e) => tracing::debug!(interface = %iface.name, error = %e, "mDNS query not sent"),
         }
     }
-}
-
-/// Browses `_genba._tcp.local.` as a device does: until `limit`, or one quiet second after the
-/// first appliance resolved (others on the LAN answer within it too). IPv4 addresses first.
-pub fn browse(limit: Duration) -> Result<Vec<Found>, mdns_sd::Error> {
-    let daemon = ServiceDaemon::new()?;
-    let events = daemon.browse(SERVICE_TYPE)?;
+    if sent == 0 {
+        return Err(std::io::Error::other(
+            "no IPv4 interface could send the mDNS query",
+        ));
+    }
+    let socket = std::net::UdpSocket::from(socket);
     let deadline = Instant::now() + limit;
     let mut quiet_until: Option<Instant> = None;
-    let mut found = Vec::new();
+    let mut found: heapless::Vec<Found, 64> = heapless::Vec::new();
+    let mut buf = [0u8; 9000]; // the largest mDNS packet (RFC 6762 §17)
     loop {
         let until = quiet_until.map_or(deadline, |q| q.min(deadline));
-        let Some(wait) = until.checked_duration_since(Instant::now()) else {
+        let Some(wait) = until
+            .checked_duration_since(Instant::now())
+            .filter(|w| !w.is_zero())
+        else {
             break;
         };
-        match events.recv_timeout(wait) {
-            Ok(ServiceEvent::ServiceResolved(r)) => {
-                let instance = r
-                    .fullname
-                    .strip_suffix(&format!(".{SERVICE_TYPE}"))
-                    .unwrap_or(&r.fullname)
-                    .to_owned();
-                let txt: Vec<(String, String)> = r
-                    .txt_properties
-                    .iter()
-                    .map(|p| (p.key().to_owned(), p.val_str().to_owned()))
-                    .collect();
-                let pairs: Vec<(&str, &str)> =
-                    txt.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let service = Service::from_txt(&pairs);
-                let mut addresses: Vec<IpAddr> =
-                    r.addresses.iter().map(|a| a.to_ip_addr()).collect();
-                addresses.sort_by_key(|a| (a.is_ipv6(), *a));
-                for address in addresses {
-                    found.retain(|f: &Found| f.instance != instance || f.address != address);
-                    found.push(Found {
-                        instance: instance.clone(),
-                        address,
-                        txt: service,
-                    });
-                }
+        socket.set_read_timeout(Some(wait))?;
+        let (n, from) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => return Err(e),
+        };
+        match mdns::read_response(&buf[..n], id, &mut found) {
+            Ok(added) if added > 0 && quiet_until.is_none() => {
                 quiet_until = Some(Instant::now() + Duration::from_secs(1));
             }
             Ok(_) => {}
-            Err(_) => break, // the time is up (or the daemon stopped)
+            Err(e) => tracing::debug!(%from, error = %e, "mDNS: packet ignored"),
         }
     }
-    if let Ok(r) = daemon.shutdown() {
-        let _ = r.recv_timeout(Duration::from_secs(1));
-    }
+    let mut found = found.into_iter().collect::<Vec<_>>();
+    found.sort_by(|a, b| (&a.instance, a.address).cmp(&(&b.instance, b.address)));
     Ok(found)
 }
 

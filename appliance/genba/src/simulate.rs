@@ -340,7 +340,7 @@ pub fn discover(args: &SimulateArgs) -> Result<Vec<Found>> {
     }
     let limit = Duration::from_secs_f64(args.discover_secs);
     let started = Instant::now();
-    let found = crate::discovery::browse(limit).context("mDNS browse")?;
+    let found = crate::discovery::query(limit).context("mDNS query")?;
     if found.is_empty() {
         eprintln!(
             "discovery: no appliance answered within {:.1} s",
@@ -348,7 +348,7 @@ pub fn discover(args: &SimulateArgs) -> Result<Vec<Found>> {
         );
     }
     for f in &found {
-        match &f.txt {
+        match &f.service {
             Ok(s) => {
                 let port = |p: Option<u16>| p.map_or("-".to_owned(), |p| p.to_string());
                 let fp = |f: &Option<discovery::Fingerprint>| {

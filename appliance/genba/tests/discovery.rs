@@ -1,6 +1,7 @@
 //! Finding the appliance by mDNS (issue 13 item 3, docs/discovery.md): `genba up` announces
 //! `_genba._tcp` with the ports it actually bound, `genba simulate --discover` finds it with
-//! the firmware core's choice and delivers readings to it, a moved device finds it again, a
+//! the firmware core's one-shot query, answer reader and choice (the code the ESP32-C3 runs)
+//! and delivers readings to it, a moved device finds it again, a
 //! device pinning another fingerprint ignores it, the goodbye at shutdown withdraws it, and of a
 //! broker and a bridge on one data directory exactly one announces.
 //!

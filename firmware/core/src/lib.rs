@@ -14,7 +14,9 @@
 //! - [`clock`]: wall-clock bookkeeping (SNTP packets, RFC 3339 formatting, unsynced marking);
 //! - [`http`]: the HTTP/1.1 `POST /api/telemetry` request and response status line;
 //! - [`discovery`]: the `_genba._tcp` mDNS announcement's TXT record and the choice between
-//!   the announced address and the stored one.
+//!   the announced address and the stored one;
+//! - [`mdns`]: the one-shot mDNS query a device sends to find the appliance, and the reading
+//!   of the answers.
 //!
 //! The crate is `no_std` and needs no allocator. Its error types implement
 //! `core::error::Error`, so `?` into `anyhow`/`Box<dyn Error>` works on the host; the `std`
@@ -31,6 +33,7 @@ pub mod config;
 pub mod discovery;
 pub mod ds18b20;
 pub mod http;
+pub mod mdns;
 pub mod offsets;
 pub mod telemetry;
 

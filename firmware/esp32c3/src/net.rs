@@ -1,6 +1,9 @@
-//! The network loop: SNTP, then MQTT (publish the backlog oldest first, receive commands) or
-//! HTTP (`POST /api/telemetry` with `X-API-Key`), reconnecting with backoff and jitter.
+//! The network loop: SNTP, then finding the appliance (an mDNS query, else the stored address),
+//! then MQTT (publish the backlog oldest first, receive commands) or HTTP (`POST
+//! /api/telemetry` with `X-API-Key`), reconnecting with backoff and jitter. The appliance is
+//! looked for again whenever it stops answering.
 
+use core::fmt::Write as _;
 use embassy_futures::select::{Either, select};
 use embassy_net::dns::DnsQueryType;
 use embassy_net::tcp::TcpSocket;
@@ -13,9 +16,12 @@ use esp_hal::rng::Rng;
 use genba_firmware_core::backoff::Backoff;
 use genba_firmware_core::clock::{self, NTP_PORT};
 use genba_firmware_core::command::{Command, Effect};
-use genba_firmware_core::config::{Credential, DeviceConfig};
+use genba_firmware_core::config::{Credential, DeviceConfig, HOST_MAX};
+use genba_firmware_core::discovery::{self, Stored};
 use genba_firmware_core::http::{self, Outcome};
+use genba_firmware_core::mdns::{self, Found};
 use genba_firmware_core::telemetry::{self, JSON_MAX_LEN, Topic};
+use heapless::String;
 use log::{error, info, warn};
 
 use crate::state::{self, BACKLOG, CLOCK, DATA_READY, SETTINGS, SETTINGS_CHANGED, WAKE_SENSORS};
@@ -37,6 +43,7 @@ enum NetError {
     Mqtt,
     HttpStatus(u16),
     Http(http::Error),
+    Udp,
 }
 
 impl core::fmt::Display for NetError {
@@ -49,6 +56,7 @@ impl core::fmt::Display for NetError {
             NetError::Mqtt => f.write_str("MQTT session ended"),
             NetError::HttpStatus(s) => write!(f, "HTTP status {s}"),
             NetError::Http(e) => write!(f, "HTTP: {e}"),
+            NetError::Udp => f.write_str("UDP error"),
         }
     }
 }
@@ -100,6 +108,89 @@ impl TimeSync {
     }
 }
 
+/// Where the appliance is: the announced address (an IPv4 literal) or the stored host, and
+/// its ports.
+#[derive(Debug, Clone)]
+struct Target {
+    host: String<HOST_MAX>,
+    mqtt_port: u16,
+    http_port: u16,
+}
+
+impl Target {
+    /// True when a session that ended with `e` never reached the appliance at this address:
+    /// it may have moved, so it is looked for again.
+    fn lost(e: &NetError) -> bool {
+        matches!(e, NetError::Dns | NetError::Timeout | NetError::Connect(_))
+    }
+}
+
+/// How long the device listens for answers to its mDNS query.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(2);
+
+/// Asks the LAN for the appliance (one mDNS query, answers for [`DISCOVERY_WAIT`]) and takes
+/// the core's choice between what answered and the stored address.
+async fn discover(stack: Stack<'static>, cfg: &'static DeviceConfig) -> Target {
+    let mut found: heapless::Vec<Found, 4> = heapless::Vec::new();
+    if let Err(e) = mdns_query(stack, &mut found).await {
+        warn!("mDNS query failed: {e}");
+    }
+    let stored = Stored::from(cfg);
+    let announcements: heapless::Vec<discovery::Announcement<'_>, 4> =
+        found.iter().map(Found::announcement).collect();
+    for a in &announcements {
+        if let Err(why) = discovery::judge(a, &stored) {
+            info!(
+                "discovery: ignoring `{}` at {}: {why}",
+                a.instance, a.address
+            );
+        }
+    }
+    let choice = discovery::choose(&announcements, stored);
+    info!(
+        "discovery: appliance at {} (mqtt {}, http {}): {}",
+        choice.host, choice.mqtt_port, choice.http_port, choice.why
+    );
+    let mut host = String::new();
+    // an IPv4 literal, or the stored host, which fits its own HOST_MAX
+    let _ = write!(host, "{}", choice.host);
+    Target {
+        host,
+        mqtt_port: choice.mqtt_port,
+        http_port: choice.http_port,
+    }
+}
+
+/// Sends the one-shot query to 224.0.0.251:5353 from an ordinary port and reads the unicast
+/// answers until [`DISCOVERY_WAIT`] has passed.
+async fn mdns_query<const N: usize>(
+    stack: Stack<'static>,
+    found: &mut heapless::Vec<Found, N>,
+) -> Result<(), NetError> {
+    let (mut rx_meta, mut tx_meta) = ([PacketMetadata::EMPTY; 4], [PacketMetadata::EMPTY; 1]);
+    let (mut rx_buf, mut tx_buf) = ([0u8; 1500], [0u8; mdns::QUERY_LEN]);
+    let mut sock = UdpSocket::new(stack, &mut rx_meta, &mut rx_buf, &mut tx_meta, &mut tx_buf);
+    sock.bind(0).map_err(|_| NetError::Udp)?;
+    let id = Rng::new().random() as u16;
+    let group = IpAddress::Ipv4(mdns::GROUP);
+    sock.send_to(&mdns::query(id), (group, mdns::PORT))
+        .await
+        .map_err(|_| NetError::Udp)?;
+    let mut packet = [0u8; 1500];
+    let deadline = Instant::now() + DISCOVERY_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(received) = with_timeout(left, sock.recv_from(&mut packet)).await else {
+            return Ok(()); // the time is up
+        };
+        // a packet larger than the buffer is cut: the reader refuses it
+        let Ok((n, _from)) = received else { continue };
+        if let Err(e) = mdns::read_response(&packet[..n], id, found) {
+            info!("discovery: a packet was ignored: {e}");
+        }
+    }
+}
+
 async fn resolve(stack: Stack<'static>, host: &str) -> Result<IpAddress, NetError> {
     let found = with_timeout(CONNECT_TIMEOUT, stack.dns_query(host, DnsQueryType::A))
         .await
@@ -111,7 +202,6 @@ async fn resolve(stack: Stack<'static>, host: &str) -> Result<IpAddress, NetErro
 #[derive(Debug)]
 enum SntpFailure {
     Net(NetError),
-    Udp,
     Answer(clock::SntpError),
 }
 
@@ -119,7 +209,6 @@ impl core::fmt::Display for SntpFailure {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             SntpFailure::Net(e) => write!(f, "{e}"),
-            SntpFailure::Udp => f.write_str("UDP error"),
             SntpFailure::Answer(e) => write!(f, "{e}"),
         }
     }
@@ -130,12 +219,12 @@ async fn sntp(stack: Stack<'static>, server: &str) -> Result<u64, SntpFailure> {
     let (mut rx_meta, mut tx_meta) = ([PacketMetadata::EMPTY; 2], [PacketMetadata::EMPTY; 2]);
     let (mut rx_buf, mut tx_buf) = ([0u8; 128], [0u8; 64]);
     let mut sock = UdpSocket::new(stack, &mut rx_meta, &mut rx_buf, &mut tx_meta, &mut tx_buf);
-    sock.bind(0).map_err(|_| SntpFailure::Udp)?;
+    sock.bind(0).map_err(|_| SntpFailure::Net(NetError::Udp))?;
     let rng = Rng::new();
     let nonce = (u64::from(rng.random()) << 32) | u64::from(rng.random());
     sock.send_to(&clock::sntp_request(nonce), (server, NTP_PORT))
         .await
-        .map_err(|_| SntpFailure::Udp)?;
+        .map_err(|_| SntpFailure::Net(NetError::Udp))?;
     let mut buf = [0u8; 128];
     // a stray packet is skipped; stop at the deadline
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -144,7 +233,7 @@ async fn sntp(stack: Stack<'static>, server: &str) -> Result<u64, SntpFailure> {
         let (n, _from) = with_timeout(left, sock.recv_from(&mut buf))
             .await
             .map_err(|_| SntpFailure::Net(NetError::Timeout))?
-            .map_err(|_| SntpFailure::Udp)?;
+            .map_err(|_| SntpFailure::Net(NetError::Udp))?;
         match clock::sntp_parse(&buf[..n], nonce) {
             Ok(ms) => return Ok(ms),
             Err(clock::SntpError::WrongNonce) => continue,
@@ -255,6 +344,8 @@ pub async fn run(stack: Stack<'static>, mut led: Led, cfg: &'static DeviceConfig
         }
         Credential::ApiKey(_) => None,
     };
+    // found at the first connection, and again after the appliance stopped answering
+    let mut target: Option<Target> = None;
     loop {
         if !stack.is_config_up() {
             info!("waiting for Wi-Fi and DHCP");
@@ -264,18 +355,34 @@ pub async fn run(stack: Stack<'static>, mut led: Led, cfg: &'static DeviceConfig
             }
         }
         time.run_if_due(stack).await;
+        let here = match &target {
+            Some(t) => t.clone(),
+            None => target.insert(discover(stack, cfg).await).clone(),
+        };
         let result = match (&mut session, &cfg.credential) {
             (_, Credential::ApiKey(key)) => {
-                http_loop(stack, cfg, key, &mut backoff, &mut time).await
+                http_loop(stack, cfg, &here, key, &mut backoff, &mut time).await
             }
             (Some(session), Credential::Mqtt { .. }) => {
-                mqtt_loop(stack, cfg, session, &mut backoff, &mut time, &mut led).await
+                mqtt_loop(
+                    stack,
+                    cfg,
+                    &here,
+                    session,
+                    &mut backoff,
+                    &mut time,
+                    &mut led,
+                )
+                .await
             }
             (None, Credential::Mqtt { .. }) => {
                 Timer::after(Duration::from_secs(3600)).await;
                 continue;
             }
         };
+        if Target::lost(&result) {
+            target = None;
+        }
         let delay = backoff.next_delay_ms(Rng::new().random());
         warn!(
             "link to the appliance lost ({result}); retry {} in {delay} ms",
@@ -290,6 +397,7 @@ pub async fn run(stack: Stack<'static>, mut led: Led, cfg: &'static DeviceConfig
 async fn mqtt_loop(
     stack: Stack<'static>,
     cfg: &DeviceConfig,
+    target: &Target,
     session: &mut minimq::Session<'_>,
     backoff: &mut Backoff,
     time: &mut TimeSync,
@@ -302,7 +410,7 @@ async fn mqtt_loop(
         (Ok(t), Ok(c)) => (t, c),
         _ => return NetError::Mqtt,
     };
-    let broker = match resolve(stack, &cfg.host).await {
+    let broker = match resolve(stack, &target.host).await {
         Ok(a) => a,
         Err(e) => return e,
     };
@@ -310,7 +418,7 @@ async fn mqtt_loop(
     let mut tx = [0u8; 2560];
     let mut socket = TcpSocket::new(stack, &mut rx, &mut tx);
     socket.set_timeout(Some(Duration::from_secs(u64::from(MQTT_KEEPALIVE_S) * 3)));
-    match with_timeout(CONNECT_TIMEOUT, socket.connect((broker, cfg.mqtt_port))).await {
+    match with_timeout(CONNECT_TIMEOUT, socket.connect((broker, target.mqtt_port))).await {
         Err(_) => return NetError::Timeout,
         Ok(Err(e)) => return NetError::Connect(e),
         Ok(Ok(())) => {}
@@ -325,8 +433,8 @@ async fn mqtt_loop(
     };
     info!(
         "MQTT connected to {}:{} as {} ({:?})",
-        cfg.host,
-        cfg.mqtt_port,
+        target.host,
+        target.mqtt_port,
         cfg.device_id,
         conn.connect_event()
     );
@@ -407,11 +515,16 @@ async fn mqtt_loop(
 async fn http_loop(
     stack: Stack<'static>,
     cfg: &DeviceConfig,
+    target: &Target,
     api_key: &str,
     backoff: &mut Backoff,
     time: &mut TimeSync,
 ) -> NetError {
-    let url = cfg.telemetry_url();
+    let url = http::Url {
+        host: &target.host,
+        port: target.http_port,
+        ..cfg.telemetry_url()
+    };
     let mut json = [0u8; JSON_MAX_LEN];
     let mut request = [0u8; JSON_MAX_LEN + 512];
     loop {
