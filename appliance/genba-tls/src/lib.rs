@@ -81,13 +81,7 @@ pub fn load(cfg: &TlsConfig, data_dir: &Path) -> Result<ServerTls, TlsError> {
     })?;
     let fingerprint = hex(&Sha256::digest(first.as_ref()));
     let ca_fingerprint = match &ca_pem {
-        Some(pem) => {
-            let ca = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::Pem {
-                path: dir(data_dir).join("ca.pem"),
-                what: "certificate",
-            })?;
-            Some(hex(&Sha256::digest(ca.as_ref())))
-        }
+        Some(pem) => Some(ca_fingerprint_of(pem, &dir(data_dir).join("ca.pem"))?),
         None => None,
     };
     let key_path = cfg
@@ -152,6 +146,25 @@ fn names(cfg: &TlsConfig) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// SHA-256 (DER, lower-case hex) of the local CA's certificate in `data_dir`, when Genba has
+/// made one (at the first start with TLS on and no certificate in the settings).
+pub fn local_ca_fingerprint(data_dir: &Path) -> Result<Option<String>, TlsError> {
+    let path = dir(data_dir).join("ca.pem");
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => ca_fingerprint_of(&pem, &path).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TlsError::File { path, source }),
+    }
+}
+
+fn ca_fingerprint_of(pem: &str, path: &Path) -> Result<String, TlsError> {
+    let ca = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| TlsError::Pem {
+        path: path.to_owned(),
+        what: "certificate",
+    })?;
+    Ok(hex(&Sha256::digest(ca.as_ref())))
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
@@ -294,6 +307,10 @@ mod tests {
         let ca_der = CertificateDer::from_pem_slice(ca.as_bytes()).unwrap();
         let ca_fp = hex(&Sha256::digest(ca_der.as_ref()));
         assert_eq!(first.ca_fingerprint.as_deref(), Some(ca_fp.as_str()));
+        assert_eq!(
+            local_ca_fingerprint(dir.path()).unwrap(),
+            first.ca_fingerprint
+        );
         assert_eq!(renamed.ca_fingerprint, first.ca_fingerprint);
         assert_ne!(ca_fp, first.fingerprint);
     }

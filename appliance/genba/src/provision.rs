@@ -13,6 +13,7 @@ use genba_config::{passwords, Config};
 use genba_firmware_core::config::{
     self as device_config, Credential, DeviceConfig, Pins, AREA_LEN, PARTITION_OFFSET,
 };
+use genba_firmware_core::discovery::{self, Fingerprint};
 use genba_firmware_core::offsets::Offsets;
 use genba_firmware_core::telemetry::MAX_READINGS;
 use genba_store::devices::{self, DeviceChange};
@@ -48,9 +49,9 @@ pub struct ProvisionArgs {
         default_value = ""
     )]
     pub wifi_pass: String,
-    /// This appliance as the device reaches it: an IPv4 address or a DNS name (the firmware
-    /// does not resolve mDNS names such as genba.local yet). Default: the MQTT listen address
-    /// when it is a LAN address.
+    /// This appliance as the device reaches it: an IPv4 address or a DNS name the LAN's DNS
+    /// server resolves. The device looks for the appliance's mDNS announcement first and falls
+    /// back to this address. Default: the MQTT listen address when it is a LAN address.
     #[arg(long)]
     pub appliance: Option<String>,
     #[arg(long, value_enum, default_value = "mqtt")]
@@ -77,9 +78,35 @@ pub struct ProvisionArgs {
     /// credential). Default: ID.genba-config.bin in the current directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The TLS certificate the device pins, as its SHA-256 (64 hex digits; the `fp` or `ca`
+    /// that `genba status` and the mDNS announcement show), or `none`. A pinned device takes
+    /// only announcements that claim it. Default: this appliance's local CA
+    /// (DATA_DIR/tls/ca.pem, made at the first start with TLS on) when it has one, else none.
+    #[arg(long, value_name = "SHA256|none")]
+    pub pin: Option<String>,
     /// Print the result as JSON (never the secrets; they are only in the file).
     #[arg(long)]
     pub json: bool,
+}
+
+/// The fingerprint the device pins: `--pin`, else the local CA's when the appliance has one.
+fn pin(args: &ProvisionArgs, data_dir: &Path) -> Result<Option<Fingerprint>> {
+    match args.pin.as_deref() {
+        Some("none") => Ok(None),
+        Some(hex) => discovery::parse_fingerprint(hex)
+            .map(Some)
+            .with_context(|| {
+                format!("--pin {hex:?}: a SHA-256 (64 hex digits) or `none` expected")
+            }),
+        None => {
+            let Some(hex) = genba_tls::local_ca_fingerprint(data_dir)? else {
+                return Ok(None);
+            };
+            discovery::parse_fingerprint(&hex)
+                .map(Some)
+                .context("the local CA's fingerprint is not a SHA-256")
+        }
+    }
 }
 
 /// The host the device is told to reach: `--appliance`, else the broker's address when a
@@ -110,6 +137,7 @@ fn build_config(
     args: &ProvisionArgs,
     (mqtt, http): (SocketAddr, SocketAddr),
     credential: Credential,
+    pin: Option<Fingerprint>,
 ) -> Result<DeviceConfig> {
     let host = appliance_host(args, mqtt)?;
     let field = |e: device_config::Error| anyhow::anyhow!("{e}");
@@ -138,6 +166,7 @@ fn build_config(
     device.offsets = Offsets::<MAX_READINGS>::parse_list(&args.offsets.join(","))
         .map_err(|e| anyhow::anyhow!("--offset: {e}"))?;
     device.set_ntp_server(&args.ntp_server).map_err(field)?;
+    device.ca_sha256 = pin;
     device.validate().map_err(field)?;
     Ok(device)
 }
@@ -199,7 +228,16 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     // Everything is checked before anything is created.
     let endpoints = crate::commands::running_endpoints(&args.common, &config);
-    let device = build_config(&args, endpoints, credential)?;
+    let device = build_config(
+        &args,
+        endpoints,
+        credential,
+        pin(&args, &config.data_dir())?,
+    )?;
+    let pinned = device
+        .ca_sha256
+        .as_ref()
+        .map(|fp| discovery::hex(fp).to_string());
     let mut image = vec![0u8; AREA_LEN];
     device
         .area_image(&mut image)
@@ -252,6 +290,7 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
                 "appliance": device.host.as_str(),
                 "mqtt_port": device.mqtt_port,
                 "http_port": device.http_port,
+                "pin": pinned,
                 "credential": credential,
                 "config_file": account.as_ref().map(|p| p.display().to_string()),
                 "broker_restart_needed": account.is_some(),
@@ -277,6 +316,10 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
             TransportArg::Http => format!("HTTP (port {})", device.http_port),
         }
     );
+    match &pinned {
+        Some(fp) => println!("it takes only appliances announcing the TLS fingerprint {fp}"),
+        None => println!("it pins no TLS fingerprint (--pin)"),
+    }
     match (key_id, &account) {
         (Some(id), _) => println!(
             "credential: API key #{id} for {} (revoke it alone with `genba keys revoke {id}`)",

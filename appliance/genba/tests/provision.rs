@@ -131,6 +131,9 @@ fn an_http_device_gets_a_config_file_whose_api_key_posts_telemetry() {
     assert_eq!((c.interval_s, c.pins.onewire, c.pins.led), (300, 5, 8));
     assert_eq!(c.offsets.get("28FF4C3A91160457"), -0.25);
     assert_eq!(c.transport(), Transport::Http);
+    // no TLS on this appliance, so no local CA: nothing pinned
+    assert_eq!(c.ca_sha256, None);
+    assert_eq!(answer["pin"], serde_json::Value::Null);
     let Credential::ApiKey(key) = &c.credential else {
         panic!("an HTTP device carries an API key")
     };
@@ -152,6 +155,58 @@ fn an_http_device_gets_a_config_file_whose_api_key_posts_telemetry() {
     // the key is the device's own: it cannot post for another device
     let reply = post("fridge-other", &with_key);
     assert_eq!(reply.status, 403, "{}", reply.text);
+}
+
+/// SHA-256 of the certificate in a PEM file, computed here (not by genba).
+fn pem_sha256(path: &Path) -> [u8; 32] {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let pem = std::fs::read_to_string(path).unwrap();
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    sha2::Sha256::digest(&der).into()
+}
+
+#[test]
+fn a_device_pins_the_appliances_local_ca_or_what_pin_names() {
+    // With TLS on, the appliance makes its local CA at start.
+    let a = Appliance::start("[mqtt]\ntls_listen = \"127.0.0.1:0\"\n", "");
+    let ca = pem_sha256(&a.data_dir().join("tls").join("ca.pem"));
+    let hex: String = ca.iter().map(|b| format!("{b:02x}")).collect();
+
+    let (ok, out) = provision(&a, "fridge-pinned", "http", &["--json"]);
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["pin"].as_str(), Some(hex.as_str()), "{out}");
+    assert_eq!(decoded(&a, "fridge-pinned").config.ca_sha256, Some(ca));
+
+    let (ok, out) = provision(&a, "fridge-unpinned", "http", &["--pin", "none"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("pins no TLS fingerprint"), "{out}");
+    assert_eq!(decoded(&a, "fridge-unpinned").config.ca_sha256, None);
+
+    let other = "AB".repeat(32);
+    let (ok, out) = provision(&a, "fridge-other", "http", &["--pin", &other]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&"ab".repeat(32)), "{out}");
+    assert_eq!(
+        decoded(&a, "fridge-other").config.ca_sha256,
+        Some([0xab; 32])
+    );
+
+    // A bad pin is refused before anything is created.
+    let (ok, out) = provision(&a, "fridge-bad", "http", &["--pin", "abc"]);
+    assert!(!ok && out.contains("--pin \"abc\""), "{out}");
+    assert!(!a.dir.path().join("fridge-bad.bin").exists());
+    let (_, list) = a.genba(&["devices", "list", "--json"]);
+    assert!(!list.contains("fridge-bad"), "{list}");
 }
 
 #[test]
