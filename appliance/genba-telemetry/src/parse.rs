@@ -157,6 +157,7 @@ fn describe(f: telemetry::Field) -> &'static str {
         RawCelsius => "is outside the DS18B20 range or a sensor error value (85.0 power-on, -127 disconnected)",
         OffsetC => "is outside the allowed offset range",
         Celsius => "must equal raw_celsius + offset_c",
+        Firmware => "must be up to 16 characters from A-Z a-z 0-9 - _ . +",
     }
 }
 

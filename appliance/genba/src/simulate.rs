@@ -76,6 +76,9 @@ pub struct SimulateArgs {
     /// A device config carries its own.
     #[arg(long, value_name = "SHA256")]
     pub pin: Option<String>,
+    /// The firmware version the simulated devices report in each batch (`fw`).
+    #[arg(long, value_name = "VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    pub firmware: String,
 }
 
 /// What one run did, printed as JSON at the end.
@@ -197,6 +200,13 @@ pub async fn run(
     if !args.interval.is_finite() || args.interval <= 0.0 {
         bail!("--interval must be positive");
     }
+    telemetry::validate_firmware(&args.firmware).map_err(|e| {
+        anyhow::anyhow!(
+            "--firmware {:?}: {e} (at most {} characters from A-Z a-z 0-9 - _ . +)",
+            args.firmware,
+            telemetry::FW_MAX
+        )
+    })?;
     let outage = args.outage.as_deref().map(parse_outage).transpose()?;
     let interval = Duration::from_secs_f64(args.interval);
     let started = Instant::now();
@@ -438,12 +448,14 @@ async fn device(
         let now = Instant::now();
         let done_making = args.batches.is_some_and(|b| made >= b);
         if !done_making && now >= next_batch {
-            let t = batch(
+            let mut t = batch(
                 &device_id,
                 index,
                 &mut temps,
                 t0 + made * interval.as_millis() as u64,
             )?;
+            t.set_firmware(&args.firmware)
+                .map_err(|e| anyhow::anyhow!("{e}"))?; // checked in `run`
             Tally::add(&tally.readings, t.readings.len() as u64);
             Tally::add(&tally.batches, 1);
             made += 1;

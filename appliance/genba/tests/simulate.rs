@@ -150,3 +150,87 @@ fn ctrl_c_stops_a_run_without_an_end_and_still_prints_the_summary() {
         "{summary}"
     );
 }
+
+#[test]
+fn each_batch_names_the_firmware_and_the_appliance_shows_each_devices_version() {
+    let a = Appliance::start("[devices]\nauto_provision = \"all\"\n", "");
+    let run = |via: &str, firmware: &str| {
+        let out = a
+            .command(&[
+                "simulate",
+                "--devices",
+                "2",
+                "--batches",
+                "2",
+                "--interval",
+                "0.05",
+                "--via",
+                via,
+                "--firmware",
+                firmware,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let versions = || {
+        let (ok, list) = a.genba(&["devices", "list", "--json"]);
+        assert!(ok, "{list}");
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        let mut v: Vec<(String, String)> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["id"].as_str().unwrap().to_owned(),
+                    d["firmware"].as_str().unwrap_or("-").to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (ok, out) = run("mqtt", "1.2.0-rc.1");
+    assert!(ok, "{out}");
+    let expect = |fw: &str| {
+        vec![
+            ("sim-000".to_owned(), fw.to_owned()),
+            ("sim-001".to_owned(), fw.to_owned()),
+        ]
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(15), || versions()
+            == expect("1.2.0-rc.1")),
+        "{:?}",
+        versions()
+    );
+    // An update shows at the next batch.
+    let (ok, out) = run("mqtt", "1.2.0");
+    assert!(ok, "{out}");
+    assert!(
+        common::wait_until(Duration::from_secs(15), || versions() == expect("1.2.0")),
+        "{:?}",
+        versions()
+    );
+    // The same over HTTP (POST /api/telemetry).
+    let (ok, out) = run("http", "2.0.0");
+    assert!(ok, "{out}");
+    assert!(
+        common::wait_until(Duration::from_secs(15), || versions() == expect("2.0.0")),
+        "{:?}",
+        versions()
+    );
+    // A version the core refuses is refused before anything is sent.
+    let before = readings(&a).0;
+    let (ok, out) = run("mqtt", "1.2 beta");
+    assert!(!ok && out.contains("--firmware \"1.2 beta\""), "{out}");
+    assert_eq!(readings(&a).0, before);
+}

@@ -2,8 +2,11 @@
 //!
 //! ```json
 //! {"device_id":"kitchen-fridge-1","recorded_at":"2026-02-15T12:00:00Z","ts_device":1771156800000,
-//!  "rssi":-61,"readings":[{"sensor_hw_id":"28FF4C3A91160457","raw_celsius":3.5,"offset_c":-0.25,"celsius":3.25}]}
+//!  "rssi":-61,"fw":"0.1.0","readings":[{"sensor_hw_id":"28FF4C3A91160457","raw_celsius":3.5,"offset_c":-0.25,"celsius":3.25}]}
 //! ```
+//!
+//! `fw` is the firmware version the device runs (left out when empty); the appliance keeps
+//! the last one per device, so it shows which devices run which version.
 //!
 //! The same body is published on `devices/{device_id}/telemetry` and POSTed to
 //! `/api/telemetry` (with `X-API-Key`).
@@ -16,7 +19,8 @@
 //!
 //! Limits (checked by [`Telemetry::validate`], on both serialize and parse): `device_id`
 //! 1..=32 characters from `A-Z a-z 0-9 - _ .` (it is a topic level); `sensor_hw_id` 0..=16
-//! characters from the same set; 1..=[`MAX_READINGS`] readings; temperatures within the
+//! characters from the same set; `fw` 0..=[`FW_MAX`] characters from that set and `+`;
+//! 1..=[`MAX_READINGS`] readings; temperatures within the
 //! DS18B20 range, offsets within ±[`crate::offsets::MAX_OFFSET_C`], and
 //! `celsius == raw_celsius + offset_c` (to 0.001 °C).
 
@@ -34,6 +38,8 @@ pub const DEVICE_ID_MAX: usize = 32;
 pub const SENSOR_ID_MAX: usize = 16;
 /// Longest `recorded_at` string accepted.
 pub const RECORDED_AT_MAX: usize = 32;
+/// Longest firmware version (`fw`), e.g. `1.12.3-rc.1+c3`.
+pub const FW_MAX: usize = 16;
 /// Most readings in one batch.
 pub const MAX_READINGS: usize = 16;
 /// A buffer of this size always holds a valid [`Telemetry`] as JSON.
@@ -109,6 +115,9 @@ pub struct Telemetry {
     /// Wi-Fi signal strength in dBm (0 when unknown).
     #[serde(default)]
     pub rssi: i16,
+    /// The firmware version the device runs; empty (and left out of the JSON) when unknown.
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub fw: String<FW_MAX>,
     /// The readings, at least one.
     pub readings: Vec<Reading, MAX_READINGS>,
 }
@@ -126,11 +135,19 @@ impl Telemetry {
             recorded_at: bounded(recorded_at, Field::RecordedAt)?,
             ts_device,
             rssi,
+            fw: String::new(),
             readings: Vec::new(),
         };
         check_id(&t.device_id, Field::DeviceId, true)?;
         check_recorded_at(&t.recorded_at)?;
         Ok(t)
+    }
+
+    /// Names the firmware version the device runs (`fw`).
+    pub fn set_firmware(&mut self, version: &str) -> Result<(), Error> {
+        validate_firmware(version)?;
+        self.fw = bounded(version, Field::Firmware)?;
+        Ok(())
     }
 
     /// Adds a reading; fails when the batch already holds [`MAX_READINGS`].
@@ -160,6 +177,7 @@ impl Telemetry {
     pub fn validate(&self) -> Result<(), Error> {
         check_id(&self.device_id, Field::DeviceId, true)?;
         check_recorded_at(&self.recorded_at)?;
+        validate_firmware(&self.fw)?;
         if self.readings.is_empty() {
             return Err(Error::NoReadings);
         }
@@ -204,6 +222,8 @@ pub enum Field {
     OffsetC,
     /// `readings[].celsius`
     Celsius,
+    /// `fw`
+    Firmware,
 }
 
 impl Field {
@@ -216,6 +236,7 @@ impl Field {
             Field::RawCelsius => "raw_celsius",
             Field::OffsetC => "offset_c",
             Field::Celsius => "celsius",
+            Field::Firmware => "fw",
         }
     }
 }
@@ -266,6 +287,18 @@ fn check_id(s: &str, field: Field, required: bool) -> Result<(), Error> {
         return Err(Error::Invalid(field));
     }
     Ok(())
+}
+
+/// Checks a firmware version (`fw`): 0..=[`FW_MAX`] characters from `A-Z a-z 0-9 - _ . +`.
+pub fn validate_firmware(fw: &str) -> Result<(), Error> {
+    if fw.len() > FW_MAX {
+        return Err(Error::TooLong(Field::Firmware));
+    }
+    if fw.chars().all(|c| id_char(c) || c == '+') {
+        Ok(())
+    } else {
+        Err(Error::Invalid(Field::Firmware))
+    }
 }
 
 /// Checks a device id: 1..=32 characters from `A-Z a-z 0-9 - _ .`.
@@ -397,6 +430,7 @@ mod tests {
             -128,
         )
         .unwrap();
+        t.set_firmware(&"9".repeat(FW_MAX)).unwrap();
         for i in 0..MAX_READINGS {
             let id = format!("{:016X}", u64::MAX - i as u64);
             t.push(Reading::new(&id, -54.9375, -9.9999).unwrap())
@@ -423,7 +457,40 @@ mod tests {
         assert_eq!(t.rssi, 0);
         assert_eq!(t.readings[0].offset_c, 0.0);
         assert_eq!(t.readings[0].sensor_hw_id.as_str(), "");
+        assert_eq!(t.fw.as_str(), "1.2");
         assert!(t.is_time_synced());
+    }
+
+    #[test]
+    fn the_firmware_version_is_sent_when_set_and_checked() {
+        let mut t = sample();
+        t.set_firmware("0.1.0-rc.1+c3").unwrap();
+        let mut buf = [0u8; JSON_MAX_LEN];
+        let n = t.to_json(&mut buf).unwrap();
+        let json = core::str::from_utf8(&buf[..n]).unwrap();
+        assert!(
+            json.contains(r#""rssi":-61,"fw":"0.1.0-rc.1+c3","readings""#),
+            "{json}"
+        );
+        assert_eq!(Telemetry::from_json(&buf[..n]), Ok(t.clone()));
+        assert_eq!(
+            t.set_firmware(&"1".repeat(FW_MAX + 1)),
+            Err(Error::TooLong(Field::Firmware))
+        );
+        assert_eq!(
+            t.set_firmware("1.0 beta"),
+            Err(Error::Invalid(Field::Firmware))
+        );
+        assert_eq!(
+            t.fw.as_str(),
+            "0.1.0-rc.1+c3",
+            "a refused version changes nothing"
+        );
+        let quoted = json.replace("0.1.0-rc.1+c3", "1.0\\\"x");
+        assert_eq!(
+            Telemetry::from_json(quoted.as_bytes()),
+            Err(Error::Invalid(Field::Firmware))
+        );
     }
 
     #[test]

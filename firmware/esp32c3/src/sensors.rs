@@ -134,6 +134,10 @@ fn take_batch(
             return None;
         }
     };
+    // every batch names the firmware, so the appliance shows which devices run which version
+    if let Err(e) = batch.set_firmware(env!("CARGO_PKG_VERSION")) {
+        warn!("firmware version not sent: {e}");
+    }
     for rom in roms {
         let id = rom.to_hex();
         match bus.read(rom) {
