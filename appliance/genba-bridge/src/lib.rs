@@ -63,6 +63,8 @@ pub struct BridgeSettings {
     /// Where the other processes (roles run as separate units) leave their metrics for
     /// `/metrics` ([`metrics::export`]).
     pub metrics_dir: Option<PathBuf>,
+    /// The firmware images devices fetch for updates (`GET /firmware/SHA256.bin`).
+    pub firmware_dir: PathBuf,
     /// The broker of this process (`genba up`): live copies go to it directly instead of over
     /// MQTT to `broker`.
     pub live: Option<Arc<dyn LiveHandoff>>,
@@ -88,6 +90,7 @@ pub(crate) struct State {
     /// Ends long-lived answers (the console's live stream) at shutdown.
     shutdown: watch::Receiver<bool>,
     metrics_dir: Option<PathBuf>,
+    firmware_dir: PathBuf,
 }
 
 type Shared = Arc<State>;
@@ -155,6 +158,7 @@ pub async fn start(
         console: console::Console::new(&settings.http, &settings.console, &settings.exment),
         sinks: settings.sinks,
         metrics_dir: settings.metrics_dir,
+        firmware_dir: settings.firmware_dir,
         shutdown: shutdown.clone(),
         auth: auth::HttpAuth::new(&settings.http),
         http: settings.http,
@@ -201,12 +205,60 @@ async fn ca_pem(AxumState(state): AxumState<Shared>) -> Response {
     }
 }
 
+/// `GET /firmware/SHA256.bin`: a firmware image kept by `genba firmware add`, for devices to
+/// update from. Public, like `/ca.pem`: the image is no secret, and the device checks what it
+/// got against the SHA-256 in its name (which the update command gives it).
+async fn firmware_image(
+    AxumState(state): AxumState<Shared>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Response {
+    let Some(sha256) = file
+        .strip_suffix(".bin")
+        .filter(|s| genba_store::firmware::is_sha256(s))
+    else {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "no such firmware image: the name is its SHA-256 (64 lower-case hex digits) and .bin",
+        )
+        .into_response();
+    };
+    let path = state.firmware_dir.join(format!("{sha256}.bin"));
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => (
+            [
+                (CONTENT_TYPE, "application/octet-stream".to_owned()),
+                (hyper::header::ETAG, format!("\"{sha256}\"")),
+                (
+                    hyper::header::CACHE_CONTROL,
+                    "public, max-age=31536000, immutable".to_owned(),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no firmware image {sha256} (see `genba firmware list`)"),
+        )
+        .into_response(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "firmware image unreadable");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the firmware image cannot be read",
+            )
+            .into_response()
+        }
+    }
+}
+
 /// Every path the bridge serves. Unknown paths are 404 and wrong methods 405, both as JSON.
 fn router(state: Shared) -> Router {
     Router::new()
         .merge(console::routes())
         .route("/health", get(health))
         .route("/ca.pem", get(ca_pem))
+        .route("/firmware/:file", get(firmware_image))
         .route("/status", get(status))
         .route("/metrics", get(metrics::handle))
         .route("/notify", get(notify).post(notify))

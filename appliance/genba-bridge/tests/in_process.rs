@@ -50,6 +50,7 @@ async fn a_bridge_on_a_bound_listener_journals_a_notify_before_answering_and_sto
         sinks: Vec::new(),
         tls: None,
         metrics_dir: None,
+        firmware_dir: dir.path().join("firmware"),
         live: None,
     };
     let listeners = Listeners {

@@ -9,6 +9,7 @@ pub mod broker_state;
 mod db;
 pub mod devices;
 mod exment;
+pub mod firmware;
 pub mod ingest;
 mod reader;
 mod schema;

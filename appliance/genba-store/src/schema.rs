@@ -258,6 +258,14 @@ const MIGRATIONS: &[&str] = &[
      -- `genba exment replay`), so the per-minute budget survives restarts.
      CREATE TABLE IF NOT EXISTS exment_requests (at INTEGER NOT NULL);
      CREATE INDEX IF NOT EXISTS exment_requests_at ON exment_requests(at);",
+    // 11: firmware images kept for device updates; the file is DATA_DIR/firmware/SHA256.bin.
+    "CREATE TABLE firmware (
+        sha256   TEXT PRIMARY KEY,                       -- of the whole file, lower-case hex
+        version  TEXT    NOT NULL,                       -- from the image's app descriptor
+        project  TEXT    NOT NULL,
+        size     INTEGER NOT NULL,                       -- bytes
+        added_at INTEGER NOT NULL                        -- unix ms
+     ) WITHOUT ROWID;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {

@@ -4,6 +4,7 @@ mod command_sink;
 mod commands;
 mod discovery;
 mod event_sink;
+mod firmware_cmd;
 mod firstboot;
 mod lifecycle;
 mod platform_cmd;
@@ -103,6 +104,9 @@ enum Command {
     /// Alarms raised by the rules: list, acknowledge with a corrective-action note.
     #[command(subcommand)]
     Alarms(platform_cmd::AlarmsCommand),
+    /// Firmware images for device updates: add, list, remove.
+    #[command(subcommand)]
+    Firmware(firmware_cmd::FirmwareCommand),
     /// Apply the settings file from the boot partition (run once per boot by the image).
     Firstboot {
         /// The genba.toml to update (may be a symlink to the data partition).
@@ -242,6 +246,7 @@ fn main() -> Result<()> {
         Command::Tokens(cmd) => platform_cmd::tokens_cmd(cmd),
         Command::Rules(cmd) => platform_cmd::rules_cmd(cmd),
         Command::Alarms(cmd) => platform_cmd::alarms_cmd(cmd),
+        Command::Firmware(cmd) => firmware_cmd::run(cmd),
         Command::Exment { common, cmd: None } => lifecycle::run(roles::Role::Exment, common),
         Command::Exment {
             common,

@@ -15,6 +15,8 @@
 //! - [`http`]: the HTTP/1.1 `POST /api/telemetry` request and response status line;
 //! - [`discovery`]: the `_genba._tcp` mDNS announcement's TXT record and the choice between
 //!   the announced address and the stored one;
+//! - [`image`]: the firmware's app image (ESP-IDF format): its version and its appended
+//!   SHA-256, checked by the appliance when an image is added and by the device after an update;
 //! - [`mdns`]: the one-shot mDNS query a device sends to find the appliance, and the reading
 //!   of the answers.
 //!
@@ -33,6 +35,7 @@ pub mod config;
 pub mod discovery;
 pub mod ds18b20;
 pub mod http;
+pub mod image;
 pub mod mdns;
 pub mod offsets;
 pub mod telemetry;

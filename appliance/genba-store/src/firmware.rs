@@ -1,0 +1,142 @@
+//! Firmware images kept for device updates: one row per image, its file at
+//! `DATA_DIR/firmware/SHA256.bin` (written by `genba firmware add` before the row, removed after
+//! it). Devices fetch the file by its SHA-256 and check it against that name.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FirmwareImage {
+    /// SHA-256 of the whole file, lower-case hex.
+    pub sha256: String,
+    /// The version in the image's app descriptor.
+    pub version: String,
+    /// The project name in it (`genba-fw-esp32c3`).
+    pub project: String,
+    pub size: i64,
+    pub added_at_ms: i64,
+}
+
+/// Where the image files are.
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("firmware")
+}
+
+/// The file of the image with this SHA-256.
+pub fn file(data_dir: &Path, sha256: &str) -> PathBuf {
+    dir(data_dir).join(format!("{sha256}.bin"))
+}
+
+/// Whether `s` is a SHA-256 as this table keeps it (64 lower-case hex digits).
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+const SELECT: &str = "SELECT sha256, version, project, size, added_at FROM firmware";
+
+fn row(r: &Row) -> rusqlite::Result<FirmwareImage> {
+    Ok(FirmwareImage {
+        sha256: r.get(0)?,
+        version: r.get(1)?,
+        project: r.get(2)?,
+        size: r.get(3)?,
+        added_at_ms: r.get(4)?,
+    })
+}
+
+/// Adds an image; false when one with this SHA-256 is there already (it stays as it was).
+pub fn add(conn: &Connection, image: &FirmwareImage) -> rusqlite::Result<bool> {
+    let added = conn.execute(
+        "INSERT OR IGNORE INTO firmware (sha256, version, project, size, added_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            image.sha256,
+            image.version,
+            image.project,
+            image.size,
+            image.added_at_ms
+        ],
+    )?;
+    Ok(added == 1)
+}
+
+/// Every image, newest first.
+pub fn list(conn: &Connection) -> rusqlite::Result<Vec<FirmwareImage>> {
+    let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY added_at DESC, sha256"))?;
+    let rows = stmt.query_map([], row)?;
+    rows.collect()
+}
+
+/// The image with this SHA-256, or else the newest with this version.
+pub fn find(conn: &Connection, sha256_or_version: &str) -> rusqlite::Result<Option<FirmwareImage>> {
+    conn.query_row(
+        &format!(
+            "{SELECT} WHERE sha256 = ?1 OR version = ?1
+             ORDER BY sha256 = ?1 DESC, added_at DESC LIMIT 1"
+        ),
+        params![sha256_or_version],
+        row,
+    )
+    .optional()
+}
+
+/// Removes the row of an image; false when there was none.
+pub fn remove(conn: &Connection, sha256: &str) -> rusqlite::Result<bool> {
+    Ok(conn.execute("DELETE FROM firmware WHERE sha256 = ?1", params![sha256])? == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(sha: char, version: &str, at: i64) -> FirmwareImage {
+        FirmwareImage {
+            sha256: sha.to_string().repeat(64),
+            version: version.into(),
+            project: "genba-fw-esp32c3".into(),
+            size: 675_472,
+            added_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn images_are_kept_once_listed_newest_first_and_found_by_hash_or_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::open(&dir.path().join("db")).unwrap();
+        assert!(add(&conn, &image('a', "1.0.0", 1)).unwrap());
+        assert!(add(&conn, &image('b', "1.1.0", 2)).unwrap());
+        assert!(add(&conn, &image('c', "1.1.0", 3)).unwrap());
+        assert!(
+            !add(&conn, &image('a', "9.9.9", 4)).unwrap(),
+            "the same file twice"
+        );
+        let versions: Vec<String> = list(&conn)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.version)
+            .collect();
+        assert_eq!(versions, ["1.1.0", "1.1.0", "1.0.0"]);
+        assert_eq!(
+            find(&conn, "1.1.0").unwrap().unwrap().sha256,
+            "c".repeat(64)
+        );
+        assert_eq!(
+            find(&conn, &"b".repeat(64)).unwrap().unwrap().version,
+            "1.1.0"
+        );
+        assert_eq!(find(&conn, "2.0.0").unwrap(), None);
+        assert!(remove(&conn, &"c".repeat(64)).unwrap());
+        assert!(!remove(&conn, &"c".repeat(64)).unwrap());
+        assert_eq!(
+            find(&conn, "1.1.0").unwrap().unwrap().sha256,
+            "b".repeat(64)
+        );
+        assert!(is_sha256(&"0f".repeat(32)));
+        assert!(!is_sha256(&"0F".repeat(32)));
+        assert!(!is_sha256("../../etc/passwd"));
+    }
+}

@@ -1,0 +1,137 @@
+//! `genba firmware`: the firmware images the appliance keeps for device updates. `add` checks
+//! an image with the firmware core (an ESP32-C3 app image that matches the SHA-256 it carries,
+//! small enough for an OTA slot), stores the file as `DATA_DIR/firmware/SHA256.bin` (written
+//! atomically, then the row) and devices fetch it from `GET /firmware/SHA256.bin`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use genba_firmware_core::image;
+use genba_store::firmware::{self, FirmwareImage};
+use sha2::{Digest, Sha256};
+
+use crate::firstboot::{dir_owner, write_file};
+use crate::lifecycle::load_config;
+use crate::platform_cmd::{print_json, when};
+use crate::Common;
+
+#[derive(Subcommand)]
+pub enum FirmwareCommand {
+    /// Keep a firmware image for device updates: the app .bin that scripts/build-firmware
+    /// writes (firmware/esp32c3/target/images/genba-fw-esp32c3.bin), not the ELF. Its version
+    /// is read from the image.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        file: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The images kept, newest first.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget an image, by its SHA-256 or its version (the newest with it).
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        image: String,
+    },
+}
+
+pub fn run(cmd: FirmwareCommand) -> Result<()> {
+    match cmd {
+        FirmwareCommand::Add { common, file, json } => {
+            let config = load_config(&common)?;
+            let data_dir = config.data_dir();
+            let size = std::fs::metadata(&file)
+                .with_context(|| format!("{}", file.display()))?
+                .len();
+            if size > image::SLOT_LEN as u64 {
+                anyhow::bail!(
+                    "{}: {size} bytes, larger than a device's OTA slot ({} bytes)",
+                    file.display(),
+                    image::SLOT_LEN
+                );
+            }
+            let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
+            let info = image::check_image(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let sha256: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let kept = FirmwareImage {
+                sha256: sha256.clone(),
+                version: info.version.to_string(),
+                project: info.project.to_string(),
+                size: bytes.len() as i64,
+                added_at_ms: chrono::Utc::now().timestamp_millis(),
+            };
+            let path = firmware::file(&data_dir, &sha256);
+            let dir = firmware::dir(&data_dir);
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            // the file first, then the row: a row always has its file
+            write_file(&path, &bytes, 0o644, dir_owner(&dir)?)?;
+            let db = genba_store::Db::new(&genba_store::db_path(&data_dir));
+            let new = db.run_blocking(|c| firmware::add(c, &kept))?;
+            if json {
+                return print_json(&serde_json::json!({"image": kept, "new": new}));
+            }
+            println!(
+                "firmware {} ({}, {} bytes) {}; devices fetch it from /firmware/{sha256}.bin",
+                kept.version,
+                kept.project,
+                kept.size,
+                if new { "kept" } else { "was kept already" },
+            );
+        }
+        FirmwareCommand::List { common, json } => {
+            let config = load_config(&common)?;
+            let db = genba_store::Db::new(&genba_store::db_path(&config.data_dir()));
+            let list = db.run_blocking(firmware::list)?;
+            if json {
+                return print_json(&list);
+            }
+            if list.is_empty() {
+                println!("no firmware images yet (`genba firmware add FILE`)");
+            }
+            for i in &list {
+                println!(
+                    "{:<16} {:>9} bytes  added {}  {}  {}",
+                    i.version,
+                    i.size,
+                    when(Some(i.added_at_ms)),
+                    i.project,
+                    i.sha256
+                );
+            }
+        }
+        FirmwareCommand::Remove { common, image } => {
+            let config = load_config(&common)?;
+            let data_dir = config.data_dir();
+            let db = genba_store::Db::new(&genba_store::db_path(&data_dir));
+            let found = db
+                .run_blocking(|c| firmware::find(c, &image))?
+                .with_context(|| {
+                    format!("no firmware image {image:?} (see `genba firmware list`)")
+                })?;
+            db.run_blocking(|c| firmware::remove(c, &found.sha256))?;
+            let path = firmware::file(&data_dir, &found.sha256);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", path.display()))
+                }
+                _ => {}
+            }
+            println!("firmware {} ({}) removed", found.version, found.sha256);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! `genba firmware` (issue 13 item 5, the appliance's side of updates): an image is checked by
+//! the firmware core before it is kept, kept once under its SHA-256, listed, served to devices
+//! at `GET /firmware/SHA256.bin` byte for byte, and removed.
+
+mod common;
+
+use common::http::Http;
+use common::Appliance;
+use genba_firmware_core::image;
+use sha2::{Digest, Sha256};
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn an_image_is_checked_kept_once_listed_served_and_removed() {
+    let a = Appliance::start("", "");
+    let dir = a.dir.path();
+    let good = image::sample("1.4.0", "genba-fw-esp32c3");
+    let sha = sha256_hex(&good);
+    std::fs::write(dir.join("good.bin"), &good).unwrap();
+    let add = |file: &str| {
+        a.genba(&[
+            "firmware",
+            "add",
+            dir.join(file).to_str().unwrap(),
+            "--json",
+        ])
+    };
+
+    let (ok, out) = add("good.bin");
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["new"], true);
+    assert_eq!(answer["image"]["version"], "1.4.0");
+    assert_eq!(answer["image"]["project"], "genba-fw-esp32c3");
+    assert_eq!(answer["image"]["sha256"], sha.as_str());
+    assert_eq!(answer["image"]["size"], good.len());
+    let (ok, out) = add("good.bin");
+    assert!(ok, "{out}");
+    assert!(out.contains("\"new\": false"), "the same file twice: {out}");
+
+    // Refused, each with its reason, and nothing kept.
+    let mut damaged = good.clone();
+    damaged[300] ^= 0x40;
+    std::fs::write(dir.join("damaged.bin"), &damaged).unwrap();
+    let mut other_chip = image::sample("1.4.0", "genba-fw-esp32c3");
+    other_chip[12] = 0x09; // the ESP32-S3's chip id; its hash no longer matches either
+    std::fs::write(dir.join("s3.bin"), &other_chip).unwrap();
+    std::fs::write(
+        dir.join("fw.elf"),
+        b"\x7fELF\x01\x01\x01 not an app image at all, no",
+    )
+    .unwrap();
+    std::fs::write(dir.join("huge.bin"), vec![0xe9u8; image::SLOT_LEN + 1]).unwrap();
+    for (file, reason) in [
+        ("damaged.bin", "does not match its appended SHA-256"),
+        ("s3.bin", "not the ESP32-C3"),
+        ("fw.elf", "too short"),
+        ("huge.bin", "larger than a device's OTA slot"),
+        ("missing.bin", "No such file"),
+    ] {
+        let (ok, out) = add(file);
+        assert!(!ok && out.contains(reason), "{file}: {out}");
+    }
+    let (ok, list) = a.genba(&["firmware", "list", "--json"]);
+    assert!(ok, "{list}");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let kept: Vec<_> = std::fs::read_dir(a.data_dir().join("firmware"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(kept, [format!("{sha}.bin")]);
+
+    // Devices fetch it by its SHA-256, without credentials, byte for byte.
+    let http = Http::new();
+    let client = http.client();
+    let url = a.url(&format!("/firmware/{sha}.bin"));
+    let (status, etag, body) = http.block_on(async {
+        let r = client.get(&url).send().await.unwrap();
+        let etag = r
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (r.status().as_u16(), etag, r.bytes().await.unwrap())
+    });
+    assert_eq!(status, 200);
+    assert_eq!(etag, Some(format!("\"{sha}\"")));
+    assert_eq!(&body[..], &good[..]);
+    for path in [
+        format!("/firmware/{}.bin", "0".repeat(64)),
+        "/firmware/..%2Fgenba.sqlite3".to_owned(),
+        format!("/firmware/{}.bin", sha.to_uppercase()),
+    ] {
+        let r = http.get(&a.url(&path), &[]);
+        assert_eq!(r.status, 404, "{path}: {}", r.text);
+        assert!(r.json["error"].is_string(), "{path}: {}", r.text);
+    }
+
+    // Removed by version: the row and the file go, and it is no longer served.
+    let (ok, out) = a.genba(&["firmware", "remove", "1.4.0"]);
+    assert!(ok && out.contains(&sha), "{out}");
+    assert!(!a
+        .data_dir()
+        .join("firmware")
+        .join(format!("{sha}.bin"))
+        .exists());
+    assert_eq!(http.get(&url, &[]).status, 404);
+    let (ok, out) = a.genba(&["firmware", "remove", "1.4.0"]);
+    assert!(!ok && out.contains("no firmware image"), "{out}");
+}
