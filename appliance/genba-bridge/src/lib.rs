@@ -258,7 +258,10 @@ fn router(state: Shared) -> Router {
         .merge(console::routes())
         .route("/health", get(health))
         .route("/ca.pem", get(ca_pem))
-        .route("/firmware/:file", get(firmware_image))
+        .route(
+            &format!("{}:file", genba_firmware_core::image::DOWNLOAD_PREFIX),
+            get(firmware_image),
+        )
         .route("/status", get(status))
         .route("/metrics", get(metrics::handle))
         .route("/notify", get(notify).post(notify))

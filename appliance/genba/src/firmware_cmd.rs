@@ -63,6 +63,15 @@ pub fn run(cmd: FirmwareCommand) -> Result<()> {
             let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
             let info = image::check_image(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            // devices report the version they run as `fw`: it must be one they can send
+            genba_firmware_core::telemetry::validate_firmware(&info.version).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: version {:?}: {e} (devices report at most {} characters from A-Z a-z 0-9 - _ . +)",
+                    file.display(),
+                    info.version.as_str(),
+                    genba_firmware_core::telemetry::FW_MAX
+                )
+            })?;
             let sha256: String = Sha256::digest(&bytes)
                 .iter()
                 .map(|b| format!("{b:02x}"))

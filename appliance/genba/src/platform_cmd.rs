@@ -69,6 +69,16 @@ pub enum DevicesCommand {
         /// The command, e.g. '{"cmd":"led","on":true}'.
         payload: String,
     },
+    /// Tell a device to install a firmware image the appliance keeps (`genba firmware add`):
+    /// publishes {"cmd":"update",...} with the image's version, SHA-256 and size; the device
+    /// fetches it from this appliance's GET /firmware/SHA256.bin.
+    Update {
+        #[command(flatten)]
+        common: Common,
+        id: String,
+        /// The image: its version (the newest image with it) or its SHA-256.
+        image: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,6 +220,10 @@ pub fn devices_cmd(cmd: DevicesCommand) -> Result<()> {
             id,
             payload,
         } => send(&common, &id, payload)?,
+        DevicesCommand::Update { common, id, image } => {
+            let payload = update_command(&common, &image)?;
+            send(&common, &id, payload)?;
+        }
         DevicesCommand::Provision(args) => crate::provision::run(args)?,
     }
     Ok(())
@@ -225,6 +239,23 @@ fn set_device_enabled(common: &Common, id: &str, enabled: bool) -> Result<()> {
         .with_context(|| format!("no device {id:?} (see `genba devices list`)"))?;
     print_device(&device);
     Ok(())
+}
+
+/// The `update` command for a kept image, as the firmware core parses it.
+fn update_command(common: &Common, image: &str) -> Result<String> {
+    let found = db(common)?
+        .run_blocking(|c| genba_store::firmware::find(c, image))?
+        .with_context(|| format!("no firmware image {image:?} (see `genba firmware list`)"))?;
+    let payload = serde_json::json!({
+        "cmd": "update",
+        "version": found.version,
+        "sha256": found.sha256,
+        "size": found.size,
+    })
+    .to_string();
+    genba_firmware_core::command::Command::parse(payload.as_bytes())
+        .map_err(|e| anyhow::anyhow!("firmware image {image:?}: a device would refuse it: {e}"))?;
+    Ok(payload)
 }
 
 /// Journals a command; the broker role's command sink publishes it. Waits up to 10 s to say

@@ -1,6 +1,7 @@
 //! `genba firmware` (issue 13 item 5, the appliance's side of updates): an image is checked by
 //! the firmware core before it is kept, kept once under its SHA-256, listed, served to devices
-//! at `GET /firmware/SHA256.bin` byte for byte, and removed.
+//! at `GET /firmware/SHA256.bin` byte for byte, named in the `update` command `genba devices
+//! update` publishes (as the core parses it), and removed.
 
 mod common;
 
@@ -57,11 +58,14 @@ fn an_image_is_checked_kept_once_listed_served_and_removed() {
     )
     .unwrap();
     std::fs::write(dir.join("huge.bin"), vec![0xe9u8; image::SLOT_LEN + 1]).unwrap();
+    let spaced = image::sample("1.4.0 beta", "genba-fw-esp32c3");
+    std::fs::write(dir.join("spaced.bin"), spaced).unwrap();
     for (file, reason) in [
         ("damaged.bin", "does not match its appended SHA-256"),
         ("s3.bin", "not the ESP32-C3"),
         ("fw.elf", "too short"),
         ("huge.bin", "larger than a device's OTA slot"),
+        ("spaced.bin", "devices report at most 16 characters"),
         ("missing.bin", "No such file"),
     ] {
         let (ok, out) = add(file);
@@ -100,6 +104,47 @@ fn an_image_is_checked_kept_once_listed_served_and_removed() {
         let r = http.get(&a.url(&path), &[]);
         assert_eq!(r.status, 404, "{path}: {}", r.text);
         assert!(r.json["error"].is_string(), "{path}: {}", r.text);
+    }
+
+    // `genba devices update` tells a device to install it: a command the firmware core parses
+    // into the image's version, SHA-256 and size, whose download path serves these bytes.
+    let (ok, out) = a.genba(&["devices", "add", "fridge-1"]);
+    assert!(ok, "{out}");
+    let sub = common::mosquitto_sub(
+        a.mqtt.port(),
+        &["-t", "devices/fridge-1/commands", "-C", "1", "-W", "10"],
+    );
+    let (ok, out) = a.genba(&["devices", "update", "fridge-1", "1.4.0"]);
+    assert!(ok, "{out}");
+    let got = sub.wait_with_output().unwrap();
+    let payload = String::from_utf8_lossy(&got.stdout).trim().to_owned();
+    let cmd = genba_firmware_core::command::Command::parse(payload.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}: {payload}"));
+    let genba_firmware_core::command::Command::Update {
+        version,
+        sha256,
+        size,
+    } = cmd
+    else {
+        panic!("not an update: {payload}")
+    };
+    assert_eq!((version.as_str(), size as usize), ("1.4.0", good.len()));
+    let path = image::download_path(&sha256);
+    assert_eq!(path.as_str(), format!("/firmware/{sha}.bin"));
+    let fetched = http.block_on(async {
+        let r = client.get(a.url(&path)).send().await.unwrap();
+        r.bytes().await.unwrap()
+    });
+    assert_eq!(sha256_hex(&fetched), sha);
+    for (args, reason) in [
+        (
+            vec!["devices", "update", "fridge-1", "9.9.9"],
+            "no firmware image",
+        ),
+        (vec!["devices", "update", "nobody", "1.4.0"], "no device"),
+    ] {
+        let (ok, out) = a.genba(&args);
+        assert!(!ok && out.contains(reason), "{args:?}: {out}");
     }
 
     // Removed by version: the row and the file go, and it is no longer served.

@@ -8,14 +8,23 @@
 //! | report interval (seconds, [`MIN_INTERVAL_S`]..=[`MAX_INTERVAL_S`]) | `{"cmd":"interval","seconds":60}` |
 //! | per-sensor offset (°C, ±10; 0 clears it) | `{"cmd":"offset","sensor_hw_id":"28FF4C3A91160457","offset_c":-0.25}` |
 //! | read and send now | `{"cmd":"send_now"}` |
+//! | install a firmware update | `{"cmd":"update","version":"1.4.0","sha256":"3f16…9465","size":675472}` |
+//!
+//! `update` names an image the appliance keeps (`genba firmware add`); the device fetches it
+//! from the appliance it reports to, at [`image::download_path`](crate::image::download_path)
+//! of the SHA-256, and checks what it got against that SHA-256 and size.
 //!
 //! The plain-text payloads `LED_ON` and `LED_OFF` are accepted too, for simple publishers
 //! (`mosquitto_pub -t devices/k1/commands -m LED_ON`).
 
 use core::fmt;
 
+use heapless::String;
+
+use crate::discovery::{parse_fingerprint, Fingerprint};
+use crate::image;
 use crate::offsets::{self, Offsets};
-use crate::telemetry::SensorId;
+use crate::telemetry::{self, SensorId, FW_MAX};
 
 /// Shortest report interval, seconds.
 pub const MIN_INTERVAL_S: u32 = 5;
@@ -40,6 +49,15 @@ pub enum Command {
     },
     /// Take a reading and send it (and the backlog) now.
     SendNow,
+    /// Install the firmware image with this SHA-256 from the appliance.
+    Update {
+        /// The image's version (what the device reports as `fw` once it runs it).
+        version: String<FW_MAX>,
+        /// SHA-256 of the whole image file.
+        sha256: Fingerprint,
+        /// Its size in bytes (at most an OTA slot).
+        size: u32,
+    },
 }
 
 /// Why a command was refused. The message is meant to be logged on the device and can be
@@ -60,6 +78,8 @@ pub enum Error {
     IntervalOutOfRange,
     /// The offset or its sensor id is not acceptable.
     Offset(offsets::Error),
+    /// This field of an `update` is not acceptable.
+    BadUpdate(&'static str),
 }
 
 impl fmt::Display for Error {
@@ -71,7 +91,7 @@ impl fmt::Display for Error {
             }
             Error::MissingCmd => f.write_str("command has no \"cmd\" field"),
             Error::UnknownCommand => {
-                f.write_str("unknown cmd (expected led, interval, offset or send_now)")
+                f.write_str("unknown cmd (expected led, interval, offset, send_now or update)")
             }
             Error::MissingField(name) => write!(f, "command is missing \"{name}\""),
             Error::IntervalOutOfRange => {
@@ -81,6 +101,14 @@ impl fmt::Display for Error {
                 )
             }
             Error::Offset(e) => write!(f, "{e}"),
+            Error::BadUpdate("sha256") => f.write_str("update sha256 must be 64 hex digits"),
+            Error::BadUpdate("size") => write!(
+                f,
+                "update size must be {}..={} bytes (an OTA slot)",
+                image::MIN_LEN,
+                image::SLOT_LEN
+            ),
+            Error::BadUpdate(field) => write!(f, "update {field} is not acceptable"),
         }
     }
 }
@@ -96,6 +124,11 @@ struct Raw<'a> {
     #[serde(borrow)]
     sensor_hw_id: Option<&'a str>,
     offset_c: Option<f32>,
+    #[serde(borrow)]
+    version: Option<&'a str>,
+    #[serde(borrow)]
+    sha256: Option<&'a str>,
+    size: Option<u32>,
 }
 
 impl Command {
@@ -138,6 +171,21 @@ impl Command {
                 })
             }
             "send_now" => Ok(Command::SendNow),
+            "update" => {
+                let version = raw.version.ok_or(Error::MissingField("version"))?;
+                let sha256 = raw.sha256.ok_or(Error::MissingField("sha256"))?;
+                let size = raw.size.ok_or(Error::MissingField("size"))?;
+                telemetry::validate_firmware(version).map_err(|_| Error::BadUpdate("version"))?;
+                let sha256 = parse_fingerprint(sha256).ok_or(Error::BadUpdate("sha256"))?;
+                if !(image::MIN_LEN..=image::SLOT_LEN).contains(&(size as usize)) {
+                    return Err(Error::BadUpdate("size"));
+                }
+                Ok(Command::Update {
+                    version: String::try_from(version).map_err(|_| Error::BadUpdate("version"))?,
+                    sha256,
+                    size,
+                })
+            }
             _ => Err(Error::UnknownCommand),
         }
     }
@@ -165,6 +213,8 @@ pub enum Effect {
     Offset,
     /// Read and send immediately.
     SendNow,
+    /// Install a firmware update (the command says which); the settings are unchanged.
+    Update,
 }
 
 impl<const N: usize> Settings<N> {
@@ -198,6 +248,7 @@ impl<const N: usize> Settings<N> {
                 Effect::Offset
             }
             Command::SendNow => Effect::SendNow,
+            Command::Update { .. } => Effect::Update,
         })
     }
 }
@@ -236,6 +287,56 @@ mod tests {
             p(r#"{"id":"abc-1","cmd":"send_now","meta":{"by":"ui"}}"#),
             Ok(Command::SendNow)
         );
+    }
+
+    #[test]
+    fn an_update_names_a_checked_version_hash_and_size() {
+        let sha = "3f16f28bf4be28206a27c665d0e71be2dec8e68f7254a59448bef7b9dc1d9465";
+        let cmd = p(&std::format!(
+            r#"{{"cmd":"update","version":"1.4.0","sha256":"{sha}","size":675472}}"#
+        ))
+        .unwrap();
+        let Command::Update {
+            version,
+            sha256,
+            size,
+        } = &cmd
+        else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(version.as_str(), "1.4.0");
+        assert_eq!(crate::discovery::hex(sha256).as_str(), sha);
+        assert_eq!(*size, 675_472);
+        assert_eq!(
+            crate::image::download_path(sha256).as_str(),
+            std::format!("/firmware/{sha}.bin")
+        );
+        let mut settings: Settings<4> = Settings::new(60, Offsets::new());
+        let before = settings.clone();
+        assert_eq!(settings.apply(&cmd), Ok(Effect::Update));
+        assert_eq!(settings, before);
+
+        let update = |version: &str, sha: &str, size: u64| {
+            p(&std::format!(
+                r#"{{"cmd":"update","version":"{version}","sha256":"{sha}","size":{size}}}"#
+            ))
+        };
+        assert_eq!(
+            update("1.4 beta", sha, 675_472),
+            Err(Error::BadUpdate("version"))
+        );
+        assert_eq!(
+            update("1.4.0", &sha[..63], 675_472),
+            Err(Error::BadUpdate("sha256"))
+        );
+        assert_eq!(update("1.4.0", sha, 100), Err(Error::BadUpdate("size")));
+        let too_big = crate::image::SLOT_LEN as u64 + 1;
+        assert_eq!(update("1.4.0", sha, too_big), Err(Error::BadUpdate("size")));
+        assert_eq!(
+            p(r#"{"cmd":"update","version":"1.4.0","size":675472}"#),
+            Err(Error::MissingField("sha256"))
+        );
+        assert!(Error::BadUpdate("size").to_string().contains("OTA slot"));
     }
 
     #[test]

@@ -31,6 +31,19 @@ pub const NAME_MAX: usize = 32;
 /// Size of an OTA app slot (`ota_0`, `ota_1` in `firmware/esp32c3/partitions.csv`): the
 /// largest image a device can take.
 pub const SLOT_LEN: usize = 0x1F_0000;
+/// Where the appliance serves its images: [`download_path`].
+pub const DOWNLOAD_PREFIX: &str = "/firmware/";
+
+/// The HTTP path of the image with this SHA-256 on the appliance: `/firmware/HEX.bin`.
+pub fn download_path(sha256: &crate::discovery::Fingerprint) -> String<{ 10 + 64 + 4 }> {
+    let mut path = String::new();
+    // fits by construction: prefix, 64 hex digits, suffix
+    let _ = path.push_str(DOWNLOAD_PREFIX);
+    let _ = path.push_str(&crate::discovery::hex(sha256));
+    let _ = path.push_str(".bin");
+    path
+}
+
 /// Smallest image: a head and the appended SHA-256.
 pub const MIN_LEN: usize = HEAD_LEN + SHA_LEN;
 

@@ -293,6 +293,10 @@ fn handle_command(payload: &[u8], led: &mut Led) {
             info!("command: send now");
             WAKE_SENSORS.signal(());
         }
+        Ok(Effect::Update) => {
+            // the OTA writer (download, check, write the other slot, confirm) is not built yet
+            warn!("command: update refused: this firmware cannot install updates yet ({cmd:?})");
+        }
         Err(e) => warn!("command refused: {e}"),
     }
 }
