@@ -11,7 +11,6 @@ pub mod passwords;
 pub mod rate;
 pub mod rules;
 mod secrets;
-pub mod settings;
 pub mod sinks;
 mod timezone;
 pub mod topic;
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use acl::AclRule;
 pub use defaults::EXAMPLE_CONFIG;
-pub use secrets::{ExmentSecrets, Secrets, SecretsError};
+pub use secrets::{check_url, ExmentSecrets, Secrets, SecretsError};
 pub use sinks::{SinkConfig, SinkKind, SinkSecrets};
 pub use timezone::TimeZone;
 pub use upstream::UpstreamConfig;

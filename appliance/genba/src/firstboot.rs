@@ -9,9 +9,9 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::settings::{wpa_supplicant_conf, Applied, Settings};
 use anyhow::{Context, Result};
 use clap::Args;
-use genba_config::settings::{wpa_supplicant_conf, Applied, Settings};
 use genba_config::{Config, Secrets};
 
 #[derive(Args)]

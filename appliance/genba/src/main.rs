@@ -11,6 +11,7 @@ mod platform_cmd;
 mod provision;
 mod recorder;
 mod roles;
+mod settings;
 mod simulate;
 mod sinks_cmd;
 mod storage;

@@ -7,7 +7,7 @@ use pbkdf2::pbkdf2_hmac;
 use serde::Deserialize;
 use sha1::Sha1;
 
-use crate::{passwords, Config, MqttUser, Secrets, SlackWebhook};
+use genba_config::{passwords, Config, MqttUser, Secrets, SlackWebhook};
 
 /// Name of the Slack webhook the settings file configures.
 pub const SLACK_WEBHOOK_NAME: &str = "slack";
@@ -42,7 +42,7 @@ pub struct Settings {
     pub devices: Vec<DeviceSetting>,
     /// The site's IANA time zone (e.g. "Asia/Tokyo"); goes to `[exment] time_zone`, the wall
     /// time of Exment's check slot. Unset: the config keeps its value (default UTC).
-    pub time_zone: Option<crate::TimeZone>,
+    pub time_zone: Option<genba_config::TimeZone>,
 }
 
 #[derive(Deserialize)]
@@ -258,7 +258,7 @@ fn check_password(key: &str, password: &str) -> Result<(), SettingsError> {
 }
 
 fn check_url(key: &str, url: &str) -> Result<(), SettingsError> {
-    crate::secrets::check_url(url).map_err(|why| invalid(key, why))?;
+    genba_config::check_url(url).map_err(|why| invalid(key, why))?;
     not_a_placeholder(key, url)
 }
 
