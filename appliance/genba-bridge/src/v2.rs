@@ -171,6 +171,7 @@ pub fn router() -> Router<Shared> {
             get(get_rule).put(replace_rule).delete(delete_rule),
         )
         .route("/session", get(list_sessions))
+        .route("/firmware", get(list_firmware))
         .route("/user", get(list_users).post(create_user))
         .route("/user/:id", axum::routing::delete(revoke_user))
         .route("/event", get(list_events).post(create_event))
@@ -1405,6 +1406,43 @@ async fn list_sessions(AxumState(state): AxumState<Shared>, headers: HeaderMap) 
                     "keepalive": s.keep_alive,
                     "connected_at": query::format_time(s.connected_at_ms),
                     "subscriptions": s.subscriptions,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// The firmware images kept for device updates (`genba firmware add`), newest first, each with
+/// its download path and the devices whose last batch reported its version.
+async fn list_firmware(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let (images, devices) = state
+        .db
+        .run(|c| {
+            Ok((
+                genba_store::firmware::list(c)?,
+                genba_store::devices::list(c)?,
+            ))
+        })
+        .await
+        .map_err(ApiError::store)?;
+    ok(Value::Array(
+        images
+            .iter()
+            .map(|i| {
+                let running: Vec<&str> = devices
+                    .iter()
+                    .filter(|d| d.firmware.as_deref() == Some(i.version.as_str()))
+                    .map(|d| d.id.as_str())
+                    .collect();
+                json!({
+                    "sha256": i.sha256,
+                    "version": i.version,
+                    "project": i.project,
+                    "size": i.size,
+                    "added_at": query::format_time(i.added_at_ms),
+                    "path": format!("{}{}.bin", genba_firmware_core::image::DOWNLOAD_PREFIX, i.sha256),
+                    "devices": running,
                 })
             })
             .collect(),

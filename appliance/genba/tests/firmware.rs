@@ -147,6 +147,37 @@ fn an_image_is_checked_kept_once_listed_served_and_removed() {
         assert!(!ok && out.contains(reason), "{args:?}: {out}");
     }
 
+    // The API lists it with the devices whose last batch reported its version.
+    let (ok, out) = a.genba(&["tokens", "add", "--name", "ro", "--scope", "read", "--json"]);
+    assert!(ok, "{out}");
+    let token: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let (ok, out) = a.genba(&["keys", "add", "--device", "fridge-1", "--json"]);
+    assert!(ok, "{out}");
+    let key: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    let body = r#"{"device_id":"fridge-1","recorded_at":"2026-02-15T12:00:00Z","ts_device":1771156800000,"fw":"1.4.0","readings":[{"sensor_hw_id":"28FF4C3A91160457","raw_celsius":3.5,"offset_c":0,"celsius":3.5}]}"#;
+    let posted = http.post(
+        &a.url("/api/telemetry"),
+        "application/json",
+        body.as_bytes().to_vec(),
+        &[("X-API-Key", key.as_str())],
+    );
+    assert_eq!(posted.status, 200, "{}", posted.text);
+    let listed = || http.get(&a.url("/v2/firmware"), &[("x-apitoken", token.as_str())]);
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(15), || {
+            listed().json[0]["devices"] == serde_json::json!(["fridge-1"])
+        }),
+        "{}",
+        listed().text
+    );
+    let first = &listed().json[0];
+    assert_eq!(first["sha256"], sha.as_str());
+    assert_eq!(first["version"], "1.4.0");
+    assert_eq!(first["path"], format!("/firmware/{sha}.bin"));
+    assert_eq!(http.get(&a.url("/v2/firmware"), &[]).status, 401);
+
     // Removed by version: the row and the file go, and it is no longer served.
     let (ok, out) = a.genba(&["firmware", "remove", "1.4.0"]);
     assert!(ok && out.contains(&sha), "{out}");
