@@ -17,6 +17,8 @@
 //!   the announced address and the stored one;
 //! - [`image`]: the firmware's app image (ESP-IDF format): its version and its appended
 //!   SHA-256, checked by the appliance when an image is added and by the device after an update;
+//! - [`ota`]: installing an update: the check of a download as it arrives, and the try-once,
+//!   confirm-or-roll-back life of a new image;
 //! - [`mdns`]: the one-shot mDNS query a device sends to find the appliance, and the reading
 //!   of the answers.
 //!
@@ -38,6 +40,7 @@ pub mod http;
 pub mod image;
 pub mod mdns;
 pub mod offsets;
+pub mod ota;
 pub mod telemetry;
 
 /// Implements `core::error::Error` for error types that already implement `Display`.
