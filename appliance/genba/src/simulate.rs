@@ -21,6 +21,8 @@ use serde::Serialize;
 
 use crate::discovery::Found;
 
+mod update;
+
 /// Batches a simulated device keeps while it cannot send (the firmware's bound).
 const BACKLOG: usize = 256;
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,9 +78,18 @@ pub struct SimulateArgs {
     /// A device config carries its own.
     #[arg(long, value_name = "SHA256")]
     pub pin: Option<String>,
-    /// The firmware version the simulated devices report in each batch (`fw`).
+    /// The firmware version the simulated devices report in each batch (`fw`). MQTT devices
+    /// take `update` commands (`genba devices update`): they download the image, check it with
+    /// the firmware core and restart into it on trial.
     #[arg(long, value_name = "VERSION", default_value = env!("CARGO_PKG_VERSION"))]
     pub firmware: String,
+    /// A firmware version that never delivers once installed, so its trial ends in a rollback.
+    #[arg(long, value_name = "VERSION")]
+    pub broken_firmware: Option<String>,
+    /// How long a new firmware may run without a delivered batch before the device restarts
+    /// (and so returns to the previous one), seconds.
+    #[arg(long, value_name = "SECS", default_value_t = f64::from(genba_firmware_core::ota::TRIAL_DEADLINE_S))]
+    pub trial_secs: f64,
 }
 
 /// What one run did, printed as JSON at the end.
@@ -200,6 +211,9 @@ pub async fn run(
     if !args.interval.is_finite() || args.interval <= 0.0 {
         bail!("--interval must be positive");
     }
+    if !args.trial_secs.is_finite() || args.trial_secs <= 0.0 {
+        bail!("--trial-secs must be positive");
+    }
     telemetry::validate_firmware(&args.firmware).map_err(|e| {
         anyhow::anyhow!(
             "--firmware {:?}: {e} (at most {} characters from A-Z a-z 0-9 - _ . +)",
@@ -227,7 +241,7 @@ pub async fn run(
                     device_key(&db, &device_id)?,
                 )?,
             };
-            devices.push((device_id, transport));
+            devices.push((device_id, transport, format!("http://{http}")));
         }
     } else {
         for path in &args.device_configs {
@@ -244,9 +258,9 @@ pub async fn run(
     });
     let tally = &run.tally;
     let mut tasks = tokio::task::JoinSet::new();
-    for (d, (device_id, transport)) in devices.into_iter().enumerate() {
+    for (d, (device_id, transport, http_base)) in devices.into_iter().enumerate() {
         let run = run.clone();
-        tasks.spawn(async move { device(device_id, d, transport, run).await });
+        tasks.spawn(async move { device(device_id, d, transport, http_base, run).await });
     }
     // A progress line on a terminal (indicatif hides it otherwise); Ctrl-C stops the devices
     // and still prints the summary.
@@ -284,7 +298,7 @@ pub async fn run(
 async fn provisioned(
     path: &std::path::Path,
     found: Option<&[Found]>,
-) -> Result<(String, Transport)> {
+) -> Result<(String, Transport, String)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
     let device: DeviceConfig = config::decode_area(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
@@ -315,7 +329,8 @@ async fn provisioned(
             key.to_string(),
         )?,
     };
-    Ok((device.device_id.to_string(), transport))
+    let http_base = format!("http://{}", host_port(&host, http_port));
+    Ok((device.device_id.to_string(), transport, http_base))
 }
 
 /// `host:port`, with brackets around an IPv6 address.
@@ -428,9 +443,19 @@ async fn device(
     device_id: String,
     index: usize,
     transport: Transport,
+    http_base: String,
     run: Arc<Run>,
 ) -> Result<()> {
     let (args, interval, tally) = (&run.args, run.interval, &run.tally);
+    let mut firmware = update::Firmware::new(
+        &args.firmware,
+        args.broken_firmware.as_deref(),
+        Duration::from_secs_f64(args.trial_secs),
+    );
+    let downloads = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("HTTP client")?;
     let mut backlog: Backlog<Telemetry, BACKLOG> = Backlog::new();
     let mut backoff = Backoff::new(250, 5_000);
     let mut made: u64 = 0;
@@ -454,8 +479,8 @@ async fn device(
                 &mut temps,
                 t0 + made * interval.as_millis() as u64,
             )?;
-            t.set_firmware(&args.firmware)
-                .map_err(|e| anyhow::anyhow!("{e}"))?; // checked in `run`
+            t.set_firmware(firmware.version())
+                .map_err(|e| anyhow::anyhow!("{e}"))?; // checked in `run` and by the update
             Tally::add(&tally.readings, t.readings.len() as u64);
             Tally::add(&tally.batches, 1);
             made += 1;
@@ -467,14 +492,27 @@ async fn device(
                 last_batch_at = Some(now);
             }
         }
+        if let Transport::Mqtt(m) = &transport {
+            while let Some(payload) = m.next_command() {
+                firmware
+                    .command(&device_id, &payload, &downloads, &http_base)
+                    .await;
+            }
+        }
+        if firmware.restart_if_due(&device_id, backlog.is_empty()) {
+            // a restart loses what was only in RAM
+            Tally::add(&tally.dropped, backlog.len() as u64);
+            while backlog.pop_front().is_some() {}
+        }
         // Send the backlog oldest first until it is empty or a send fails.
-        while now >= retry_at && !in_outage(Instant::now()) {
+        while now >= retry_at && !in_outage(Instant::now()) && firmware.delivers() {
             let Some(front) = backlog.front() else { break };
             match send(&transport, front).await {
                 Ok(()) => {
                     backlog.pop_front();
                     Tally::add(&tally.sent, 1);
                     backoff.reset();
+                    firmware.delivered(&device_id);
                 }
                 Err(SendError::Refused(why)) => {
                     tracing::warn!(device = %device_id, %why, "batch refused; dropped");
@@ -566,6 +604,8 @@ async fn send(transport: &Transport, t: &Telemetry) -> Result<(), SendError> {
 struct MqttDevice {
     client: rumqttc::AsyncClient,
     acks: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
+    /// Payloads received on `devices/{id}/commands`.
+    commands: std::sync::Mutex<tokio::sync::mpsc::Receiver<Vec<u8>>>,
 }
 
 impl MqttDevice {
@@ -582,11 +622,25 @@ impl MqttDevice {
         }
         let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 16);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
+        let commands = telemetry::commands_topic(device_id)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_string();
+        let subscriber = client.clone();
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
                         let _ = tx.try_send(());
+                    }
+                    // (again) after every connect: the session may be new
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        let _ = subscriber.try_subscribe(&commands, rumqttc::QoS::AtLeastOnce);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))
+                        if p.topic == commands =>
+                    {
+                        let _ = commands_tx.try_send(p.payload.to_vec());
                     }
                     Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
@@ -597,7 +651,13 @@ impl MqttDevice {
         Ok(MqttDevice {
             client,
             acks: tokio::sync::Mutex::new(rx),
+            commands: std::sync::Mutex::new(commands_rx),
         })
+    }
+
+    /// The next command received, if any.
+    fn next_command(&self) -> Option<Vec<u8>> {
+        self.commands.lock().ok()?.try_recv().ok()
     }
 
     async fn publish(&self, device_id: &str, payload: Vec<u8>) -> Result<(), SendError> {

@@ -234,3 +234,123 @@ fn each_batch_names_the_firmware_and_the_appliance_shows_each_devices_version() 
     assert!(!ok && out.contains("--firmware \"1.2 beta\""), "{out}");
     assert_eq!(readings(&a).0, before);
 }
+
+/// Waits until `sim-000` reports `version` in `genba devices list`.
+fn reports(a: &Appliance, version: &str) -> bool {
+    common::wait_until(Duration::from_secs(20), || {
+        let (ok, list) = a.genba(&["devices", "list", "--json"]);
+        ok && serde_json::from_str::<serde_json::Value>(&list).is_ok_and(|l| {
+            l.as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|d| d["id"] == "sim-000" && d["firmware"] == version)
+            })
+        })
+    })
+}
+
+#[test]
+fn a_simulated_device_installs_an_update_refuses_a_damaged_one_and_rolls_back_a_broken_one() {
+    let a = Appliance::start("[devices]\nauto_provision = \"all\"\n", "");
+    let dir = a.dir.path();
+    for version in ["1.1.0", "1.2.0", "1.3.0"] {
+        let file = dir.join(format!("{version}.bin"));
+        let img = genba_firmware_core::image::sample(version, "genba-fw-esp32c3");
+        std::fs::write(&file, img).unwrap();
+        let (ok, out) = a.genba(&["firmware", "add", file.to_str().unwrap()]);
+        assert!(ok, "{out}");
+    }
+    // 1.3.0 is damaged on the appliance after it was kept: the download no longer matches.
+    let (_, list) = a.genba(&["firmware", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let sha_130 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["version"] == "1.3.0")
+        .unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kept = a.data_dir().join("firmware").join(format!("{sha_130}.bin"));
+    let mut bytes = std::fs::read(&kept).unwrap();
+    bytes[300] ^= 0x01;
+    std::fs::write(&kept, bytes).unwrap();
+
+    let log = dir.join("simulate.log");
+    let mut sim = a
+        .command(&[
+            "simulate",
+            "--devices",
+            "1",
+            "--via",
+            "mqtt",
+            "--interval",
+            "0.05",
+            "--batches",
+            "2000",
+            "--firmware",
+            "1.0.0",
+            "--broken-firmware",
+            "1.2.0",
+            "--trial-secs",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let logged =
+        |line: &str| common::wait_until(Duration::from_secs(20), || log_text().contains(line));
+    assert!(reports(&a, "1.0.0"), "{}", log_text());
+
+    // A good update: downloaded, checked, tried, confirmed by its first delivered batch.
+    let (ok, out) = a.genba(&["devices", "update", "sim-000", "1.1.0"]);
+    assert!(ok, "{out}");
+    assert!(
+        logged("sim-000: firmware 1.1.0 confirmed by its first delivered batch"),
+        "{}",
+        log_text()
+    );
+    assert!(reports(&a, "1.1.0"), "{}", log_text());
+
+    // A damaged download is refused; the device stays on 1.1.0.
+    let (ok, out) = a.genba(&["devices", "update", "sim-000", "1.3.0"]);
+    assert!(ok, "{out}");
+    assert!(
+        logged("sim-000: update to 1.3.0 refused: download does not have the SHA-256"),
+        "{}",
+        log_text()
+    );
+
+    // An image that never delivers: its trial ends, and the device returns to 1.1.0.
+    let (ok, out) = a.genba(&["devices", "update", "sim-000", "1.2.0"]);
+    assert!(ok, "{out}");
+    assert!(
+        logged("sim-000: firmware 1.2.0 never confirmed; back to 1.1.0"),
+        "{}",
+        log_text()
+    );
+    assert!(reports(&a, "1.1.0"), "{}", log_text());
+    let text = log_text();
+    assert!(
+        text.contains("sim-000: running firmware 1.2.0 on trial"),
+        "{text}"
+    );
+    assert!(!text.contains("1.2.0 confirmed"), "{text}");
+    let _ = sim.kill();
+    let _ = sim.wait();
+    // The appliance never saw a batch from the broken image.
+    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+    let batches_of = |version: &str| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM journal WHERE topic = 'devices/sim-000/telemetry' \
+             AND CAST(payload AS TEXT) LIKE '%\"fw\":\"' || ?1 || '\"%'",
+            [version],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(batches_of("1.1.0") > 0 && batches_of("1.0.0") > 0);
+    assert_eq!(batches_of("1.2.0"), 0);
+}
