@@ -405,20 +405,9 @@ pub fn discover(args: &SimulateArgs) -> Result<Vec<Found>> {
 pub fn choose<'a>(device: &str, found: &'a [Found], stored: Stored<'a>) -> Choice<'a> {
     let announcements: Vec<discovery::Announcement<'a>> =
         found.iter().map(Found::announcement).collect();
-    for a in &announcements {
-        if let Err(why) = discovery::judge(a, &stored) {
-            eprintln!(
-                "discovery: {device}: ignoring `{}` at {}: {why}",
-                a.instance, a.address
-            );
-        }
-    }
-    let choice = discovery::choose(&announcements, stored);
-    eprintln!(
-        "discovery: {device}: appliance at {} (mqtt {}, http {}): {}",
-        choice.host, choice.mqtt_port, choice.http_port, choice.why
-    );
-    choice
+    discovery::choose_and_say(&announcements, stored, |line| {
+        eprintln!("discovery: {device}: {line}")
+    })
 }
 
 /// The fingerprint `--pin` names.

@@ -457,6 +457,30 @@ impl Choice<'_> {
     }
 }
 
+/// [`choose`], telling `say` why each announcement was ignored and then what was chosen, one
+/// line each (`ignoring ...`, `appliance at ...`), so the firmware's log and the simulator say
+/// the same.
+pub fn choose_and_say<'a>(
+    found: &[Announcement<'a>],
+    stored: Stored<'a>,
+    mut say: impl FnMut(fmt::Arguments<'_>),
+) -> Choice<'a> {
+    for a in found {
+        if let Err(why) = judge(a, &stored) {
+            say(format_args!(
+                "ignoring `{}` at {}: {why}",
+                a.instance, a.address
+            ));
+        }
+    }
+    let choice = choose(found, stored);
+    say(format_args!(
+        "appliance at {} (mqtt {}, http {}): {}",
+        choice.host, choice.mqtt_port, choice.http_port, choice.why
+    ));
+    choice
+}
+
 /// Picks the address to use from the announcements `found` (any order; several may be the
 /// same instance at different addresses) and the stored config. See the module documentation.
 pub fn choose<'a>(found: &[Announcement<'a>], stored: Stored<'a>) -> Choice<'a> {
@@ -724,6 +748,28 @@ mod tests {
         let by_ca = txt(&[("v", "1"), ("mqtt", "1883"), ("fp", OTHER), ("ca", FP)]);
         let c = choose(&[at("genba", [10, 0, 0, 5], by_ca)], stored(Some(FP)));
         assert!(c.announced());
+    }
+
+    #[test]
+    fn choose_and_say_says_each_ignored_announcement_and_the_choice() {
+        let rogue = txt(&[("v", "1"), ("mqtt", "1883"), ("fp", OTHER)]);
+        let real = txt(&[("v", "1"), ("mqtt", "1883"), ("fp", FP)]);
+        let found = [
+            at("rogue", [192, 168, 1, 66], rogue),
+            at("genba", [192, 168, 1, 20], real),
+        ];
+        let mut lines: std::vec::Vec<std::string::String> = std::vec::Vec::new();
+        let c = choose_and_say(&found, stored(Some(FP)), |l| {
+            lines.push(std::format!("{l}"))
+        });
+        assert_eq!(c, choose(&found, stored(Some(FP))));
+        assert_eq!(
+            lines,
+            [
+                "ignoring `rogue` at 192.168.1.66: its fingerprint is not the one this device pins",
+                "appliance at 192.168.1.20 (mqtt 1883, http 8080): announced by `genba`",
+            ]
+        );
     }
 
     #[test]

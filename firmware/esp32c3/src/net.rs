@@ -138,19 +138,8 @@ async fn discover(stack: Stack<'static>, cfg: &'static DeviceConfig) -> Target {
     let stored = Stored::from(cfg);
     let announcements: heapless::Vec<discovery::Announcement<'_>, 4> =
         found.iter().map(Found::announcement).collect();
-    for a in &announcements {
-        if let Err(why) = discovery::judge(a, &stored) {
-            info!(
-                "discovery: ignoring `{}` at {}: {why}",
-                a.instance, a.address
-            );
-        }
-    }
-    let choice = discovery::choose(&announcements, stored);
-    info!(
-        "discovery: appliance at {} (mqtt {}, http {}): {}",
-        choice.host, choice.mqtt_port, choice.http_port, choice.why
-    );
+    let choice =
+        discovery::choose_and_say(&announcements, stored, |line| info!("discovery: {line}"));
     let mut host = String::new();
     // an IPv4 literal, or the stored host, which fits its own HOST_MAX
     let _ = write!(host, "{}", choice.host);
