@@ -18,6 +18,61 @@ pub enum Access {
     Denied,
 }
 
+/// The accounts in force: who may connect ([`Verifier`]) and what they may do ([`Acl`]), from
+/// the config's `[[mqtt.users]]`, `[[mqtt.acl]]` and `allow_anonymous`. Replaced whole by
+/// [`Accounts::replace`] when the config file changes, so a device account that
+/// `genba devices provision` adds logs in without a broker restart. Connections read the
+/// current rules at each check: a changed rule applies to clients already connected too.
+#[derive(Clone)]
+pub struct Accounts {
+    now: Arc<std::sync::RwLock<Arc<Rules>>>,
+    internal_secret: String,
+}
+
+/// One version of the accounts.
+pub struct Rules {
+    pub verifier: Verifier,
+    pub acl: crate::acl::Acl,
+}
+
+impl Accounts {
+    pub fn new(cfg: &genba_config::MqttConfig, internal_secret: String) -> Accounts {
+        let rules = Self::rules(cfg, &internal_secret);
+        Accounts {
+            now: Arc::new(std::sync::RwLock::new(Arc::new(rules))),
+            internal_secret,
+        }
+    }
+
+    fn rules(cfg: &genba_config::MqttConfig, internal_secret: &str) -> Rules {
+        Rules {
+            verifier: Verifier::new(
+                &cfg.users,
+                internal_secret.to_owned(),
+                cfg.anonymous_allowed(),
+            ),
+            acl: crate::acl::Acl::new(cfg),
+        }
+    }
+
+    /// The rules in force now.
+    pub fn now(&self) -> Arc<Rules> {
+        match self.now.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts the accounts of `cfg` in force (a checked config: `Config::validate` passed).
+    pub fn replace(&self, cfg: &genba_config::MqttConfig) {
+        let rules = Arc::new(Self::rules(cfg, &self.internal_secret));
+        match self.now.write() {
+            Ok(mut w) => *w = rules,
+            Err(poisoned) => *poisoned.into_inner() = rules,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Verifier {
     users: Credentials,

@@ -162,7 +162,7 @@ impl FrontDoor {
             connect.maximum_packet_size.unwrap_or(u32::MAX),
         );
         link.topic_alias_maximum = if v5 { connect.topic_alias_maximum } else { 0 };
-        link.read_denials = self.acl.read_denials(&Who {
+        link.read_denials = self.accounts.now().acl.read_denials(&Who {
             user: connect.username.as_deref(),
             client_id: &client_id,
         });
@@ -438,7 +438,7 @@ impl FrontDoor {
         if from_client && refused.is_none() {
             if p.topic.starts_with("$SYS") {
                 refused = Some("publish to $SYS");
-            } else if !self.acl.may_publish(&client.who(), &p.topic) {
+            } else if !self.accounts.now().acl.may_publish(&client.who(), &p.topic) {
                 refused = Some("publish denied by the access rules");
             } else if let Some(device) = device_of(&p.topic) {
                 if self.disabled.contains(&self.sessions, device).await {
@@ -595,11 +595,12 @@ async fn run_steps(door: Arc<FrontDoor>, client: Arc<Client>, mut rx: mpsc::Rece
             Step::Subscribe(sub) => {
                 let who = client.who();
                 let internal = client.access == Access::Internal;
+                let rules = door.accounts.now();
                 let codes = door.broker.subscribe(
                     &client.session,
                     client.conn,
                     &sub,
-                    |f| internal || door.acl.may_subscribe(&who, f),
+                    |f| internal || rules.acl.may_subscribe(&who, f),
                     client.v5,
                 );
                 if let Some(id) = client.registered {

@@ -16,8 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::acl::Acl;
-use crate::auth::{Access, Verifier, INTERNAL_USER};
+use crate::auth::{Access, Accounts, INTERNAL_USER};
 use crate::broker::Broker;
 use crate::connection::DisabledDevices;
 use crate::packet::{self, connack_refusal, read_frame, PacketError, Refusal};
@@ -105,8 +104,7 @@ pub struct DoorStats {
 
 pub(crate) struct FrontDoor {
     pub broker: Arc<Broker>,
-    pub verifier: Verifier,
-    pub acl: Acl,
+    pub accounts: Accounts,
     pub journal: Journal,
     /// Largest PUBLISH payload accepted (bytes); larger is refused, never journaled.
     pub max_payload: usize,
@@ -231,6 +229,8 @@ impl FrontDoor {
             return Ok(());
         }
         let access = self
+            .accounts
+            .now()
             .verifier
             .check(connect.username.as_deref(), connect.password.as_deref())
             .await;

@@ -26,7 +26,7 @@ use genba_store::Journal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub use auth::{Access, Verifier, INTERNAL_USER};
+pub use auth::{Access, Accounts, Verifier, INTERNAL_USER};
 
 /// Slots for genba's own roles (health probe, bridge, recorder) beyond `max_connections`.
 const INTERNAL_SLOTS: usize = 8;
@@ -106,12 +106,18 @@ pub struct RunningBroker {
     pub broker: Arc<broker::Broker>,
     stop: tokio::sync::watch::Sender<bool>,
     stats: Arc<frontdoor::DoorStats>,
+    accounts: Accounts,
 }
 
 impl RunningBroker {
     /// Stops accepting connections on the public port (connections already in stay).
     pub fn stop_accepting(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// The accounts in force, to replace when the config changes.
+    pub fn accounts(&self) -> Accounts {
+        self.accounts.clone()
     }
 
     /// Connections refused because every client slot was taken.
@@ -166,11 +172,7 @@ pub async fn start(
             );
         }
     }
-    let verifier = Verifier::new(
-        &cfg.users,
-        internal_secret.to_owned(),
-        cfg.anonymous_allowed(),
-    );
+    let accounts = Accounts::new(cfg, internal_secret.to_owned());
     let path = journal.path().to_owned();
     let state_err = |source| BrokerError::State {
         path: path.clone(),
@@ -209,8 +211,7 @@ pub async fn start(
     }
     let door = Arc::new(frontdoor::FrontDoor {
         broker: broker.clone(),
-        verifier,
-        acl: acl::Acl::new(cfg),
+        accounts: accounts.clone(),
         journal,
         max_payload: cfg.max_payload,
         max_packet: max_packet(cfg),
@@ -258,6 +259,7 @@ pub async fn start(
         broker,
         stop,
         stats,
+        accounts,
     })
 }
 

@@ -54,6 +54,9 @@ pub fn run(role: Role, common: Common) -> Result<()> {
     let code = runtime.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let started = roles::start(role, &config, &secrets, stop_rx).await?;
+        if let Some(accounts) = started.broker_accounts() {
+            spawn_account_reload(common, accounts);
+        }
         let endpoints = endpoints_file(&data_dir, role);
         write_endpoints(&endpoints, &data_dir, &started)?;
         print_banner(role, &config, &started);
@@ -70,6 +73,51 @@ pub fn run(role: Role, common: Common) -> Result<()> {
     })?;
     // The broker state writer and blocking pools hold threads; leave without waiting for them.
     std::process::exit(code)
+}
+
+/// How often the broker looks whether its config file changed.
+const ACCOUNTS_POLL: Duration = Duration::from_secs(2);
+
+/// Watches the config file and puts changed MQTT accounts and access rules in force, so a
+/// device account that `genba devices provision` adds logs in without a broker restart. Other
+/// changes apply at the next start. A config that does not check keeps the accounts as they
+/// were, with a warning.
+fn spawn_account_reload(common: Common, accounts: genba_broker::Accounts) {
+    let Some(path) = common.config.clone() else {
+        return;
+    };
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut seen = stamp(&path);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ACCOUNTS_POLL);
+        loop {
+            tick.tick().await;
+            let now = stamp(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load_config(&common) {
+                Ok(config) => {
+                    accounts.replace(&config.mqtt);
+                    tracing::info!(
+                        config = %path.display(),
+                        users = config.mqtt.users.len(),
+                        "config changed: MQTT accounts and access rules reloaded (other changes apply at the next start)"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    config = %path.display(),
+                    error = %format!("{e:#}"),
+                    "config changed but does not check; the MQTT accounts stay as they were"
+                ),
+            }
+        }
+    });
 }
 
 /// One process per role and data dir: `genba up` holds every role's lock, a role its own.

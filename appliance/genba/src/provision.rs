@@ -25,7 +25,7 @@ use crate::Common;
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportArg {
     /// MQTT 5 to the broker: telemetry and commands. Adds an [[mqtt.users]] device account to
-    /// the config file (the broker takes it at its next start).
+    /// the config file (a running broker takes it within seconds: it watches the file).
     Mqtt,
     /// POST /api/telemetry with a device API key: telemetry only, works at once.
     Http,
@@ -293,7 +293,6 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
                 "pin": pinned,
                 "credential": credential,
                 "config_file": account.as_ref().map(|p| p.display().to_string()),
-                "broker_restart_needed": account.is_some(),
                 "file": out.display().to_string(),
                 "file_bytes": image.len(),
                 "partition_offset": format!("{PARTITION_OFFSET:#x}"),
@@ -326,8 +325,8 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
             args.id
         ),
         (None, Some(path)) => println!(
-            "credential: MQTT device account {} added to {}; restart the broker to take it \
-             (systemctl restart genba-broker, or restart `genba up`)",
+            "credential: MQTT device account {} added to {}; the running broker takes it within \
+             seconds (it watches that file)",
             args.id,
             path.display()
         ),

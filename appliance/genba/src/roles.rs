@@ -93,6 +93,13 @@ impl Health {
 }
 
 impl Started {
+    /// The broker's accounts, when this process runs the broker.
+    pub fn broker_accounts(&self) -> Option<genba_broker::Accounts> {
+        self.broker
+            .as_ref()
+            .map(genba_broker::RunningBroker::accounts)
+    }
+
     pub fn health(&self) -> Health {
         let handles: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
         Health {
