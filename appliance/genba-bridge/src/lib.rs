@@ -222,7 +222,9 @@ async fn firmware_image(
         )
         .into_response();
     };
-    let path = state.firmware_dir.join(format!("{sha256}.bin"));
+    let path = state
+        .firmware_dir
+        .join(genba_store::firmware::file_name(sha256));
     match tokio::fs::read(&path).await {
         Ok(bytes) => (
             [

@@ -26,7 +26,12 @@ pub fn dir(data_dir: &Path) -> PathBuf {
 
 /// The file of the image with this SHA-256.
 pub fn file(data_dir: &Path, sha256: &str) -> PathBuf {
-    dir(data_dir).join(format!("{sha256}.bin"))
+    dir(data_dir).join(file_name(sha256))
+}
+
+/// The name of an image's file in [`dir`]: `SHA256.bin`.
+pub fn file_name(sha256: &str) -> String {
+    format!("{sha256}.bin")
 }
 
 /// Whether `s` is a SHA-256 as this table keeps it (64 lower-case hex digits).

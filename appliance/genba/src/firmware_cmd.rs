@@ -72,10 +72,8 @@ pub fn run(cmd: FirmwareCommand) -> Result<()> {
                     genba_firmware_core::telemetry::FW_MAX
                 )
             })?;
-            let sha256: String = Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let sha256 =
+                genba_firmware_core::discovery::hex(&Sha256::digest(&bytes).into()).to_string();
             let kept = FirmwareImage {
                 sha256: sha256.clone(),
                 version: info.version.to_string(),
