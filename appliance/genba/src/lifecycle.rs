@@ -40,6 +40,8 @@ pub fn run(role: Role, common: Common) -> Result<()> {
     // Separate processes label their series, so the bridge's page can hold them all.
     genba_bridge::metrics::install((role != Role::Up).then(|| role.name()));
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // taken before the file is read, so a change made while the roles start is not missed
+    let config_seen = common.config.as_deref().and_then(config_stamp);
     let config = load_config(&common)?;
     let secrets = Secrets::load(&config.secrets_path())?;
     let data_dir = config.data_dir();
@@ -55,7 +57,7 @@ pub fn run(role: Role, common: Common) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let started = roles::start(role, &config, &secrets, stop_rx).await?;
         if let Some(accounts) = started.broker_accounts() {
-            spawn_account_reload(common, accounts);
+            spawn_account_reload(common, config_seen, accounts);
         }
         let endpoints = endpoints_file(&data_dir, role);
         write_endpoints(&endpoints, &data_dir, &started)?;
@@ -75,6 +77,15 @@ pub fn run(role: Role, common: Common) -> Result<()> {
     std::process::exit(code)
 }
 
+/// What tells a changed config file: its modification time and length.
+type ConfigStamp = (Option<std::time::SystemTime>, u64);
+
+fn config_stamp(path: &Path) -> Option<ConfigStamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
+}
+
 /// How often the broker looks whether its config file changed.
 const ACCOUNTS_POLL: Duration = Duration::from_secs(2);
 
@@ -82,21 +93,19 @@ const ACCOUNTS_POLL: Duration = Duration::from_secs(2);
 /// device account that `genba devices provision` adds logs in without a broker restart. Other
 /// changes apply at the next start. A config that does not check keeps the accounts as they
 /// were, with a warning.
-fn spawn_account_reload(common: Common, accounts: genba_broker::Accounts) {
+fn spawn_account_reload(
+    common: Common,
+    mut seen: Option<ConfigStamp>,
+    accounts: genba_broker::Accounts,
+) {
     let Some(path) = common.config.clone() else {
         return;
     };
-    let stamp = |p: &Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.modified().ok(), m.len()))
-    };
-    let mut seen = stamp(&path);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ACCOUNTS_POLL);
         loop {
             tick.tick().await;
-            let now = stamp(&path);
+            let now = config_stamp(&path);
             if now == seen {
                 continue;
             }
