@@ -14,7 +14,9 @@ Run by scripts/test-console; prints 'console: N passed, N failed' last.
 
 import datetime
 import gzip
+import hashlib
 import json
+import struct
 import os
 import signal
 import subprocess
@@ -107,13 +109,14 @@ class Appliance:
         self.http = "http://" + e["http"]
         self.mqtt_port = e["mqtt"].rsplit(":", 1)[1]
 
-    def post_reading(self, ts_ms, celsius):
+    def post_reading(self, ts_ms, celsius, fw="1.0.0"):
         at = datetime.datetime.fromtimestamp(ts_ms / 1000, datetime.timezone.utc)
         body = {
             "device_id": "fridge-1",
             "recorded_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "ts_device": ts_ms,
             "rssi": -60,
+            "fw": fw,
             "readings": [{"sensor_hw_id": PROBE, "raw_celsius": celsius, "offset_c": 0.0, "celsius": celsius}],
         }
         req = urllib.request.Request(self.http + "/api/telemetry", data=json.dumps(body).encode(),
@@ -133,6 +136,24 @@ class Appliance:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def esp32c3_image(version):
+    """A small well-formed ESP32-C3 app image as `genba firmware add` takes it (esptool's
+    layout: a 24-byte header with chip id 5, one segment that starts with the app descriptor,
+    padding to 16 with the checksum byte, then the appended SHA-256 of all of it)."""
+    desc = bytearray(256)
+    desc[0:4] = struct.pack("<I", 0xABCD5432)
+    desc[16:16 + len(version)] = version.encode()
+    desc[48:48 + 16] = b"genba-fw-esp32c3"
+    segment = bytes(desc) + b"\x5a" * 100
+    out = bytearray([0xE9, 1, 2, 0x20]) + struct.pack("<I", 0x42000000) + bytes([0xEE, 0, 0, 0])
+    out += struct.pack("<H", 5) + bytes([0, 0, 0, 0xFF, 0xFF, 0, 0, 0, 0, 1])
+    out += struct.pack("<II", 0x3C000020, len(segment)) + segment
+    while len(out) % 16 != 15:
+        out.append(0)
+    out.append(0xEF)
+    return bytes(out) + hashlib.sha256(out).digest()
 
 
 def browser():
@@ -350,6 +371,51 @@ def run_checks(d, a, base, n_values):
         assert "{\"ok\"" not in d.page_source
     _()
 
+    @check("firmware: kept images, the version each device runs, an update queued from the page")
+    def _():
+        shas = {}
+        for version in ("1.0.0", "1.1.0"):
+            path = os.path.join(a.dir, f"fw-{version}.bin")
+            with open(path, "wb") as f:
+                f.write(esp32c3_image(version))
+            added = json.loads(genba("firmware", "add", path, "--json", config=a.config, data_dir=a.data))
+            shas[version] = added["image"]["sha256"]
+        d.get(base + "/firmware")
+        rows = {r.get_attribute("data-version"): [td.text for td in r.find_elements(By.TAG_NAME, "td")]
+                for r in d.find_elements(By.CSS_SELECTOR, "#firmware-images tbody tr")}
+        assert set(rows) == {"1.0.0", "1.1.0"}, rows
+        assert rows["1.1.0"][3].startswith(shas["1.1.0"][:12]), rows
+        # fridge-1's batches say 1.0.0; line-3 (MQTT JSON without fw) reports none.
+        assert rows["1.0.0"][5] == "1" and rows["1.1.0"][5] == "0", rows
+        assert d.find_element(By.CSS_SELECTOR, "#fw-fridge-1 .firmware").text == "1.0.0"
+        assert d.find_element(By.CSS_SELECTOR, "#fw-line-3 .firmware").text == "not reported"
+        sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", a.mqtt_port, "-q", "1",
+                                "-t", "devices/fridge-1/commands", "-C", "1", "-W", "20"],
+                               stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # subscribed before the command is published
+        row = d.find_element(By.ID, "fw-fridge-1")
+        offered = {o.get_attribute("value"): o.get_attribute("disabled") is None
+                   for o in row.find_elements(By.CSS_SELECTOR, "select option")}
+        assert offered == {shas["1.0.0"]: False, shas["1.1.0"]: True}, offered  # not the one it runs
+        row.find_element(By.CSS_SELECTOR, f"option[value='{shas['1.1.0']}']").click()
+        row.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait(d, lambda: "Update queued for the device." in d.page_source)
+        asked = lambda: d.find_element(By.CSS_SELECTOR, "#fw-fridge-1 .asked").text
+        assert "1.1.0" in asked() and "admin" in asked() and "waiting for its next report" in asked(), asked()
+        assert not d.find_elements(By.CSS_SELECTOR, "#fw-line-3 form"), "line-3 reports no Genba firmware"
+        shot(d, "firmware")
+        out, _err = sub.communicate(timeout=30)
+        cmd = json.loads(out)
+        assert cmd["cmd"] == "update" and cmd["version"] == "1.1.0" and cmd["sha256"] == shas["1.1.0"], cmd
+        assert cmd["size"] == len(esp32c3_image("1.1.0")), cmd
+        status, body, _h = fetch(base + f"/firmware/{shas['1.1.0']}.bin")
+        assert status == 200 and hashlib.sha256(body).hexdigest() == shas["1.1.0"]
+        # What the device reports next says whether it took the update.
+        for fw, state in (("1.0.0", "reported since without it"), ("1.1.0", "running it")):
+            a.post_reading(int(time.time() * 1000) + 1000, 4.0, fw=fw)
+            wait(d, lambda: d.get(base + "/firmware") or state in asked())
+    _()
+
     @check("roles: a viewer sees alarms but cannot acknowledge or send commands")
     def _():
         login(d, base, "guest", "guest-password")
@@ -358,6 +424,8 @@ def run_checks(d, a, base, n_values):
         assert not d.find_elements(By.TAG_NAME, "textarea")
         d.get(base + "/devices/fridge-1")
         assert not d.find_elements(By.ID, "command")
+        d.get(base + "/firmware")
+        assert d.find_elements(By.ID, "fw-fridge-1") and not d.find_elements(By.CSS_SELECTOR, "#firmware-devices form")
         login(d, base, "cook", "cook-password")
         d.get(base + "/devices/fridge-1")
         assert d.find_elements(By.ID, "command") and not d.find_elements(By.ID, "name")
@@ -368,7 +436,7 @@ def run_checks(d, a, base, n_values):
     @check("phone: 390 px wide without sideways scrolling")
     def _():
         d.set_window_size(390, 844)
-        for path in ("/", "/devices/fridge-1", "/alarms", f"/haccp?day={today}"):
+        for path in ("/", "/devices/fridge-1", "/alarms", f"/haccp?day={today}", "/firmware"):
             d.get(base + path)
             width = d.execute_script("return document.documentElement.scrollWidth")
             assert width <= 390, (path, width)
@@ -379,7 +447,7 @@ def run_checks(d, a, base, n_values):
 
     @check("accessibility: every field has a label, text contrast >= 4.5, keyboard focus visible")
     def _():
-        for path in ("/", "/devices/fridge-1", "/alarms", f"/haccp?day={today}", "/send"):
+        for path in ("/", "/devices/fridge-1", "/alarms", f"/haccp?day={today}", "/firmware", "/send"):
             d.get(base + path)
             unlabeled = d.execute_script(
                 "return Array.from(document.querySelectorAll('input,textarea,select'))"
@@ -407,7 +475,7 @@ def run_checks(d, a, base, n_values):
     def _():
         cookie = session_cookie(d)
         assets = sum(len(gzip.compress(fetch(base + p, cookie)[1])) for p in ("/assets/console.css", "/assets/console.js"))
-        for path in ("/", "/devices/fridge-1?range=1y", "/alarms", f"/haccp?month={today[:7]}", "/delivery", "/send"):
+        for path in ("/", "/devices/fridge-1?range=1y", "/alarms", f"/haccp?month={today[:7]}", "/delivery", "/firmware", "/send"):
             html = fetch(base + path, cookie)[1]
             total = len(gzip.compress(html)) + assets
             print(f"     page weight {path}: {len(html)} B html, {total} B gzip with assets")

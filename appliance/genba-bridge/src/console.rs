@@ -214,6 +214,7 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/logout", post(logout))
         .route("/devices/:id", get(device_page).post(edit_device))
         .route("/devices/:id/command", post(send_command))
+        .route("/devices/:id/update", post(update_device))
         .route("/devices/:id/stream", post(edit_stream))
         .route("/alarms", get(alarms_page))
         .route("/alarms/:id/ack", post(ack_alarm))
@@ -221,6 +222,7 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/haccp.csv", get(haccp_csv))
         .route("/delivery", get(delivery_page))
         .route("/delivery/retry", post(retry_parked))
+        .route("/firmware", get(firmware_page))
         .route("/send", get(send_page))
         .route("/console/live", get(live))
         .route(
@@ -701,11 +703,25 @@ async fn send_command(
         Ok(None) => return status_page(&v, StatusCode::NOT_FOUND, "Not found."),
         Err(e) => return db_error(e),
     }
+    match queue_command(&state, &v, &id, payload.into_bytes()).await {
+        Ok(()) => Redirect::to(&format!("/devices/{id}?sent=1")).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Journals a command for device `id` from the console (source `console:USER`); the broker
+/// role's command sink publishes it on `devices/ID/commands`.
+async fn queue_command(
+    state: &Shared,
+    v: &Viewer,
+    id: &str,
+    payload: Vec<u8>,
+) -> Result<(), Response> {
     let who = v.user.clone().unwrap_or_else(|| "console".into());
     let submitted = state.journal.try_submit(NewMessage {
         source: format!("console:{who}"),
         topic: format!("devices/{id}/commands"),
-        payload: payload.into_bytes(),
+        payload,
         qos: 1,
         retain: false,
         mqtt_pid: None,
@@ -716,13 +732,97 @@ async fn send_command(
         Err(_) => None,
     };
     match committed {
-        Some(_) => Redirect::to(&format!("/devices/{id}?sent=1")).into_response(),
-        None => (
+        Some(_) => Ok(()),
+        None => Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "the journal is busy; nothing was stored",
         )
-            .into_response(),
+            .into_response()),
     }
+}
+
+/// The firmware page: kept images, the version each device reports, update buttons.
+async fn firmware_page(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let v = match viewer(&state, &headers, &q, "/firmware") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let flash = q.get("updated").map(|device| {
+        Flash::Ok(format!(
+            "{} ({device})",
+            tr(v.lang, "Update queued for the device.")
+        ))
+    });
+    let loaded = state
+        .db
+        .run(|c| {
+            Ok((
+                genba_store::firmware::list(c)?,
+                devices::list(c)?,
+                genba_store::firmware::requests(c)?,
+            ))
+        })
+        .await;
+    match loaded {
+        Ok((images, all, asked)) => html(pages::firmware(&v, &images, &all, &asked, flash), &q),
+        Err(e) => db_error(e),
+    }
+}
+
+/// Queues the `update` command for the image chosen on the firmware page (operators).
+async fn update_device(
+    AxumState(state): AxumState<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let (v, f) = match posted(&state, req, "/firmware", Role::Operator).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let image = f.get("image").cloned().unwrap_or_default();
+    let key = id.clone();
+    let found = state
+        .db
+        .run(move |c| {
+            let device = devices::get(c, &key)?;
+            let image = match genba_store::firmware::is_sha256(&image) {
+                true => genba_store::firmware::find(c, &image)?,
+                false => None,
+            };
+            Ok((device, image))
+        })
+        .await;
+    let image = match found {
+        Ok((Some(_), Some(image))) => image,
+        Ok(_) => return status_page(&v, StatusCode::NOT_FOUND, "Not found."),
+        Err(e) => return db_error(e),
+    };
+    let payload = match genba_platform::updates::update_command(&image) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "console: update refused");
+            return status_page(&v, StatusCode::UNPROCESSABLE_ENTITY, "Update");
+        }
+    };
+    if let Err(r) = queue_command(&state, &v, &id, payload.into_bytes()).await {
+        return r;
+    }
+    tracing::info!(device = %id, version = %image.version, "console: update queued");
+    let by = format!("console:{}", v.user.as_deref().unwrap_or("console"));
+    let asked = genba_platform::updates::request(&image, &id, &by);
+    if let Err(e) = state
+        .db
+        .run(move |c| genba_store::firmware::record_request(c, &asked))
+        .await
+    {
+        // The command is queued; only the page's note of it is missing.
+        tracing::warn!(error = %e, device = %id, "console: the update request was not recorded");
+    }
+    Redirect::to(&format!("/firmware?updated={id}")).into_response()
 }
 
 async fn alarms_page(

@@ -1441,7 +1441,7 @@ async fn list_firmware(AxumState(state): AxumState<Shared>, headers: HeaderMap) 
                     "project": i.project,
                     "size": i.size,
                     "added_at": query::format_time(i.added_at_ms),
-                    "path": format!("{}{}.bin", genba_firmware_core::image::DOWNLOAD_PREFIX, i.sha256),
+                    "path": genba_store::firmware::download_path(&i.sha256),
                     "devices": running,
                 })
             })

@@ -58,6 +58,28 @@ pub fn tr(lang: Lang, en: &'static str) -> &'static str {
         "HACCP record" => "HACCP記録",
         "Delivery" => "配信",
         "Send" => "送信",
+        "Firmware" => "ファームウェア",
+        "Firmware images" => "ファームウェアイメージ",
+        "No firmware images yet. Add one on the appliance:" => {
+            "ファームウェアイメージはまだありません。アプライアンスで追加してください:"
+        }
+        "Version" => "バージョン",
+        "Project" => "プロジェクト",
+        "Size" => "サイズ",
+        "Added" => "追加日時",
+        "Devices running it" => "稼働中のデバイス",
+        "Download" => "ダウンロード",
+        "Update" => "更新",
+        "running" => "稼働中",
+        "not reported" => "未報告",
+        "Update queued for the device." => "更新コマンドを送信キューに入れました。",
+        "Last update asked" => "最後の更新依頼",
+        "running it" => "適用済み",
+        "waiting for its next report" => "次の報告待ち",
+        "reported since without it" => "報告あり・未適用",
+        "A device installs the image at once, tries it once and keeps it only when its first report after the restart reaches the appliance; otherwise it returns to the version it ran before. The version it reports shows here." => {
+            "デバイスはすぐにイメージを書き込み、一度だけ試します。再起動後の最初の報告がアプライアンスに届いたときだけ新しい版を残し、届かなければ以前の版に戻ります。報告された版がここに表示されます。"
+        }
         "Send a notification" => "通知を送る",
         "Log in" => "ログイン",
         "Log out" => "ログアウト",

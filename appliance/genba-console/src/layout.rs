@@ -14,6 +14,7 @@ pub enum Nav {
     Alarms,
     Haccp,
     Delivery,
+    Firmware,
     Send,
     None,
 }
@@ -83,6 +84,7 @@ pub fn page(v: &Viewer, nav: Nav, title: &str, flash: Option<Flash>, body: Marku
                         " " (item(Nav::Alarms, "/alarms", "Alarms"))
                         " " (item(Nav::Haccp, "/haccp", "HACCP record"))
                         " " (item(Nav::Delivery, "/delivery", "Delivery"))
+                        " " (item(Nav::Firmware, "/firmware", "Firmware"))
                         " " (item(Nav::Send, "/send", "Send"))
                     }
                     div.right {

@@ -1,8 +1,9 @@
-//! The pages: overview, device, alarms, HACCP record, delivery, send. Each takes what the
+//! The pages: overview, device, alarms, HACCP record, delivery, firmware, send. Each takes what the
 //! bridge read from the store and returns markup; none of them touches the store itself.
 
 use genba_store::alarms::Alarm;
 use genba_store::devices::Device;
+use genba_store::firmware::{FirmwareImage, UpdateRequest, UpdateState};
 use genba_store::streams::{Record, StreamInfo};
 use genba_store::{SinkState, StoreStatus};
 use maud::{html, Markup};
@@ -484,6 +485,108 @@ pub fn delivery(
         } }
     };
     page(v, Nav::Delivery, tr(l, "Delivery"), flash, body)
+}
+
+/// The firmware images kept for updates (`genba firmware add`), the devices running each, and
+/// per device an update button (operators) that queues the `update` command for an image.
+pub fn firmware(
+    v: &Viewer,
+    images: &[FirmwareImage],
+    devices: &[Device],
+    requests: &[UpdateRequest],
+    flash: Option<Flash>,
+) -> Markup {
+    let l = v.lang;
+    let asked = |d: &Device| requests.iter().find(|r| r.device_id == d.id);
+    let can_update = v.role >= Role::Operator && !images.is_empty();
+    let running = |version: &str| {
+        devices
+            .iter()
+            .filter(|d| d.firmware.as_deref() == Some(version))
+            .count()
+    };
+    let body = html! {
+        h2 { (tr(l, "Firmware images")) }
+        @if images.is_empty() {
+            p { (tr(l, "No firmware images yet. Add one on the appliance:")) " " code { "genba firmware add genba-fw-esp32c3.bin" } }
+        } @else {
+            div.scroll { table #firmware-images {
+                thead { tr {
+                    th { (tr(l, "Version")) } th { (tr(l, "Project")) } th { (tr(l, "Size")) }
+                    th { "SHA-256" } th { (tr(l, "Added")) } th { (tr(l, "Devices running it")) } th {}
+                } }
+                tbody { @for i in images {
+                    tr data-version=(i.version) {
+                        td { strong { (i.version) } } td { (i.project) } td.num { (kib(i.size)) }
+                        td { code title=(i.sha256) { (i.sha256.get(..12).unwrap_or(&i.sha256)) "…" } }
+                        td { (local_time(i.added_at_ms)) }
+                        td.num { (running(&i.version)) }
+                        td { a href=(genba_store::firmware::download_path(&i.sha256)) download { (tr(l, "Download")) } }
+                    }
+                } }
+            } }
+        }
+        h2 { (tr(l, "Devices")) }
+        @if devices.is_empty() {
+            p { (tr(l, "No devices yet. They appear with their first message.")) }
+        } @else {
+            div.scroll { table #firmware-devices {
+                thead { tr {
+                    th { (tr(l, "Device")) } th { (tr(l, "Firmware")) } th { (tr(l, "last seen")) }
+                    th { (tr(l, "Last update asked")) }
+                    @if can_update { th { (tr(l, "Update")) } }
+                } }
+                tbody { @for d in devices {
+                    tr id={ "fw-" (d.id) } {
+                        td { a href={ "/devices/" (d.id) } { (device_title(d)) } }
+                        td.firmware { (d.firmware.as_deref().unwrap_or(tr(l, "not reported"))) }
+                        td { (d.last_seen_at_ms.map(local_time).unwrap_or_else(|| tr(l, "never").into())) }
+                        td.asked {
+                            @if let Some(r) = asked(d) {
+                                (r.version) " · " (local_time(r.requested_at_ms)) " · " (r.requested_by.trim_start_matches("console:"))
+                                br;
+                                @match r.state(d) {
+                                    UpdateState::Running => span.state.ok { (tr(l, "running it")) },
+                                    UpdateState::Waiting => span.state.silent { (tr(l, "waiting for its next report")) },
+                                    UpdateState::NotTaken => span.state.alarm { (tr(l, "reported since without it")) },
+                                }
+                            }
+                        }
+                        @if can_update {
+                            td {
+                                // Only devices that report a version run Genba's firmware.
+                                @if d.firmware.is_some() {
+                                    form.inline method="post" action={ "/devices/" (d.id) "/update" } {
+                                        (csrf_field(v))
+                                        select name="image" aria-label=(tr(l, "Version")) {
+                                            @for i in images {
+                                                @if d.firmware.as_deref() == Some(i.version.as_str()) {
+                                                    option value=(i.sha256) disabled { (i.version) " (" (tr(l, "running")) ")" }
+                                                } @else {
+                                                    option value=(i.sha256) { (i.version) }
+                                                }
+                                            }
+                                        }
+                                        button type="submit" { (tr(l, "Update")) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } }
+            } }
+            p.muted { (tr(l, "A device installs the image at once, tries it once and keeps it only when its first report after the restart reaches the appliance; otherwise it returns to the version it ran before. The version it reports shows here.")) }
+        }
+    };
+    page(v, Nav::Firmware, tr(l, "Firmware"), flash, body)
+}
+
+fn kib(bytes: i64) -> String {
+    if bytes < 10 * 1024 {
+        format!("{bytes} B")
+    } else {
+        format!("{:.0} KiB", bytes as f64 / 1024.0)
+    }
 }
 
 pub fn send_form(v: &Viewer, default_topic: &str, flash: Option<Flash>) -> Markup {

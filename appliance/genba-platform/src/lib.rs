@@ -7,6 +7,7 @@
 //!   points (with per-minute and per-hour rollups), readings and records;
 //! - [`rules`]: the rules engine (thresholds with duration and hysteresis, silence, rate of
 //!   change, escalation), pure logic whose effects commit with the values it saw;
+//! - [`updates`]: the `update` command for a kept firmware image;
 //! - [`query`]: time ranges and aggregations as the `/v2` API and the console ask for them.
 //!
 //! Where it becomes durable: `genba_store::ingest` inside the journal writer's transaction.
@@ -18,3 +19,4 @@ pub mod message;
 pub mod query;
 pub mod retention;
 pub mod rules;
+pub mod updates;

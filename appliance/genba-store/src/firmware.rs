@@ -34,6 +34,13 @@ pub fn file_name(sha256: &str) -> String {
     format!("{sha256}.bin")
 }
 
+/// The appliance's HTTP path of the image with this SHA-256 (`/firmware/SHA256.bin`), where the
+/// devices fetch it: the firmware core's `image::download_path` for the hex form
+/// (`genba_platform::updates` tests that they agree).
+pub fn download_path(sha256: &str) -> String {
+    format!("/firmware/{}", file_name(sha256))
+}
+
 /// Whether `s` is a SHA-256 as this table keeps it (64 lower-case hex digits).
 pub fn is_sha256(s: &str) -> bool {
     s.len() == 64
@@ -94,6 +101,80 @@ pub fn remove(conn: &Connection, sha256: &str) -> rusqlite::Result<bool> {
     Ok(conn.execute("DELETE FROM firmware WHERE sha256 = ?1", params![sha256])? == 1)
 }
 
+/// The last update asked of a device.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UpdateRequest {
+    pub device_id: String,
+    pub version: String,
+    pub sha256: String,
+    pub requested_at_ms: i64,
+    /// `cli`, `console:USER`.
+    pub requested_by: String,
+}
+
+/// Where a device stands with the update last asked of it, from what it reported since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateState {
+    /// Its last report names the requested version.
+    Running,
+    /// Nothing reported since the request.
+    Waiting,
+    /// It reported since, still with another version (still downloading, or it refused the
+    /// image or rolled back).
+    NotTaken,
+}
+
+impl UpdateRequest {
+    /// Where `device` stands with this request.
+    pub fn state(&self, device: &crate::devices::Device) -> UpdateState {
+        if device.firmware.as_deref() == Some(self.version.as_str()) {
+            UpdateState::Running
+        } else if device
+            .last_seen_at_ms
+            .is_some_and(|seen| seen > self.requested_at_ms)
+        {
+            UpdateState::NotTaken
+        } else {
+            UpdateState::Waiting
+        }
+    }
+}
+
+/// Records the update just asked of a device, replacing the one before.
+pub fn record_request(conn: &Connection, request: &UpdateRequest) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO update_requests
+            (device_id, version, sha256, requested_at, requested_by)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            request.device_id,
+            request.version,
+            request.sha256,
+            request.requested_at_ms,
+            request.requested_by
+        ],
+    )?;
+    Ok(())
+}
+
+/// The last update asked of each device, by device id.
+pub fn requests(conn: &Connection) -> rusqlite::Result<Vec<UpdateRequest>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT device_id, version, sha256, requested_at, requested_by
+         FROM update_requests ORDER BY device_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(UpdateRequest {
+            device_id: r.get(0)?,
+            version: r.get(1)?,
+            sha256: r.get(2)?,
+            requested_at_ms: r.get(3)?,
+            requested_by: r.get(4)?,
+        })
+    })?;
+    rows.collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +224,43 @@ mod tests {
         assert!(is_sha256(&"0f".repeat(32)));
         assert!(!is_sha256(&"0F".repeat(32)));
         assert!(!is_sha256("../../etc/passwd"));
+    }
+
+    #[test]
+    fn the_last_update_asked_of_a_device_is_kept_and_judged_by_what_it_reported_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::open(&dir.path().join("db")).unwrap();
+        let change = crate::devices::DeviceChange::default();
+        crate::devices::add(&conn, "fridge-1", &change).unwrap();
+        let ask = |version: &str, at: i64| UpdateRequest {
+            device_id: "fridge-1".into(),
+            version: version.into(),
+            sha256: "a".repeat(64),
+            requested_at_ms: at,
+            requested_by: "console:admin".into(),
+        };
+        record_request(&conn, &ask("1.1.0", 1_000)).unwrap();
+        record_request(&conn, &ask("1.2.0", 2_000)).unwrap();
+        let kept = requests(&conn).unwrap();
+        assert_eq!(kept, [ask("1.2.0", 2_000)], "only the last one");
+
+        let mut device = crate::devices::get(&conn, "fridge-1").unwrap().unwrap();
+        assert_eq!(kept[0].state(&device), UpdateState::Waiting);
+        device.firmware = Some("1.1.0".into());
+        device.last_seen_at_ms = Some(1_500);
+        assert_eq!(
+            kept[0].state(&device),
+            UpdateState::Waiting,
+            "reported before"
+        );
+        device.last_seen_at_ms = Some(2_500);
+        assert_eq!(kept[0].state(&device), UpdateState::NotTaken);
+        device.firmware = Some("1.2.0".into());
+        assert_eq!(kept[0].state(&device), UpdateState::Running);
+
+        // The request goes with its device.
+        conn.execute("DELETE FROM devices WHERE id = 'fridge-1'", [])
+            .unwrap();
+        assert!(requests(&conn).unwrap().is_empty());
     }
 }

@@ -266,6 +266,15 @@ const MIGRATIONS: &[&str] = &[
         size     INTEGER NOT NULL,                       -- bytes
         added_at INTEGER NOT NULL                        -- unix ms
      ) WITHOUT ROWID;",
+    // 12: the last firmware update asked of each device (console, CLI), to show whether the
+    // device runs it since.
+    "CREATE TABLE update_requests (
+        device_id    TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
+        version      TEXT    NOT NULL,
+        sha256       TEXT    NOT NULL,
+        requested_at INTEGER NOT NULL,                   -- unix ms
+        requested_by TEXT    NOT NULL                    -- 'cli', 'console:USER'
+     ) WITHOUT ROWID;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {

@@ -354,21 +354,75 @@ pub use genba_firmware_core::mdns::Found;
 
 /// Asks the LAN for appliances as a device does: the firmware core's one-shot mDNS query
 /// (`genba_firmware_core::mdns`), sent from an ordinary UDP port on every IPv4 interface that
-/// is up, the unicast answers read with the core's reader. Waits until `limit`, or one quiet
-/// second after the first appliance answered (others on the LAN answer within it too).
+/// is up, the unicast answers read with the core's reader. Until an appliance answers, the
+/// query goes out again at the core's intervals ([`mdns::resend_after_ms`]: 1 s, 2 s, 4 s, ...).
+/// Waits until `limit`, or one quiet second after the first appliance answered (others on the
+/// LAN answer within it too).
 pub fn query(limit: Duration) -> std::io::Result<Vec<Found>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let id: u16 = rand::random();
-    let packet = mdns::query(id);
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+    let socket = std::net::UdpSocket::from(socket);
+    send_query(&socket, id)?;
+    let mut sent = 1;
+    let mut next_send = Instant::now() + resend_wait(sent);
+    let deadline = Instant::now() + limit;
+    let mut quiet_until: Option<Instant> = None;
+    let mut found: heapless::Vec<Found, 64> = heapless::Vec::new();
+    let mut buf = [0u8; 9000]; // the largest mDNS packet (RFC 6762 §17)
+    loop {
+        let until = match quiet_until {
+            Some(quiet) => quiet.min(deadline),
+            None => next_send.min(deadline),
+        };
+        let Some(wait) = until
+            .checked_duration_since(Instant::now())
+            .filter(|w| !w.is_zero())
+        else {
+            if quiet_until.is_none() && until < deadline {
+                send_query(&socket, id)?;
+                sent += 1;
+                next_send = Instant::now() + resend_wait(sent);
+                continue;
+            }
+            break;
+        };
+        socket.set_read_timeout(Some(wait))?;
+        let (n, from) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(e) => return Err(e),
+        };
+        match mdns::read_response(&buf[..n], id, &mut found) {
+            Ok(added) if added > 0 && quiet_until.is_none() => {
+                quiet_until = Some(Instant::now() + Duration::from_secs(1));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(%from, error = %e, "mDNS: packet ignored"),
+        }
+    }
+    tracing::debug!(sent, "mDNS: queries sent");
+    let mut found = found.into_iter().collect::<Vec<_>>();
+    found.sort_by(|a, b| (&a.instance, a.address).cmp(&(&b.instance, b.address)));
+    Ok(found)
+}
+
+fn resend_wait(sent: u32) -> Duration {
+    Duration::from_millis(mdns::resend_after_ms(sent).into())
+}
+
+/// Sends the query `id` to the mDNS group from each IPv4 interface in turn: the multicast
+/// leaves from it, the answer comes back to it. An error when no interface could send it.
+fn send_query(socket: &std::net::UdpSocket, id: u16) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    let packet = mdns::query(id);
     let group = SocketAddr::from((mdns::GROUP, mdns::PORT)).into();
     let mut sent = 0;
     for iface in if_addrs::get_if_addrs()? {
         let if_addrs::IfAddr::V4(v4) = &iface.addr else {
             continue;
         };
-        // Each interface in turn: the multicast leaves from it, the answer comes back to it.
         let on = socket
             .set_multicast_if_v4(&v4.ip)
             .and_then(|()| socket.send_to(&packet, &group));
@@ -382,36 +436,7 @@ pub fn query(limit: Duration) -> std::io::Result<Vec<Found>> {
             "no IPv4 interface could send the mDNS query",
         ));
     }
-    let socket = std::net::UdpSocket::from(socket);
-    let deadline = Instant::now() + limit;
-    let mut quiet_until: Option<Instant> = None;
-    let mut found: heapless::Vec<Found, 64> = heapless::Vec::new();
-    let mut buf = [0u8; 9000]; // the largest mDNS packet (RFC 6762 §17)
-    loop {
-        let until = quiet_until.map_or(deadline, |q| q.min(deadline));
-        let Some(wait) = until
-            .checked_duration_since(Instant::now())
-            .filter(|w| !w.is_zero())
-        else {
-            break;
-        };
-        socket.set_read_timeout(Some(wait))?;
-        let (n, from) = match socket.recv_from(&mut buf) {
-            Ok(got) => got,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
-            Err(e) => return Err(e),
-        };
-        match mdns::read_response(&buf[..n], id, &mut found) {
-            Ok(added) if added > 0 && quiet_until.is_none() => {
-                quiet_until = Some(Instant::now() + Duration::from_secs(1));
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(%from, error = %e, "mDNS: packet ignored"),
-        }
-    }
-    let mut found = found.into_iter().collect::<Vec<_>>();
-    found.sort_by(|a, b| (&a.instance, a.address).cmp(&(&b.instance, b.address)));
-    Ok(found)
+    Ok(())
 }
 
 #[cfg(test)]

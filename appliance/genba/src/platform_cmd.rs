@@ -221,8 +221,11 @@ pub fn devices_cmd(cmd: DevicesCommand) -> Result<()> {
             payload,
         } => send(&common, &id, payload)?,
         DevicesCommand::Update { common, id, image } => {
-            let payload = update_command(&common, &image)?;
+            let image = find_image(&common, &image)?;
+            let payload = genba_platform::updates::update_command(&image)?;
             send(&common, &id, payload)?;
+            let asked = genba_platform::updates::request(&image, &id, "cli");
+            db(&common)?.run_blocking(|c| genba_store::firmware::record_request(c, &asked))?;
         }
         DevicesCommand::Provision(args) => crate::provision::run(args)?,
     }
@@ -241,21 +244,11 @@ fn set_device_enabled(common: &Common, id: &str, enabled: bool) -> Result<()> {
     Ok(())
 }
 
-/// The `update` command for a kept image, as the firmware core parses it.
-fn update_command(common: &Common, image: &str) -> Result<String> {
-    let found = db(common)?
+/// A kept image by SHA-256 or version.
+fn find_image(common: &Common, image: &str) -> Result<genba_store::firmware::FirmwareImage> {
+    db(common)?
         .run_blocking(|c| genba_store::firmware::find(c, image))?
-        .with_context(|| format!("no firmware image {image:?} (see `genba firmware list`)"))?;
-    let payload = serde_json::json!({
-        "cmd": "update",
-        "version": found.version,
-        "sha256": found.sha256,
-        "size": found.size,
-    })
-    .to_string();
-    genba_firmware_core::command::Command::parse(payload.as_bytes())
-        .map_err(|e| anyhow::anyhow!("firmware image {image:?}: a device would refuse it: {e}"))?;
-    Ok(payload)
+        .with_context(|| format!("no firmware image {image:?} (see `genba firmware list`)"))
 }
 
 /// Journals a command; the broker role's command sink publishes it. Waits up to 10 s to say

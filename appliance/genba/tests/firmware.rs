@@ -136,6 +136,16 @@ fn an_image_is_checked_kept_once_listed_served_and_removed() {
         r.bytes().await.unwrap()
     });
     assert_eq!(sha256_hex(&fetched), sha);
+    // The request is recorded for the console's Firmware page.
+    let asked: (String, String, String) = rusqlite::Connection::open(a.db_path())
+        .unwrap()
+        .query_row(
+            "SELECT version, sha256, requested_by FROM update_requests WHERE device_id = 'fridge-1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(asked, ("1.4.0".into(), sha.clone(), "cli".into()));
     for (args, reason) in [
         (
             vec!["devices", "update", "fridge-1", "9.9.9"],

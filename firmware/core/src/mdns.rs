@@ -76,6 +76,19 @@ pub fn query(id: u16) -> [u8; QUERY_LEN] {
     q
 }
 
+/// How long to wait, after the query has been sent `sent` times (1 or more) with no answer,
+/// before sending it again: 1 s, 2 s, 4 s and so on, at most [`RESEND_MAX_MS`]. A query or its
+/// answer can be lost (a busy responder, a Wi-Fi frame dropped, a responder that joined the
+/// group a moment late), so a querier that hears nothing asks again, as RFC 6762 §5.2 paces
+/// it: the first two queries at least a second apart, each interval at least double the last.
+pub fn resend_after_ms(sent: u32) -> u32 {
+    let doublings = sent.saturating_sub(1).min(RESEND_MAX_MS.ilog2());
+    (1000u32 << doublings).min(RESEND_MAX_MS)
+}
+
+/// The longest wait between two sends of the query (one minute).
+pub const RESEND_MAX_MS: u32 = 60_000;
+
 /// Why a packet was not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseError {
@@ -365,6 +378,14 @@ fn first_label(packet: &[u8], pos: usize) -> Option<String<INSTANCE_MAX>> {
 mod tests {
     use super::*;
     use crate::discovery::Fingerprint;
+
+    #[test]
+    fn an_unanswered_query_is_sent_again_a_second_later_then_at_doubling_intervals() {
+        let waits: std::vec::Vec<u32> = (1..=8).map(resend_after_ms).collect();
+        assert_eq!(waits, [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+        assert_eq!(resend_after_ms(0), 1000);
+        assert_eq!(resend_after_ms(u32::MAX), RESEND_MAX_MS);
+    }
 
     /// A DNS message writer for the tests: names may end in a pointer to an earlier offset.
     struct Packet(std::vec::Vec<u8>);

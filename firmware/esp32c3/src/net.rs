@@ -128,7 +128,7 @@ impl Target {
 /// How long the device listens for answers to its mDNS query.
 const DISCOVERY_WAIT: Duration = Duration::from_secs(2);
 
-/// Asks the LAN for the appliance (one mDNS query, answers for [`DISCOVERY_WAIT`]) and takes
+/// Asks the LAN for the appliance (an mDNS query, answers for [`DISCOVERY_WAIT`]) and takes
 /// the core's choice between what answered and the stored address.
 async fn discover(stack: Stack<'static>, cfg: &'static DeviceConfig) -> Target {
     let mut found: heapless::Vec<Found, 4> = heapless::Vec::new();
@@ -151,7 +151,8 @@ async fn discover(stack: Stack<'static>, cfg: &'static DeviceConfig) -> Target {
 }
 
 /// Sends the one-shot query to 224.0.0.251:5353 from an ordinary port and reads the unicast
-/// answers until [`DISCOVERY_WAIT`] has passed.
+/// answers until [`DISCOVERY_WAIT`] has passed; while nothing has answered, the query goes out
+/// again at the core's intervals ([`mdns::resend_after_ms`]).
 async fn mdns_query<const N: usize>(
     stack: Stack<'static>,
     found: &mut heapless::Vec<Found, N>,
@@ -161,16 +162,30 @@ async fn mdns_query<const N: usize>(
     let mut sock = UdpSocket::new(stack, &mut rx_meta, &mut rx_buf, &mut tx_meta, &mut tx_buf);
     sock.bind(0).map_err(|_| NetError::Udp)?;
     let id = Rng::new().random() as u16;
-    let group = IpAddress::Ipv4(mdns::GROUP);
-    sock.send_to(&mdns::query(id), (group, mdns::PORT))
-        .await
-        .map_err(|_| NetError::Udp)?;
+    let group = (IpAddress::Ipv4(mdns::GROUP), mdns::PORT);
     let mut packet = [0u8; 1500];
     let deadline = Instant::now() + DISCOVERY_WAIT;
+    let mut sent = 0;
+    let mut next_send = Instant::now();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        if found.is_empty() && Instant::now() >= next_send {
+            sock.send_to(&mdns::query(id), group)
+                .await
+                .map_err(|_| NetError::Udp)?;
+            sent += 1;
+            next_send = Instant::now() + Duration::from_millis(mdns::resend_after_ms(sent).into());
+        }
+        let until = if found.is_empty() {
+            next_send.min(deadline)
+        } else {
+            deadline
+        };
+        let left = until.saturating_duration_since(Instant::now());
         let Ok(received) = with_timeout(left, sock.recv_from(&mut packet)).await else {
-            return Ok(()); // the time is up
+            if until == deadline {
+                return Ok(()); // the time is up
+            }
+            continue; // time to ask again
         };
         // a packet larger than the buffer is cut: the reader refuses it
         let Ok((n, _from)) = received else { continue };
