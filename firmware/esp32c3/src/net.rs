@@ -180,6 +180,25 @@ async fn mdns_query<const N: usize>(
     }
 }
 
+/// Opens a TCP connection to `host:port` (a name or an IPv4 literal) on the given buffers;
+/// `timeout` ends it when the peer stays silent that long.
+async fn connect<'a>(
+    stack: Stack<'static>,
+    (host, port): (&str, u16),
+    rx: &'a mut [u8],
+    tx: &'a mut [u8],
+    timeout: Duration,
+) -> Result<TcpSocket<'a>, NetError> {
+    let server = resolve(stack, host).await?;
+    let mut socket = TcpSocket::new(stack, rx, tx);
+    socket.set_timeout(Some(timeout));
+    match with_timeout(CONNECT_TIMEOUT, socket.connect((server, port))).await {
+        Err(_) => Err(NetError::Timeout),
+        Ok(Err(e)) => Err(NetError::Connect(e)),
+        Ok(Ok(())) => Ok(socket),
+    }
+}
+
 async fn resolve(stack: Stack<'static>, host: &str) -> Result<IpAddress, NetError> {
     let found = with_timeout(CONNECT_TIMEOUT, stack.dns_query(host, DnsQueryType::A))
         .await
@@ -403,19 +422,14 @@ async fn mqtt_loop(
         (Ok(t), Ok(c)) => (t, c),
         _ => return NetError::Mqtt,
     };
-    let broker = match resolve(stack, &target.host).await {
-        Ok(a) => a,
-        Err(e) => return e,
-    };
     let mut rx = [0u8; 1536];
     let mut tx = [0u8; 2560];
-    let mut socket = TcpSocket::new(stack, &mut rx, &mut tx);
-    socket.set_timeout(Some(Duration::from_secs(u64::from(MQTT_KEEPALIVE_S) * 3)));
-    match with_timeout(CONNECT_TIMEOUT, socket.connect((broker, target.mqtt_port))).await {
-        Err(_) => return NetError::Timeout,
-        Ok(Err(e)) => return NetError::Connect(e),
-        Ok(Ok(())) => {}
-    }
+    let timeout = Duration::from_secs(u64::from(MQTT_KEEPALIVE_S) * 3);
+    let server = (target.host.as_str(), target.mqtt_port);
+    let socket = match connect(stack, server, &mut rx, &mut tx, timeout).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
     let mut conn = match with_timeout(CONNECT_TIMEOUT, session.connect(socket)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -553,16 +567,10 @@ async fn http_loop(
 }
 
 async fn post(stack: Stack<'static>, url: &http::Url<'_>, request: &[u8]) -> Result<u16, NetError> {
-    let server = resolve(stack, url.host).await?;
     let mut rx = [0u8; 512];
     let mut tx = [0u8; 1024];
-    let mut socket = TcpSocket::new(stack, &mut rx, &mut tx);
-    socket.set_timeout(Some(Duration::from_secs(15)));
-    match with_timeout(CONNECT_TIMEOUT, socket.connect((server, url.port))).await {
-        Err(_) => return Err(NetError::Timeout),
-        Ok(Err(e)) => return Err(NetError::Connect(e)),
-        Ok(Ok(())) => {}
-    }
+    let timeout = Duration::from_secs(15);
+    let mut socket = connect(stack, (url.host, url.port), &mut rx, &mut tx, timeout).await?;
     socket.write_all(request).await.map_err(NetError::Tcp)?;
     socket.flush().await.map_err(NetError::Tcp)?;
     // the status line is all we need; read until it is complete or the server closes
