@@ -17,6 +17,7 @@
 
 extern crate alloc;
 
+mod flash;
 mod net;
 mod sensors;
 mod state;
@@ -25,6 +26,7 @@ mod storage;
 use embassy_executor::Spawner;
 use embassy_futures::select::{Either, select};
 use embassy_net::{Runner, StackResources};
+use embassy_sync::mutex::Mutex;
 use embassy_time::{Duration, Timer};
 use esp_backtrace as _;
 use esp_bootloader_esp_idf::partitions::FlashStorage;
@@ -38,6 +40,8 @@ use genba_firmware_core::backoff::Backoff;
 use genba_firmware_core::config::{DeviceConfig, Transport};
 use log::{error, info, warn};
 use static_cell::StaticCell;
+
+use crate::flash::{Flash, SharedFlash};
 
 esp_bootloader_esp_idf::esp_app_desc!();
 
@@ -107,10 +111,17 @@ async fn main(spawner: Spawner) -> ! {
     esp_rtos::start(timg0.timer0, peripherals.FROM_CPU_INTR0);
 
     info!("Genba thermometer, firmware {}", env!("CARGO_PKG_VERSION"));
-    let (store, config) = match storage::open(FlashStorage::new(peripherals.FLASH)) {
+    let mut flash = match Flash::new(FlashStorage::new(peripherals.FLASH)) {
+        Ok(f) => f,
+        Err(e) => setup_state(&storage::ConfigError::Table(e)).await,
+    };
+    let (config_partition, config) = match storage::open(&mut flash) {
         Ok(found) => found,
         Err(e) => setup_state(&e).await,
     };
+    // from here on the flash is shared
+    static FLASH: StaticCell<SharedFlash> = StaticCell::new();
+    let flash: &'static SharedFlash = FLASH.init(Mutex::new(flash));
     static CONFIG: StaticCell<DeviceConfig> = StaticCell::new();
     let cfg: &'static DeviceConfig = CONFIG.init(config.clone());
     info!(
@@ -129,7 +140,7 @@ async fn main(spawner: Spawner) -> ! {
         s.interval_s = cfg.interval_s;
         s.offsets = cfg.offsets.clone();
     });
-    match storage::persist_task(store, config) {
+    match storage::persist_task(flash, config_partition, config) {
         Ok(token) => spawner.spawn(token),
         Err(e) => error!("cannot start the config writer (settings stay in RAM): {e:?}"),
     }
