@@ -1,6 +1,7 @@
-//! The flash chip, which the config writer (`storage.rs`) writes. It has one owner,
-//! [`SharedFlash`], an async mutex, so that another writer (updates) can share it: one writes
-//! at a time, and each holds it only for one synchronous flash operation.
+//! The flash chip. The config writer (`storage.rs`) and the update writer (`ota.rs`) both erase
+//! and write it, so it has one owner, [`SharedFlash`], an async mutex: one of them writes at a
+//! time, and each holds it only for one synchronous flash operation, never across a network
+//! wait.
 //!
 //! The partition table is read once, at boot; [`Partitions`] keeps the entries this firmware
 //! uses.
@@ -8,21 +9,43 @@
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::mutex::Mutex;
 use esp_bootloader_esp_idf::partitions::{
-    self, FlashRegion, FlashStorage, PARTITION_TABLE_MAX_LEN, PartitionEntry,
+    self, AppPartitionSubType, FlashRegion, FlashStorage, PARTITION_TABLE_MAX_LEN, PartitionEntry,
 };
 use genba_firmware_core::config::PARTITION_LABEL;
 
 /// The flash, shared by the tasks that write it.
 pub type SharedFlash = Mutex<CriticalSectionRawMutex, Flash>;
 
+/// Partition type "app".
+const APP: u8 = 0x00;
 /// Partition type "data".
 const DATA: u8 = 0x01;
+/// Data subtype "ota": the `otadata` partition.
+const OTADATA: u8 = 0x00;
 
 /// The partitions this firmware uses (`partitions.csv`).
 #[derive(Clone, Copy)]
 pub struct Partitions {
     /// The data partition labelled `config`.
     pub config: Option<PartitionEntry>,
+    /// ESP-IDF's `otadata`: which app slot boots, and its state.
+    pub otadata: Option<PartitionEntry>,
+    /// `ota_0` and `ota_1`.
+    pub slots: [Option<(AppPartitionSubType, PartitionEntry)>; 2],
+    /// The app slot this firmware runs from (the one the MMU maps).
+    pub running: Option<(AppPartitionSubType, PartitionEntry)>,
+}
+
+impl Partitions {
+    /// The app slot that does not run: where an update goes.
+    pub fn inactive_slot(&self) -> Option<(AppPartitionSubType, PartitionEntry)> {
+        let (running, _) = self.running?;
+        self.slots
+            .iter()
+            .flatten()
+            .copied()
+            .find(|(s, _)| *s != running)
+    }
 }
 
 /// The flash and its partitions.
@@ -38,10 +61,27 @@ impl Flash {
         let mut buf = [0u8; PARTITION_TABLE_MAX_LEN];
         let table = partitions::read_partition_table(&mut storage, &mut buf)?;
         // raw type numbers: an entry of a type this crate does not know is skipped, not a panic
+        let slot = |p: PartitionEntry| {
+            let subtype = AppPartitionSubType::try_from(p.raw_subtype()).ok()?;
+            matches!(
+                subtype,
+                AppPartitionSubType::Ota0 | AppPartitionSubType::Ota1
+            )
+            .then_some((subtype, p))
+        };
+        let mut slots = table
+            .iter()
+            .filter(|p| p.raw_type() == APP)
+            .filter_map(slot);
         let parts = Partitions {
             config: table
                 .iter()
                 .find(|p| p.raw_type() == DATA && p.label_as_str() == PARTITION_LABEL),
+            otadata: table
+                .iter()
+                .find(|p| p.raw_type() == DATA && p.raw_subtype() == OTADATA),
+            slots: [slots.next(), slots.next()],
+            running: table.booted_partition()?.and_then(slot),
         };
         Ok(Flash { storage, parts })
     }

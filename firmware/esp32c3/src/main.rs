@@ -10,7 +10,11 @@
 //! `genba devices provision` writes; the image itself is the same for every device. Without a
 //! valid config the device stays in a setup state that says why on the serial console.
 //!
-//! The wire format, sensor decoding, backlog, backoff and command rules are in
+//! The `update` command installs a new firmware image from the appliance into the other OTA
+//! slot; a new image is tried once and confirmed by its first delivered batch, else the device
+//! returns to the previous one (`ota.rs`).
+//!
+//! The wire format, sensor decoding, backlog, backoff, command and update rules are in
 //! `genba-firmware-core`, which is tested on the host.
 #![no_std]
 #![no_main]
@@ -19,6 +23,7 @@ extern crate alloc;
 
 mod flash;
 mod net;
+mod ota;
 mod sensors;
 mod state;
 mod storage;
@@ -115,13 +120,21 @@ async fn main(spawner: Spawner) -> ! {
         Ok(f) => f,
         Err(e) => setup_state(&storage::ConfigError::Table(e)).await,
     };
+    // a new image's trial, or the rollback of one that failed, before anything else
+    let trial = ota::boot(&mut flash);
     let (config_partition, config) = match storage::open(&mut flash) {
         Ok(found) => found,
         Err(e) => setup_state(&e).await,
     };
-    // from here on the flash is shared
+    // from here on the config writer and the update writer share the flash
     static FLASH: StaticCell<SharedFlash> = StaticCell::new();
     let flash: &'static SharedFlash = FLASH.init(Mutex::new(flash));
+    if trial {
+        match ota::trial_task(flash) {
+            Ok(token) => spawner.spawn(token),
+            Err(e) => error!("cannot start the trial timer: {e:?}"),
+        }
+    }
     static CONFIG: StaticCell<DeviceConfig> = StaticCell::new();
     let cfg: &'static DeviceConfig = CONFIG.init(config.clone());
     info!(
@@ -205,7 +218,8 @@ async fn main(spawner: Spawner) -> ! {
     }
     let rng = Rng::new();
     let seed = (u64::from(rng.random()) << 32) | u64::from(rng.random());
-    static RESOURCES: StaticCell<StackResources<5>> = StaticCell::new();
+    // DHCP, DNS, MQTT or HTTP, SNTP or mDNS, and an update's download
+    static RESOURCES: StaticCell<StackResources<6>> = StaticCell::new();
     let (stack, runner) = embassy_net::new(
         Interface::station(),
         embassy_net::Config::dhcpv4(Default::default()),
@@ -218,6 +232,10 @@ async fn main(spawner: Spawner) -> ! {
             spawner.spawn(wifi);
         }
         _ => halt("cannot start the network tasks", ()),
+    }
+    match ota::update_task(stack, flash) {
+        Ok(token) => spawner.spawn(token),
+        Err(e) => error!("cannot start the update task (updates are refused): {e:?}"),
     }
 
     net::run(stack, led, cfg).await

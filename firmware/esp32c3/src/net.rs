@@ -24,6 +24,7 @@ use genba_firmware_core::telemetry::{self, JSON_MAX_LEN, Topic};
 use heapless::String;
 use log::{error, info, warn};
 
+use crate::ota;
 use crate::state::{self, BACKLOG, CLOCK, DATA_READY, SETTINGS, SETTINGS_CHANGED, WAKE_SENSORS};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,7 +36,7 @@ const UNSYNCED_RETRY_MS: u64 = 60 * 1000;
 
 /// Why a connection attempt or session ended.
 #[derive(Debug)]
-enum NetError {
+pub enum NetError {
     Dns,
     Timeout,
     Connect(embassy_net::tcp::ConnectError),
@@ -182,7 +183,7 @@ async fn mdns_query<const N: usize>(
 
 /// Opens a TCP connection to `host:port` (a name or an IPv4 literal) on the given buffers;
 /// `timeout` ends it when the peer stays silent that long.
-async fn connect<'a>(
+pub async fn connect<'a>(
     stack: Stack<'static>,
     (host, port): (&str, u16),
     rx: &'a mut [u8],
@@ -270,9 +271,10 @@ impl Led {
     }
 }
 
-/// Applies a command payload received on `devices/{id}/commands`. A changed interval or
-/// offset is also written to the config partition (by `storage::persist_task`).
-fn handle_command(payload: &[u8], led: &mut Led) {
+/// Applies a command payload received on `devices/{id}/commands` from the appliance at
+/// `target`. A changed interval or offset is also written to the config partition (by
+/// `storage::persist_task`); an update is installed by `ota::update_task`, from `target`.
+fn handle_command(payload: &[u8], led: &mut Led, target: &Target) {
     let cmd = match Command::parse(payload) {
         Ok(c) => c,
         Err(e) => {
@@ -301,10 +303,7 @@ fn handle_command(payload: &[u8], led: &mut Led) {
             info!("command: send now");
             WAKE_SENSORS.signal(());
         }
-        Ok(Effect::Update) => {
-            // the OTA writer (download, check, write the other slot, confirm) is not built yet
-            warn!("command: update refused: this firmware cannot install updates yet ({cmd:?})");
-        }
+        Ok(Effect::Update) => ota::request(&cmd, &target.host, target.http_port),
         Err(e) => warn!("command refused: {e}"),
     }
 }
@@ -468,6 +467,7 @@ async fn mqtt_loop(
                 });
                 info!("batch delivered ({left} waiting)");
                 inflight = None;
+                ota::delivered();
             } else if conn.is_invalidated(op) {
                 // the broker dropped our session state: publish the same batch again
                 inflight = None;
@@ -504,7 +504,7 @@ async fn mqtt_loop(
         match select(conn.poll(), wake).await {
             Either::First(Ok(Some(msg))) => {
                 if msg.topic() == commands_topic.as_str() {
-                    handle_command(msg.payload(), led);
+                    handle_command(msg.payload(), led, target);
                 } else {
                     warn!("message on unexpected topic {}", msg.topic());
                 }
@@ -556,6 +556,7 @@ async fn http_loop(
                     b.len()
                 });
                 info!("batch delivered over HTTP ({left} waiting)");
+                ota::delivered();
             }
             Outcome::Rejected => {
                 state::with(&BACKLOG, |b| b.pop_front());

@@ -3,8 +3,8 @@
 //!
 //! The record format, its checks, the slot rotation and the write pacing (30 s of quiet, at
 //! most one write per 10 minutes) are `genba_firmware_core::config`, tested on the host; this
-//! module finds the partition and runs them. The flash is shared (`flash.rs`): a save holds
-//! it only while it reads and writes the partition.
+//! module finds the partition and runs them. The flash is shared with the update writer
+//! (`flash.rs`): a save holds it only while it reads and writes the partition.
 
 use embassy_futures::select::{Either, select};
 use embassy_time::{Duration, Instant, Timer};
