@@ -63,16 +63,13 @@ impl Flash {
         // raw type numbers: an entry of a type this crate does not know is skipped, not a panic
         let slot = |p: PartitionEntry| {
             let subtype = AppPartitionSubType::try_from(p.raw_subtype()).ok()?;
-            matches!(
+            let ota = matches!(
                 subtype,
                 AppPartitionSubType::Ota0 | AppPartitionSubType::Ota1
-            )
-            .then_some((subtype, p))
+            );
+            (p.raw_type() == APP && ota).then_some((subtype, p))
         };
-        let mut slots = table
-            .iter()
-            .filter(|p| p.raw_type() == APP)
-            .filter_map(slot);
+        let mut slots = table.iter().filter_map(slot);
         let parts = Partitions {
             config: table
                 .iter()
@@ -81,7 +78,8 @@ impl Flash {
                 .iter()
                 .find(|p| p.raw_type() == DATA && p.raw_subtype() == OTADATA),
             slots: [slots.next(), slots.next()],
-            running: table.booted_partition()?.and_then(slot),
+            // unknown (an error, or no app slot at the mapped address): no updates, no trial
+            running: table.booted_partition().ok().flatten().and_then(slot),
         };
         Ok(Flash { storage, parts })
     }
