@@ -290,7 +290,9 @@ pub fn request(cmd: &Command, host: &str, http_port: u16) {
         return;
     }
     let Ok(host) = String::try_from(host) else {
-        return; // the host came from the config or an IPv4 literal, both within HOST_MAX
+        // not reached: the host is the config's or an IPv4 literal, both within HOST_MAX
+        warn!("command: update to {version} refused: appliance host name too long");
+        return;
     };
     if state::with(&BUSY, |b| core::mem::replace(b, true)) {
         warn!("command: update to {version} refused: another update is underway");
