@@ -988,76 +988,7 @@ impl<F: NorFlash> Store<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use embedded_storage::nor_flash::{ErrorType, NorFlashErrorKind, ReadNorFlash};
-
-    /// NOR flash semantics in RAM: erase sets a sector to 0xFF, a write can only clear bits,
-    /// and a write can be cut off after `cut_after` bytes (a power cut).
-    struct RamFlash {
-        mem: std::vec::Vec<u8>,
-        erases: [u32; SLOTS],
-        cut_after: Option<usize>,
-    }
-
-    impl RamFlash {
-        fn new() -> Self {
-            RamFlash {
-                mem: vec![0xFF; AREA_LEN],
-                erases: [0; SLOTS],
-                cut_after: None,
-            }
-        }
-    }
-
-    impl ErrorType for RamFlash {
-        type Error = NorFlashErrorKind;
-    }
-
-    impl ReadNorFlash for RamFlash {
-        const READ_SIZE: usize = 4;
-        fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-            let o = offset as usize;
-            let src = self
-                .mem
-                .get(o..o + bytes.len())
-                .ok_or(NorFlashErrorKind::OutOfBounds)?;
-            bytes.copy_from_slice(src);
-            Ok(())
-        }
-        fn capacity(&self) -> usize {
-            self.mem.len()
-        }
-    }
-
-    impl NorFlash for RamFlash {
-        const WRITE_SIZE: usize = 4;
-        const ERASE_SIZE: usize = 4096;
-        fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-            let (from, to) = (from as usize, to as usize);
-            if !from.is_multiple_of(4096) || !to.is_multiple_of(4096) || to > self.mem.len() {
-                return Err(NorFlashErrorKind::NotAligned);
-            }
-            self.mem[from..to].fill(0xFF);
-            for s in from / 4096..to / 4096 {
-                self.erases[s] += 1;
-            }
-            Ok(())
-        }
-        fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-            let o = offset as usize;
-            if !o.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
-                return Err(NorFlashErrorKind::NotAligned);
-            }
-            let n = self
-                .cut_after
-                .take()
-                .unwrap_or(bytes.len())
-                .min(bytes.len());
-            for (dst, src) in self.mem[o..o + n].iter_mut().zip(bytes) {
-                *dst &= *src;
-            }
-            Ok(())
-        }
-    }
+    use crate::ram_flash::RamFlash;
 
     fn sample() -> DeviceConfig {
         let mut c = DeviceConfig::new(
@@ -1259,7 +1190,7 @@ mod tests {
 
     #[test]
     fn store_writes_only_changes_and_the_newest_record_wins() {
-        let mut store = Store::new(RamFlash::new()).unwrap();
+        let mut store = Store::new(RamFlash::new(AREA_LEN)).unwrap();
         assert_eq!(store.load().err(), Some(StoreError::Config(Error::Empty)));
         let mut c = sample();
         assert_eq!(
@@ -1292,7 +1223,7 @@ mod tests {
 
     #[test]
     fn a_power_cut_mid_write_keeps_the_previous_record() {
-        let mut store = Store::new(RamFlash::new()).unwrap();
+        let mut store = Store::new(RamFlash::new(AREA_LEN)).unwrap();
         let mut c = sample();
         store.save(&c).unwrap();
         c.interval_s = 900;
@@ -1319,7 +1250,7 @@ mod tests {
 
     #[test]
     fn writes_rotate_over_every_slot() {
-        let mut store = Store::new(RamFlash::new()).unwrap();
+        let mut store = Store::new(RamFlash::new(AREA_LEN)).unwrap();
         let mut c = sample();
         for i in 0..400 {
             c.interval_s = 60 + i;
@@ -1330,7 +1261,7 @@ mod tests {
 
     #[test]
     fn store_refuses_a_partition_too_small() {
-        let mut flash = RamFlash::new();
+        let mut flash = RamFlash::new(AREA_LEN);
         flash.mem.truncate(SLOT_LEN);
         assert!(matches!(Store::new(flash), Err(StoreError::Geometry)));
     }

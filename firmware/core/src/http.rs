@@ -1,5 +1,6 @@
 //! The HTTP transport's wire pieces: the `POST /api/telemetry` request with `X-API-Key`,
-//! the response status line, and what to do with the batch afterwards.
+//! the response status line, and what to do with the batch afterwards; and the `GET` of a
+//! firmware image with the response head ([`read_head`]) that says how long the body is.
 //!
 //! Only HTTP/1.1 with `Connection: close` is used, so one TCP connection carries one
 //! request and the response ends when the server closes it.
@@ -15,8 +16,12 @@ pub enum Error {
     BadHeaderValue,
     /// The output buffer is too small.
     BufferTooSmall,
-    /// The response does not start with an `HTTP/1.x NNN` status line.
+    /// The response does not start with an `HTTP/1.x NNN` status line, or a header it needs
+    /// (`Content-Length`) is malformed.
     BadResponse,
+    /// The response's body is sent with a `Transfer-Encoding` (chunked), which this client
+    /// does not read.
+    TransferEncoding,
 }
 
 impl fmt::Display for Error {
@@ -25,7 +30,8 @@ impl fmt::Display for Error {
             Error::BadUrl => "URL must look like http://host[:port]/path",
             Error::BadHeaderValue => "header value contains control characters",
             Error::BufferTooSmall => "request buffer too small",
-            Error::BadResponse => "response has no HTTP status line",
+            Error::BadResponse => "response has no HTTP status line or a bad Content-Length",
+            Error::TransferEncoding => "response uses a Transfer-Encoding (chunked) body",
         })
     }
 }
@@ -94,6 +100,16 @@ impl fmt::Write for SliceWriter<'_> {
     }
 }
 
+/// Writes the request line and the `Host` header (with the port when it is not the default).
+fn write_start(w: &mut SliceWriter<'_>, method: &str, url: &Url<'_>) -> fmt::Result {
+    write!(w, "{method} {} HTTP/1.1\r\nHost: {}", url.path, url.host)?;
+    let default_port = if url.tls { 443 } else { 80 };
+    if url.port != default_port {
+        write!(w, ":{}", url.port)?;
+    }
+    w.write_str("\r\n")
+}
+
 /// Writes a complete `POST` request (headers and JSON body) into `buf`, returning its length.
 pub fn write_post(
     buf: &mut [u8],
@@ -105,18 +121,13 @@ pub fn write_post(
         return Err(Error::BadHeaderValue);
     }
     let mut w = SliceWriter { buf, len: 0 };
-    let default_port = if url.tls { 443 } else { 80 };
-    let head = (|| -> fmt::Result {
-        write!(w, "POST {} HTTP/1.1\r\nHost: {}", url.path, url.host)?;
-        if url.port != default_port {
-            write!(w, ":{}", url.port)?;
-        }
+    let head = write_start(&mut w, "POST", url).and_then(|()| {
         write!(
             w,
-            "\r\nContent-Type: application/json\r\nX-API-Key: {api_key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "Content-Type: application/json\r\nX-API-Key: {api_key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         )
-    })();
+    });
     head.map_err(|_| Error::BufferTooSmall)?;
     let start = w.len;
     let end = start.checked_add(body.len()).ok_or(Error::BufferTooSmall)?;
@@ -125,6 +136,72 @@ pub fn write_post(
         .ok_or(Error::BufferTooSmall)?
         .copy_from_slice(body);
     Ok(end)
+}
+
+/// Writes a `GET` request without a body (`Connection: close`) into `buf`, returning its
+/// length.
+pub fn write_get(buf: &mut [u8], url: &Url<'_>) -> Result<usize, Error> {
+    let mut w = SliceWriter { buf, len: 0 };
+    write_start(&mut w, "GET", url)
+        .and_then(|()| w.write_str("Connection: close\r\n\r\n"))
+        .map_err(|_| Error::BufferTooSmall)?;
+    Ok(w.len)
+}
+
+/// The head of a response: its status, its body's length when it says, and where the body
+/// starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Length`, when given.
+    pub content_length: Option<u32>,
+    /// Bytes of the head, up to and including the blank line: the body starts here.
+    pub len: usize,
+}
+
+/// Reads a response head from the bytes received so far: `Ok(None)` while the blank line that
+/// ends it has not arrived yet. Refuses a malformed or contradictory `Content-Length` and any
+/// `Transfer-Encoding` (the body's length must be known to check a download).
+pub fn read_head(received: &[u8]) -> Result<Option<ResponseHead>, Error> {
+    let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let status = parse_status(received)?;
+    let mut content_length = None;
+    // the status line first, then one header a line
+    for line in received[..end].split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(Error::BadResponse);
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return Err(Error::TransferEncoding);
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let len = parse_length(value).ok_or(Error::BadResponse)?;
+            if content_length.is_some_and(|l| l != len) {
+                return Err(Error::BadResponse);
+            }
+            content_length = Some(len);
+        }
+    }
+    Ok(Some(ResponseHead {
+        status,
+        content_length,
+        len: end + 4,
+    }))
+}
+
+/// A decimal `Content-Length` that fits a `u32`.
+fn parse_length(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u32, |n, &d| {
+        n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+    })
 }
 
 /// Reads the status code from the start of a response (`HTTP/1.1 200 OK`).
@@ -262,5 +339,76 @@ mod tests {
         assert_eq!(outcome(401), Outcome::Retry);
         assert_eq!(outcome(429), Outcome::Retry);
         assert_eq!(outcome(503), Outcome::Retry);
+    }
+
+    #[test]
+    fn builds_the_get_request() {
+        let url = parse_url("http://192.168.1.10:8080/firmware/ab.bin").unwrap();
+        let mut buf = [0u8; 128];
+        let n = write_get(&mut buf, &url).unwrap();
+        assert_eq!(
+            core::str::from_utf8(&buf[..n]).unwrap(),
+            "GET /firmware/ab.bin HTTP/1.1\r\nHost: 192.168.1.10:8080\r\nConnection: close\r\n\r\n"
+        );
+        let mut tight = vec![0u8; n];
+        assert_eq!(write_get(&mut tight, &url), Ok(n));
+        let mut short = vec![0u8; n - 1];
+        assert_eq!(write_get(&mut short, &url), Err(Error::BufferTooSmall));
+    }
+
+    #[test]
+    fn reads_a_response_head_as_it_arrives() {
+        let response = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+                         Content-Length:  676944 \r\netag: \"ab\"\r\n\r\n\xe9\x03body";
+        let head_len = response.len() - 6;
+        // incomplete heads, in every cut: not yet
+        for cut in 0..head_len {
+            assert_eq!(read_head(&response[..cut]), Ok(None), "cut at {cut}");
+        }
+        let want = ResponseHead {
+            status: 200,
+            content_length: Some(676_944),
+            len: head_len,
+        };
+        assert_eq!(read_head(&response[..head_len]), Ok(Some(want)));
+        assert_eq!(read_head(response), Ok(Some(want)));
+        // no length: the body runs to the end of the connection
+        assert_eq!(
+            read_head(b"HTTP/1.1 404 Not Found\r\n\r\n"),
+            Ok(Some(ResponseHead {
+                status: 404,
+                content_length: None,
+                len: 26
+            }))
+        );
+        // the same length twice is fine
+        let twice = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n";
+        assert_eq!(
+            read_head(twice).map(|h| h.map(|h| h.content_length)),
+            Ok(Some(Some(5)))
+        );
+    }
+
+    #[test]
+    fn refuses_a_response_head_it_cannot_trust() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4294967296\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert_eq!(
+                read_head(bad),
+                Err(Error::BadResponse),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            read_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(Error::TransferEncoding)
+        );
     }
 }

@@ -12,13 +12,15 @@
 //! - [`command`]: commands received on `devices/{id}/commands`;
 //! - [`config`]: the device config record in the `config` flash partition and its store;
 //! - [`clock`]: wall-clock bookkeeping (SNTP packets, RFC 3339 formatting, unsynced marking);
-//! - [`http`]: the HTTP/1.1 `POST /api/telemetry` request and response status line;
+//! - [`http`]: the HTTP/1.1 `POST /api/telemetry` request and response status line, and the
+//!   `GET` of a firmware image with the response head that gives its length;
 //! - [`discovery`]: the `_genba._tcp` mDNS announcement's TXT record and the choice between
 //!   the announced address and the stored one;
 //! - [`image`]: the firmware's app image (ESP-IDF format): its version and its appended
 //!   SHA-256, checked by the appliance when an image is added and by the device after an update;
-//! - [`ota`]: installing an update: the check of a download as it arrives, and the try-once,
-//!   confirm-or-roll-back life of a new image;
+//! - [`ota`]: installing an update: the check of a download as it arrives, its writing into the
+//!   inactive app slot and the read-back, and the try-once, confirm-or-roll-back life of a new
+//!   image;
 //! - [`mdns`]: the one-shot mDNS query a device sends to find the appliance, and the reading
 //!   of the answers.
 //!
@@ -41,6 +43,8 @@ pub mod image;
 pub mod mdns;
 pub mod offsets;
 pub mod ota;
+#[cfg(test)]
+mod ram_flash;
 pub mod telemetry;
 
 /// Implements `core::error::Error` for error types that already implement `Display`.

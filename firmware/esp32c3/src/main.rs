@@ -10,14 +10,20 @@
 //! `genba devices provision` writes; the image itself is the same for every device. Without a
 //! valid config the device stays in a setup state that says why on the serial console.
 //!
-//! The wire format, sensor decoding, backlog, backoff and command rules are in
+//! The `update` command installs a new firmware image from the appliance into the other OTA
+//! slot; a new image is tried once and confirmed by its first delivered batch, else the device
+//! returns to the previous one (`ota.rs`).
+//!
+//! The wire format, sensor decoding, backlog, backoff, command and update rules are in
 //! `genba-firmware-core`, which is tested on the host.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+mod flash;
 mod net;
+mod ota;
 mod sensors;
 mod state;
 mod storage;
@@ -25,6 +31,7 @@ mod storage;
 use embassy_executor::Spawner;
 use embassy_futures::select::{Either, select};
 use embassy_net::{Runner, StackResources};
+use embassy_sync::mutex::Mutex;
 use embassy_time::{Duration, Timer};
 use esp_backtrace as _;
 use esp_bootloader_esp_idf::partitions::FlashStorage;
@@ -38,6 +45,8 @@ use genba_firmware_core::backoff::Backoff;
 use genba_firmware_core::config::{DeviceConfig, Transport};
 use log::{error, info, warn};
 use static_cell::StaticCell;
+
+use crate::flash::{Flash, SharedFlash};
 
 esp_bootloader_esp_idf::esp_app_desc!();
 
@@ -107,10 +116,25 @@ async fn main(spawner: Spawner) -> ! {
     esp_rtos::start(timg0.timer0, peripherals.FROM_CPU_INTR0);
 
     info!("Genba thermometer, firmware {}", env!("CARGO_PKG_VERSION"));
-    let (store, config) = match storage::open(FlashStorage::new(peripherals.FLASH)) {
+    let mut flash = match Flash::new(FlashStorage::new(peripherals.FLASH)) {
+        Ok(f) => f,
+        Err(e) => setup_state(&storage::ConfigError::Table(e)).await,
+    };
+    // a new image's trial, or the rollback of one that failed, before anything else
+    let trial = ota::boot(&mut flash);
+    let (config_partition, config) = match storage::open(&mut flash) {
         Ok(found) => found,
         Err(e) => setup_state(&e).await,
     };
+    // from here on the config writer and the update writer share the flash
+    static FLASH: StaticCell<SharedFlash> = StaticCell::new();
+    let flash: &'static SharedFlash = FLASH.init(Mutex::new(flash));
+    if trial {
+        match ota::trial_task(flash) {
+            Ok(token) => spawner.spawn(token),
+            Err(e) => error!("cannot start the trial timer: {e:?}"),
+        }
+    }
     static CONFIG: StaticCell<DeviceConfig> = StaticCell::new();
     let cfg: &'static DeviceConfig = CONFIG.init(config.clone());
     info!(
@@ -129,7 +153,7 @@ async fn main(spawner: Spawner) -> ! {
         s.interval_s = cfg.interval_s;
         s.offsets = cfg.offsets.clone();
     });
-    match storage::persist_task(store, config) {
+    match storage::persist_task(flash, config_partition, config) {
         Ok(token) => spawner.spawn(token),
         Err(e) => error!("cannot start the config writer (settings stay in RAM): {e:?}"),
     }
@@ -194,7 +218,8 @@ async fn main(spawner: Spawner) -> ! {
     }
     let rng = Rng::new();
     let seed = (u64::from(rng.random()) << 32) | u64::from(rng.random());
-    static RESOURCES: StaticCell<StackResources<5>> = StaticCell::new();
+    // DHCP, DNS, MQTT or HTTP, SNTP or mDNS, and an update's download
+    static RESOURCES: StaticCell<StackResources<6>> = StaticCell::new();
     let (stack, runner) = embassy_net::new(
         Interface::station(),
         embassy_net::Config::dhcpv4(Default::default()),
@@ -207,6 +232,10 @@ async fn main(spawner: Spawner) -> ! {
             spawner.spawn(wifi);
         }
         _ => halt("cannot start the network tasks", ()),
+    }
+    match ota::update_task(stack, flash) {
+        Ok(token) => spawner.spawn(token),
+        Err(e) => error!("cannot start the update task (updates are refused): {e:?}"),
     }
 
     net::run(stack, led, cfg).await

@@ -24,6 +24,7 @@ use genba_firmware_core::telemetry::{self, JSON_MAX_LEN, Topic};
 use heapless::String;
 use log::{error, info, warn};
 
+use crate::ota;
 use crate::state::{self, BACKLOG, CLOCK, DATA_READY, SETTINGS, SETTINGS_CHANGED, WAKE_SENSORS};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,7 +36,7 @@ const UNSYNCED_RETRY_MS: u64 = 60 * 1000;
 
 /// Why a connection attempt or session ended.
 #[derive(Debug)]
-enum NetError {
+pub enum NetError {
     Dns,
     Timeout,
     Connect(embassy_net::tcp::ConnectError),
@@ -195,6 +196,25 @@ async fn mdns_query<const N: usize>(
     }
 }
 
+/// Opens a TCP connection to `host:port` (a name or an IPv4 literal) on the given buffers;
+/// `timeout` ends it when the peer stays silent that long.
+pub async fn connect<'a>(
+    stack: Stack<'static>,
+    (host, port): (&str, u16),
+    rx: &'a mut [u8],
+    tx: &'a mut [u8],
+    timeout: Duration,
+) -> Result<TcpSocket<'a>, NetError> {
+    let server = resolve(stack, host).await?;
+    let mut socket = TcpSocket::new(stack, rx, tx);
+    socket.set_timeout(Some(timeout));
+    match with_timeout(CONNECT_TIMEOUT, socket.connect((server, port))).await {
+        Err(_) => Err(NetError::Timeout),
+        Ok(Err(e)) => Err(NetError::Connect(e)),
+        Ok(Ok(())) => Ok(socket),
+    }
+}
+
 async fn resolve(stack: Stack<'static>, host: &str) -> Result<IpAddress, NetError> {
     let found = with_timeout(CONNECT_TIMEOUT, stack.dns_query(host, DnsQueryType::A))
         .await
@@ -266,9 +286,10 @@ impl Led {
     }
 }
 
-/// Applies a command payload received on `devices/{id}/commands`. A changed interval or
-/// offset is also written to the config partition (by `storage::persist_task`).
-fn handle_command(payload: &[u8], led: &mut Led) {
+/// Applies a command payload received on `devices/{id}/commands` from the appliance at
+/// `target`. A changed interval or offset is also written to the config partition (by
+/// `storage::persist_task`); an update is installed by `ota::update_task`, from `target`.
+fn handle_command(payload: &[u8], led: &mut Led, target: &Target) {
     let cmd = match Command::parse(payload) {
         Ok(c) => c,
         Err(e) => {
@@ -297,10 +318,7 @@ fn handle_command(payload: &[u8], led: &mut Led) {
             info!("command: send now");
             WAKE_SENSORS.signal(());
         }
-        Ok(Effect::Update) => {
-            // the OTA writer (download, check, write the other slot, confirm) is not built yet
-            warn!("command: update refused: this firmware cannot install updates yet ({cmd:?})");
-        }
+        Ok(Effect::Update) => ota::request(&cmd, &target.host, target.http_port),
         Err(e) => warn!("command refused: {e}"),
     }
 }
@@ -418,19 +436,14 @@ async fn mqtt_loop(
         (Ok(t), Ok(c)) => (t, c),
         _ => return NetError::Mqtt,
     };
-    let broker = match resolve(stack, &target.host).await {
-        Ok(a) => a,
-        Err(e) => return e,
-    };
     let mut rx = [0u8; 1536];
     let mut tx = [0u8; 2560];
-    let mut socket = TcpSocket::new(stack, &mut rx, &mut tx);
-    socket.set_timeout(Some(Duration::from_secs(u64::from(MQTT_KEEPALIVE_S) * 3)));
-    match with_timeout(CONNECT_TIMEOUT, socket.connect((broker, target.mqtt_port))).await {
-        Err(_) => return NetError::Timeout,
-        Ok(Err(e)) => return NetError::Connect(e),
-        Ok(Ok(())) => {}
-    }
+    let timeout = Duration::from_secs(u64::from(MQTT_KEEPALIVE_S) * 3);
+    let server = (target.host.as_str(), target.mqtt_port);
+    let socket = match connect(stack, server, &mut rx, &mut tx, timeout).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
     let mut conn = match with_timeout(CONNECT_TIMEOUT, session.connect(socket)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -469,6 +482,7 @@ async fn mqtt_loop(
                 });
                 info!("batch delivered ({left} waiting)");
                 inflight = None;
+                ota::delivered();
             } else if conn.is_invalidated(op) {
                 // the broker dropped our session state: publish the same batch again
                 inflight = None;
@@ -505,7 +519,7 @@ async fn mqtt_loop(
         match select(conn.poll(), wake).await {
             Either::First(Ok(Some(msg))) => {
                 if msg.topic() == commands_topic.as_str() {
-                    handle_command(msg.payload(), led);
+                    handle_command(msg.payload(), led, target);
                 } else {
                     warn!("message on unexpected topic {}", msg.topic());
                 }
@@ -557,6 +571,7 @@ async fn http_loop(
                     b.len()
                 });
                 info!("batch delivered over HTTP ({left} waiting)");
+                ota::delivered();
             }
             Outcome::Rejected => {
                 state::with(&BACKLOG, |b| b.pop_front());
@@ -568,16 +583,10 @@ async fn http_loop(
 }
 
 async fn post(stack: Stack<'static>, url: &http::Url<'_>, request: &[u8]) -> Result<u16, NetError> {
-    let server = resolve(stack, url.host).await?;
     let mut rx = [0u8; 512];
     let mut tx = [0u8; 1024];
-    let mut socket = TcpSocket::new(stack, &mut rx, &mut tx);
-    socket.set_timeout(Some(Duration::from_secs(15)));
-    match with_timeout(CONNECT_TIMEOUT, socket.connect((server, url.port))).await {
-        Err(_) => return Err(NetError::Timeout),
-        Ok(Err(e)) => return Err(NetError::Connect(e)),
-        Ok(Ok(())) => {}
-    }
+    let timeout = Duration::from_secs(15);
+    let mut socket = connect(stack, (url.host, url.port), &mut rx, &mut tx, timeout).await?;
     socket.write_all(request).await.map_err(NetError::Tcp)?;
     socket.flush().await.map_err(NetError::Tcp)?;
     // the status line is all we need; read until it is complete or the server closes

@@ -3,24 +3,19 @@
 //!
 //! The record format, its checks, the slot rotation and the write pacing (30 s of quiet, at
 //! most one write per 10 minutes) are `genba_firmware_core::config`, tested on the host; this
-//! module finds the partition and runs them.
+//! module finds the partition and runs them. The flash is shared with the update writer
+//! (`flash.rs`): a save holds it only while it reads and writes the partition.
 
 use embassy_futures::select::{Either, select};
 use embassy_time::{Duration, Instant, Timer};
-use esp_bootloader_esp_idf::partitions::{
-    self, FlashRegion, FlashStorage, NorFlashRegion, PARTITION_TABLE_MAX_LEN,
+use esp_bootloader_esp_idf::partitions::{self, PartitionEntry};
+use genba_firmware_core::config::{
+    self, DeviceConfig, PARTITION_LABEL, Saved, Store, StoreError, WritePacer,
 };
-use genba_firmware_core::config::{self, DeviceConfig, PARTITION_LABEL, Saved, Store, WritePacer};
 use log::{error, info, warn};
-use static_cell::StaticCell;
 
+use crate::flash::{Flash, SharedFlash};
 use crate::state::{self, SETTINGS, SETTINGS_CHANGED};
-
-/// Partition type "data".
-const DATA: u8 = 0x01;
-
-/// The config store on the flash partition.
-pub type ConfigStore = Store<NorFlashRegion<'static, 'static, 'static>>;
 
 /// Why there is no usable config.
 #[derive(Debug)]
@@ -29,8 +24,6 @@ pub enum ConfigError {
     Table(partitions::Error),
     /// No data partition labelled `config`.
     NoPartition,
-    /// The partition is encrypted or read-only.
-    Region(partitions::Error),
     /// The store refused the partition or found no valid record.
     Store(config::StoreError<partitions::Error>),
 }
@@ -43,32 +36,34 @@ impl core::fmt::Display for ConfigError {
                 f,
                 "no data partition labelled \"{PARTITION_LABEL}\" (flash the Genba partition table)"
             ),
-            ConfigError::Region(e) => write!(f, "config partition not usable: {e:?}"),
             ConfigError::Store(e) => write!(f, "{e}"),
         }
     }
 }
 
-/// Opens the `config` partition and loads the newest valid record.
-pub fn open(flash: FlashStorage<'static>) -> Result<(ConfigStore, DeviceConfig), ConfigError> {
-    static FLASH: StaticCell<FlashStorage<'static>> = StaticCell::new();
-    static REGION: StaticCell<FlashRegion<'static, 'static>> = StaticCell::new();
-    let flash = FLASH.init(flash);
-    let mut table = [0u8; PARTITION_TABLE_MAX_LEN];
-    let table = partitions::read_partition_table(flash, &mut table).map_err(ConfigError::Table)?;
-    let entry = table
-        .iter()
-        .find(|p| p.raw_type() == DATA && p.label_as_str() == PARTITION_LABEL)
-        .ok_or(ConfigError::NoPartition)?;
+/// The config store on a view of the flash partition.
+type ConfigStore<'r, 'a> = Store<partitions::NorFlashRegion<'r, 'a, 'static>>;
+
+/// Runs `f` on the config store of the `config` partition.
+fn with_store<R>(
+    flash: &mut Flash,
+    entry: PartitionEntry,
+    f: impl FnOnce(&mut ConfigStore<'_, '_>) -> Result<R, StoreError<partitions::Error>>,
+) -> Result<R, StoreError<partitions::Error>> {
+    let mut region = flash.region(entry);
+    let nor = region.as_nor_flash().map_err(StoreError::Flash)?;
+    f(&mut Store::new(nor)?)
+}
+
+/// Finds the `config` partition and loads the newest valid record.
+pub fn open(flash: &mut Flash) -> Result<(PartitionEntry, DeviceConfig), ConfigError> {
+    let entry = flash.parts.config.ok_or(ConfigError::NoPartition)?;
     info!(
         "config partition at {:#x}, {} KiB",
         entry.offset(),
         entry.len() / 1024
     );
-    let region = REGION.init(entry.as_flash_region(flash));
-    let nor = region.as_nor_flash().map_err(ConfigError::Region)?;
-    let mut store = Store::new(nor).map_err(ConfigError::Store)?;
-    let loaded = store.load().map_err(ConfigError::Store)?;
+    let loaded = with_store(flash, entry, |store| store.load()).map_err(ConfigError::Store)?;
     if loaded.bad_slots > 0 {
         warn!(
             "config: {} slot(s) hold a torn or corrupt record; using sequence {} from slot {}",
@@ -79,12 +74,17 @@ pub fn open(flash: FlashStorage<'static>) -> Result<(ConfigStore, DeviceConfig),
         "config: sequence {} from slot {}",
         loaded.sequence, loaded.slot
     );
-    Ok((store, loaded.config))
+    Ok((entry, loaded.config))
 }
 
-/// Writes the settings commands change back to flash, paced by [`WritePacer`].
+/// Writes the settings commands change back to the `config` partition (`entry`), paced by
+/// [`WritePacer`].
 #[embassy_executor::task]
-pub async fn persist_task(mut store: ConfigStore, mut config: DeviceConfig) {
+pub async fn persist_task(
+    flash: &'static SharedFlash,
+    entry: PartitionEntry,
+    mut config: DeviceConfig,
+) {
     let mut pacer = WritePacer::new();
     loop {
         let now = || Instant::now().as_millis();
@@ -98,7 +98,8 @@ pub async fn persist_task(mut store: ConfigStore, mut config: DeviceConfig) {
                     state::with(&SETTINGS, |s| (s.interval_s, s.offsets.clone()));
                 config.interval_s = interval_s;
                 config.offsets = offsets;
-                let result = store.save(&config);
+                let result =
+                    with_store(&mut *flash.lock().await, entry, |store| store.save(&config));
                 match &result {
                     Ok(Saved::Unchanged) => info!("config: settings unchanged, nothing written"),
                     Ok(Saved::Written { slot, sequence }) => {
