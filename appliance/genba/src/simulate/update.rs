@@ -134,6 +134,13 @@ impl Firmware {
             eprintln!("{device}: command {cmd:?} (not simulated)");
             return;
         };
+        if !ota::may_update(self.state) {
+            eprintln!(
+                "{device}: update to {version} refused: firmware {} is on trial ({:?})",
+                self.running, self.state
+            );
+            return;
+        }
         let url = format!("{http_base}{}", image::download_path(&sha256));
         match download(client, &url, sha256, size).await {
             Ok(info) if info.version.as_str() == version.as_str() => {
