@@ -172,6 +172,7 @@ pub fn router() -> Router<Shared> {
         )
         .route("/session", get(list_sessions))
         .route("/firmware", get(list_firmware))
+        .route("/device/:id/update", get(get_update).post(request_update))
         .route("/user", get(list_users).post(create_user))
         .route("/user/:id", axum::routing::delete(revoke_user))
         .route("/event", get(list_events).post(create_event))
@@ -1447,6 +1448,103 @@ async fn list_firmware(AxumState(state): AxumState<Shared>, headers: HeaderMap) 
             })
             .collect(),
     ))
+}
+
+/// The last update asked of a device, with where the device stands with it.
+fn update_json(r: &genba_store::firmware::UpdateRequest, device: &Device) -> Value {
+    use genba_store::firmware::UpdateState;
+    json!({
+        "device_id": r.device_id,
+        "version": r.version,
+        "sha256": r.sha256,
+        "requested_at": query::format_time(r.requested_at_ms),
+        "requested_by": r.requested_by,
+        "firmware": device.firmware,
+        "state": match r.state(device) {
+            UpdateState::Running => "running",
+            UpdateState::Waiting => "waiting",
+            UpdateState::NotTaken => "not_taken",
+        },
+    })
+}
+
+/// `GET /v2/device/{id}/update`: the last update asked of the device (404 when none was).
+async fn get_update(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    let device = load_device(&state, &id).await?;
+    let requests = state
+        .db
+        .run(genba_store::firmware::requests)
+        .await
+        .map_err(ApiError::store)?;
+    match requests.iter().find(|r| r.device_id == device.id) {
+        Some(r) => ok(update_json(r, &device)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NO_UPDATE",
+            format!("no update was asked of device {id:?}"),
+        )),
+    }
+}
+
+/// `POST /v2/device/{id}/update` `{"firmware":"VERSION|SHA256"}`: queues the `update` command
+/// for a kept image on `devices/{id}/commands` (journaled; the broker role's command sink
+/// publishes it), as the console's button and `genba devices update` do, and records it.
+async fn request_update(
+    AxumState(state): AxumState<Shared>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult {
+    let token = authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let obj = json_body(&state, req).await?;
+    let device = load_device(&state, &id).await?;
+    let wanted = match obj.get("firmware") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "firmware",
+                "must be the version or the SHA-256 of a kept image (GET /v2/firmware)",
+            ))
+        }
+        None => return Err(ApiError::bad("firmware", "is required")),
+    };
+    let key = wanted.clone();
+    let image = state
+        .db
+        .run(move |c| genba_store::firmware::find(c, &key))
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NO_FIRMWARE",
+                format!("no firmware image {wanted:?} (GET /v2/firmware)"),
+            )
+            .field("firmware")
+        })?;
+    let payload = genba_platform::updates::update_command(&image).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "BAD_FIRMWARE",
+            e.to_string(),
+        )
+        .field("firmware")
+    })?;
+    let by = format!("api:{}", token.name);
+    let topic = format!("devices/{}/commands", device.id);
+    journal_only(&state, by.clone(), topic, payload.into_bytes(), 1).await?;
+    let asked = genba_platform::updates::request(&image, &device.id, &by);
+    let recorded = asked.clone();
+    state
+        .db
+        .run(move |c| genba_store::firmware::record_request(c, &recorded))
+        .await
+        .map_err(ApiError::store)?;
+    ok(update_json(&asked, &device))
 }
 
 /// ThingScale's event service over Genba's rules: an event is the rule `event-{id}` on the

@@ -188,6 +188,88 @@ fn an_image_is_checked_kept_once_listed_served_and_removed() {
     assert_eq!(first["path"], format!("/firmware/{sha}.bin"));
     assert_eq!(http.get(&a.url("/v2/firmware"), &[]).status, 401);
 
+    // The API asks for an update as the console and the CLI do, and says where it stands.
+    let (ok, out) = a.genba(&[
+        "tokens", "add", "--name", "ops", "--scope", "write", "--json",
+    ]);
+    assert!(ok, "{out}");
+    let ops: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let ops = ops["token"].as_str().unwrap().to_owned();
+    let ask = |device: &str, body: &str, token: &str| {
+        http.post(
+            &a.url(&format!("/v2/device/{device}/update")),
+            "application/json",
+            body.as_bytes().to_vec(),
+            &[("x-apitoken", token)],
+        )
+    };
+    for (device, body, token, status, field) in [
+        ("fridge-1", r#"{}"#, ops.as_str(), 400, "firmware"),
+        (
+            "fridge-1",
+            r#"{"firmware":42}"#,
+            ops.as_str(),
+            400,
+            "firmware",
+        ),
+        (
+            "fridge-1",
+            r#"{"firmware":"9.9.9"}"#,
+            ops.as_str(),
+            404,
+            "firmware",
+        ),
+        (
+            "nobody",
+            r#"{"firmware":"1.4.0"}"#,
+            ops.as_str(),
+            404,
+            "device_id",
+        ),
+        (
+            "fridge-1",
+            r#"{"firmware":"1.4.0"}"#,
+            token.as_str(),
+            403,
+            "",
+        ),
+        ("fridge-1", r#"{"firmware":"1.4.0"}"#, "", 401, ""),
+    ] {
+        let r = ask(device, body, token);
+        assert_eq!(r.status, status, "{device} {body}: {}", r.text);
+        if !field.is_empty() {
+            assert_eq!(r.json["field"], field, "{}", r.text);
+        }
+    }
+    let sub = common::mosquitto_sub(
+        a.mqtt.port(),
+        &["-t", "devices/fridge-1/commands", "-C", "1", "-W", "10"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300)); // subscribed first
+    let r = ask("fridge-1", r#"{"firmware":"1.4.0"}"#, &ops);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["requested_by"], "api:ops");
+    assert_eq!(
+        r.json["state"], "running",
+        "fridge-1 reported 1.4.0 already"
+    );
+    let got = sub.wait_with_output().unwrap();
+    let payload = String::from_utf8_lossy(&got.stdout).trim().to_owned();
+    assert!(
+        payload.contains(&format!("\"sha256\":\"{sha}\""))
+            && payload.contains("\"cmd\":\"update\""),
+        "{payload}"
+    );
+    let r = http.get(
+        &a.url("/v2/device/fridge-1/update"),
+        &[("x-apitoken", token.as_str())],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (r.json["version"].as_str(), r.json["firmware"].as_str()),
+        (Some("1.4.0"), Some("1.4.0"))
+    );
+
     // Removed by version: the row and the file go, and it is no longer served.
     let (ok, out) = a.genba(&["firmware", "remove", "1.4.0"]);
     assert!(ok && out.contains(&sha), "{out}");

@@ -871,6 +871,7 @@ fn the_openapi_document_is_served_and_describes_every_v2_path() {
         "/v2/stream/{id}",
         "/v2/stream/{id}/{name}",
         "/v2/publish/{id}",
+        "/v2/device/{id}/update",
         "/v2/rule",
         "/v2/alarm/{id}/ack",
         "/post_v2/",
