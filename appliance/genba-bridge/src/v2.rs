@@ -308,6 +308,18 @@ async fn get_device(
 }
 
 /// Reads a JSON object body (400 `BAD_JSON_FORMAT` naming what is wrong).
+/// A request that sends device `id` a command: a write token, a JSON object body, the device.
+async fn command_request(
+    state: &Shared,
+    id: &str,
+    req: Request,
+) -> Result<(Token, Map<String, Value>, Device), ApiError> {
+    let token = authorize(state, req.headers(), tokens::SCOPE_WRITE).await?;
+    let obj = json_body(state, req).await?;
+    let device = load_device(state, id).await?;
+    Ok((token, obj, device))
+}
+
 async fn json_body(state: &Shared, req: Request) -> Result<Map<String, Value>, ApiError> {
     let body = crate::read_body(req, state).await?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_json("is not valid UTF-8"))?;
@@ -928,9 +940,7 @@ async fn publish(
     Path(id): Path<String>,
     req: Request,
 ) -> ApiResult {
-    let token = authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
-    let obj = json_body(&state, req).await?;
-    let device = load_device(&state, &id).await?;
+    let (token, obj, device) = command_request(&state, &id, req).await?;
     let qos = match obj.get("qos") {
         None => 1,
         Some(v) => match v.as_u64() {
@@ -1499,9 +1509,7 @@ async fn request_update(
     Path(id): Path<String>,
     req: Request,
 ) -> ApiResult {
-    let token = authorize(&state, req.headers(), tokens::SCOPE_WRITE).await?;
-    let obj = json_body(&state, req).await?;
-    let device = load_device(&state, &id).await?;
+    let (token, obj, device) = command_request(&state, &id, req).await?;
     let wanted = match obj.get("firmware") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(_) => {
