@@ -174,6 +174,8 @@ async fn run(args: Args) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = peers::rss_kib(genba.pid())?;
     let mosq_idle = peers::rss_kib(mosquitto.pid())?;
+    let idle_anon = peers::rss_anon_kib(genba.pid())?;
+    let mosq_idle_anon = peers::rss_anon_kib(mosquitto.pid())?;
 
     println!(
         "## (a) MQTT broker: genba up vs mosquitto ({}), same load generator, {}s per case",
@@ -245,6 +247,7 @@ async fn run(args: Args) -> Result<()> {
     println!();
     println!("Raw SQLite reference, same rows and schema, WAL + synchronous=FULL, one thread: {raw4:.0} rows/s committing every 4 rows, {raw1000:.0} rows/s committing every 1000 rows.");
     let load_rss = peers::rss_kib(genba.pid())?;
+    let load_anon = peers::rss_anon_kib(genba.pid())?;
     let peak_rss = peers::peak_rss_kib(genba.pid())?;
     let mosq_peak = peers::peak_rss_kib(mosquitto.pid())?;
     println!();
@@ -265,6 +268,15 @@ async fn run(args: Args) -> Result<()> {
         "| mosquitto | {} | - | - | - | {} |",
         mib(mosq_idle),
         mib(mosq_peak)
+    );
+    println!();
+    println!(
+        "Of that, private memory (RssAnon; the rest is the binary's and libraries' clean file \
+         pages, shared and dropped first under memory pressure): genba up {} idle, {} after \
+         (b2); mosquitto {} idle.",
+        mib(idle_anon),
+        mib(load_anon),
+        mib(mosq_idle_anon)
     );
     Ok(())
 }

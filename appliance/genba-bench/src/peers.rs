@@ -232,6 +232,12 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
     status_field_kib(pid, "VmRSS:")
 }
 
+/// The private part of the resident memory (heap, stacks, anonymous maps), without the
+/// executable's and libraries' file pages.
+pub fn rss_anon_kib(pid: u32) -> Result<u64> {
+    status_field_kib(pid, "RssAnon:")
+}
+
 pub fn peak_rss_kib(pid: u32) -> Result<u64> {
     status_field_kib(pid, "VmHWM:")
 }
