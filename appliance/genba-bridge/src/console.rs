@@ -709,6 +709,11 @@ async fn send_command(
     }
 }
 
+/// Who a journal row from the console names as its source: `console:USER`.
+fn console_source(v: &Viewer) -> String {
+    format!("console:{}", v.user.as_deref().unwrap_or("console"))
+}
+
 /// Journals a command for device `id` from the console (source `console:USER`); the broker
 /// role's command sink publishes it on `devices/ID/commands`.
 async fn queue_command(
@@ -717,27 +722,18 @@ async fn queue_command(
     id: &str,
     payload: Vec<u8>,
 ) -> Result<(), Response> {
-    let who = v.user.clone().unwrap_or_else(|| "console".into());
-    let submitted = state.journal.try_submit(NewMessage {
-        source: format!("console:{who}"),
+    let message = NewMessage {
+        source: console_source(v),
         topic: format!("devices/{id}/commands"),
         payload,
         qos: 1,
         retain: false,
         mqtt_pid: None,
         dup: false,
-    });
-    let committed = match submitted {
-        Ok(commit) => commit.await.ok(),
-        Err(_) => None,
     };
-    match committed {
-        Some(_) => Ok(()),
-        None => Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the journal is busy; nothing was stored",
-        )
-            .into_response()),
+    match crate::journal_message(state, message).await {
+        Ok(_) => Ok(()),
+        Err(problem) => Err(problem.into_response()),
     }
 }
 
@@ -812,8 +808,7 @@ async fn update_device(
         return r;
     }
     tracing::info!(device = %id, version = %image.version, "console: update queued");
-    let by = format!("console:{}", v.user.as_deref().unwrap_or("console"));
-    let asked = genba_platform::updates::request(&image, &id, &by);
+    let asked = genba_platform::updates::request(&image, &id, &console_source(&v));
     if let Err(e) = state
         .db
         .run(move |c| genba_store::firmware::record_request(c, &asked))

@@ -1486,13 +1486,14 @@ async fn get_update(
 ) -> ApiResult {
     authorize(&state, &headers, tokens::SCOPE_READ).await?;
     let device = load_device(&state, &id).await?;
-    let requests = state
+    let key = device.id.clone();
+    let asked = state
         .db
-        .run(genba_store::firmware::requests)
+        .run(move |c| genba_store::firmware::request_of(c, &key))
         .await
         .map_err(ApiError::store)?;
-    match requests.iter().find(|r| r.device_id == device.id) {
-        Some(r) => ok(update_json(r, &device)),
+    match asked {
+        Some(r) => ok(update_json(&r, &device)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "NO_UPDATE",

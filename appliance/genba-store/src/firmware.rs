@@ -157,22 +157,34 @@ pub fn record_request(conn: &Connection, request: &UpdateRequest) -> rusqlite::R
     Ok(())
 }
 
+const SELECT_REQUEST: &str =
+    "SELECT device_id, version, sha256, requested_at, requested_by FROM update_requests";
+
+fn request_row(r: &Row) -> rusqlite::Result<UpdateRequest> {
+    Ok(UpdateRequest {
+        device_id: r.get(0)?,
+        version: r.get(1)?,
+        sha256: r.get(2)?,
+        requested_at_ms: r.get(3)?,
+        requested_by: r.get(4)?,
+    })
+}
+
 /// The last update asked of each device, by device id.
 pub fn requests(conn: &Connection) -> rusqlite::Result<Vec<UpdateRequest>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT device_id, version, sha256, requested_at, requested_by
-         FROM update_requests ORDER BY device_id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(UpdateRequest {
-            device_id: r.get(0)?,
-            version: r.get(1)?,
-            sha256: r.get(2)?,
-            requested_at_ms: r.get(3)?,
-            requested_by: r.get(4)?,
-        })
-    })?;
+    let mut stmt = conn.prepare_cached(&format!("{SELECT_REQUEST} ORDER BY device_id"))?;
+    let rows = stmt.query_map([], request_row)?;
     rows.collect()
+}
+
+/// The last update asked of one device.
+pub fn request_of(conn: &Connection, device_id: &str) -> rusqlite::Result<Option<UpdateRequest>> {
+    conn.query_row(
+        &format!("{SELECT_REQUEST} WHERE device_id = ?1"),
+        params![device_id],
+        request_row,
+    )
+    .optional()
 }
 
 #[cfg(test)]
@@ -243,6 +255,11 @@ mod tests {
         record_request(&conn, &ask("1.2.0", 2_000)).unwrap();
         let kept = requests(&conn).unwrap();
         assert_eq!(kept, [ask("1.2.0", 2_000)], "only the last one");
+        assert_eq!(
+            request_of(&conn, "fridge-1").unwrap(),
+            Some(ask("1.2.0", 2_000))
+        );
+        assert_eq!(request_of(&conn, "fridge-2").unwrap(), None);
 
         let mut device = crate::devices::get(&conn, "fridge-1").unwrap().unwrap();
         assert_eq!(kept[0].state(&device), UpdateState::Waiting);
