@@ -440,6 +440,8 @@ def run_checks(d, a, base, n_values):
             d.get(base + path)
             width = d.execute_script("return document.documentElement.scrollWidth")
             assert width <= 390, (path, width)
+        d.get(base + "/firmware")
+        d.save_screenshot(os.path.join(SHOTS, "firmware-phone.png"))
         d.get(base + "/")
         d.save_screenshot(os.path.join(SHOTS, "overview-phone.png"))
         d.set_window_size(1280, 1000)

@@ -512,14 +512,14 @@ pub fn firmware(
         } @else {
             div.scroll { table #firmware-images {
                 thead { tr {
-                    th { (tr(l, "Version")) } th { (tr(l, "Project")) } th { (tr(l, "Size")) }
-                    th { "SHA-256" } th { (tr(l, "Added")) } th { (tr(l, "Devices running it")) } th {}
+                    th { (tr(l, "Version")) } th.wide { (tr(l, "Project")) } th { (tr(l, "Size")) }
+                    th.wide { "SHA-256" } th.wide { (tr(l, "Added")) } th { (tr(l, "Devices running it")) } th {}
                 } }
                 tbody { @for i in images {
                     tr data-version=(i.version) {
-                        td { strong { (i.version) } } td { (i.project) } td.num { (kib(i.size)) }
-                        td { code title=(i.sha256) { (i.sha256.get(..12).unwrap_or(&i.sha256)) "…" } }
-                        td { (local_time(i.added_at_ms)) }
+                        td { strong { (i.version) } } td.wide { (i.project) } td.num { (size_text(i.size)) }
+                        td.wide { code title=(i.sha256) { (i.sha256.get(..12).unwrap_or(&i.sha256)) "…" } }
+                        td.wide { (local_time(i.added_at_ms)) }
                         td.num { (running(&i.version)) }
                         td { a href=(genba_store::firmware::download_path(&i.sha256)) download { (tr(l, "Download")) } }
                     }
@@ -532,7 +532,7 @@ pub fn firmware(
         } @else {
             div.scroll { table #firmware-devices {
                 thead { tr {
-                    th { (tr(l, "Device")) } th { (tr(l, "Firmware")) } th { (tr(l, "last seen")) }
+                    th { (tr(l, "Device")) } th { (tr(l, "Firmware")) } th.wide { (tr(l, "last seen")) }
                     th { (tr(l, "Last update asked")) }
                     @if can_update { th { (tr(l, "Update")) } }
                 } }
@@ -540,7 +540,7 @@ pub fn firmware(
                     tr id={ "fw-" (d.id) } {
                         td { a href={ "/devices/" (d.id) } { (device_title(d)) } }
                         td.firmware { (d.firmware.as_deref().unwrap_or(tr(l, "not reported"))) }
-                        td { (d.last_seen_at_ms.map(local_time).unwrap_or_else(|| tr(l, "never").into())) }
+                        td.wide { (d.last_seen_at_ms.map(local_time).unwrap_or_else(|| tr(l, "never").into())) }
                         td.asked {
                             @if let Some(r) = asked(d) {
                                 (r.version) " · " (local_time(r.requested_at_ms)) " · " (r.requested_by.trim_start_matches("console:"))
@@ -581,7 +581,8 @@ pub fn firmware(
     page(v, Nav::Firmware, tr(l, "Firmware"), flash, body)
 }
 
-fn kib(bytes: i64) -> String {
+/// A size as people read it: bytes when small, else KiB.
+fn size_text(bytes: i64) -> String {
     if bytes < 10 * 1024 {
         format!("{bytes} B")
     } else {
