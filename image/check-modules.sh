@@ -17,7 +17,7 @@ need="bcm2711_thermal bcm2835 bcm2835_rng bcm2835_thermal dwc2 genet hci_uart i2
   iproc_rng200 mdio_bcm_unimac pwm_bcm2835 reset_raspberrypi sdhci_iproc snd_soc_bcm2835_i2s
   spi_bcm2835 spi_bcm2835aux v3d vc4 vchiq xhci_pci smsc95xx lan78xx brcmfmac btbcm btusb
   cdc_ether r8152 ax88179_178a rtl8xxxu rt2800usb mt76x0u ath9k_htc usb_storage uas ext4 vfat
-  nls_cp437 nls_ascii nf_tables nf_conntrack"
+  nls_cp437 nls_ascii nf_tables nf_conntrack squashfs loop dm_mod dm_verity"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 found=0

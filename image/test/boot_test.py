@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Boot test of the Genba SD-card image under qemu-system-aarch64 (-M virt, software emulation).
 
+qemu boots the kernel, initrd and cmdline.txt of the slot the card's genba-slot.txt names
+(os_prefix=slot-a/ or slot-b/), as the Pi firmware does, and stops when the guest restarts
+(-no-reboot): the next boot reads the card again.
+
 On a copy of the image, grown by 512 MiB like a bigger SD card:
  1. a settings file goes on the boot partition (admin password, an MQTT user, a device key, and a
     Slack webhook pointing at a fake Slack on this host, reached from the guest as 10.0.2.2);
@@ -11,9 +15,14 @@ On a copy of the image, grown by 512 MiB like a bigger SD card:
  3. a retained message and a persistent session with a queued QoS 1 message are made, then a
     write burst of /notify requests, and the VM is killed (a hard power-off) in the middle;
     after the reboot both are still there;
- 4. second boot: ready again, serves, delivers the burst, then a second hard power-off;
- 5. the card is read on the host: the settings file is gone, the data partition grew, the root
-    partition is byte-identical to the image's (read-only), the data file system is clean after
+ 4. second boot: ready again, serves, delivers the burst; a tampered update bundle on the boot
+    partition is refused; then a second hard power-off;
+ 5. A/B update: a v2 bundle (the image's root with another release, signed with the build's key)
+    on the boot partition; a power cut during its install leaves the Pi booting slot A, which
+    installs it again and restarts; slot B boots, is committed once Genba is ready, and still has
+    the retained message; the update time and downtime are printed;
+ 6. the card is read on the host: the settings file is gone, the data partition grew, slot A is
+    byte-identical to the image's (read-only, untouched by the update), the data file system is clean after
     its journal replay, secrets.toml has mode 600, and the SQLite database passes
     integrity_check and holds every acknowledged message exactly once and the readings.
 
@@ -40,6 +49,9 @@ ADMIN_PASSWORD = "admin-boot-test-1"
 MQTT_USER, MQTT_PASSWORD = "thermo", "thermo-boot-test"
 DEVICE, DEVICE_KEY = "fridge-1", "fridge-1-boot-test-key-0123456789"
 GROW_MIB = 512
+# Partitions of the card: boot FAT, root slot A, root slot B, data.
+BOOT, SLOT_A, SLOT_B, DATA = 0, 1, 2, 3
+KEYS = os.environ.get("GENBA_KEYS_DIR") or os.path.expanduser("~/.config/genba/update-keys")
 
 
 def log(msg):
@@ -120,9 +132,28 @@ class Card:
     def fat(self):
         return f"{self.path}@@{self.partitions()[0][0]}"
 
-    def fat_files(self):
-        out = run("mdir", "-b", "-i", self.fat(), "::", env=mtools_env()).stdout
+    def fat_files(self, folder=""):
+        out = run("mdir", "-b", "-i", self.fat(), f"::{folder}", env=mtools_env()).stdout
         return [os.path.basename(l.strip()) for l in out.splitlines()]
+
+    def fat_read(self, name):
+        return run("mtype", "-i", self.fat(), f"::{name}", env=mtools_env()).stdout
+
+    def fat_get(self, name, dest):
+        run("mcopy", "-o", "-n", "-i", self.fat(), f"::{name}", dest, env=mtools_env())
+
+    def fat_put(self, src, name):
+        run("mcopy", "-o", "-i", self.fat(), src, f"::{name}", env=mtools_env())
+
+    def slot_prefix(self):
+        """What the Pi firmware boots: config.txt includes genba-slot.txt, whose os_prefix names
+        the slot's folder."""
+        check_once("config.txt includes genba-slot.txt", "include genba-slot.txt" in
+                   self.fat_read("config.txt").splitlines())
+        m = re.search(r"^os_prefix=(slot-[ab]/)$", self.fat_read("genba-slot.txt"), re.M)
+        if not m:
+            fail(f"no os_prefix in genba-slot.txt: {self.fat_read('genba-slot.txt')!r}")
+        return m.group(1)
 
     def extract(self, index, dest):
         start, size = self.partitions()[index]
@@ -135,6 +166,17 @@ class Card:
                     break
                 out.write(chunk)
                 left -= len(chunk)
+
+
+_checked = set()
+
+
+def check_once(msg, cond):
+    if msg not in _checked:
+        check(cond, msg)
+        _checked.add(msg)
+    elif not cond:
+        fail(msg)
 
 
 def mtools_env():
@@ -151,14 +193,23 @@ def qemu_cmdline(pi_cmdline):
 
 
 class Vm:
-    def __init__(self, work, card, kernel, initrd, cmdline, http_port, mqtt_port, name):
+    """One boot of the card: the slot genba-slot.txt names, as the Pi firmware reads it."""
+
+    def __init__(self, work, card, http_port, mqtt_port, name):
         self.log_path = os.path.join(work, f"serial-{name}.log")
+        self.prefix = card.slot_prefix()
+        kernel, initrd = os.path.join(work, "vmlinuz"), os.path.join(work, "initrd.img")
+        card.fat_get(self.prefix + "vmlinuz", kernel)
+        card.fat_get(self.prefix + "initrd.img", initrd)
+        self.pi_cmdline = card.fat_read(self.prefix + "cmdline.txt")
+        self.cmdline = qemu_cmdline(self.pi_cmdline)
+        log(f"{name}: {self.prefix} with kernel command line {self.cmdline}")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [
                 "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2",
-                "-m", "1024", "-nographic", "-kernel", kernel, "-initrd", initrd,
-                "-append", cmdline,
+                "-m", "1024", "-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
+                "-append", self.cmdline,
                 "-drive", f"if=none,id=hd,file={card.path},format=raw,cache=writeback",
                 "-device", "virtio-blk-pci,drive=hd",
                 "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{http_port}-:80,"
@@ -186,6 +237,26 @@ class Vm:
             time.sleep(1)
         print(self.console()[-6000:])
         fail(f"no genba-ready line within {timeout} s (console above, log {self.log_path})")
+
+    def wait_console(self, pattern, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.console())
+            if m:
+                return m.group(0)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(1)
+        print(self.console()[-4000:])
+        fail(f"no {pattern!r} on the console within {timeout} s (log {self.log_path})")
+
+    def wait_restart(self, timeout):
+        """The guest restarted (qemu -no-reboot exits then)."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(self.console()[-4000:])
+            fail(f"the Pi did not restart within {timeout} s (log {self.log_path})")
 
     def power_off(self):
         """A hard power cut: SIGKILL, no shutdown of the guest."""
@@ -251,6 +322,81 @@ def burst(base, seconds_before_cut, vm):
     return acked
 
 
+def make_bundles(work, image, card):
+    """The update bundles the test installs, made as scripts/build-image makes its own
+    (image/bundle.sh, the build's key): v2 is the image's root with another release line;
+    tampered is v2 with bytes changed in the middle of its file system."""
+    root = os.path.join(work, "root-v2.ext4")
+    Card(image).extract(SLOT_A, root)
+    header = run("dumpe2fs", "-h", root).stdout
+    os.truncate(root, int(re.search(r"Block count:\s+(\d+)", header).group(1))
+                * int(re.search(r"Block size:\s+(\d+)", header).group(1)))
+    release = os.path.join(work, "release")
+    with open(release, "w") as f:
+        f.write("0.1.0 boot-test-v2\n")
+    run("debugfs", "-w", "-R", "rm /usr/share/genba/release", root)
+    run("debugfs", "-w", "-R", f"write {release} /usr/share/genba/release", root)
+    boot = os.path.join(work, "boot-v2")
+    os.mkdir(boot)
+    for name in card.fat_files("slot-a"):
+        if name != "cmdline.txt":
+            card.fat_get(f"slot-a/{name}", os.path.join(boot, name))
+    v2 = os.path.join(work, "v2.raucb")
+    started = time.monotonic()
+    run("image/bundle.sh", root, boot, "0.1.0", "boot-test-v2", KEYS, v2)
+    log(f"v2 bundle: {os.path.getsize(v2)} bytes in {time.monotonic() - started:.0f} s")
+    os.remove(root)
+    tampered = os.path.join(work, "tampered.raucb")
+    shutil.copyfile(v2, tampered)
+    with open(tampered, "r+b") as f:
+        f.seek(os.path.getsize(tampered) // 2)
+        block = f.read(4096)
+        f.seek(-len(block), 1)
+        f.write(bytes(b ^ 0x5A for b in block))
+    return {"v2": v2, "tampered": tampered}
+
+
+def update_ab(work, card, bundle, http_port, mqtt_port, mqtt, figures, timeout):
+    """The v2 bundle from the boot partition: power cut during the install, install again,
+    restart into slot B, commit; figures: install time and downtime."""
+    base = f"http://127.0.0.1:{http_port}"
+    log("A/B update: the v2 bundle on the boot partition, and a power cut during its install")
+    card.fat_put(bundle, "genba-update.raucb")
+    vm = Vm(work, card, http_port, mqtt_port, "boot3")
+    vm.wait_ready(timeout)
+    log(vm.wait_console(r"genba-update: installing[^\r\n]*", 600))
+    time.sleep(5)
+    vm.power_off()
+    check(card.slot_prefix() == "slot-a/", "a power cut during the install leaves the Pi booting slot A")
+    check("genba-update.raucb" in card.fat_files(), "the bundle is still on the card after the cut")
+
+    vm = Vm(work, card, http_port, mqtt_port, "boot4")
+    ready, _ = vm.wait_ready(timeout)
+    check("slot A (" in ready, f"after the power cut the Pi runs slot A again ({ready})")
+    vm.wait_console(r"genba-update: installing[^\r\n]*", 600)
+    started = time.monotonic()
+    log(vm.wait_console(r"genba-update: installed [^\r\n]*", 1200))
+    figures["update: install of the bundle (s)"] = round(time.monotonic() - started, 1)
+    down = time.monotonic()
+    vm.wait_restart(300)
+    check(card.slot_prefix() == "slot-b/", "after the install the Pi firmware is pointed at slot B")
+
+    vm = Vm(work, card, http_port, mqtt_port, "boot5")
+    ready, _ = vm.wait_ready(timeout)
+    figures["update: downtime, restart to ready on slot B (s)"] = round(time.monotonic() - down, 1)
+    log(ready)
+    check("slot B (0.1.0 boot-test-v2)" in ready, "slot B runs the v2 root")
+    check("genba-update: trying slot B once" in vm.console(), "slot B is on trial")
+    log(vm.wait_console(r"genba-update: updated: slot B[^\r\n]*", 400))
+    p = subprocess.run(["mosquitto_sub"] + mqtt + ["-t", "state/door", "-C", "1", "-W", "30"],
+                       capture_output=True, text=True, timeout=60)
+    check(p.stdout.strip() == "retained before the power cut",
+          f"the retained message is there after the update ({p.stdout.strip()!r})")
+    status, _ = notify(base, "kitchen/door", "after the update")
+    check(status == 200, "/notify works on slot B")
+    vm.power_off()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("image")
@@ -275,20 +421,16 @@ def main():
             f'[[devices]]\nid = "{DEVICE}"\napi_key = "{DEVICE_KEY}"\n\n'
             f'[slack]\nwebhook_url = "http://10.0.2.2:{slack.port}/services/T0/B0/boot-test"\n'
         )
-    run("mcopy", "-i", card.fat(), settings, "::genba-settings.toml", env=mtools_env())
-    files = card.fat_files()
-    kernel = next(f for f in files if f.startswith("vmlinuz-"))
-    initrd = next(f for f in files if f.startswith("initrd.img-"))
-    for f in (kernel, initrd):
-        run("mcopy", "-o", "-i", card.fat(), f"::{f}", os.path.join(work, f), env=mtools_env())
-    kernel, initrd = os.path.join(work, kernel), os.path.join(work, initrd)
-    pi_cmdline = run("mtype", "-i", card.fat(), "::cmdline.txt", env=mtools_env()).stdout
+    card.fat_put(settings, "genba-settings.toml")
+    check(card.slot_prefix() == "slot-a/", "a new card boots slot A")
+    pi_cmdline = card.fat_read("slot-a/cmdline.txt")
     consoles = re.findall(r"\bconsole=([^\s,]+)", pi_cmdline)
     check(consoles[-1:] == ["tty0"] and "ttyS1" in consoles,
-          f"the image's cmdline.txt has the serial console ttyS1 and tty0 (HDMI) last: "
+          f"slot A's cmdline.txt has the serial console ttyS1 and tty0 (HDMI) last: "
           f"{pi_cmdline.strip()!r}")
-    cmdline = qemu_cmdline(pi_cmdline)
-    log(f"qemu kernel command line: {cmdline}")
+    check("root=PARTUUID=6e3b1a52-02" in pi_cmdline and "rauc.slot=A" in pi_cmdline,
+          "slot A's cmdline.txt boots partition 2 as RAUC's slot A")
+    bundles = make_bundles(work, args.image, card)
 
     http_port, mqtt_port = free_port(), free_port()
     base = f"http://127.0.0.1:{http_port}"
@@ -296,11 +438,12 @@ def main():
 
     # --- first boot -------------------------------------------------------------------------
     log("first boot")
-    vm = Vm(work, card, kernel, initrd, cmdline, http_port, mqtt_port, "boot1")
+    vm = Vm(work, card, http_port, mqtt_port, "boot1")
     ready, seconds = vm.wait_ready(args.timeout)
     figures["first boot to ready (s)"] = round(seconds, 1)
     log(ready)
     log("ok: the genba-ready line is on the serial console (ttyAMA0), which is not /dev/console")
+    check("slot A (" in ready, "the ready line says slot A")
     for unit in ("genba-broker", "genba-bridge", "genba-slack"):
         check(f"{unit}=active" in ready, f"{unit} is active")
     check("genba-exment=active" not in ready, "genba-exment is skipped (Exment not configured)")
@@ -362,8 +505,9 @@ def main():
     check(len(acked) > 0, f"{len(acked)} burst messages acknowledged before the power cut")
 
     # --- second boot ------------------------------------------------------------------------
-    log("second boot after the power cut")
-    vm = Vm(work, card, kernel, initrd, cmdline, http_port, mqtt_port, "boot2")
+    log("second boot after the power cut, with a tampered update bundle on the boot partition")
+    card.fat_put(bundles["tampered"], "genba-update.raucb")
+    vm = Vm(work, card, http_port, mqtt_port, "boot2")
     ready, seconds = vm.wait_ready(args.timeout)
     figures["boot to ready after the power cut (s)"] = round(seconds, 1)
     log(ready)
@@ -384,7 +528,15 @@ def main():
     wait_for("every acknowledged burst message at the fake Slack", 300,
              lambda: all(m in slack.all_text() for m in acked + ["after the power cut"]))
     log(f"ok: all {len(acked)} acknowledged burst messages reached the fake Slack")
+    refused = vm.wait_console(r"genba-update: refused genba-update\.raucb[^\r\n]*", 600)
+    log(refused)
+    check("slot A (" in ready, "the tampered bundle left the Pi on slot A")
     vm.power_off()
+    check("genba-update.raucb" not in card.fat_files(), "the refused bundle is gone from the card")
+    check(card.slot_prefix() == "slot-a/", "after the refused bundle the Pi still boots slot A")
+
+    # --- A/B update -------------------------------------------------------------------------
+    update_ab(work, card, bundles["v2"], http_port, mqtt_port, mqtt, figures, args.timeout)
 
     # --- the card, read on the host ---------------------------------------------------------
     log("reading the card on the host")
@@ -392,15 +544,24 @@ def main():
     check("genba-settings.toml" not in files and "genba-settings-error.txt" not in files,
           "the settings file is gone from the boot partition")
     parts = card.partitions()
-    check(parts[2][1] > parts0[2][1] + (GROW_MIB - 8) * 1024 * 1024,
-          f"the data partition grew from {parts0[2][1] >> 20} to {parts[2][1] >> 20} MiB")
+    check(parts[DATA][1] > parts0[DATA][1] + (GROW_MIB - 8) * 1024 * 1024,
+          f"the data partition grew from {parts0[DATA][1] >> 20} to {parts[DATA][1] >> 20} MiB")
     root_img, card_root = os.path.join(work, "root-orig.ext4"), os.path.join(work, "root.ext4")
-    Card(args.image).extract(1, root_img)
-    card.extract(1, card_root)
+    Card(args.image).extract(SLOT_A, root_img)
+    card.extract(SLOT_A, card_root)
     same = run("cmp", "-s", root_img, card_root, ok_codes=(0, 1)).returncode == 0
-    check(same, "the root partition is byte-identical to the image's (mounted read-only)")
+    check(same, "slot A is byte-identical to the image's (mounted read-only; the update wrote B)")
+    os.remove(root_img)
+    os.remove(card_root)
+    slots = card.fat_read("genba-slot.txt")
+    check("os_prefix=slot-b/" in slots and "# primary=B" in slots and "# state.B=good" in slots,
+          f"genba-slot.txt: slot B boots, primary and good ({slots!r})")
+    results = card.fat_read("genba-update-result.txt")
+    log("genba-update-result.txt:\n" + results)
+    check("refused genba-update.raucb" in results and "slot B" in results and "kept" in results,
+          "genba-update-result.txt on the card tells the refusal and the kept update")
     data = os.path.join(work, "data.ext4")
-    card.extract(2, data)
+    card.extract(DATA, data)
     fsck = run("e2fsck", "-fy", data, ok_codes=range(256))
     check(fsck.returncode in (0, 1),
           f"data file system consistent after its journal replay (e2fsck exit {fsck.returncode}: "
@@ -430,7 +591,7 @@ def main():
     check(not missing, f"every acknowledged burst message is in the journal exactly once "
                        f"({len(acked)} acknowledged, {len(missing)} missing or duplicated)")
     for m in ("http message from the boot test", "mqtt message from the boot test",
-              "after the power cut"):
+              "after the power cut", "after the update"):
         check(counts.get(m) == 1, f"journal holds {m!r}")
     rows = db.execute("SELECT COUNT(*) FROM readings WHERE device_id = ?", (DEVICE,)).fetchone()[0]
     check(rows == 2, f"the guest's readings table holds the {rows} readings of {DEVICE}")

@@ -15,6 +15,7 @@ mod settings;
 mod simulate;
 mod sinks_cmd;
 mod storage;
+mod update_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -108,6 +109,9 @@ enum Command {
     /// Firmware images for device updates: add, list, remove.
     #[command(subcommand)]
     Firmware(firmware_cmd::FirmwareCommand),
+    /// A/B updates of the SD-card image: install a signed bundle, show the slots.
+    #[command(subcommand)]
+    Update(update_cmd::UpdateCommand),
     /// Apply the settings file from the boot partition (run once per boot by the image).
     Firstboot {
         /// The genba.toml to update (may be a symlink to the data partition).
@@ -248,6 +252,7 @@ fn main() -> Result<()> {
         Command::Rules(cmd) => platform_cmd::rules_cmd(cmd),
         Command::Alarms(cmd) => platform_cmd::alarms_cmd(cmd),
         Command::Firmware(cmd) => firmware_cmd::run(cmd),
+        Command::Update(cmd) => update_cmd::run(cmd),
         Command::Exment { common, cmd: None } => lifecycle::run(roles::Role::Exment, common),
         Command::Exment {
             common,
