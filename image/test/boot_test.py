@@ -322,7 +322,7 @@ def burst(base, seconds_before_cut, vm):
     return acked
 
 
-def make_bundles(work, image, card):
+def make_bundles(work, image):
     """The update bundles the test installs, made as scripts/build-image makes its own
     (image/bundle.sh, the build's key): v2 is the image's root with another release line;
     tampered is v2 with bytes changed in the middle of its file system."""
@@ -338,9 +338,10 @@ def make_bundles(work, image, card):
     run("debugfs", "-w", "-R", f"write {release} /usr/share/genba/release", root)
     boot = os.path.join(work, "boot-v2")
     os.mkdir(boot)
-    for name in card.fat_files("slot-a"):
+    original = Card(image)  # not the card: the first boot is writing to it
+    for name in original.fat_files("slot-a"):
         if name != "cmdline.txt":
-            card.fat_get(f"slot-a/{name}", os.path.join(boot, name))
+            original.fat_get(f"slot-a/{name}", os.path.join(boot, name))
     v2 = os.path.join(work, "v2.raucb")
     started = time.monotonic()
     run("image/bundle.sh", root, boot, "0.1.0", "boot-test-v2", KEYS, v2)
@@ -430,7 +431,17 @@ def main():
           f"{pi_cmdline.strip()!r}")
     check("root=PARTUUID=6e3b1a52-02" in pi_cmdline and "rauc.slot=A" in pi_cmdline,
           "slot A's cmdline.txt boots partition 2 as RAUC's slot A")
-    bundles = make_bundles(work, args.image, card)
+    # The bundles are made while the first boot runs (mksquashfs beside qemu).
+    bundles = {}
+
+    def make():
+        try:
+            bundles.update(make_bundles(work, args.image))
+        except SystemExit:
+            bundles["failed"] = True
+
+    bundle_maker = threading.Thread(target=make)
+    bundle_maker.start()
 
     http_port, mqtt_port = free_port(), free_port()
     base = f"http://127.0.0.1:{http_port}"
@@ -505,6 +516,8 @@ def main():
     check(len(acked) > 0, f"{len(acked)} burst messages acknowledged before the power cut")
 
     # --- second boot ------------------------------------------------------------------------
+    bundle_maker.join()
+    check("failed" not in bundles, "the v2 and tampered bundles were made")
     log("second boot after the power cut, with a tampered update bundle on the boot partition")
     card.fat_put(bundles["tampered"], "genba-update.raucb")
     vm = Vm(work, card, http_port, mqtt_port, "boot2")

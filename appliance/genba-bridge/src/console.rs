@@ -14,7 +14,9 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Path, Query, Request, State as AxumState};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, Multipart, Path, Query, Request, State as AxumState,
+};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -195,10 +197,11 @@ fn html(markup: Markup, q: &BTreeMap<String, String>) -> Response {
 }
 
 fn status_page(v: &Viewer, status: StatusCode, text: &'static str) -> Response {
-    let mut r = html(
-        pages::message(v, tr(v.lang, text), tr(v.lang, text)),
-        &BTreeMap::new(),
-    );
+    message_page(v, status, tr(v.lang, text), tr(v.lang, text))
+}
+
+fn message_page(v: &Viewer, status: StatusCode, title: &str, text: &str) -> Response {
+    let mut r = html(pages::message(v, title, text), &BTreeMap::new());
     *r.status_mut() = status;
     r
 }
@@ -223,6 +226,12 @@ pub(crate) fn routes() -> Router<Shared> {
         .route("/delivery", get(delivery_page))
         .route("/delivery/retry", post(retry_parked))
         .route("/firmware", get(firmware_page))
+        .route(
+            "/firmware/pi-update",
+            post(upload_pi_update).layer(DefaultBodyLimit::max(
+                crate::system_update::MAX_BUNDLE_BYTES as usize + 65536,
+            )),
+        )
         .route("/send", get(send_page))
         .route("/console/live", get(live))
         .route(
@@ -747,12 +756,26 @@ async fn firmware_page(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let flash = q.get("updated").map(|device| {
-        Flash::Ok(format!(
-            "{} ({device})",
-            tr(v.lang, "Update queued for the device.")
-        ))
-    });
+    let flash = q
+        .get("updated")
+        .map(|device| {
+            Flash::Ok(format!(
+                "{} ({device})",
+                tr(v.lang, "Update queued for the device.")
+            ))
+        })
+        .or_else(|| {
+            q.get("pi_update").map(|_| {
+                Flash::Ok(
+                    tr(
+                        v.lang,
+                        "Update bundle received: the Pi checks its signature, installs it and restarts to try it.",
+                    )
+                    .into(),
+                )
+            })
+        });
+    let pi = crate::system_update::status(&state.updates_dir);
     let loaded = state
         .db
         .run(|c| {
@@ -764,8 +787,119 @@ async fn firmware_page(
         })
         .await;
     match loaded {
-        Ok((images, all, asked)) => html(pages::firmware(&v, &images, &all, &asked, flash), &q),
+        Ok((images, all, asked)) => html(
+            pages::firmware(&v, &images, &all, &asked, &pi_view(&pi), flash),
+            &q,
+        ),
         Err(e) => db_error(e),
+    }
+}
+
+fn pi_view(pi: &crate::system_update::PiUpdate) -> pages::PiUpdate<'_> {
+    pages::PiUpdate {
+        slot: pi.slot,
+        release: pi.release.as_deref(),
+        pending: pi.pending,
+        results: &pi.results,
+    }
+}
+
+/// An admin's upload of an update bundle for the Pi itself: a multipart form with `csrf` first,
+/// then the file `bundle`, streamed to disk for the image's installer
+/// ([`crate::system_update`]).
+async fn upload_pi_update(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    multipart: Multipart,
+) -> Response {
+    let mut r = receive_pi_update(state, headers, multipart).await;
+    // The multipart reader stops at the closing boundary without reading the body to its end,
+    // and hyper then closes the connection: say so, so that no client sends on it again.
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+async fn receive_pi_update(
+    state: Shared,
+    headers: HeaderMap,
+    mut multipart: Multipart,
+) -> Response {
+    use crate::system_update::UploadError;
+    let v = match viewer(&state, &headers, &BTreeMap::new(), "/firmware") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if v.role < Role::Admin {
+        drain(multipart).await;
+        return status_page(&v, StatusCode::FORBIDDEN, "Your role may not do this.");
+    }
+    let title = tr(v.lang, "Update of this Genba");
+    let mut csrf_ok = false;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                return message_page(&v, StatusCode::BAD_REQUEST, title, &e.body_text());
+            }
+        };
+        match field.name() {
+            Some("csrf") => {
+                let token = field.text().await.unwrap_or_default();
+                csrf_ok = state.console.csrf_ok(&headers, Some(&token));
+            }
+            Some("bundle") if !csrf_ok => {
+                drain(multipart).await;
+                return status_page(
+                    &v,
+                    StatusCode::FORBIDDEN,
+                    "The form expired; please try again.",
+                );
+            }
+            Some("bundle") => {
+                let saved = crate::system_update::save(&state.updates_dir, field).await;
+                drain(multipart).await;
+                return match saved {
+                    Ok(size) => {
+                        tracing::info!(size, user = ?v.user, "console: Pi update bundle uploaded");
+                        Redirect::to("/firmware?pi_update=uploaded").into_response()
+                    }
+                    Err(e) => {
+                        let status = match e {
+                            UploadError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                            UploadError::NotABundle | UploadError::Empty => {
+                                StatusCode::UNPROCESSABLE_ENTITY
+                            }
+                            UploadError::Cut(_) => StatusCode::BAD_REQUEST,
+                            UploadError::Io(ref io)
+                                if io.kind() == std::io::ErrorKind::StorageFull =>
+                            {
+                                StatusCode::INSUFFICIENT_STORAGE
+                            }
+                            UploadError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                        };
+                        tracing::warn!(error = %e, "console: Pi update bundle refused");
+                        message_page(&v, status, title, &e.to_string())
+                    }
+                };
+            }
+            _ => {}
+        }
+    }
+    message_page(
+        &v,
+        StatusCode::BAD_REQUEST,
+        title,
+        tr(v.lang, "Choose the update bundle (.raucb) to upload."),
+    )
+}
+
+/// Reads what is left of a refused upload, so the browser gets the answer instead of a reset
+/// connection while it is still sending (the route's body limit bounds it).
+async fn drain(mut multipart: Multipart) {
+    while let Ok(Some(mut field)) = multipart.next_field().await {
+        while let Ok(Some(_)) = field.chunk().await {}
     }
 }
 

@@ -10,6 +10,7 @@ mod notify;
 mod publisher;
 pub use publisher::LiveHandoff;
 mod reply;
+mod system_update;
 mod telemetry;
 mod v2;
 
@@ -65,6 +66,9 @@ pub struct BridgeSettings {
     pub metrics_dir: Option<PathBuf>,
     /// The firmware images devices fetch for updates (`GET /firmware/SHA256.bin`).
     pub firmware_dir: PathBuf,
+    /// Where an update bundle of the Pi itself is kept for the image's installer
+    /// ([`system_update`]).
+    pub updates_dir: PathBuf,
     /// The broker of this process (`genba up`): live copies go to it directly instead of over
     /// MQTT to `broker`.
     pub live: Option<Arc<dyn LiveHandoff>>,
@@ -91,6 +95,7 @@ pub(crate) struct State {
     shutdown: watch::Receiver<bool>,
     metrics_dir: Option<PathBuf>,
     firmware_dir: PathBuf,
+    updates_dir: PathBuf,
 }
 
 type Shared = Arc<State>;
@@ -159,6 +164,7 @@ pub async fn start(
         sinks: settings.sinks,
         metrics_dir: settings.metrics_dir,
         firmware_dir: settings.firmware_dir,
+        updates_dir: settings.updates_dir,
         shutdown: shutdown.clone(),
         auth: auth::HttpAuth::new(&settings.http),
         http: settings.http,

@@ -51,6 +51,7 @@ async fn a_bridge_on_a_bound_listener_journals_a_notify_before_answering_and_sto
         tls: None,
         metrics_dir: None,
         firmware_dir: dir.path().join("firmware"),
+        updates_dir: dir.path().join("updates"),
         live: None,
     };
     let listeners = Listeners {

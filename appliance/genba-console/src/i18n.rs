@@ -60,6 +60,19 @@ pub fn tr(lang: Lang, en: &'static str) -> &'static str {
         "Send" => "送信",
         "Firmware" => "ファームウェア",
         "Firmware images" => "ファームウェアイメージ",
+        "This Genba" => "このGenba",
+        "Running" => "実行中",
+        "slot" => "スロット",
+        "not the SD-card image (no A/B slots)" => "SDカードイメージではありません（A/Bスロットなし）",
+        "Waiting" => "待機中",
+        "an uploaded bundle waits to be installed" => "アップロードされたバンドルがインストール待ちです",
+        "Last updates" => "最近の更新",
+        "Update bundle (.raucb)" => "更新バンドル（.raucb）",
+        "Upload and install" => "アップロードしてインストール",
+        "The Pi installs a signed bundle into its other root slot, restarts into it, and keeps it once Genba is ready; otherwise it goes back to the slot it ran before. Data and settings stay." => "Piは署名付きバンドルをもう一方のルートスロットにインストールして再起動し、Genbaの準備ができたらそれを使い続けます。そうでなければ元のスロットに戻ります。データと設定は残ります。",
+        "Update bundle received: the Pi checks its signature, installs it and restarts to try it." => "更新バンドルを受け取りました。Piが署名を確認してインストールし、再起動して試します。",
+        "Update of this Genba" => "このGenbaの更新",
+        "Choose the update bundle (.raucb) to upload." => "アップロードする更新バンドル（.raucb）を選んでください。",
         "No firmware images yet. Add one on the appliance:" => {
             "ファームウェアイメージはまだありません。アプライアンスで追加してください:"
         }

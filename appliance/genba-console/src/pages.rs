@@ -489,11 +489,23 @@ pub fn delivery(
 
 /// The firmware images kept for updates (`genba firmware add`), the devices running each, and
 /// per device an update button (operators) that queues the `update` command for an image.
+/// The Pi's own software, for the Firmware page: what runs and what the installer said.
+pub struct PiUpdate<'a> {
+    /// The root slot running (A or B); none off the SD-card image.
+    pub slot: Option<char>,
+    pub release: Option<&'a str>,
+    /// An uploaded bundle waits for the installer.
+    pub pending: bool,
+    /// The installer's last lines, newest first.
+    pub results: &'a [String],
+}
+
 pub fn firmware(
     v: &Viewer,
     images: &[FirmwareImage],
     devices: &[Device],
     requests: &[UpdateRequest],
+    pi: &PiUpdate,
     flash: Option<Flash>,
 ) -> Markup {
     let l = v.lang;
@@ -577,6 +589,33 @@ pub fn firmware(
             } }
             p.muted { (tr(l, "A device installs the image at once, tries it once and keeps it only when its first report after the restart reaches the appliance; otherwise it returns to the version it ran before. The version it reports shows here.")) }
         }
+        h2 #pi-update { (tr(l, "This Genba")) }
+        dl.pi {
+            dt { (tr(l, "Running")) }
+            dd #pi-running {
+                @match pi.slot {
+                    Some(slot) => { (tr(l, "slot")) " " (slot) }
+                    None => { (tr(l, "not the SD-card image (no A/B slots)")) }
+                }
+                @if let Some(release) = pi.release { " · " (release) }
+            }
+            @if pi.pending {
+                dt { (tr(l, "Waiting")) }
+                dd #pi-pending { (tr(l, "an uploaded bundle waits to be installed")) }
+            }
+            @if !pi.results.is_empty() {
+                dt { (tr(l, "Last updates")) }
+                dd #pi-results { @for r in pi.results { (r) br; } }
+            }
+        }
+        @if v.role >= Role::Admin {
+            form #pi-upload method="post" action="/firmware/pi-update" enctype="multipart/form-data" {
+                (csrf_field(v))
+                label { (tr(l, "Update bundle (.raucb)")) " " input type="file" name="bundle" accept=".raucb" required; }
+                button type="submit" { (tr(l, "Upload and install")) }
+            }
+        }
+        p.muted { (tr(l, "The Pi installs a signed bundle into its other root slot, restarts into it, and keeps it once Genba is ready; otherwise it goes back to the slot it ran before. Data and settings stay.")) }
     };
     page(v, Nav::Firmware, tr(l, "Firmware"), flash, body)
 }

@@ -276,6 +276,7 @@ pub async fn start(
                 tls: tls.clone(),
                 metrics_dir: Some(metrics_dir(&data_dir)),
                 firmware_dir: genba_store::firmware::dir(&data_dir),
+                updates_dir: data_dir.join("updates"),
                 live: started.broker.as_ref().map(|b| {
                     Arc::new(BrokerHandoff(b.broker.clone())) as Arc<dyn genba_bridge::LiveHandoff>
                 }),

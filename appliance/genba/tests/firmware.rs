@@ -282,3 +282,107 @@ fn an_image_is_checked_kept_once_listed_served_and_removed() {
     let (ok, out) = a.genba(&["firmware", "remove", "1.4.0"]);
     assert!(!ok && out.contains("no firmware image"), "{out}");
 }
+
+/// A multipart/form-data body: (field name, file name, bytes) in order.
+fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "genba-test-7d3f1a";
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[test]
+fn a_pi_update_bundle_uploaded_on_the_console_is_kept_whole_for_the_installer() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let page = h.get(&a.url("/firmware"), &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("id=\"pi-upload\""), "{}", page.text);
+    assert!(page.text.contains("not the SD-card image"), "{}", page.text);
+    let csrf = page
+        .text
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let kept = a.data_dir().join("updates").join("genba-update.raucb");
+
+    // Larger than the bridge's body limit for forms (1 MiB) and axum's default (2 MiB).
+    let mut bundle = b"hsqs".to_vec();
+    bundle.extend((0..3_000_000u32).map(|i| (i % 251) as u8));
+    let upload = |parts: &[(&str, Option<&str>, &[u8])]| {
+        let (content_type, body) = multipart(parts);
+        h.post(&a.url("/firmware/pi-update"), &content_type, body, &[])
+    };
+
+    // Refused, each with its reason, and nothing kept.
+    let r = upload(&[
+        ("csrf", None, b"wrong"),
+        ("bundle", Some("u.raucb"), &bundle),
+    ]);
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = upload(&[
+        ("csrf", None, csrf.as_bytes()),
+        (
+            "bundle",
+            Some("fw.bin"),
+            b"\xe9\x03 an ESP32 image, not a bundle",
+        ),
+    ]);
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("not a RAUC update bundle"), "{}", r.text);
+    let r = upload(&[
+        ("csrf", None, csrf.as_bytes()),
+        ("bundle", Some("e.raucb"), b""),
+    ]);
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("empty"), "{}", r.text);
+    let r = upload(&[("csrf", None, csrf.as_bytes())]);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("Choose the update bundle"), "{}", r.text);
+    assert!(!kept.exists());
+    let left: Vec<_> = std::fs::read_dir(a.data_dir().join("updates"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "no partial files left: {left:?}");
+
+    // Kept byte for byte, and the page says a bundle waits.
+    let r = upload(&[
+        ("csrf", None, csrf.as_bytes()),
+        ("bundle", Some("genba-0.1.0-rpi-arm64.raucb"), &bundle),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("Update bundle received"), "{}", r.text);
+    assert!(r.text.contains("id=\"pi-pending\""), "{}", r.text);
+    assert_eq!(std::fs::read(&kept).unwrap(), bundle);
+
+    // The installer's results show on the page, newest first.
+    std::fs::write(
+        a.data_dir().join("updates").join("result.txt"),
+        "2026-12-01T10:00:00Z refused genba-update.raucb: signature\n2026-12-02T10:00:00Z updated: slot B (0.1.0 abc) is ready and kept\n",
+    )
+    .unwrap();
+    let page = h.get(&a.url("/firmware"), &[]);
+    let results = page
+        .text
+        .split("id=\"pi-results\"")
+        .nth(1)
+        .unwrap_or_default();
+    let kept_at = results.find("is ready and kept").unwrap();
+    let refused_at = results.find("refused genba-update.raucb").unwrap();
+    assert!(kept_at < refused_at, "{results}");
+}

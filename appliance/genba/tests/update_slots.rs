@@ -56,6 +56,7 @@ impl Card {
             .env("GENBA_BOOT_DIR", self.boot())
             .env("GENBA_CMDLINE", self.dir.path().join("cmdline"))
             .env("GENBA_CONSOLES", "none")
+            .env("GENBA_UPDATES_DIR", self.dir.path().join("updates"))
             .envs(env.iter().copied())
             .output()
             .expect("run rauc-boot");

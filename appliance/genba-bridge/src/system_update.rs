@@ -1,0 +1,127 @@
+//! The Pi's own A/B update from the web console (docs/image.md, "Updates"). An admin uploads a
+//! RAUC bundle (`.raucb`); it is streamed to `DATA_DIR/updates/genba-update.raucb.part` and
+//! renamed to `genba-update.raucb` once complete. On the SD-card image a root unit
+//! (`genba-update-upload.path`) hands that file to RAUC, which checks its signature against the
+//! image's key and writes the other root slot; the Pi then restarts to try it once. The bridge
+//! itself never runs as root and never installs anything: it only keeps the file.
+//!
+//! What the Firmware page shows of it: the slot running (`rauc.slot=` on the kernel command
+//! line), the release (`/usr/share/genba/release`), whether a bundle waits, and the last lines
+//! the installer wrote to `DATA_DIR/updates/result.txt`.
+
+use std::path::{Path, PathBuf};
+
+use axum::extract::multipart::Field;
+use tokio::io::AsyncWriteExt;
+
+/// The bundle the image's installer picks up.
+pub const BUNDLE_FILE: &str = "genba-update.raucb";
+/// The installer's results, one line each, newest last.
+pub const RESULT_FILE: &str = "result.txt";
+/// An upload larger than this is refused (a bundle is about 150 MB; a root slot is 640 MiB).
+pub const MAX_BUNDLE_BYTES: u64 = 1 << 30;
+/// A RAUC bundle is a squashfs image: it starts with the squashfs magic.
+const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
+
+/// What the console shows of the Pi's own updates.
+pub struct PiUpdate {
+    pub slot: Option<char>,
+    pub release: Option<String>,
+    /// A bundle was uploaded and waits for the installer.
+    pub pending: bool,
+    /// The installer's last lines, newest first.
+    pub results: Vec<String>,
+}
+
+/// Reads the slot, release, pending bundle and results.
+pub fn status(updates_dir: &Path) -> PiUpdate {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let slot = cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("rauc.slot="))
+        .and_then(|s| match s {
+            "A" => Some('A'),
+            "B" => Some('B'),
+            _ => None,
+        });
+    let release = std::fs::read_to_string("/usr/share/genba/release")
+        .ok()
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    let results = std::fs::read_to_string(updates_dir.join(RESULT_FILE))
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .take(5)
+        .map(str::to_string)
+        .collect();
+    PiUpdate {
+        slot,
+        release,
+        pending: updates_dir.join(BUNDLE_FILE).exists(),
+        results,
+    }
+}
+
+/// Why an upload was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("the file is not a RAUC update bundle (.raucb from scripts/build-image)")]
+    NotABundle,
+    #[error("the file is larger than {MAX_BUNDLE_BYTES} bytes")]
+    TooLarge,
+    #[error("the file is empty")]
+    Empty,
+    #[error("the upload was cut off: {0}")]
+    Cut(String),
+    #[error("the bundle cannot be stored: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Streams an uploaded file to `updates_dir/genba-update.raucb` (through a `.part` file that is
+/// synced and renamed, so the installer never sees half a bundle). Returns its size.
+pub async fn save(updates_dir: &Path, mut field: Field<'_>) -> Result<u64, UploadError> {
+    tokio::fs::create_dir_all(updates_dir).await?;
+    let part: PathBuf = updates_dir.join(format!("{BUNDLE_FILE}.part"));
+    let result = async {
+        let mut file = tokio::fs::File::create(&part).await?;
+        let mut size: u64 = 0;
+        let mut head: Vec<u8> = Vec::with_capacity(4);
+        while let Some(chunk) = field
+            .chunk()
+            .await
+            .map_err(|e| UploadError::Cut(e.to_string()))?
+        {
+            if head.len() < 4 {
+                head.extend(chunk.iter().take(4 - head.len()));
+                if head.len() == 4 && head.as_slice() != SQUASHFS_MAGIC {
+                    return Err(UploadError::NotABundle);
+                }
+            }
+            size += chunk.len() as u64;
+            if size > MAX_BUNDLE_BYTES {
+                return Err(UploadError::TooLarge);
+            }
+            file.write_all(&chunk).await?;
+        }
+        if size == 0 {
+            return Err(UploadError::Empty);
+        }
+        if head.len() < 4 {
+            return Err(UploadError::NotABundle);
+        }
+        file.sync_all().await?;
+        Ok(size)
+    }
+    .await;
+    match result {
+        Ok(size) => {
+            tokio::fs::rename(&part, updates_dir.join(BUNDLE_FILE)).await?;
+            Ok(size)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            Err(e)
+        }
+    }
+}
