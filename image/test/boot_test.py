@@ -19,10 +19,14 @@ On a copy of the image, grown by 512 MiB like a bigger SD card:
     partition is refused; then a second hard power-off;
  5. A/B update: a v2 bundle (the image's root with another release, signed with the build's key)
     on the boot partition; a power cut during its install leaves the Pi booting slot A, which
-    installs it again and restarts; slot B boots, is committed once Genba is ready, and still has
-    the retained message; the update time and downtime are printed;
- 6. the card is read on the host: the settings file is gone, the data partition grew, slot A is
-    byte-identical to the image's (read-only, untouched by the update), the data file system is clean after
+    installs it again and restarts; slot A is still byte-identical to the image's; slot B boots,
+    is committed once Genba is ready, and still has the retained message; then a bundle whose
+    genba exits at once, uploaded on the console as admin, goes into slot A: its trial fails
+    (genba.update_deadline=90 on the command line) and the Pi is back on slot B (v2) by itself;
+    the install time and the downtime are printed;
+ 6. the card is read on the host: the settings file is gone, the data partition grew,
+    genba-slot.txt boots B with A marked bad, genba-update-result.txt tells each outcome, the
+    data file system is clean after
     its journal replay, secrets.toml has mode 600, and the SQLite database passes
     integrity_check and holds every acknowledged message exactly once and the readings.
 
@@ -30,6 +34,7 @@ The fake Slack answers like Slack's incoming webhooks (200 "ok"); Slack cannot b
 """
 import argparse
 import base64
+import http.cookiejar
 import http.server
 import json
 import os
@@ -43,12 +48,16 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 ADMIN_PASSWORD = "admin-boot-test-1"
 MQTT_USER, MQTT_PASSWORD = "thermo", "thermo-boot-test"
 DEVICE, DEVICE_KEY = "fridge-1", "fridge-1-boot-test-key-0123456789"
 GROW_MIB = 512
+# genba.update_deadline= on every boot's kernel command line: a slot on trial that is not ready
+# within this many seconds is given up (180 on a Pi).
+UPDATE_DEADLINE = 90
 # Partitions of the card: boot FAT, root slot A, root slot B, data.
 BOOT, SLOT_A, SLOT_B, DATA = 0, 1, 2, 3
 KEYS = os.environ.get("GENBA_KEYS_DIR") or os.path.expanduser("~/.config/genba/update-keys")
@@ -122,8 +131,9 @@ class FakeSlack:
 class Card:
     """The image copy and its partitions (start, size in bytes) from sfdisk."""
 
-    def __init__(self, path):
+    def __init__(self, path, original=None):
         self.path = path
+        self.original = original
 
     def partitions(self):
         table = json.loads(run("sfdisk", "-J", self.path).stdout)["partitiontable"]
@@ -189,7 +199,8 @@ def qemu_cmdline(pi_cmdline):
     /dev/console is the last one (tty0, HDMI on a Pi) as on the Pi, and this serial log sees only
     what is written to every console, as a serial cable on a Pi would."""
     args = re.sub(r"\bconsole=ttyS1\b", "console=ttyAMA0", pi_cmdline.strip()).split()
-    return " ".join(args + [a for a in ["net.ifnames=0"] if a not in args])
+    extra = ["net.ifnames=0", f"genba.update_deadline={UPDATE_DEADLINE}"]
+    return " ".join(args + [a for a in extra if a not in args])
 
 
 class Vm:
@@ -346,6 +357,18 @@ def make_bundles(work, image):
     started = time.monotonic()
     run("image/bundle.sh", root, boot, "0.1.0", "boot-test-v2", KEYS, v2)
     log(f"v2 bundle: {os.path.getsize(v2)} bytes in {time.monotonic() - started:.0f} s")
+    # broken: a genba that exits at once, so Genba never becomes ready on it.
+    with open(release, "w") as f:
+        f.write("0.1.0 boot-test-broken\n")
+    genba = os.path.join(work, "genba-broken")
+    with open(genba, "w") as f:
+        f.write("#!/bin/sh\necho 'genba built broken on purpose by the boot test' >&2\nexit 1\n")
+    for cmd in ("rm /usr/share/genba/release", f"write {release} /usr/share/genba/release",
+                "rm /usr/bin/genba", f"write {genba} /usr/bin/genba",
+                "sif /usr/bin/genba mode 0100755"):
+        run("debugfs", "-w", "-R", cmd, root)
+    broken = os.path.join(work, "broken.raucb")
+    run("image/bundle.sh", root, boot, "0.1.0", "boot-test-broken", KEYS, broken)
     os.remove(root)
     tampered = os.path.join(work, "tampered.raucb")
     shutil.copyfile(v2, tampered)
@@ -354,15 +377,42 @@ def make_bundles(work, image):
         block = f.read(4096)
         f.seek(-len(block), 1)
         f.write(bytes(b ^ 0x5A for b in block))
-    return {"v2": v2, "tampered": tampered}
+    return {"v2": v2, "tampered": tampered, "broken": broken}
 
 
-def update_ab(work, card, bundle, http_port, mqtt_port, mqtt, figures, timeout):
+def upload_on_console(base, bundle):
+    """Logs in as admin and uploads the bundle on the console's Firmware page, as its form does
+    (multipart: the CSRF token, then the file)."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    form = urllib.parse.urlencode({"user": "admin", "password": ADMIN_PASSWORD,
+                                   "next": "/firmware"}).encode()
+    with opener.open(f"{base}/login", data=form, timeout=30) as r:
+        page = r.read().decode()
+    m = re.search(r'name="csrf" value="([^"]+)"', page)
+    check(m is not None and 'id="pi-upload"' in page,
+          "the console's Firmware page offers the admin the update upload")
+    boundary = "genba-boot-test-5e1b"
+    with open(bundle, "rb") as f:
+        data = f.read()
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n{m.group(1)}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="bundle"; '
+            f'filename="{os.path.basename(bundle)}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{base}/firmware/pi-update", data=body, method="POST", headers={
+        "content-type": f"multipart/form-data; boundary={boundary}"})
+    with opener.open(req, timeout=300) as r:
+        page = r.read().decode()
+    check("Update bundle received" in page, f"the console took the {len(data)}-byte bundle")
+
+
+def update_ab(work, card, bundles, http_port, mqtt_port, mqtt, figures, timeout):
     """The v2 bundle from the boot partition: power cut during the install, install again,
-    restart into slot B, commit; figures: install time and downtime."""
+    restart into slot B, commit; then a broken bundle uploaded on the console: slot A's trial
+    fails and the Pi goes back to B by itself. Figures: install time and downtime."""
     base = f"http://127.0.0.1:{http_port}"
     log("A/B update: the v2 bundle on the boot partition, and a power cut during its install")
-    card.fat_put(bundle, "genba-update.raucb")
+    card.fat_put(bundles["v2"], "genba-update.raucb")
     vm = Vm(work, card, http_port, mqtt_port, "boot3")
     vm.wait_ready(timeout)
     log(vm.wait_console(r"genba-update: installing[^\r\n]*", 600))
@@ -381,6 +431,13 @@ def update_ab(work, card, bundle, http_port, mqtt_port, mqtt, figures, timeout):
     down = time.monotonic()
     vm.wait_restart(300)
     check(card.slot_prefix() == "slot-b/", "after the install the Pi firmware is pointed at slot B")
+    image_root, card_root = os.path.join(work, "root-orig.ext4"), os.path.join(work, "root.ext4")
+    Card(card.original).extract(SLOT_A, image_root)
+    card.extract(SLOT_A, card_root)
+    same = run("cmp", "-s", image_root, card_root, ok_codes=(0, 1)).returncode == 0
+    check(same, "slot A is byte-identical to the image's (mounted read-only; the update wrote B)")
+    os.remove(image_root)
+    os.remove(card_root)
 
     vm = Vm(work, card, http_port, mqtt_port, "boot5")
     ready, _ = vm.wait_ready(timeout)
@@ -395,6 +452,23 @@ def update_ab(work, card, bundle, http_port, mqtt_port, mqtt, figures, timeout):
           f"the retained message is there after the update ({p.stdout.strip()!r})")
     status, _ = notify(base, "kitchen/door", "after the update")
     check(status == 200, "/notify works on slot B")
+
+    log("a broken bundle uploaded on the console: its genba exits at once")
+    upload_on_console(base, bundles["broken"])
+    log(vm.wait_console(r"genba-update: installed [^\r\n]*", 1200))
+    vm.wait_restart(300)
+    check(card.slot_prefix() == "slot-a/", "the broken bundle went into slot A, which boots next")
+    vm = Vm(work, card, http_port, mqtt_port, "boot6")
+    check("genba-update: trying slot A once" in vm.wait_console(r"genba-update: trying[^\r\n]*", timeout),
+          "slot A is on trial")
+    log(vm.wait_console(r"genba-update: failed: [^\r\n]*", timeout + UPDATE_DEADLINE))
+    vm.wait_restart(300)
+    check(card.slot_prefix() == "slot-b/", "after the failed trial the Pi firmware boots slot B again")
+    vm = Vm(work, card, http_port, mqtt_port, "boot7")
+    ready, _ = vm.wait_ready(timeout)
+    check("slot B (0.1.0 boot-test-v2)" in ready, f"the Pi is back on v2 by itself ({ready})")
+    status, _ = notify(base, "kitchen/door", "after the rollback")
+    check(status == 200, "/notify works after the rollback")
     vm.power_off()
 
 
@@ -407,7 +481,7 @@ def main():
 
     work = tempfile.mkdtemp(prefix="genba-boot-test.")
     log(f"work dir {work}")
-    card = Card(os.path.join(work, "card.img"))
+    card = Card(os.path.join(work, "card.img"), original=args.image)
     run("cp", "--sparse=always", args.image, card.path)
     original_size = os.path.getsize(card.path)
     os.truncate(card.path, original_size + GROW_MIB * 1024 * 1024)
@@ -549,7 +623,7 @@ def main():
     check(card.slot_prefix() == "slot-a/", "after the refused bundle the Pi still boots slot A")
 
     # --- A/B update -------------------------------------------------------------------------
-    update_ab(work, card, bundles["v2"], http_port, mqtt_port, mqtt, figures, args.timeout)
+    update_ab(work, card, bundles, http_port, mqtt_port, mqtt, figures, args.timeout)
 
     # --- the card, read on the host ---------------------------------------------------------
     log("reading the card on the host")
@@ -559,20 +633,15 @@ def main():
     parts = card.partitions()
     check(parts[DATA][1] > parts0[DATA][1] + (GROW_MIB - 8) * 1024 * 1024,
           f"the data partition grew from {parts0[DATA][1] >> 20} to {parts[DATA][1] >> 20} MiB")
-    root_img, card_root = os.path.join(work, "root-orig.ext4"), os.path.join(work, "root.ext4")
-    Card(args.image).extract(SLOT_A, root_img)
-    card.extract(SLOT_A, card_root)
-    same = run("cmp", "-s", root_img, card_root, ok_codes=(0, 1)).returncode == 0
-    check(same, "slot A is byte-identical to the image's (mounted read-only; the update wrote B)")
-    os.remove(root_img)
-    os.remove(card_root)
     slots = card.fat_read("genba-slot.txt")
-    check("os_prefix=slot-b/" in slots and "# primary=B" in slots and "# state.B=good" in slots,
-          f"genba-slot.txt: slot B boots, primary and good ({slots!r})")
+    check("os_prefix=slot-b/" in slots and "# primary=B" in slots and "# state.B=good" in slots
+          and "# state.A=bad" in slots,
+          f"genba-slot.txt: slot B boots, primary and good; A bad ({slots!r})")
     results = card.fat_read("genba-update-result.txt")
     log("genba-update-result.txt:\n" + results)
-    check("refused genba-update.raucb" in results and "slot B" in results and "kept" in results,
-          "genba-update-result.txt on the card tells the refusal and the kept update")
+    check("refused genba-update.raucb" in results and "slot B (0.1.0 boot-test-v2) is ready and kept"
+          in results and "failed: Genba on slot A (0.1.0 boot-test-broken)" in results,
+          "genba-update-result.txt on the card tells the refusal, the kept update and the failed one")
     data = os.path.join(work, "data.ext4")
     card.extract(DATA, data)
     fsck = run("e2fsck", "-fy", data, ok_codes=range(256))
@@ -604,7 +673,7 @@ def main():
     check(not missing, f"every acknowledged burst message is in the journal exactly once "
                        f"({len(acked)} acknowledged, {len(missing)} missing or duplicated)")
     for m in ("http message from the boot test", "mqtt message from the boot test",
-              "after the power cut", "after the update"):
+              "after the power cut", "after the update", "after the rollback"):
         check(counts.get(m) == 1, f"journal holds {m!r}")
     rows = db.execute("SELECT COUNT(*) FROM readings WHERE device_id = ?", (DEVICE,)).fetchone()[0]
     check(rows == 2, f"the guest's readings table holds the {rows} readings of {DEVICE}")
