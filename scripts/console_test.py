@@ -414,6 +414,19 @@ def run_checks(d, a, base, n_values):
         for fw, state in (("1.0.0", "reported since without it"), ("1.1.0", "running it")):
             a.post_reading(int(time.time() * 1000) + 1000, 4.0, fw=fw)
             wait(d, lambda: d.get(base + "/firmware") or state in asked())
+        # The Pi's own update: the admin uploads a bundle through the page's form (the browser's
+        # multipart post); it is kept whole for the image's installer.
+        bundle = b"hsqs" + os.urandom(300_000)
+        path = os.path.join(a.data, "upload-test.raucb")
+        with open(path, "wb") as f:
+            f.write(bundle)
+        assert "not the SD-card image" in d.find_element(By.ID, "pi-running").text
+        d.find_element(By.CSS_SELECTOR, "#pi-upload input[type=file]").send_keys(path)
+        d.find_element(By.CSS_SELECTOR, "#pi-upload button[type=submit]").click()
+        wait(d, lambda: "Update bundle received" in d.page_source)
+        assert d.find_elements(By.ID, "pi-pending")
+        with open(os.path.join(a.data, "updates", "genba-update.raucb"), "rb") as f:
+            assert f.read() == bundle
     _()
 
     @check("roles: a viewer sees alarms but cannot acknowledge or send commands")
@@ -426,6 +439,7 @@ def run_checks(d, a, base, n_values):
         assert not d.find_elements(By.ID, "command")
         d.get(base + "/firmware")
         assert d.find_elements(By.ID, "fw-fridge-1") and not d.find_elements(By.CSS_SELECTOR, "#firmware-devices form")
+        assert not d.find_elements(By.ID, "pi-upload"), "only admins upload an update of the Pi"
         login(d, base, "cook", "cook-password")
         d.get(base + "/devices/fridge-1")
         assert d.find_elements(By.ID, "command") and not d.find_elements(By.ID, "name")

@@ -16,14 +16,14 @@ On a copy of the image, grown by 512 MiB like a bigger SD card:
     write burst of /notify requests, and the VM is killed (a hard power-off) in the middle;
     after the reboot both are still there;
  4. second boot: ready again, serves, delivers the burst; a tampered update bundle on the boot
-    partition is refused; then a second hard power-off;
+    partition is refused with RAUC's reason;
  5. A/B update: a v2 bundle (the image's root with another release, signed with the build's key)
-    on the boot partition; a power cut during its install leaves the Pi booting slot A, which
-    installs it again and restarts; slot A is still byte-identical to the image's; slot B boots,
-    is committed once Genba is ready, and still has the retained message; then a bundle whose
-    genba exits at once, uploaded on the console as admin, goes into slot A: its trial fails
-    (genba.update_deadline=90 on the command line) and the Pi is back on slot B (v2) by itself;
-    the install time and the downtime are printed;
+    uploaded on the console as admin; a power cut during its install leaves the Pi booting
+    slot A, which installs the bundle (still there) again and restarts; slot A is still
+    byte-identical to the image's; slot B boots, is committed once Genba is ready, and still has
+    the retained message; then a bundle whose genba exits at once, uploaded the same way, goes
+    into slot A: its trial fails (genba.update_deadline=45 on the command line) and the Pi is
+    back on slot B (v2) by itself; the install time and the downtime are printed;
  6. the card is read on the host: the settings file is gone, the data partition grew,
     genba-slot.txt boots B with A marked bad, genba-update-result.txt tells each outcome, the
     data file system is clean after
@@ -57,7 +57,7 @@ DEVICE, DEVICE_KEY = "fridge-1", "fridge-1-boot-test-key-0123456789"
 GROW_MIB = 512
 # genba.update_deadline= on every boot's kernel command line: a slot on trial that is not ready
 # within this many seconds is given up (180 on a Pi).
-UPDATE_DEADLINE = 90
+UPDATE_DEADLINE = 45
 # Partitions of the card: boot FAT, root slot A, root slot B, data.
 BOOT, SLOT_A, SLOT_B, DATA = 0, 1, 2, 3
 KEYS = os.environ.get("GENBA_KEYS_DIR") or os.path.expanduser("~/.config/genba/update-keys")
@@ -406,25 +406,25 @@ def upload_on_console(base, bundle):
     check("Update bundle received" in page, f"the console took the {len(data)}-byte bundle")
 
 
-def update_ab(work, card, bundles, http_port, mqtt_port, mqtt, figures, timeout):
-    """The v2 bundle from the boot partition: power cut during the install, install again,
-    restart into slot B, commit; then a broken bundle uploaded on the console: slot A's trial
-    fails and the Pi goes back to B by itself. Figures: install time and downtime."""
+def update_ab(work, card, vm, bundles, http_port, mqtt_port, mqtt, figures, timeout):
+    """On the running slot A: the v2 bundle uploaded on the console, a power cut during its
+    install; the next boot (slot A) installs it again and restarts into slot B, which is kept;
+    then a broken bundle uploaded: slot A's trial fails and the Pi goes back to B by itself.
+    Figures: install time and downtime."""
     base = f"http://127.0.0.1:{http_port}"
-    log("A/B update: the v2 bundle on the boot partition, and a power cut during its install")
-    card.fat_put(bundles["v2"], "genba-update.raucb")
-    vm = Vm(work, card, http_port, mqtt_port, "boot3")
-    vm.wait_ready(timeout)
-    log(vm.wait_console(r"genba-update: installing[^\r\n]*", 600))
+    log("A/B update: the v2 bundle uploaded on the console, and a power cut during its install")
+    upload_on_console(base, bundles["v2"])
+    log(vm.wait_console(r"genba-update: installing genba-update\.raucb[^\r\n]*", 600))
     time.sleep(5)
     vm.power_off()
+    check("genba-update.raucb" not in card.fat_files(), "the refused card bundle is gone from the card")
     check(card.slot_prefix() == "slot-a/", "a power cut during the install leaves the Pi booting slot A")
-    check("genba-update.raucb" in card.fat_files(), "the bundle is still on the card after the cut")
 
-    vm = Vm(work, card, http_port, mqtt_port, "boot4")
+    vm = Vm(work, card, http_port, mqtt_port, "boot3")
     ready, _ = vm.wait_ready(timeout)
     check("slot A (" in ready, f"after the power cut the Pi runs slot A again ({ready})")
     vm.wait_console(r"genba-update: installing[^\r\n]*", 600)
+    log("ok: the uploaded bundle, still there after the power cut, is installed again")
     started = time.monotonic()
     log(vm.wait_console(r"genba-update: installed [^\r\n]*", 1200))
     figures["update: install of the bundle (s)"] = round(time.monotonic() - started, 1)
@@ -439,7 +439,7 @@ def update_ab(work, card, bundles, http_port, mqtt_port, mqtt, figures, timeout)
     os.remove(image_root)
     os.remove(card_root)
 
-    vm = Vm(work, card, http_port, mqtt_port, "boot5")
+    vm = Vm(work, card, http_port, mqtt_port, "boot4")
     ready, _ = vm.wait_ready(timeout)
     figures["update: downtime, restart to ready on slot B (s)"] = round(time.monotonic() - down, 1)
     log(ready)
@@ -458,13 +458,13 @@ def update_ab(work, card, bundles, http_port, mqtt_port, mqtt, figures, timeout)
     log(vm.wait_console(r"genba-update: installed [^\r\n]*", 1200))
     vm.wait_restart(300)
     check(card.slot_prefix() == "slot-a/", "the broken bundle went into slot A, which boots next")
-    vm = Vm(work, card, http_port, mqtt_port, "boot6")
+    vm = Vm(work, card, http_port, mqtt_port, "boot5")
     check("genba-update: trying slot A once" in vm.wait_console(r"genba-update: trying[^\r\n]*", timeout),
           "slot A is on trial")
     log(vm.wait_console(r"genba-update: failed: [^\r\n]*", timeout + UPDATE_DEADLINE))
     vm.wait_restart(300)
     check(card.slot_prefix() == "slot-b/", "after the failed trial the Pi firmware boots slot B again")
-    vm = Vm(work, card, http_port, mqtt_port, "boot7")
+    vm = Vm(work, card, http_port, mqtt_port, "boot6")
     ready, _ = vm.wait_ready(timeout)
     check("slot B (0.1.0 boot-test-v2)" in ready, f"the Pi is back on v2 by itself ({ready})")
     status, _ = notify(base, "kitchen/door", "after the rollback")
@@ -617,13 +617,11 @@ def main():
     log(f"ok: all {len(acked)} acknowledged burst messages reached the fake Slack")
     refused = vm.wait_console(r"genba-update: refused genba-update\.raucb[^\r\n]*", 600)
     log(refused)
-    check("slot A (" in ready, "the tampered bundle left the Pi on slot A")
-    vm.power_off()
-    check("genba-update.raucb" not in card.fat_files(), "the refused bundle is gone from the card")
-    check(card.slot_prefix() == "slot-a/", "after the refused bundle the Pi still boots slot A")
+    check(re.search(r"refused genba-update\.raucb: \S", refused) is not None,
+          "RAUC's reason is on the console line")
 
     # --- A/B update -------------------------------------------------------------------------
-    update_ab(work, card, bundles, http_port, mqtt_port, mqtt, figures, args.timeout)
+    update_ab(work, card, vm, bundles, http_port, mqtt_port, mqtt, figures, args.timeout)
 
     # --- the card, read on the host ---------------------------------------------------------
     log("reading the card on the host")
