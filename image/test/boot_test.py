@@ -355,7 +355,8 @@ def make_bundles(work, image):
             original.fat_get(f"slot-a/{name}", os.path.join(boot, name))
     v2 = os.path.join(work, "v2.raucb")
     started = time.monotonic()
-    run("image/bundle.sh", root, boot, "0.1.0", "boot-test-v2", KEYS, v2)
+    fast = dict(os.environ, BUNDLE_ZSTD_LEVEL="3")
+    run("image/bundle.sh", root, boot, "0.1.0", "boot-test-v2", KEYS, v2, env=fast)
     log(f"v2 bundle: {os.path.getsize(v2)} bytes in {time.monotonic() - started:.0f} s")
     # broken: a genba that exits at once, so Genba never becomes ready on it.
     with open(release, "w") as f:
@@ -368,7 +369,7 @@ def make_bundles(work, image):
                 "sif /usr/bin/genba mode 0100755"):
         run("debugfs", "-w", "-R", cmd, root)
     broken = os.path.join(work, "broken.raucb")
-    run("image/bundle.sh", root, boot, "0.1.0", "boot-test-broken", KEYS, broken)
+    run("image/bundle.sh", root, boot, "0.1.0", "boot-test-broken", KEYS, broken, env=fast)
     os.remove(root)
     tampered = os.path.join(work, "tampered.raucb")
     shutil.copyfile(v2, tampered)
