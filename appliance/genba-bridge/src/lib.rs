@@ -10,7 +10,7 @@ mod notify;
 mod publisher;
 pub use publisher::LiveHandoff;
 mod reply;
-mod system_update;
+pub mod system_update;
 mod telemetry;
 mod v2;
 

@@ -33,33 +33,38 @@ pub struct PiUpdate {
     pub results: Vec<String>,
 }
 
+/// The root slot a kernel command line boots: `rauc.slot=A` or `rauc.slot=B`.
+pub fn booted_slot(cmdline: &str) -> Option<char> {
+    cmdline.split_whitespace().find_map(|arg| match arg {
+        "rauc.slot=A" => Some('A'),
+        "rauc.slot=B" => Some('B'),
+        _ => None,
+    })
+}
+
+/// The last `n` lines of an update result file, newest first (none when it is missing).
+pub fn last_results(file: &Path, n: usize) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .take(n)
+        .map(str::to_string)
+        .collect()
+}
+
 /// Reads the slot, release, pending bundle and results.
 pub fn status(updates_dir: &Path) -> PiUpdate {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let slot = cmdline
-        .split_whitespace()
-        .find_map(|a| a.strip_prefix("rauc.slot="))
-        .and_then(|s| match s {
-            "A" => Some('A'),
-            "B" => Some('B'),
-            _ => None,
-        });
     let release = std::fs::read_to_string("/usr/share/genba/release")
         .ok()
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty());
-    let results = std::fs::read_to_string(updates_dir.join(RESULT_FILE))
-        .unwrap_or_default()
-        .lines()
-        .rev()
-        .take(5)
-        .map(str::to_string)
-        .collect();
     PiUpdate {
-        slot,
+        slot: booted_slot(&cmdline),
         release,
         pending: updates_dir.join(BUNDLE_FILE).exists(),
-        results,
+        results: last_results(&updates_dir.join(RESULT_FILE), 5),
     }
 }
 
@@ -117,11 +122,35 @@ pub async fn save(updates_dir: &Path, mut field: Field<'_>) -> Result<u64, Uploa
     match result {
         Ok(size) => {
             tokio::fs::rename(&part, updates_dir.join(BUNDLE_FILE)).await?;
+            // The rename is durable only once the folder is synced: a power cut before would
+            // lose an upload the page already confirmed.
+            tokio::fs::File::open(updates_dir).await?.sync_all().await?;
             Ok(size)
         }
         Err(e) => {
             let _ = tokio::fs::remove_file(&part).await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_slot_comes_from_rauc_slot_on_the_command_line() {
+        assert_eq!(booted_slot("console=tty0 rauc.slot=B rootwait"), Some('B'));
+        assert_eq!(booted_slot("console=tty0 root=/dev/vda2"), None);
+        assert_eq!(booted_slot("rauc.slot=C"), None);
+    }
+
+    #[test]
+    fn the_last_results_are_newest_first_and_none_without_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(RESULT_FILE);
+        assert!(last_results(&file, 5).is_empty());
+        std::fs::write(&file, "1 first\n2 second\n3 third\n").unwrap();
+        assert_eq!(last_results(&file, 2), ["3 third", "2 second"]);
     }
 }

@@ -13,6 +13,8 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde::Serialize;
 
+use genba_bridge::system_update::{booted_slot, last_results};
+
 use crate::platform_cmd::print_json;
 
 const BOOT_DIR: &str = "/boot/firmware";
@@ -94,15 +96,6 @@ pub fn parse_slots(text: &str) -> Result<Slots> {
     })
 }
 
-/// The slot this boot runs from: `rauc.slot=A|B` on the kernel command line.
-pub fn booted_slot(cmdline: &str) -> Option<char> {
-    cmdline.split_whitespace().find_map(|arg| match arg {
-        "rauc.slot=A" => Some('A'),
-        "rauc.slot=B" => Some('B'),
-        _ => None,
-    })
-}
-
 #[derive(Serialize)]
 struct Status {
     running: Option<char>,
@@ -120,13 +113,7 @@ fn status(boot_dir: &Path, cmdline: &Path) -> Result<Status> {
         )
     })?;
     let cmdline = std::fs::read_to_string(cmdline).unwrap_or_default();
-    let results = std::fs::read_to_string(boot_dir.join("genba-update-result.txt"))
-        .unwrap_or_default()
-        .lines()
-        .rev()
-        .take(5)
-        .map(str::to_string)
-        .collect();
+    let results = last_results(&boot_dir.join("genba-update-result.txt"), 5);
     Ok(Status {
         running: booted_slot(&cmdline),
         slots: parse_slots(&text)?,
@@ -213,12 +200,5 @@ mod tests {
         assert!(err.to_string().contains("no os_prefix"), "{err}");
         let err = parse_slots("os_prefix=slot-a/\n# primary=Z\n").unwrap_err();
         assert!(err.to_string().contains("primary=Z"), "{err}");
-    }
-
-    #[test]
-    fn the_running_slot_comes_from_rauc_slot_on_the_command_line() {
-        assert_eq!(booted_slot("console=tty0 rauc.slot=B rootwait"), Some('B'));
-        assert_eq!(booted_slot("console=tty0 root=/dev/vda2"), None);
-        assert_eq!(booted_slot("rauc.slot=C"), None);
     }
 }

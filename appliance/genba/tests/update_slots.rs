@@ -73,6 +73,18 @@ impl Card {
         self.rauc_boot_env(args, &[])
     }
 
+    /// RAUC's post-install handler after writing slot B from the bundle mounted at `mount`.
+    fn post_install_into_b(&self, mount: &str) -> Result<String, String> {
+        self.rauc_boot_env(
+            &["post-install"],
+            &[
+                ("RAUC_BUNDLE_MOUNT_POINT", mount),
+                ("RAUC_TARGET_SLOTS", "1"),
+                ("RAUC_SLOT_BOOTNAME_1", "B"),
+            ],
+        )
+    }
+
     /// What RAUC does for `rauc install` into the other slot: mark it bad, write it, make it
     /// primary.
     fn install(&self, slot: &str) {
@@ -302,15 +314,7 @@ fn post_install_puts_the_bundle_boot_files_in_the_target_slot_with_its_command_l
         std::fs::write(bundle.path().join("boot").join(name), body).expect("file");
     }
     let mount = bundle.path().to_str().expect("utf-8 path");
-    card.rauc_boot_env(
-        &["post-install"],
-        &[
-            ("RAUC_BUNDLE_MOUNT_POINT", mount),
-            ("RAUC_TARGET_SLOTS", "1"),
-            ("RAUC_SLOT_BOOTNAME_1", "B"),
-        ],
-    )
-    .expect("post-install");
+    card.post_install_into_b(mount).expect("post-install");
     let slot_b = card.boot().join("slot-b");
     assert_eq!(
         std::fs::read_to_string(slot_b.join("vmlinuz")).expect("vmlinuz"),
@@ -328,16 +332,7 @@ fn post_install_puts_the_bundle_boot_files_in_the_target_slot_with_its_command_l
 
     // A bundle without a kernel is refused before slot-b/ is touched.
     std::fs::remove_file(bundle.path().join("boot/vmlinuz")).expect("rm");
-    let err = card
-        .rauc_boot_env(
-            &["post-install"],
-            &[
-                ("RAUC_BUNDLE_MOUNT_POINT", mount),
-                ("RAUC_TARGET_SLOTS", "1"),
-                ("RAUC_SLOT_BOOTNAME_1", "B"),
-            ],
-        )
-        .expect_err("no kernel");
+    let err = card.post_install_into_b(mount).expect_err("no kernel");
     assert!(err.contains("no boot/vmlinuz"), "{err}");
     assert_eq!(
         std::fs::read_to_string(slot_b.join("vmlinuz")).expect("vmlinuz"),
