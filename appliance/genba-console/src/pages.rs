@@ -611,7 +611,9 @@ pub fn firmware(
         @if v.role >= Role::Admin {
             form #pi-upload method="post" action="/firmware/pi-update" enctype="multipart/form-data" {
                 (csrf_field(v))
-                label { (tr(l, "Update bundle (.raucb)")) " " input type="file" name="bundle" accept=".raucb" required; }
+                label for="pi-bundle" { (tr(l, "Update bundle (.raucb)")) }
+                " "
+                input #pi-bundle type="file" name="bundle" accept=".raucb" required;
                 button type="submit" { (tr(l, "Upload and install")) }
             }
         }
