@@ -172,8 +172,11 @@ fn an_installed_slot_is_booted_once_and_kept_when_marked_good() {
     );
 
     // The trial boot: the first thing it does is point the firmware back at A.
+    assert_eq!(card.rauc_boot(&["trial"]).expect("trial"), "B pending\n");
     card.boot_slot('B');
     card.rauc_boot(&["boot"]).expect("boot");
+    // What genba-update-commit and install-bundle ask.
+    assert_eq!(card.rauc_boot(&["trial"]).expect("trial"), "B booted\n");
     let s = card.status();
     assert_eq!(s["running"], "B");
     assert_eq!(
@@ -201,6 +204,8 @@ fn an_installed_slot_is_booted_once_and_kept_when_marked_good() {
             Value::Null
         )
     );
+
+    assert_eq!(card.rauc_boot(&["trial"]).expect("trial"), "\n");
 
     // Later boots of B change nothing.
     card.rauc_boot(&["boot"]).expect("boot");
