@@ -90,7 +90,7 @@ impl<D: Deliver> Consumer<D> {
             && self.filters.iter().any(|f| matches(f, &e.topic))
     }
 
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
+    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), SinkError> {
         let sink = self.name.clone();
         let reader = ConsumerReader::open(&self.db_path)
             .await
@@ -107,7 +107,7 @@ impl<D: Deliver> Consumer<D> {
         let mut cursor = state.cursor;
         let mut failures: u32 = 0;
         let mut bucket = TokenBucket::new(self.pace.rate_per_sec, self.pace.burst, Instant::now());
-        let mut wake = self.wake.take();
+        let mut wake = self.wake.clone();
         tracing::info!(sink = %sink, cursor, backlog = state.backlog, "sink started");
         // A failed batch kept for its retry (see Deliver::retries_same_batch), with the rows
         // read beside it.

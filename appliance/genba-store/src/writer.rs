@@ -206,8 +206,9 @@ impl Journal {
         }
     }
 
-    /// At the storage budget: refuse every append ([`StoreError::Full`]) but the appliance's
-    /// own (source `genba:...`), until cleared. Set by the storage check.
+    /// At the storage budget: refuse new data ([`StoreError::Full`]) but take the appliance's
+    /// own messages (source `genba:...`) and consumers' derived work (`taken_at_budget`),
+    /// until cleared. Set by the storage check.
     pub fn set_full(&self, full: bool) {
         self.full.store(full, std::sync::atomic::Ordering::Relaxed);
     }
@@ -293,12 +294,23 @@ fn write_loop(
     }
 }
 
-/// Answers [`StoreError::Full`] to every request of `batch` but the appliance's own messages,
-/// and keeps those.
+/// Whether the writer takes `work` at the storage budget: the appliance's own messages, and
+/// what consumers derive from rows already accepted (readings, rule effects, their cursors).
+/// Refusing those would hold a consumer's cursor where it is, and rows every sink passed are
+/// what pruning frees: the budget would never be reached again. New data is refused: messages
+/// from outside, and telemetry that journals its body (the HTTP telemetry route).
+fn taken_at_budget(work: &Work) -> bool {
+    match work {
+        Work::Message(m) => m.source.starts_with(SYSTEM_SOURCE_PREFIX),
+        Work::Telemetry(t) => t.journal.is_empty(),
+    }
+}
+
+/// Answers [`StoreError::Full`] to every request of `batch` that is not [`taken_at_budget`],
+/// and keeps the rest.
 fn refuse_at_budget(batch: &mut Vec<Request>) {
-    let (keep, refuse): (Vec<Request>, Vec<Request>) = batch.drain(..).partition(
-        |r| matches!(&r.work, Work::Message(m) if m.source.starts_with(SYSTEM_SOURCE_PREFIX)),
-    );
+    let (keep, refuse): (Vec<Request>, Vec<Request>) =
+        batch.drain(..).partition(|r| taken_at_budget(&r.work));
     *batch = keep;
     metrics::counter!("genba_journal_refused_total").increment(refuse.len() as u64);
     for req in refuse {
@@ -541,6 +553,56 @@ mod telemetry_tests {
             .query_row("SELECT last_value FROM streams", [], |r| r.get(0))
             .unwrap();
         assert_eq!(last, 10.0);
+    }
+
+    #[tokio::test]
+    async fn at_the_budget_new_data_is_refused_but_consumers_still_move_their_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite3");
+        let journal = Journal::start(&path, 8, 8).unwrap();
+        crate::Reader::open(&path)
+            .unwrap()
+            .register_sink("platform")
+            .unwrap();
+        let outside = NewMessage {
+            source: "http:127.0.0.1".into(),
+            topic: "notify".into(),
+            payload: b"{}".to_vec(),
+            qos: 1,
+            retain: false,
+            mqtt_pid: None,
+            dup: false,
+        };
+        let first = journal.append(outside.clone()).await.unwrap();
+        journal.set_full(true);
+        assert!(matches!(
+            journal.append(outside.clone()).await,
+            Err(StoreError::Full)
+        ));
+        let mut http_telemetry = batch(vec![reading("A", 1000, 3.5)]);
+        http_telemetry.journal = vec![outside.clone()];
+        assert!(matches!(
+            journal.append(http_telemetry).await,
+            Err(StoreError::Full)
+        ));
+        let own = NewMessage {
+            source: format!("{SYSTEM_SOURCE_PREFIX}storage"),
+            ..outside.clone()
+        };
+        journal.append(own).await.unwrap();
+        // The consumer read the first row: what it derives, and its cursor, are taken (a
+        // refusal would hold back pruning, which is what brings the database under budget).
+        let mut consumed = batch(vec![reading("A", 1000, 3.5)]);
+        consumed.cursor = Some(("platform".into(), first));
+        assert_eq!(journal.append(consumed).await.unwrap(), 1);
+        assert_eq!(
+            count(&journal, "SELECT cursor FROM sinks WHERE name = 'platform'"),
+            first
+        );
+        assert_eq!(count(&journal, "SELECT COUNT(*) FROM journal"), 2);
+        journal.set_full(false);
+        journal.append(outside).await.unwrap();
+        assert_eq!(count(&journal, "SELECT COUNT(*) FROM journal"), 3);
     }
 
     #[tokio::test]

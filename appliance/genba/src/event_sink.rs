@@ -100,7 +100,7 @@ pub async fn run(
         .timeout(Duration::from_secs(10))
         .build()
         .context("rule webhooks: HTTP client")?;
-    let consumer = Consumer {
+    let mut consumer = Consumer {
         name: SINK.into(),
         filters: vec![FILTER.into()],
         source: Some(RULES_SOURCE.into()),

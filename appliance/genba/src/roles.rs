@@ -139,6 +139,34 @@ impl Started {
     }
 }
 
+/// How long a stopped journal consumer waits before it starts again.
+const RESTART_PAUSE: Duration = Duration::from_secs(5);
+
+/// Runs a journal consumer until shutdown. One that stops on an error (a database error, a
+/// refused write) would hold its cursor where it is, and with it pruning, which only frees
+/// rows every consumer passed (docs/storage.md): it is started again after [`RESTART_PAUSE`],
+/// with the error logged each time.
+async fn supervised<E: std::fmt::Display>(
+    what: &'static str,
+    mut shutdown: watch::Receiver<bool>,
+    mut work: impl AsyncFnMut() -> std::result::Result<(), E>,
+) {
+    loop {
+        if let Err(e) = work().await {
+            tracing::error!(error = %format!("{e:#}"), "{what} stopped; starting it again in {} s", RESTART_PAUSE.as_secs());
+        } else {
+            return;
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RESTART_PAUSE) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 pub async fn start(
     role: Role,
     config: &Config,
@@ -226,25 +254,36 @@ pub async fn start(
             http: config.provisions(true),
         };
         let rules = config.rules.clone();
-        started.tasks.push(tokio::spawn(async move {
-            if let Err(e) = genba_platform::consumer::run(db2, j2, provisioning, rules, stop).await
-            {
-                tracing::error!(error = %e, "telemetry consumer stopped");
-            }
-        }));
+        started.tasks.push(tokio::spawn(supervised(
+            "telemetry consumer",
+            stop.clone(),
+            async move || {
+                let (db, journal, rules) = (db2.clone(), j2.clone(), rules.clone());
+                genba_platform::consumer::run(db, journal, provisioning, rules, stop.clone()).await
+            },
+        )));
         let (db4, j4, stop) = (db.clone(), journal.clone(), shutdown.clone());
-        started.tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::event_sink::run(db4, j4, stop).await {
-                tracing::error!(error = %format!("{e:#}"), "rule webhooks stopped");
-            }
-        }));
+        started.tasks.push(tokio::spawn(supervised(
+            "rule webhooks",
+            stop.clone(),
+            async move || crate::event_sink::run(db4.clone(), j4.clone(), stop.clone()).await,
+        )));
         let (db3, j3, stop) = (db.clone(), journal.clone(), shutdown.clone());
         let (addr, secret) = (broker.addr, internal_secret.clone());
-        started.tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::command_sink::run(db3, j3, addr, secret, stop).await {
-                tracing::error!(error = %format!("{e:#}"), "command sink stopped");
-            }
-        }));
+        started.tasks.push(tokio::spawn(supervised(
+            "command sink",
+            stop.clone(),
+            async move || {
+                crate::command_sink::run(
+                    db3.clone(),
+                    j3.clone(),
+                    addr,
+                    secret.clone(),
+                    stop.clone(),
+                )
+                .await
+            },
+        )));
         started
             .tasks
             .push(tokio::spawn(genba_platform::retention::run(
@@ -293,7 +332,7 @@ pub async fn start(
     }
     if role.runs_sinks() {
         for sink in config.delivery_sinks() {
-            let consumer = genba_sinks::consumer(
+            let mut consumer = genba_sinks::consumer(
                 &sink,
                 secrets,
                 db.clone(),
@@ -301,27 +340,27 @@ pub async fn start(
             )
             .with_context(|| format!("secrets file {}", config.secrets_path().display()))?;
             let stop = shutdown.clone();
-            started.tasks.push(tokio::spawn(async move {
-                if let Err(e) = consumer.run(stop).await {
-                    tracing::error!(error = %e, "sink stopped");
-                }
-            }));
+            started.tasks.push(tokio::spawn(supervised(
+                "sink",
+                stop.clone(),
+                async move || consumer.run(stop.clone()).await,
+            )));
         }
     }
     if role.runs_sinks() && config.upstream.enabled() {
         let link =
             genba_sinks::upstream::Link::new(&config.upstream, secrets.upstream.password.clone())?;
-        let forward = genba_sinks::upstream::forwarder(
+        let mut forward = genba_sinks::upstream::forwarder(
             link.clone(),
             db.clone(),
             journal.as_ref().map(Journal::committed),
         );
         let stop = shutdown.clone();
-        started.tasks.push(tokio::spawn(async move {
-            if let Err(e) = forward.run(stop).await {
-                tracing::error!(error = %e, "upstream forwarding stopped");
-            }
-        }));
+        started.tasks.push(tokio::spawn(supervised(
+            "upstream forwarding",
+            stop.clone(),
+            async move || forward.run(stop.clone()).await,
+        )));
         match (&journal, config.upstream.commands) {
             (Some(journal), true) => {
                 let (journal, stop) = (journal.clone(), shutdown.clone());
@@ -456,5 +495,44 @@ pub(crate) fn internal_secret(data_dir: &Path) -> Result<String> {
             anyhow::bail!("{} is empty", path.display())
         }
         Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_that_stops_on_an_error_is_started_again_until_it_ends() {
+        let (_stop, shutdown) = watch::channel(false);
+        let mut runs = 0;
+        let started = tokio::time::Instant::now();
+        supervised("test consumer", shutdown, async || {
+            runs += 1;
+            if runs < 3 {
+                Err("database is locked")
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert_eq!(runs, 3);
+        assert_eq!(started.elapsed(), RESTART_PAUSE * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_the_pause_ends_the_supervisor() {
+        let (stop, shutdown) = watch::channel(false);
+        let mut runs = 0;
+        let supervisor = supervised("test consumer", shutdown, async || {
+            runs += 1;
+            Err::<(), _>("always failing")
+        });
+        let stopper = async {
+            tokio::time::sleep(RESTART_PAUSE / 2).await;
+            let _ = stop.send(true);
+        };
+        tokio::join!(supervisor, stopper);
+        assert_eq!(runs, 1);
     }
 }

@@ -52,6 +52,16 @@ fn mqtt_publish_acknowledged(a: &Appliance, topic: &str) -> bool {
     }
 }
 
+/// (sink, cursor) of every journal consumer: the lowest is as far as pruning may go.
+fn sink_cursors(a: &Appliance) -> Vec<(String, i64)> {
+    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+    let mut stmt = conn.prepare("SELECT name, cursor FROM sinks").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 fn storage_alarms(a: &Appliance) -> Vec<String> {
     a.journal()
         .into_iter()
@@ -80,7 +90,12 @@ fn over_the_budget_the_oldest_delivered_rows_are_pruned_whatever_their_age() {
                 507 if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(200))
                 }
-                other => panic!("message {i}: {other} {}", r.json),
+                other => panic!(
+                    "message {i}: {other} {}; sinks {:?}; log:\n{}",
+                    r.json,
+                    sink_cursors(&a),
+                    a.log()
+                ),
             }
         }
         accepted.push(i);
