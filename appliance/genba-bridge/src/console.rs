@@ -825,7 +825,6 @@ async fn receive_pi_update(
     headers: HeaderMap,
     mut multipart: Multipart,
 ) -> Response {
-    use crate::system_update::UploadError;
     let v = match viewer(&state, &headers, &BTreeMap::new(), "/firmware") {
         Ok(v) => v,
         Err(r) => return r,
@@ -866,19 +865,7 @@ async fn receive_pi_update(
                         Redirect::to("/firmware?pi_update=uploaded").into_response()
                     }
                     Err(e) => {
-                        let status = match e {
-                            UploadError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                            UploadError::NotABundle | UploadError::Empty => {
-                                StatusCode::UNPROCESSABLE_ENTITY
-                            }
-                            UploadError::Cut(_) => StatusCode::BAD_REQUEST,
-                            UploadError::Io(ref io)
-                                if io.kind() == std::io::ErrorKind::StorageFull =>
-                            {
-                                StatusCode::INSUFFICIENT_STORAGE
-                            }
-                            UploadError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                        };
+                        let status = e.status();
                         tracing::warn!(error = %e, "console: Pi update bundle refused");
                         message_page(&v, status, title, &e.to_string())
                     }

@@ -11,14 +11,15 @@
 
 use std::path::{Path, PathBuf};
 
-use axum::extract::multipart::Field;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
 /// The bundle the image's installer picks up.
 pub const BUNDLE_FILE: &str = "genba-update.raucb";
 /// The installer's results, one line each, newest last.
 pub const RESULT_FILE: &str = "result.txt";
-/// An upload larger than this is refused (a bundle is about 150 MB; a root slot is 640 MiB).
+/// An upload larger than this is refused (a bundle is about 150 MB; a root slot is 400 MiB).
 pub const MAX_BUNDLE_BYTES: u64 = 1 << 30;
 /// A RAUC bundle is a squashfs image: it starts with the squashfs magic.
 const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
@@ -68,6 +69,18 @@ pub fn status(updates_dir: &Path) -> PiUpdate {
     }
 }
 
+impl PiUpdate {
+    /// The API's view (`GET /v2/system/update`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "slot": self.slot.map(String::from),
+            "release": self.release,
+            "pending": self.pending,
+            "results": self.results,
+        })
+    }
+}
+
 /// Why an upload was not kept.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -83,20 +96,38 @@ pub enum UploadError {
     Io(#[from] std::io::Error),
 }
 
-/// Streams an uploaded file to `updates_dir/genba-update.raucb` (through a `.part` file that is
-/// synced and renamed, so the installer never sees half a bundle). Returns its size.
-pub async fn save(updates_dir: &Path, mut field: Field<'_>) -> Result<u64, UploadError> {
+impl UploadError {
+    /// The HTTP status the console and the API answer with.
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            UploadError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UploadError::NotABundle | UploadError::Empty => StatusCode::UNPROCESSABLE_ENTITY,
+            UploadError::Cut(_) => StatusCode::BAD_REQUEST,
+            UploadError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            UploadError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Streams an uploaded file (a multipart field of the console's form, or the API's request
+/// body) to `updates_dir/genba-update.raucb`, through a `.part` file that is synced and
+/// renamed, so the installer never sees half a bundle. Returns its size.
+pub async fn save<E: std::fmt::Display>(
+    updates_dir: &Path,
+    body: impl Stream<Item = Result<Bytes, E>>,
+) -> Result<u64, UploadError> {
+    let mut body = std::pin::pin!(body);
     tokio::fs::create_dir_all(updates_dir).await?;
     let part: PathBuf = updates_dir.join(format!("{BUNDLE_FILE}.part"));
     let result = async {
         let mut file = tokio::fs::File::create(&part).await?;
         let mut size: u64 = 0;
         let mut head: Vec<u8> = Vec::with_capacity(4);
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| UploadError::Cut(e.to_string()))?
-        {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| UploadError::Cut(e.to_string()))?;
             if head.len() < 4 {
                 head.extend(chunk.iter().take(4 - head.len()));
                 if head.len() == 4 && head.as_slice() != SQUASHFS_MAGIC {

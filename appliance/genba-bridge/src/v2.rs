@@ -172,6 +172,10 @@ pub fn router() -> Router<Shared> {
         )
         .route("/session", get(list_sessions))
         .route("/firmware", get(list_firmware))
+        .route(
+            "/system/update",
+            get(system_update_status).put(upload_system_update),
+        )
         .route("/device/:id/update", get(get_update).post(request_update))
         .route("/user", get(list_users).post(create_user))
         .route("/user/:id", axum::routing::delete(revoke_user))
@@ -1425,6 +1429,50 @@ async fn list_sessions(AxumState(state): AxumState<Shared>, headers: HeaderMap) 
 
 /// The firmware images kept for device updates (`genba firmware add`), newest first, each with
 /// its download path and the devices whose last batch reported its version.
+/// The Pi's own A/B update (docs/image.md, "Updates"): the slot and release running, whether a
+/// bundle waits for the installer, and its last results, newest first (read).
+async fn system_update_status(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_READ).await?;
+    ok(crate::system_update::status(&state.updates_dir).to_json())
+}
+
+/// An update bundle for the Pi itself as the request body (admin): kept for the image's
+/// installer exactly as the console's upload is ([`crate::system_update`]). RAUC checks its
+/// signature, writes the other slot and restarts into it on trial; `GET` shows the outcome.
+async fn upload_system_update(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult {
+    authorize(&state, &headers, tokens::SCOPE_ADMIN).await?;
+    let size = crate::system_update::save(&state.updates_dir, body.into_data_stream())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "v2 api: Pi update bundle refused");
+            let code = match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => "BODY_TOO_LARGE",
+                StatusCode::UNPROCESSABLE_ENTITY => "NOT_A_BUNDLE",
+                StatusCode::INSUFFICIENT_STORAGE => "STORAGE_FULL",
+                StatusCode::INTERNAL_SERVER_ERROR => "UNAVAILABLE",
+                _ => "BAD_REQUEST",
+            };
+            ApiError::new(e.status(), code, e.to_string()).field("body")
+        })?;
+    tracing::info!(size, "v2 api: Pi update bundle uploaded");
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "ok": true,
+            "bytes": size,
+            "pending": true,
+            "message": "kept for the installer: it checks the signature, writes the other root slot and restarts into it on trial; GET /v2/system/update shows the result",
+        }),
+    ))
+}
+
 async fn list_firmware(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> ApiResult {
     authorize(&state, &headers, tokens::SCOPE_READ).await?;
     let (images, devices) = state

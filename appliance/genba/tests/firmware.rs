@@ -386,3 +386,69 @@ fn a_pi_update_bundle_uploaded_on_the_console_is_kept_whole_for_the_installer() 
     let refused_at = results.find("refused genba-update.raucb").unwrap();
     assert!(kept_at < refused_at, "{results}");
 }
+
+#[test]
+fn a_pi_update_bundle_put_on_the_api_is_kept_for_the_installer_and_its_state_is_read_back() {
+    let a = Appliance::start("", "");
+    let h = Http::new();
+    let (admin, write) = (a.api_token("admin"), a.api_token("write"));
+    let url = a.url("/v2/system/update");
+    let kept = a.data_dir().join("updates").join("genba-update.raucb");
+    let put = |token: &str, body: &[u8]| {
+        let req = h
+            .client()
+            .put(&url)
+            .header("x-apitoken", token)
+            .header("content-type", "application/octet-stream")
+            .body(body.to_vec());
+        h.block_on(common::http::send(req))
+    };
+    let mut bundle = b"hsqs".to_vec();
+    bundle.extend((0..3_000_000u32).map(|i| (i % 253) as u8));
+
+    // Off the SD-card image: no slot, no release, nothing waiting.
+    let r = h.get(&url, &[("x-apitoken", &write)]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["slot"], serde_json::Value::Null);
+    assert_eq!(r.json["pending"], false);
+
+    // Refused: no token, a token below admin, a file that is not a bundle, an empty body.
+    let r = h.call("PUT", &url, &[], Some(b"hsqs"));
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = put(&write, &bundle);
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = put(&admin, b"\xe9\x03 an ESP32 image");
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (422, Some("NOT_A_BUNDLE"))
+    );
+    assert_eq!(r.json["field"], "body");
+    let r = put(&admin, b"");
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(
+        r.json["message"].as_str().unwrap().contains("empty"),
+        "{}",
+        r.text
+    );
+    assert!(!kept.exists());
+
+    // Kept byte for byte, and shown as waiting with the installer's results.
+    let r = put(&admin, &bundle);
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.json["bytes"], bundle.len());
+    assert_eq!(std::fs::read(&kept).unwrap(), bundle);
+    std::fs::write(
+        a.data_dir().join("updates").join("result.txt"),
+        "2026-12-01T10:00:00Z refused genba-update.raucb: signature\n2026-12-02T10:00:00Z updated: slot B (0.1.0 abc) is ready and kept\n",
+    )
+    .unwrap();
+    let r = h.get(&url, &[("x-apitoken", &write)]);
+    assert_eq!(r.json["pending"], true);
+    let results = r.json["results"].as_array().unwrap();
+    assert!(
+        results[0].as_str().unwrap().contains("is ready and kept"),
+        "{}",
+        r.text
+    );
+    assert_eq!(results.len(), 2);
+}

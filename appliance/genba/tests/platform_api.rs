@@ -14,10 +14,7 @@ use serde_json::{json, Value};
 const HACCP_BODY: &str = r#"{"device_id":"fridge-7","recorded_at":"2026-02-15T12:00:00Z","ts_device":1771156800000,"rssi":-61,"readings":[{"sensor_hw_id":"28FF4C3A91160457","raw_celsius":3.5,"offset_c":-0.25,"celsius":3.25}]}"#;
 
 fn token(a: &Appliance, scope: &str) -> String {
-    let (ok, out) = a.genba(&["tokens", "add", "--name", scope, "--scope", scope, "--json"]);
-    assert!(ok, "{out}");
-    let v: Value = serde_json::from_str(out.trim()).unwrap();
-    v["token"].as_str().unwrap().to_owned()
+    a.api_token(scope)
 }
 
 fn device_key(a: &Appliance, device: &str) -> String {

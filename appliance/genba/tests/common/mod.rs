@@ -169,6 +169,14 @@ impl Appliance {
     }
 
     /// Runs a `genba` subcommand against this data dir; returns (status ok, stdout+stderr).
+    /// A new API token with `scope` (`read`, `write`, `admin`), made by `genba tokens add`.
+    pub fn api_token(&self, scope: &str) -> String {
+        let (ok, out) = self.genba(&["tokens", "add", "--name", scope, "--scope", scope, "--json"]);
+        assert!(ok, "{out}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
     pub fn genba(&self, args: &[&str]) -> (bool, String) {
         let out = self.command(args).output().unwrap();
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
