@@ -2,8 +2,8 @@
 //! With neither configured, the bridge is open (the default binds loopback only).
 
 use base64::Engine;
-use genba_config::credentials::{constant_time_eq, Credentials};
-use genba_config::passwords::api_key_digest;
+use genba_auth::credentials::{constant_time_eq, Credentials};
+use genba_auth::passwords::api_key_digest;
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use hyper::StatusCode;
 
@@ -23,7 +23,7 @@ impl HttpAuth {
                 .iter()
                 .map(|k| k.to_ascii_lowercase())
                 .collect(),
-            users: Credentials::new(&cfg.users),
+            users: genba_config::credentials(&cfg.users),
         }
     }
 

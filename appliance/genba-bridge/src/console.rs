@@ -22,7 +22,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use genba_config::credentials::Credentials;
+use genba_auth::credentials::Credentials;
 use genba_config::rules::{Condition, Rule};
 use genba_console::pages::{self, DeviceCard, HaccpDevice, HaccpSheet, SlotValue, StreamChart};
 use genba_console::{tr, Flash, Lang, Role, Viewer};
@@ -69,12 +69,12 @@ impl Console {
         exment: &genba_config::ExmentConfig,
     ) -> Console {
         Console {
-            users: Credentials::new(&http.users),
+            users: genba_config::credentials(&http.users),
             admins: cfg.admins.clone(),
             operators: cfg.operators.clone(),
             idle: Duration::from_secs(u64::from(cfg.session_minutes.max(1)) * 60),
             open: http.users.is_empty() && http.api_key_sha256.is_empty(),
-            open_csrf: genba_config::passwords::generate_api_key(),
+            open_csrf: genba_auth::passwords::generate_api_key(),
             sessions: Mutex::default(),
             // Five tries, then one every 12 s per address.
             logins: genba_telemetry::limiter::Limiter::new(1.0 / 12.0, 5),
@@ -114,7 +114,7 @@ impl Console {
         };
         match (expected, presented) {
             (Some(e), Some(p)) => {
-                genba_config::credentials::constant_time_eq(e.as_bytes(), p.as_bytes())
+                genba_auth::credentials::constant_time_eq(e.as_bytes(), p.as_bytes())
             }
             _ => false,
         }
@@ -368,7 +368,7 @@ async fn login(
         tracing::info!(%user, peer = %peer.ip(), "console login refused");
         return refuse(StatusCode::UNAUTHORIZED, "Wrong user name or password.");
     }
-    let token = genba_config::passwords::generate_api_key();
+    let token = genba_auth::passwords::generate_api_key();
     let role = state.console.role_of(&user);
     tracing::info!(%user, role = role.name(), "console login");
     state
@@ -381,7 +381,7 @@ async fn login(
             Session {
                 user,
                 role,
-                csrf: genba_config::passwords::generate_api_key(),
+                csrf: genba_auth::passwords::generate_api_key(),
                 last_used: Instant::now(),
             },
         );

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
-use genba_config::passwords::api_key_digest;
+use genba_auth::passwords::api_key_digest;
 use genba_firmware_core::telemetry::validate_device_id;
 use genba_platform::query::{self, Aggregate};
 use genba_store::devices::{self, Device, DeviceChange};
@@ -1890,7 +1890,7 @@ async fn create_user(AxumState(state): AxumState<Shared>, req: Request) -> ApiRe
             format!("{scope:?}: read, write or admin"),
         ));
     }
-    let token = genba_config::passwords::generate_api_key();
+    let token = genba_auth::passwords::generate_api_key();
     let digest = api_key_digest(&token);
     let made = state
         .db

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use genba_config::credentials::{constant_time_eq, Credentials};
+use genba_auth::credentials::{constant_time_eq, Credentials};
 
 /// The user name genba's own roles (bridge, recorder) connect with.
 pub const INTERNAL_USER: &str = "genba-internal";
@@ -88,7 +88,7 @@ pub struct Verifier {
 impl Verifier {
     pub fn new(users: &[genba_config::MqttUser], internal_secret: String, anonymous: bool) -> Self {
         Verifier {
-            users: Credentials::new(users),
+            users: genba_config::credentials(users),
             names: Arc::new(users.iter().map(|u| u.name.clone()).collect()),
             stand_in: users.first().map(|u| u.name.clone()),
             internal_secret,
@@ -144,7 +144,7 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use genba_config::passwords::hash_password;
+    use genba_auth::passwords::hash_password;
 
     #[tokio::test]
     async fn users_internal_role_and_anonymous_are_told_apart() {

@@ -736,7 +736,7 @@ impl DisabledDevices {
 impl FrontDoor {
     /// Whether `token` is an enabled `telemetry:write` key of `device` (`genba keys add`).
     async fn device_key_ok(&self, token: &str, device: &str) -> bool {
-        let digest = genba_config::passwords::api_key_digest(token);
+        let digest = genba_auth::passwords::api_key_digest(token);
         let device = device.to_owned();
         self.sessions
             .run(move |c| genba_store::devices::key_owner(c, &digest))

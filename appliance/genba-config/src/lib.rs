@@ -4,11 +4,8 @@
 //! calls [`Config::load`] and [`Secrets::load`], which name the bad key or file on error.
 
 pub mod acl;
-pub mod credentials;
 mod defaults;
 pub mod listen;
-pub mod passwords;
-pub mod rate;
 pub mod rules;
 mod secrets;
 pub mod sinks;
@@ -421,6 +418,15 @@ pub struct MqttUser {
     pub device: Option<String>,
 }
 
+/// The password checker for these users (`[[mqtt.users]]` or `[[http.users]]`).
+pub fn credentials(users: &[MqttUser]) -> genba_auth::credentials::Credentials {
+    genba_auth::credentials::Credentials::new(
+        users
+            .iter()
+            .map(|u| (u.name.as_str(), u.password_hash.as_str())),
+    )
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -585,7 +591,7 @@ impl Config {
             ));
         }
         for (i, user) in self.mqtt.users.iter().enumerate() {
-            passwords::check_hash(&user.password_hash)
+            genba_auth::passwords::check_hash(&user.password_hash)
                 .map_err(|m| invalid(format!("mqtt.users[{i}].password_hash"), m))?;
             if user
                 .device
@@ -605,7 +611,7 @@ impl Config {
                 .map_err(|(at, m)| invalid(format!("mqtt.acl[{i}]{at}"), m))?;
         }
         for (i, user) in self.http.users.iter().enumerate() {
-            passwords::check_hash(&user.password_hash)
+            genba_auth::passwords::check_hash(&user.password_hash)
                 .map_err(|m| invalid(format!("http.users[{i}].password_hash"), m))?;
             if user.device.is_some() {
                 return Err(invalid(

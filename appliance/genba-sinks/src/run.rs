@@ -9,9 +9,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use genba_config::rate::TokenBucket;
 use genba_config::topic::matches;
 use genba_store::{ConsumerReader, JournalEntry, Reader};
+use genba_telemetry::rate::TokenBucket;
 use tokio::sync::watch;
 
 use crate::outcome::{backoff, Outcome};

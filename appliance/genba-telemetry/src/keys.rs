@@ -2,7 +2,7 @@
 //! with its owner (device id), scopes, enabled flag and times. Checks read the table every
 //! time, so `genba keys revoke` takes effect at once in every running role.
 
-use genba_config::passwords::{api_key_digest, generate_api_key};
+use genba_auth::passwords::{api_key_digest, generate_api_key};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 

@@ -4,6 +4,7 @@
 //!   firmware core's rules, so the device and the appliance share one wire format.
 //! - [`keys`]: per-device API keys, stored as SHA-256 digests, with scopes and an enabled flag.
 //! - [`limiter`]: token buckets per API key and per source address.
+//! - [`rate`]: the token bucket itself, also the pace of every sink (`genba_sinks`).
 //!
 //! Where readings become durable: `genba_store::Journal::store_readings` (unique per device,
 //! device time and probe; a resend inserts nothing).
@@ -11,6 +12,7 @@
 pub mod keys;
 pub mod limiter;
 pub mod parse;
+pub mod rate;
 pub mod signing;
 
 pub use parse::{parse, FieldError};

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use genba_config::rate::TokenBucket;
+use crate::rate::TokenBucket;
 
 /// Buckets idle this long are forgotten (they would be full again anyway).
 const FORGET_AFTER: Duration = Duration::from_secs(600);

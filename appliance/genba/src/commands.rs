@@ -4,7 +4,8 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use genba_config::{passwords, Secrets};
+use genba_auth::passwords;
+use genba_config::Secrets;
 
 use crate::lifecycle::{endpoints_file, load_config};
 use crate::roles::Role;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use genba_config::passwords::{api_key_digest, generate_api_key};
+use genba_auth::passwords::{api_key_digest, generate_api_key};
 use genba_store::devices::{self, Device, DeviceChange};
 use genba_store::{tokens, Db, Journal, NewMessage};
 

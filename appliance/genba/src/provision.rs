@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use genba_config::{passwords, Config};
+use genba_auth::passwords;
+use genba_config::Config;
 use genba_firmware_core::config::{
     self as device_config, Credential, DeviceConfig, Pins, AREA_LEN, PARTITION_OFFSET,
 };

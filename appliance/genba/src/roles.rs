@@ -476,7 +476,7 @@ pub(crate) fn internal_secret(data_dir: &Path) -> Result<String> {
         .open(&path)
     {
         Ok(mut f) => {
-            let secret = genba_config::passwords::generate_api_key();
+            let secret = genba_auth::passwords::generate_api_key();
             f.write_all(secret.as_bytes())
                 .and_then(|_| f.sync_all())
                 .with_context(|| format!("writing {}", path.display()))?;

@@ -7,7 +7,8 @@ use pbkdf2::pbkdf2_hmac;
 use serde::Deserialize;
 use sha1::Sha1;
 
-use genba_config::{passwords, Config, MqttUser, Secrets, SlackWebhook};
+use genba_auth::passwords;
+use genba_config::{Config, MqttUser, Secrets, SlackWebhook};
 
 /// Name of the Slack webhook the settings file configures.
 pub const SLACK_WEBHOOK_NAME: &str = "slack";

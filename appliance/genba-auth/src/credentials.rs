@@ -9,7 +9,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::passwords::verify_password;
-use crate::MqttUser;
 
 #[derive(Clone)]
 pub struct Credentials {
@@ -23,12 +22,13 @@ struct Inner {
 }
 
 impl Credentials {
-    pub fn new(users: &[MqttUser]) -> Self {
+    /// From (user name, argon2 PHC string) pairs.
+    pub fn new<'a>(users: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Credentials {
             inner: Arc::new(Inner {
                 users: users
-                    .iter()
-                    .map(|u| (u.name.clone(), u.password_hash.clone()))
+                    .into_iter()
+                    .map(|(name, phc)| (name.to_owned(), phc.to_owned()))
                     .collect(),
                 verified: Mutex::new(HashSet::new()),
                 hashing: Semaphore::new(1),
@@ -95,11 +95,8 @@ mod tests {
 
     #[tokio::test]
     async fn right_password_verifies_and_is_cached_wrong_one_does_not() {
-        let creds = Credentials::new(&[MqttUser {
-            name: "sensor".into(),
-            password_hash: hash_password("pw").unwrap(),
-            device: None,
-        }]);
+        let phc = hash_password("pw").unwrap();
+        let creds = Credentials::new([("sensor", phc.as_str())]);
         assert!(creds.verify("sensor", b"pw").await);
         assert!(creds.verify("sensor", b"pw").await);
         assert_eq!(creds.lock().len(), 1);
