@@ -555,8 +555,9 @@ mod telemetry_tests {
         assert_eq!(last, 10.0);
     }
 
-    #[tokio::test]
-    async fn at_the_budget_new_data_is_refused_but_consumers_still_move_their_cursors() {
+    /// A journal in a new directory (kept as long as the returned guard), with the sink
+    /// `platform` registered.
+    fn with_platform_sink() -> (tempfile::TempDir, Journal) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.sqlite3");
         let journal = Journal::start(&path, 8, 8).unwrap();
@@ -564,6 +565,12 @@ mod telemetry_tests {
             .unwrap()
             .register_sink("platform")
             .unwrap();
+        (dir, journal)
+    }
+
+    #[tokio::test]
+    async fn at_the_budget_new_data_is_refused_but_consumers_still_move_their_cursors() {
+        let (_dir, journal) = with_platform_sink();
         let outside = NewMessage {
             source: "http:127.0.0.1".into(),
             topic: "notify".into(),
@@ -607,13 +614,7 @@ mod telemetry_tests {
 
     #[tokio::test]
     async fn unknown_and_disabled_devices_are_parked_with_the_cursor_moving() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.sqlite3");
-        let journal = Journal::start(&path, 8, 8).unwrap();
-        crate::Reader::open(&path)
-            .unwrap()
-            .register_sink("platform")
-            .unwrap();
+        let (_dir, journal) = with_platform_sink();
         let mut b = batch(vec![reading("A", 1000, 3.5)]);
         b.messages[0].provision = false;
         b.messages[0].journal = Some((7, "devices/fridge-1/telemetry".into()));
@@ -629,7 +630,7 @@ mod telemetry_tests {
             count(&journal, "SELECT cursor FROM sinks WHERE name = 'platform'"),
             7
         );
-        let conn = crate::open(&path).unwrap();
+        let conn = crate::open(journal.path()).unwrap();
         let reason: String = conn
             .query_row("SELECT reason FROM parked", [], |r| r.get(0))
             .unwrap();
