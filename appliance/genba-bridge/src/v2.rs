@@ -1447,10 +1447,16 @@ async fn upload_system_update(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult {
-    authorize(&state, &headers, tokens::SCOPE_ADMIN).await?;
-    let size = crate::system_update::save(&state.updates_dir, body.into_data_stream())
-        .await
-        .map_err(|e| {
+    let mut body = body.into_data_stream();
+    if let Err(e) = authorize(&state, &headers, tokens::SCOPE_ADMIN).await {
+        drain_refused(&state, body).await;
+        return Err(e);
+    }
+    let saved = crate::system_update::save(&state.updates_dir, &mut body).await;
+    let size = match saved {
+        Ok(size) => size,
+        Err(e) => {
+            drain_refused(&state, body).await;
             tracing::warn!(error = %e, "v2 api: Pi update bundle refused");
             let code = match e.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => "BODY_TOO_LARGE",
@@ -1459,8 +1465,9 @@ async fn upload_system_update(
                 StatusCode::INTERNAL_SERVER_ERROR => "UNAVAILABLE",
                 _ => "BAD_REQUEST",
             };
-            ApiError::new(e.status(), code, e.to_string()).field("body")
-        })?;
+            return Err(ApiError::new(e.status(), code, e.to_string()).field("body"));
+        }
+    };
     tracing::info!(size, "v2 api: Pi update bundle uploaded");
     Ok(json_response(
         StatusCode::ACCEPTED,
@@ -1471,6 +1478,28 @@ async fn upload_system_update(
             "message": "kept for the installer: it checks the signature, writes the other root slot and restarts into it on trial; GET /v2/system/update shows the result",
         }),
     ))
+}
+
+/// How much of a refused upload is read and dropped before the answer.
+const REFUSED_DRAIN_BYTES: usize = 16 << 20;
+
+/// Reads what a client still sends of a refused upload, up to [`REFUSED_DRAIN_BYTES`] and
+/// within the request timeout, so that it gets the answer instead of a broken pipe while it is
+/// still sending (a client that sends `Expect: 100-continue`, as curl does, sends nothing).
+/// Beyond that the connection closes.
+async fn drain_refused(state: &Shared, mut body: axum::body::BodyDataStream) {
+    use futures_util::StreamExt;
+    let timeout = std::time::Duration::from_secs(state.http.request_timeout_secs.max(1));
+    let mut read = 0;
+    let _ = tokio::time::timeout(timeout, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len();
+            if read >= REFUSED_DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn list_firmware(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> ApiResult {

@@ -404,7 +404,8 @@ fn a_pi_update_bundle_put_on_the_api_is_kept_for_the_installer_and_its_state_is_
         h.block_on(common::http::send(req))
     };
     let mut bundle = b"hsqs".to_vec();
-    bundle.extend((0..3_000_000u32).map(|i| (i % 253) as u8));
+    // Larger than a socket buffer: a refusal must read it, or the client gets a broken pipe.
+    bundle.extend((0..12_000_000u32).map(|i| (i % 253) as u8));
 
     // Off the SD-card image: no slot, no release, nothing waiting.
     let r = h.get(&url, &[("x-apitoken", &write)]);
