@@ -212,11 +212,25 @@ pub fn keys(cmd: crate::KeysCommand) -> Result<()> {
 /// `genba simulate`: targets the running appliance of this data dir (run/endpoints.json), or
 /// the configured listen addresses; with `--discover`, the appliance mDNS finds first.
 pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<()> {
-    use genba_firmware_core::config::Transport;
+    use genba_firmware_core::config::{Transport, DEFAULT_HTTPS_PORT, DEFAULT_MQTTS_PORT};
     use genba_firmware_core::discovery::{Host, Stored};
+    use std::net::SocketAddr;
     let config = load_config(common)?;
     let data_dir = config.data_dir();
-    let (mut mqtt, mut http) = running_endpoints(common, &config);
+    let endpoints = running_endpoints(common, &config);
+    // devices that pin a certificate speak only TLS
+    let pin = crate::simulate::pin(&args)?;
+    let (mut mqtt, mut http) = match pin {
+        None => (endpoints.mqtt, endpoints.http),
+        Some(_) => (
+            endpoints
+                .mqtts
+                .unwrap_or(SocketAddr::new(endpoints.mqtt.ip(), DEFAULT_MQTTS_PORT)),
+            endpoints
+                .https
+                .unwrap_or(SocketAddr::new(endpoints.http.ip(), DEFAULT_HTTPS_PORT)),
+        ),
+    };
     let found = if args.discover {
         Some(crate::simulate::discover(&args)?)
     } else {
@@ -229,7 +243,7 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
                 host: &host,
                 mqtt_port: mqtt.port(),
                 http_port: http.port(),
-                pin: crate::simulate::pin(&args)?,
+                pin,
                 transport: match args.via {
                     crate::simulate::Via::Mqtt => Transport::Mqtt,
                     crate::simulate::Via::Http => Transport::Http,
@@ -271,13 +285,18 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
     Ok(())
 }
 
-/// The MQTT and HTTP addresses of the appliance running on this data dir (what `genba up`
-/// or each role's process wrote in `run/`), or the configured ones when none runs or
-/// `--mqtt/--http` are given.
-pub fn running_endpoints(
-    common: &Common,
-    config: &genba_config::Config,
-) -> (std::net::SocketAddr, std::net::SocketAddr) {
+/// Where the appliance serves MQTT, HTTP and, when TLS is on, MQTT over TLS and HTTPS.
+pub struct Endpoints {
+    pub mqtt: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
+    pub mqtts: Option<std::net::SocketAddr>,
+    pub https: Option<std::net::SocketAddr>,
+}
+
+/// The addresses of the appliance running on this data dir (what `genba up` or each role's
+/// process wrote in `run/`), or the configured ones when none runs or `--mqtt/--http` are
+/// given.
+pub fn running_endpoints(common: &Common, config: &genba_config::Config) -> Endpoints {
     // Left by a process that died without cleaning up (SIGKILL, power cut): not used.
     let alive = |e: &serde_json::Value| {
         e["pid"]
@@ -292,18 +311,19 @@ pub fn running_endpoints(
         .filter_map(|t| serde_json::from_str(&t).ok())
         .filter(alive)
         .collect();
-    let addr = |key: &str, fallback: std::net::SocketAddr| {
+    let running = |key: &str| {
         endpoints
             .iter()
             .find_map(|e| e[key].as_str())
             .and_then(|a| a.parse().ok())
             .filter(|_| common.mqtt.is_none() && common.http.is_none())
-            .unwrap_or(fallback)
     };
-    (
-        addr("mqtt", config.mqtt.listen),
-        addr("http", config.http.listen),
-    )
+    Endpoints {
+        mqtt: running("mqtt").unwrap_or(config.mqtt.listen),
+        http: running("http").unwrap_or(config.http.listen),
+        mqtts: running("mqtts").or(config.mqtt.tls_listen),
+        https: running("https").or(config.http.tls_listen),
+    }
 }
 
 /// Runs `work` on an Exment forwarder of this config (its secrets, its database), on a

@@ -19,6 +19,7 @@ use genba_firmware_core::offsets::Offsets;
 use genba_firmware_core::telemetry::MAX_READINGS;
 use genba_store::devices::{self, DeviceChange};
 
+use crate::commands::Endpoints;
 use crate::firstboot::{dir_owner, write_file};
 use crate::lifecycle::load_config;
 use crate::Common;
@@ -80,9 +81,11 @@ pub struct ProvisionArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// The TLS certificate the device pins, as its SHA-256 (64 hex digits; the `fp` or `ca`
-    /// that `genba status` and the mDNS announcement show), or `none`. A pinned device takes
-    /// only announcements that claim it. Default: this appliance's local CA
-    /// (DATA_DIR/tls/ca.pem, made at the first start with TLS on) when it has one, else none.
+    /// that `genba status` and the mDNS announcement show), or `none`. A pinned device speaks
+    /// only TLS (MQTT over TLS or HTTPS, so the appliance needs the transport's `tls_listen`),
+    /// trusts only a server whose certificate chain holds the pinned certificate, and takes only
+    /// announcements that claim it. Default: this appliance's local CA (DATA_DIR/tls/ca.pem)
+    /// when the appliance serves the transport over TLS, else none (plain MQTT or HTTP).
     #[arg(long, value_name = "SHA256|none")]
     pub pin: Option<String>,
     /// Print the result as JSON (never the secrets; they are only in the file).
@@ -90,9 +93,11 @@ pub struct ProvisionArgs {
     pub json: bool,
 }
 
-/// The fingerprint the device pins: `--pin`, else the local CA's when the appliance has one.
-fn pin(args: &ProvisionArgs, data_dir: &Path) -> Result<Option<Fingerprint>> {
+/// The fingerprint the device pins: `--pin`, else the local CA's when the appliance serves
+/// the device's transport over TLS (`tls`).
+fn pin(args: &ProvisionArgs, data_dir: &Path, tls: bool) -> Result<Option<Fingerprint>> {
     match args.pin.as_deref() {
+        None if !tls => Ok(None),
         Some("none") => Ok(None),
         Some(hex) => discovery::parse_fingerprint(hex)
             .map(Some)
@@ -132,15 +137,15 @@ fn appliance_host(args: &ProvisionArgs, mqtt: SocketAddr) -> Result<String> {
 }
 
 /// The device's config with `credential`; every field checked by the firmware core's rules.
-/// `mqtt` and `http` are where the appliance serves (the running one's ports, else the
-/// configured ones).
+/// `endpoints` are where the appliance serves (the running one's, else the configured ones);
+/// a pinned device is given the TLS ports.
 fn build_config(
     args: &ProvisionArgs,
-    (mqtt, http): (SocketAddr, SocketAddr),
+    endpoints: &Endpoints,
     credential: Credential,
     pin: Option<Fingerprint>,
 ) -> Result<DeviceConfig> {
-    let host = appliance_host(args, mqtt)?;
+    let host = appliance_host(args, endpoints.mqtt)?;
     let field = |e: device_config::Error| anyhow::anyhow!("{e}");
     let mut device = DeviceConfig::new(
         &args.id,
@@ -155,6 +160,31 @@ fn build_config(
             anyhow::bail!("the {name} listen port is 0 (any free port): devices need a fixed one")
         }
         Ok(port)
+    };
+    let (mqtt, http) = match pin {
+        None => (endpoints.mqtt, endpoints.http),
+        Some(_) => {
+            let (needed, name) = match args.transport {
+                TransportArg::Mqtt => (endpoints.mqtts, "[mqtt] tls_listen"),
+                TransportArg::Http => (endpoints.https, "[http] tls_listen"),
+            };
+            if needed.is_none() {
+                anyhow::bail!(
+                    "--pin: a pinned device speaks only TLS, and this appliance serves no {name}; \
+                     set it in the config file, or give --pin none"
+                );
+            }
+            // the other one is for firmware downloads (HTTPS) or unused
+            let unset = |plain: SocketAddr, tls_port| SocketAddr::new(plain.ip(), tls_port);
+            (
+                endpoints
+                    .mqtts
+                    .unwrap_or(unset(endpoints.mqtt, device_config::DEFAULT_MQTTS_PORT)),
+                endpoints
+                    .https
+                    .unwrap_or(unset(endpoints.http, device_config::DEFAULT_HTTPS_PORT)),
+            )
+        }
     };
     device.mqtt_port = port("MQTT", mqtt.port())?;
     device.http_port = port("HTTP", http.port())?;
@@ -229,11 +259,15 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     // Everything is checked before anything is created.
     let endpoints = crate::commands::running_endpoints(&args.common, &config);
+    let tls = match args.transport {
+        TransportArg::Mqtt => endpoints.mqtts.is_some(),
+        TransportArg::Http => endpoints.https.is_some(),
+    };
     let device = build_config(
         &args,
-        endpoints,
+        &endpoints,
         credential,
-        pin(&args, &config.data_dir())?,
+        pin(&args, &config.data_dir(), tls)?,
     )?;
     let pinned = device
         .ca_sha256
@@ -311,13 +345,18 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
             "was registered already"
         },
         device.host,
-        match args.transport {
-            TransportArg::Mqtt => format!("MQTT (port {})", device.mqtt_port),
-            TransportArg::Http => format!("HTTP (port {})", device.http_port),
+        match (args.transport, pinned.is_some()) {
+            (TransportArg::Mqtt, false) => format!("MQTT (port {})", device.mqtt_port),
+            (TransportArg::Http, false) => format!("HTTP (port {})", device.http_port),
+            (TransportArg::Mqtt, true) => format!("MQTT over TLS (port {})", device.mqtt_port),
+            (TransportArg::Http, true) => format!("HTTPS (port {})", device.http_port),
         }
     );
     match &pinned {
-        Some(fp) => println!("it takes only appliances announcing the TLS fingerprint {fp}"),
+        Some(fp) => println!(
+            "it trusts only a server whose certificate chain holds the certificate with SHA-256 \
+             {fp}, and takes only appliances announcing it"
+        ),
         None => println!("it pins no TLS fingerprint (--pin)"),
     }
     match (key_id, &account) {

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::discovery::Found;
 
+mod pinned;
 mod update;
 
 /// Batches a simulated device keeps while it cannot send (the firmware's bound).
@@ -176,14 +177,63 @@ enum Transport {
         key: String,
         client: reqwest::Client,
     },
+    /// HTTPS as the firmware speaks it (the core's TLS session and request), for a device that
+    /// pins a certificate.
+    Https {
+        host: String,
+        port: u16,
+        key: String,
+        pin: discovery::Fingerprint,
+    },
 }
 
 impl Transport {
-    fn http(url: String, key: String) -> Result<Transport> {
-        Ok(Transport::Http {
-            url,
-            key,
-            client: reqwest::Client::builder().timeout(SEND_TIMEOUT).build()?,
+    /// `POST /api/telemetry` with `key`: HTTPS with the core's TLS when the device pins a
+    /// certificate, else plain HTTP.
+    fn new_http(
+        host: &str,
+        port: u16,
+        key: String,
+        pin: Option<discovery::Fingerprint>,
+    ) -> Result<Transport> {
+        Ok(match pin {
+            Some(pin) => Transport::Https {
+                host: host.to_owned(),
+                port,
+                key,
+                pin,
+            },
+            None => Transport::Http {
+                url: format!("http://{}{}", host_port(host, port), config::TELEMETRY_PATH),
+                key,
+                client: reqwest::Client::builder().timeout(SEND_TIMEOUT).build()?,
+            },
+        })
+    }
+}
+
+/// Where a device downloads firmware images, with a client that trusts what the device
+/// trusts: HTTPS under its pin, else plain HTTP.
+struct Downloads {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Downloads {
+    fn new(host_port: &str, pin: Option<discovery::Fingerprint>) -> Result<Downloads> {
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        Ok(match pin {
+            Some(pin) => Downloads {
+                base: format!("https://{host_port}"),
+                client: builder
+                    .tls_backend_preconfigured(pinned::client_config(pin)?)
+                    .build()
+                    .context("HTTPS client")?,
+            },
+            None => Downloads {
+                base: format!("http://{host_port}"),
+                client: builder.build().context("HTTP client")?,
+            },
         })
     }
 }
@@ -226,6 +276,7 @@ pub async fn run(
     let started = Instant::now();
     let mut devices = Vec::new();
     if args.device_configs.is_empty() {
+        let pin = pin(&args)?;
         for d in 0..args.devices {
             let device_id = format!("sim-{d:03}");
             let credentials = args.username.as_deref().zip(args.password.as_deref());
@@ -235,13 +286,17 @@ pub async fn run(
                     &mqtt.ip().to_string(),
                     mqtt.port(),
                     credentials,
+                    pin,
                 )?)),
-                Via::Http => Transport::http(
-                    format!("http://{http}{}", config::TELEMETRY_PATH),
+                Via::Http => Transport::new_http(
+                    &http.ip().to_string(),
+                    http.port(),
                     device_key(&db, &device_id)?,
+                    pin,
                 )?,
             };
-            devices.push((device_id, transport, format!("http://{http}")));
+            let downloads = Downloads::new(&host_port(&http.ip().to_string(), http.port()), pin)?;
+            devices.push((device_id, transport, downloads));
         }
     } else {
         for path in &args.device_configs {
@@ -258,9 +313,9 @@ pub async fn run(
     });
     let tally = &run.tally;
     let mut tasks = tokio::task::JoinSet::new();
-    for (d, (device_id, transport, http_base)) in devices.into_iter().enumerate() {
+    for (d, (device_id, transport, downloads)) in devices.into_iter().enumerate() {
         let run = run.clone();
-        tasks.spawn(async move { device(device_id, d, transport, http_base, run).await });
+        tasks.spawn(async move { device(device_id, d, transport, downloads, run).await });
     }
     // A progress line on a terminal (indicatif hides it otherwise); Ctrl-C stops the devices
     // and still prints the summary.
@@ -298,7 +353,7 @@ pub async fn run(
 async fn provisioned(
     path: &std::path::Path,
     found: Option<&[Found]>,
-) -> Result<(String, Transport, String)> {
+) -> Result<(String, Transport, Downloads)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
     let device: DeviceConfig = config::decode_area(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
@@ -319,18 +374,14 @@ async fn provisioned(
             &host,
             mqtt_port,
             Some((username.as_str(), password.as_str())),
+            device.ca_sha256,
         )?)),
-        Credential::ApiKey(key) => Transport::http(
-            format!(
-                "http://{}{}",
-                host_port(&host, http_port),
-                config::TELEMETRY_PATH
-            ),
-            key.to_string(),
-        )?,
+        Credential::ApiKey(key) => {
+            Transport::new_http(&host, http_port, key.to_string(), device.ca_sha256)?
+        }
     };
-    let http_base = format!("http://{}", host_port(&host, http_port));
-    Ok((device.device_id.to_string(), transport, http_base))
+    let downloads = Downloads::new(&host_port(&host, http_port), device.ca_sha256)?;
+    Ok((device.device_id.to_string(), transport, downloads))
 }
 
 /// `host:port`, with brackets around an IPv6 address.
@@ -432,7 +483,7 @@ async fn device(
     device_id: String,
     index: usize,
     transport: Transport,
-    http_base: String,
+    downloads: Downloads,
     run: Arc<Run>,
 ) -> Result<()> {
     let (args, interval, tally) = (&run.args, run.interval, &run.tally);
@@ -441,10 +492,6 @@ async fn device(
         args.broken_firmware.as_deref(),
         Duration::from_secs_f64(args.trial_secs),
     );
-    let downloads = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .context("HTTP client")?;
     let mut backlog: Backlog<Telemetry, BACKLOG> = Backlog::new();
     let mut backoff = Backoff::new(250, 5_000);
     let mut made: u64 = 0;
@@ -453,6 +500,7 @@ async fn device(
     let mut next_batch = Instant::now();
     let mut retry_at = Instant::now();
     let mut last_batch_at: Option<Instant> = None;
+    let mut last_retry_why: Option<String> = None;
     let in_outage = |now: Instant| {
         run.outage
             .as_ref()
@@ -484,7 +532,7 @@ async fn device(
         if let Transport::Mqtt(m) = &transport {
             while let Some(payload) = m.next_command() {
                 firmware
-                    .command(&device_id, &payload, &downloads, &http_base)
+                    .command(&device_id, &payload, &downloads.client, &downloads.base)
                     .await;
             }
         }
@@ -504,14 +552,19 @@ async fn device(
                     firmware.delivered(&device_id);
                 }
                 Err(SendError::Refused(why)) => {
-                    tracing::warn!(device = %device_id, %why, "batch refused; dropped");
+                    eprintln!("{device_id}: batch refused, dropped: {why}");
                     backlog.pop_front();
                     Tally::add(&tally.dropped, 1);
                 }
                 Err(SendError::Retry(why)) => {
                     Tally::add(&tally.retries, 1);
                     let delay = backoff.next_delay_ms(rand::rng().random());
-                    tracing::debug!(device = %device_id, %why, delay_ms = delay, "send failed; backing off");
+                    // each new reason once (as the firmware logs a refused certificate), the
+                    // repeats quietly
+                    if last_retry_why.as_ref() != Some(&why) {
+                        eprintln!("{device_id}: send failed: {why}; retrying with backoff");
+                    }
+                    last_retry_why = Some(why);
                     retry_at = Instant::now() + Duration::from_millis(delay as u64);
                     break;
                 }
@@ -586,6 +639,27 @@ async fn send(transport: &Transport, t: &Telemetry) -> Result<(), SendError> {
                 ))),
             }
         }
+        Transport::Https {
+            host,
+            port,
+            key,
+            pin,
+        } => {
+            let post = pinned::post(host.clone(), *port, *pin, key.clone(), buf);
+            let status = tokio::time::timeout(SEND_TIMEOUT, post)
+                .await
+                .map_err(|_| SendError::Retry("HTTPS: timed out".into()))?
+                .map_err(SendError::Retry)?;
+            match genba_firmware_core::http::outcome(status) {
+                genba_firmware_core::http::Outcome::Delivered => Ok(()),
+                genba_firmware_core::http::Outcome::Retry => {
+                    Err(SendError::Retry(format!("HTTPS {status}")))
+                }
+                genba_firmware_core::http::Outcome::Rejected => {
+                    Err(SendError::Refused(format!("HTTPS {status}")))
+                }
+            }
+        }
     }
 }
 
@@ -603,9 +677,13 @@ impl MqttDevice {
         host: &str,
         port: u16,
         credentials: Option<(&str, &str)>,
+        pin: Option<discovery::Fingerprint>,
     ) -> Result<MqttDevice> {
         let mut o = rumqttc::MqttOptions::new(device_id, host, port);
         o.set_keep_alive(Duration::from_secs(15));
+        if let Some(pin) = pin {
+            o.set_transport(pinned::mqtt_transport(pin)?);
+        }
         if let Some((u, p)) = credentials {
             o.set_credentials(u, p);
         }

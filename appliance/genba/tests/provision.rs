@@ -175,28 +175,57 @@ fn pem_sha256(path: &Path) -> [u8; 32] {
     sha2::Sha256::digest(&der).into()
 }
 
+/// TLS on both transports, with a device account for MQTT devices.
+fn tls_appliance() -> Appliance {
+    let hash = common::hash_password("admin-password");
+    Appliance::start(
+        &format!(
+            "[mqtt]\nallow_anonymous = false\ntls_listen = \"127.0.0.1:0\"\n\
+             [[mqtt.users]]\nname = \"admin\"\npassword_hash = \"{hash}\"\n\
+             [http]\ntls_listen = \"127.0.0.1:0\"\n"
+        ),
+        "",
+    )
+}
+
 #[test]
-fn a_device_pins_the_appliances_local_ca_or_what_pin_names() {
+fn a_device_pins_the_appliances_local_ca_or_what_pin_names_and_gets_the_tls_ports() {
     // With TLS on, the appliance makes its local CA at start.
-    let a = Appliance::start("[mqtt]\ntls_listen = \"127.0.0.1:0\"\n", "");
+    let a = tls_appliance();
     let ca = pem_sha256(&a.data_dir().join("tls").join("ca.pem"));
     let hex: String = ca.iter().map(|b| format!("{b:02x}")).collect();
+    let (mqtts, https) = (a.endpoint("mqtts"), a.endpoint("https"));
 
     let (ok, out) = provision(&a, "fridge-pinned", "http", &["--json"]);
     assert!(ok, "{out}");
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(answer["pin"].as_str(), Some(hex.as_str()), "{out}");
-    assert_eq!(decoded(&a, "fridge-pinned").config.ca_sha256, Some(ca));
+    let pinned = decoded(&a, "fridge-pinned").config;
+    assert_eq!(pinned.ca_sha256, Some(ca));
+    // a pinned device speaks only TLS: it is given the TLS ports
+    assert_eq!(
+        (pinned.mqtt_port, pinned.http_port),
+        (mqtts.port(), https.port())
+    );
 
     let (ok, out) = provision(&a, "fridge-unpinned", "http", &["--pin", "none"]);
     assert!(ok, "{out}");
     assert!(out.contains("pins no TLS fingerprint"), "{out}");
-    assert_eq!(decoded(&a, "fridge-unpinned").config.ca_sha256, None);
+    let unpinned = decoded(&a, "fridge-unpinned").config;
+    assert_eq!(unpinned.ca_sha256, None);
+    assert_eq!(
+        (unpinned.mqtt_port, unpinned.http_port),
+        (a.mqtt.port(), a.http.port())
+    );
 
     let other = "AB".repeat(32);
     let (ok, out) = provision(&a, "fridge-other", "http", &["--pin", &other]);
     assert!(ok, "{out}");
     assert!(out.contains(&"ab".repeat(32)), "{out}");
+    assert!(
+        out.contains(&format!("HTTPS (port {})", https.port())),
+        "{out}"
+    );
     assert_eq!(
         decoded(&a, "fridge-other").config.ca_sha256,
         Some([0xab; 32])
@@ -208,6 +237,81 @@ fn a_device_pins_the_appliances_local_ca_or_what_pin_names() {
     assert!(!a.dir.path().join("fridge-bad.bin").exists());
     let (_, list) = a.genba(&["devices", "list", "--json"]);
     assert!(!list.contains("fridge-bad"), "{list}");
+}
+
+#[test]
+fn a_pin_needs_the_transports_tls_listener() {
+    // TLS on MQTT only: an HTTP device is not pinned by default, and cannot be pinned.
+    let a = Appliance::start("[mqtt]\ntls_listen = \"127.0.0.1:0\"\n", "");
+    let (ok, out) = provision(&a, "fridge-plain", "http", &[]);
+    assert!(ok, "{out}");
+    assert_eq!(decoded(&a, "fridge-plain").config.ca_sha256, None);
+    let (ok, out) = provision(&a, "fridge-tls", "http", &["--pin", &"ab".repeat(32)]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("serves no [http] tls_listen"), "{out}");
+    assert!(!a.dir.path().join("fridge-tls.bin").exists());
+}
+
+#[test]
+fn pinned_devices_deliver_over_tls_and_refuse_a_server_without_their_pin() {
+    let a = tls_appliance();
+    for (id, transport) in [("tls-mqtt", "mqtt"), ("tls-http", "http")] {
+        let (ok, out) = provision_for(&a, "127.0.0.1", id, transport, &[]);
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = provision_for(
+        &a,
+        "127.0.0.1",
+        "tls-stranger",
+        "http",
+        &["--pin", &"ab".repeat(32)],
+    );
+    assert!(ok, "{out}");
+    // the broker takes the new MQTT account from its config file within seconds; the simulated
+    // device retries until then
+    let file = |id: &str| a.dir.path().join(format!("{id}.bin")).display().to_string();
+    // MQTT over TLS (rumqttc under the core's pin rule) and HTTPS (the core's own session
+    // and request, as the firmware sends it)
+    let (ok, out) = a.genba(&[
+        "simulate",
+        "--device-config",
+        &file("tls-mqtt"),
+        "--device-config",
+        &file("tls-http"),
+        "--batches",
+        "2",
+        "--interval",
+        "0.2",
+    ]);
+    assert!(ok, "{out}\nlog:\n{}", a.log());
+    let stored = common::wait_until(Duration::from_secs(15), || {
+        readings(&a, "tls-mqtt") == 4 && readings(&a, "tls-http") == 4
+    });
+    assert!(
+        stored,
+        "readings: {} MQTT, {} HTTPS; {out}",
+        readings(&a, "tls-mqtt"),
+        readings(&a, "tls-http")
+    );
+
+    // A device pinning another certificate refuses this appliance and sends nothing.
+    let (ok, out) = a.genba(&[
+        "simulate",
+        "--device-config",
+        &file("tls-stranger"),
+        "--batches",
+        "1",
+        "--drain-timeout",
+        "2",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "server certificate refused: no certificate of the server has the pinned SHA-256"
+        ),
+        "{out}"
+    );
+    assert_eq!(readings(&a, "tls-stranger"), 0);
 }
 
 #[test]

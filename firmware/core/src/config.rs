@@ -115,6 +115,10 @@ pub const FREE_GPIOS: &[u8] = &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 21];
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
 /// Default HTTP port of the appliance.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Default MQTT over TLS port (IANA `secure-mqtt`).
+pub const DEFAULT_MQTTS_PORT: u16 = 8883;
+/// Default HTTPS port.
+pub const DEFAULT_HTTPS_PORT: u16 = 443;
 /// Default report interval, seconds.
 pub const DEFAULT_INTERVAL_S: u32 = 60;
 /// Default NTP server.
@@ -342,9 +346,9 @@ pub struct DeviceConfig {
     pub wifi_pass: String<WIFI_PASS_MAX>,
     /// The appliance: IPv4 address or DNS name.
     pub host: String<HOST_MAX>,
-    /// The appliance's MQTT port.
+    /// The appliance's MQTT port: MQTT over TLS when [`Self::ca_sha256`] is set.
     pub mqtt_port: u16,
-    /// The appliance's HTTP port.
+    /// The appliance's HTTP port: HTTPS when [`Self::ca_sha256`] is set.
     pub http_port: u16,
     /// The device's credential (and with it the transport).
     pub credential: Credential,
@@ -356,7 +360,9 @@ pub struct DeviceConfig {
     pub pins: Pins,
     /// Per-probe calibration offsets.
     pub offsets: Offsets<MAX_READINGS>,
-    /// SHA-256 of the appliance's CA certificate, for TLS (not used by the firmware yet).
+    /// SHA-256 of the certificate the device pins (the appliance's local CA, or its server
+    /// certificate). When set, the device speaks only TLS and trusts only a server whose
+    /// certificate chain holds this certificate (`crate::tls`).
     pub ca_sha256: Option<[u8; FINGERPRINT_LEN]>,
 }
 

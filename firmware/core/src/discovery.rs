@@ -21,13 +21,16 @@
 //!
 //! # The choice
 //!
-//! A device takes an announcement only when it can use it: it carries the port of the
-//! device's transport and, when the device config pins a fingerprint
-//! ([`DeviceConfig::ca_sha256`]), it announces that fingerprint as `fp` or `ca`. Anything else
-//! is ignored and the stored address is used, so a stray or rogue announcer cannot move a
-//! pinned device. The check compares what the announcer *claims*: anyone can copy another
-//! appliance's TXT. It keeps devices away from the wrong Genba on a shared LAN; the proof is the
-//! TLS handshake against the pinned certificate, once the firmware speaks TLS.
+//! A device whose config pins a fingerprint ([`DeviceConfig::ca_sha256`]) speaks TLS: MQTT over
+//! TLS or HTTPS, on the `mqtts`/`https` ports, and its stored ports are those. A device without a
+//! pin speaks plain MQTT or HTTP on `mqtt`/`http` ([`Service::port`]).
+//!
+//! A device takes an announcement only when it can use it: it carries the port the device
+//! needs and, when the device pins a fingerprint, it announces that fingerprint as `fp` or
+//! `ca`. Anything else is ignored and the stored address is used, so a stray or rogue announcer
+//! cannot move a pinned device. The check compares what the announcer *claims*: anyone can copy
+//! another appliance's TXT. It keeps devices away from the wrong Genba on a shared LAN; the
+//! proof is the TLS handshake against the pinned certificate (`crate::tls`, feature `tls`).
 //!
 //! When several different appliances (instance names) qualify and the device pins nothing, the
 //! one at the stored address is taken; if none is, the choice is ambiguous and the stored
@@ -228,6 +231,16 @@ impl Service {
         }
     }
 
+    /// The port for `transport`: the TLS one (`mqtts`, `https`) when `tls`, else the plain one.
+    pub fn port(&self, transport: Transport, tls: bool) -> Option<u16> {
+        match (transport, tls) {
+            (Transport::Mqtt, false) => self.mqtt,
+            (Transport::Http, false) => self.http,
+            (Transport::Mqtt, true) => self.mqtts,
+            (Transport::Http, true) => self.https,
+        }
+    }
+
     /// Whether this service claims the pinned fingerprint (as its certificate or its CA).
     pub fn claims(&self, pin: &Fingerprint) -> bool {
         self.fingerprint.as_ref() == Some(pin) || self.ca.as_ref() == Some(pin)
@@ -299,7 +312,7 @@ pub struct Stored<'a> {
     pub http_port: u16,
     /// The fingerprint an announcement must claim, if any.
     pub pin: Option<Fingerprint>,
-    /// The device's transport: an announcement must carry its port.
+    /// The device's transport: an announcement must carry its port (the TLS one when `pin`).
     pub transport: Transport,
 }
 
@@ -320,7 +333,7 @@ impl<'a> From<&'a DeviceConfig> for Stored<'a> {
 pub enum Refusal {
     /// Its TXT record is not one this code reads.
     Unreadable(TxtError),
-    /// It has no port for the device's transport.
+    /// It has no port for the device's transport (its TLS port, when the device pins).
     NoPort,
     /// The device pins a fingerprint and the announcement claims another one.
     PinMismatch,
@@ -344,11 +357,10 @@ impl fmt::Display for Refusal {
 /// Whether a device with `stored` may use this announcement.
 pub fn judge(found: &Announcement<'_>, stored: &Stored<'_>) -> Result<Service, Refusal> {
     let service = found.service.map_err(Refusal::Unreadable)?;
-    let port = match stored.transport {
-        Transport::Mqtt => service.mqtt,
-        Transport::Http => service.http,
-    };
-    if port.is_none() {
+    if service
+        .port(stored.transport, stored.pin.is_some())
+        .is_none()
+    {
         return Err(Refusal::NoPort);
     }
     match &stored.pin {
@@ -541,8 +553,12 @@ pub fn choose<'a>(found: &[Announcement<'a>], stored: Stored<'a>) -> Choice<'a> 
     let (take, service) = take;
     Choice {
         host: Host::Ip(take.address),
-        mqtt_port: service.mqtt.unwrap_or(stored.mqtt_port),
-        http_port: service.http.unwrap_or(stored.http_port),
+        mqtt_port: service
+            .port(Transport::Mqtt, stored.pin.is_some())
+            .unwrap_or(stored.mqtt_port),
+        http_port: service
+            .port(Transport::Http, stored.pin.is_some())
+            .unwrap_or(stored.http_port),
         why: Why::Announced {
             instance: take.instance,
         },
@@ -695,8 +711,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_device_speaks_tls_on_the_announced_tls_ports() {
+        let both = txt(&[
+            ("v", "1"),
+            ("mqtt", "1883"),
+            ("http", "8080"),
+            ("mqtts", "8883"),
+            ("https", "8443"),
+            ("ca", FP),
+        ]);
+        let c = choose(&[at("genba", [10, 0, 0, 5], both)], stored(Some(FP)));
+        assert!(c.announced());
+        assert_eq!((c.mqtt_port, c.http_port), (8883, 8443));
+        // The same announcement gives a device without a pin the plain ports.
+        let c = choose(&[at("genba", [10, 0, 0, 5], both)], stored(None));
+        assert_eq!((c.mqtt_port, c.http_port), (1883, 8080));
+        // An appliance without TLS cannot serve a pinned device, whatever it claims.
+        let plain_only = txt(&[("v", "1"), ("mqtt", "1883"), ("ca", FP)]);
+        let found = [at("genba", [10, 0, 0, 5], plain_only)];
+        assert_eq!(judge(&found[0], &stored(Some(FP))), Err(Refusal::NoPort));
+        assert_eq!(
+            choose(&found, stored(Some(FP))).host,
+            Host::Stored("192.168.1.10")
+        );
+    }
+
+    #[test]
     fn a_pinned_device_ignores_an_announcer_with_another_fingerprint() {
-        let rogue = txt(&[("v", "1"), ("mqtt", "1883"), ("fp", OTHER)]);
+        let rogue = txt(&[("v", "1"), ("mqtts", "8883"), ("fp", OTHER)]);
         let found = [at("genba", [192, 168, 1, 66], rogue)];
         let c = choose(&found, stored(Some(FP)));
         assert_eq!(c.host, Host::Stored("192.168.1.10"));
@@ -713,7 +755,8 @@ mod tests {
             Err(Refusal::PinMismatch)
         );
         // ... and one that announces no fingerprint at all.
-        let found = [at("genba", [192, 168, 1, 66], plain())];
+        let no_pin = txt(&[("v", "1"), ("mqtt", "1883"), ("mqtts", "8883")]);
+        let found = [at("genba", [192, 168, 1, 66], no_pin)];
         assert_eq!(
             judge(&found[0], &stored(Some(FP))),
             Err(Refusal::PinMissing)
@@ -730,7 +773,7 @@ mod tests {
 
     #[test]
     fn a_pinned_device_takes_the_announcer_with_its_fingerprint_among_rogues() {
-        let rogue = txt(&[("v", "1"), ("mqtt", "1883"), ("fp", OTHER)]);
+        let rogue = txt(&[("v", "1"), ("mqtts", "8883"), ("fp", OTHER)]);
         let real = txt(&[("v", "1"), ("mqtt", "1883"), ("mqtts", "8883"), ("fp", FP)]);
         let found = [
             at("genba", [192, 168, 1, 66], rogue),
@@ -745,15 +788,15 @@ mod tests {
             }
         );
         // The pin may also be the CA's fingerprint.
-        let by_ca = txt(&[("v", "1"), ("mqtt", "1883"), ("fp", OTHER), ("ca", FP)]);
+        let by_ca = txt(&[("v", "1"), ("mqtts", "8883"), ("fp", OTHER), ("ca", FP)]);
         let c = choose(&[at("genba", [10, 0, 0, 5], by_ca)], stored(Some(FP)));
         assert!(c.announced());
     }
 
     #[test]
     fn choose_and_say_says_each_ignored_announcement_and_the_choice() {
-        let rogue = txt(&[("v", "1"), ("mqtt", "1883"), ("fp", OTHER)]);
-        let real = txt(&[("v", "1"), ("mqtt", "1883"), ("fp", FP)]);
+        let rogue = txt(&[("v", "1"), ("mqtts", "8883"), ("fp", OTHER)]);
+        let real = txt(&[("v", "1"), ("mqtts", "8883"), ("https", "8443"), ("fp", FP)]);
         let found = [
             at("rogue", [192, 168, 1, 66], rogue),
             at("genba", [192, 168, 1, 20], real),
@@ -767,7 +810,7 @@ mod tests {
             lines,
             [
                 "ignoring `rogue` at 192.168.1.66: its fingerprint is not the one this device pins",
-                "appliance at 192.168.1.20 (mqtt 1883, http 8080): announced by `genba`",
+                "appliance at 192.168.1.20 (mqtt 8883, http 8443): announced by `genba`",
             ]
         );
     }
@@ -863,7 +906,7 @@ mod tests {
         assert_eq!(s.pin, Some(fp(FP)));
         assert_eq!(s.transport, Transport::Http);
         // A host name never equals an announced address: the announcement decides.
-        let real = txt(&[("v", "1"), ("http", "80"), ("ca", FP)]);
+        let real = txt(&[("v", "1"), ("https", "443"), ("ca", FP)]);
         let c = choose(&[at("genba", [10, 1, 2, 3], real)], s);
         assert_eq!(c.host.to_string(), "10.1.2.3");
     }

@@ -46,6 +46,8 @@ pub mod ota;
 #[cfg(test)]
 mod ram_flash;
 pub mod telemetry;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// Implements `core::error::Error` for error types that already implement `Display`.
 macro_rules! impl_error {
