@@ -255,7 +255,13 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
                 http = std::net::SocketAddr::new(ip, choice.http_port);
             }
         }
-        for addr in [mqtt, http] {
+        // a pinned device uses only its transport's TLS port
+        let needed = match (pin, args.via) {
+            (None, _) => vec![mqtt, http],
+            (Some(_), crate::simulate::Via::Mqtt) => vec![mqtt],
+            (Some(_), crate::simulate::Via::Http) => vec![http],
+        };
+        for addr in needed {
             std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
                 .with_context(|| {
                     format!(

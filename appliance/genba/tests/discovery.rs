@@ -277,8 +277,9 @@ fn up_announces_its_bound_ports_and_simulate_discover_delivers_to_it() {
     });
     assert!(stored, "{} readings; {out}", readings(dir.path(), "sim-"));
 
-    // Devices that pin this certificate take it; pinning another one, they ignore it and try
-    // their stored address (where nothing answers).
+    // Devices that pin this certificate take it and speak MQTT over TLS to its mqtts port;
+    // pinning another one, they ignore it and try their stored address's TLS port (where
+    // nothing answers).
     let (ok, out) = simulate(
         dir.path(),
         &[
@@ -319,7 +320,7 @@ fn up_announces_its_bound_ports_and_simulate_discover_delivers_to_it() {
         "{out}"
     );
     assert!(
-        out.contains("no appliance answers at 127.0.0.1:1883"),
+        out.contains("no appliance answers at 127.0.0.1:8883"),
         "{out}"
     );
 }

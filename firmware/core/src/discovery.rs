@@ -357,19 +357,17 @@ impl fmt::Display for Refusal {
 /// Whether a device with `stored` may use this announcement.
 pub fn judge(found: &Announcement<'_>, stored: &Stored<'_>) -> Result<Service, Refusal> {
     let service = found.service.map_err(Refusal::Unreadable)?;
-    if service
-        .port(stored.transport, stored.pin.is_some())
-        .is_none()
-    {
-        return Err(Refusal::NoPort);
-    }
     match &stored.pin {
-        None => Ok(service),
-        Some(pin) if service.claims(pin) => Ok(service),
+        None => {}
+        Some(pin) if service.claims(pin) => {}
         Some(_) if service.fingerprint.is_none() && service.ca.is_none() => {
-            Err(Refusal::PinMissing)
+            return Err(Refusal::PinMissing);
         }
-        Some(_) => Err(Refusal::PinMismatch),
+        Some(_) => return Err(Refusal::PinMismatch),
+    }
+    match service.port(stored.transport, stored.pin.is_some()) {
+        Some(_) => Ok(service),
+        None => Err(Refusal::NoPort),
     }
 }
 

@@ -22,6 +22,7 @@
 extern crate alloc;
 
 mod flash;
+mod link;
 mod net;
 mod ota;
 mod sensors;

@@ -10,7 +10,7 @@ use embassy_net::tcp::TcpSocket;
 use embassy_net::udp::{PacketMetadata, UdpSocket};
 use embassy_net::{IpAddress, Stack};
 use embassy_time::{Duration, Instant, Timer, with_timeout};
-use embedded_io_async::Write as _;
+use embedded_io_async::{Read as _, Write as _};
 use esp_hal::gpio::{Level, Output};
 use esp_hal::rng::Rng;
 use genba_firmware_core::backoff::Backoff;
@@ -21,13 +21,15 @@ use genba_firmware_core::discovery::{self, Stored};
 use genba_firmware_core::http::{self, Outcome};
 use genba_firmware_core::mdns::{self, Found};
 use genba_firmware_core::telemetry::{self, JSON_MAX_LEN, Topic};
+use genba_firmware_core::tls::{self, Fingerprint};
 use heapless::String;
 use log::{error, info, warn};
 
+use crate::link::{self, LinkError, TlsBuffers};
 use crate::ota;
 use crate::state::{self, BACKLOG, CLOCK, DATA_READY, SETTINGS, SETTINGS_CHANGED, WAKE_SENSORS};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MQTT_KEEPALIVE_S: u16 = 30;
 /// Resync the clock this often once synced (the RC-derived clock drifts).
 const RESYNC_MS: u64 = 6 * 3600 * 1000;
@@ -40,7 +42,9 @@ pub enum NetError {
     Dns,
     Timeout,
     Connect(embassy_net::tcp::ConnectError),
-    Tcp(embassy_net::tcp::Error),
+    Link(LinkError),
+    Tls(tls::Error),
+    NoEntropy,
     Mqtt,
     HttpStatus(u16),
     Http(http::Error),
@@ -53,13 +57,25 @@ impl core::fmt::Display for NetError {
             NetError::Dns => f.write_str("name not resolved"),
             NetError::Timeout => f.write_str("timed out"),
             NetError::Connect(e) => write!(f, "TCP connect failed: {e:?}"),
-            NetError::Tcp(e) => write!(f, "TCP error: {e:?}"),
+            NetError::Link(e) => write!(f, "{e}"),
+            NetError::Tls(e) => write!(f, "{e}"),
+            NetError::NoEntropy => f.write_str("no entropy source for TLS"),
             NetError::Mqtt => f.write_str("MQTT session ended"),
             NetError::HttpStatus(s) => write!(f, "HTTP status {s}"),
             NetError::Http(e) => write!(f, "HTTP: {e}"),
             NetError::Udp => f.write_str("UDP error"),
         }
     }
+}
+
+/// What outlives one connection to the appliance.
+struct Carry {
+    /// Reconnect pacing.
+    backoff: Backoff,
+    /// The clock's sync.
+    time: TimeSync,
+    /// The TLS session's record buffers (used when the config pins a certificate).
+    tls: TlsBuffers,
 }
 
 /// SNTP bookkeeping.
@@ -110,12 +126,13 @@ impl TimeSync {
 }
 
 /// Where the appliance is: the announced address (an IPv4 literal) or the stored host, and
-/// its ports.
+/// its ports (the TLS ones when the config pins a certificate).
 #[derive(Debug, Clone)]
 struct Target {
     host: String<HOST_MAX>,
     mqtt_port: u16,
     http_port: u16,
+    pin: Option<Fingerprint>,
 }
 
 impl Target {
@@ -148,6 +165,7 @@ async fn discover(stack: Stack<'static>, cfg: &'static DeviceConfig) -> Target {
         host,
         mqtt_port: choice.mqtt_port,
         http_port: choice.http_port,
+        pin: cfg.ca_sha256,
     }
 }
 
@@ -318,7 +336,7 @@ fn handle_command(payload: &[u8], led: &mut Led, target: &Target) {
             info!("command: send now");
             WAKE_SENSORS.signal(());
         }
-        Ok(Effect::Update) => ota::request(&cmd, &target.host, target.http_port),
+        Ok(Effect::Update) => ota::request(&cmd, &target.host, target.http_port, target.pin),
         Err(e) => warn!("command refused: {e}"),
     }
 }
@@ -343,11 +361,14 @@ fn oldest_json(buf: &mut [u8]) -> Option<usize> {
 /// Runs forever: keeps the clock synced and the backlog flowing to the appliance.
 pub async fn run(stack: Stack<'static>, mut led: Led, cfg: &'static DeviceConfig) -> ! {
     led.set(false);
-    let mut backoff = Backoff::new(1_000, 60_000);
-    let mut time = TimeSync {
-        server: &cfg.ntp_server,
-        last_attempt: None,
-        last_success: None,
+    let mut carry = Carry {
+        backoff: Backoff::new(1_000, 60_000),
+        time: TimeSync {
+            server: &cfg.ntp_server,
+            last_attempt: None,
+            last_success: None,
+        },
+        tls: TlsBuffers::new(),
     };
     // MQTT session buffers live across reconnects, so QoS 1 state survives an outage
     let mut mqtt_rx = [0u8; 1024];
@@ -380,14 +401,14 @@ pub async fn run(stack: Stack<'static>, mut led: Led, cfg: &'static DeviceConfig
                 info!("IP address {}", cfg.address);
             }
         }
-        time.run_if_due(stack).await;
+        carry.time.run_if_due(stack).await;
         let here = match &target {
             Some(t) => t.clone(),
             None => target.insert(discover(stack, cfg).await).clone(),
         };
         let result = match (&mut session, &cfg.credential) {
             (_, Credential::ApiKey(key)) => {
-                http_loop(stack, cfg, &here, key, &mut backoff, &mut time).await
+                http_loop(stack, cfg, &here, key, &mut carry).await
             }
             (Some(session), Credential::Mqtt { .. }) => {
                 mqtt_loop(
@@ -395,8 +416,7 @@ pub async fn run(stack: Stack<'static>, mut led: Led, cfg: &'static DeviceConfig
                     cfg,
                     &here,
                     session,
-                    &mut backoff,
-                    &mut time,
+                    &mut carry,
                     &mut led,
                 )
                 .await
@@ -409,10 +429,10 @@ pub async fn run(stack: Stack<'static>, mut led: Led, cfg: &'static DeviceConfig
         if Target::lost(&result) {
             target = None;
         }
-        let delay = backoff.next_delay_ms(Rng::new().random());
+        let delay = carry.backoff.next_delay_ms(Rng::new().random());
         warn!(
             "link to the appliance lost ({result}); retry {} in {delay} ms",
-            backoff.attempts()
+            carry.backoff.attempts()
         );
         Timer::after(Duration::from_millis(u64::from(delay))).await;
     }
@@ -425,8 +445,7 @@ async fn mqtt_loop(
     cfg: &DeviceConfig,
     target: &Target,
     session: &mut minimq::Session<'_>,
-    backoff: &mut Backoff,
-    time: &mut TimeSync,
+    carry: &mut Carry,
     led: &mut Led,
 ) -> NetError {
     let (telemetry_topic, commands_topic): (Topic, Topic) = match (
@@ -440,7 +459,9 @@ async fn mqtt_loop(
     let mut tx = [0u8; 2560];
     let timeout = Duration::from_secs(u64::from(MQTT_KEEPALIVE_S) * 3);
     let server = (target.host.as_str(), target.mqtt_port);
-    let socket = match connect(stack, server, &mut rx, &mut tx, timeout).await {
+    let pin = target.pin.as_ref();
+    let tls = &mut carry.tls;
+    let socket = match link::open(stack, server, pin, (&mut rx, &mut tx), tls, timeout).await {
         Ok(s) => s,
         Err(e) => return e,
     };
@@ -453,13 +474,14 @@ async fn mqtt_loop(
         Err(_) => return NetError::Timeout,
     };
     info!(
-        "MQTT connected to {}:{} as {} ({:?})",
+        "MQTT{} connected to {}:{} as {} ({:?})",
+        if pin.is_some() { " over TLS" } else { "" },
         target.host,
         target.mqtt_port,
         cfg.device_id,
         conn.connect_event()
     );
-    backoff.reset();
+    carry.backoff.reset();
     if conn.connect_event() == minimq::ConnectEvent::Connected {
         if let Err(e) = conn
             .subscribe(&[minimq::TopicFilter::new(&commands_topic)], &[])
@@ -505,7 +527,7 @@ async fn mqtt_loop(
                 }
             }
         }
-        time.run_if_due(stack).await;
+        carry.time.run_if_due(stack).await;
 
         let idle = inflight.is_none() && state::with(&BACKLOG, |b| b.is_empty());
         let wake = async {
@@ -539,10 +561,10 @@ async fn http_loop(
     cfg: &DeviceConfig,
     target: &Target,
     api_key: &str,
-    backoff: &mut Backoff,
-    time: &mut TimeSync,
+    carry: &mut Carry,
 ) -> NetError {
     let url = http::Url {
+        tls: target.pin.is_some(),
         host: &target.host,
         port: target.http_port,
         ..cfg.telemetry_url()
@@ -550,7 +572,7 @@ async fn http_loop(
     let mut json = [0u8; JSON_MAX_LEN];
     let mut request = [0u8; JSON_MAX_LEN + 512];
     loop {
-        time.run_if_due(stack).await;
+        carry.time.run_if_due(stack).await;
         let Some(body_len) = oldest_json(&mut json) else {
             let _ = with_timeout(Duration::from_secs(60), DATA_READY.wait()).await;
             continue;
@@ -559,13 +581,14 @@ async fn http_loop(
             Ok(n) => n,
             Err(e) => return NetError::Http(e),
         };
-        let status = match post(stack, &url, &request[..len]).await {
+        let pin = target.pin.as_ref();
+        let status = match post(stack, &url, pin, &mut carry.tls, &request[..len]).await {
             Ok(s) => s,
             Err(e) => return e,
         };
         match http::outcome(status) {
             Outcome::Delivered => {
-                backoff.reset();
+                carry.backoff.reset();
                 let left = state::with(&BACKLOG, |b| {
                     b.pop_front();
                     b.len()
@@ -582,18 +605,25 @@ async fn http_loop(
     }
 }
 
-async fn post(stack: Stack<'static>, url: &http::Url<'_>, request: &[u8]) -> Result<u16, NetError> {
+async fn post(
+    stack: Stack<'static>,
+    url: &http::Url<'_>,
+    pin: Option<&Fingerprint>,
+    tls: &mut TlsBuffers,
+    request: &[u8],
+) -> Result<u16, NetError> {
     let mut rx = [0u8; 512];
     let mut tx = [0u8; 1024];
     let timeout = Duration::from_secs(15);
-    let mut socket = connect(stack, (url.host, url.port), &mut rx, &mut tx, timeout).await?;
-    socket.write_all(request).await.map_err(NetError::Tcp)?;
-    socket.flush().await.map_err(NetError::Tcp)?;
+    let server = (url.host, url.port);
+    let mut link = link::open(stack, server, pin, (&mut rx, &mut tx), tls, timeout).await?;
+    link.write_all(request).await.map_err(NetError::Link)?;
+    link.flush().await.map_err(NetError::Link)?;
     // the status line is all we need; read until it is complete or the server closes
     let mut head = [0u8; 64];
     let mut got = 0;
     while got < head.len() {
-        let n = socket.read(&mut head[got..]).await.map_err(NetError::Tcp)?;
+        let n = link.read(&mut head[got..]).await.map_err(NetError::Link)?;
         if n == 0 {
             break;
         }
@@ -602,7 +632,6 @@ async fn post(stack: Stack<'static>, url: &http::Url<'_>, request: &[u8]) -> Res
             break;
         }
     }
-    socket.close();
-    let _ = with_timeout(Duration::from_secs(2), socket.flush()).await;
+    link.close().await;
     http::parse_status(&head[..got]).map_err(NetError::Http)
 }

@@ -23,7 +23,7 @@ use embassy_sync::blocking_mutex::Mutex;
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Instant, Timer, with_deadline};
-use embedded_io_async::Write as _;
+use embedded_io_async::{Read as _, Write as _};
 use esp_bootloader_esp_idf::ota::{Ota, OtaImageState};
 use esp_bootloader_esp_idf::partitions::{self, AppPartitionSubType};
 use genba_firmware_core::command::Command;
@@ -39,7 +39,8 @@ use heapless::String;
 use log::{error, info, warn};
 
 use crate::flash::{Flash, SharedFlash};
-use crate::net::{self, NetError};
+use crate::link::{self, TlsBuffers};
+use crate::net::NetError;
 use crate::state::{self, BACKLOG, Shared};
 
 /// This firmware's version.
@@ -65,6 +66,8 @@ struct Request {
     size: u32,
     host: String<HOST_MAX>,
     http_port: u16,
+    /// The device's pin: the download is HTTPS under it, as every other connection.
+    pin: Option<Fingerprint>,
 }
 
 /// Why an update was not installed.
@@ -275,7 +278,7 @@ pub async fn trial_task(flash: &'static SharedFlash) {
 
 /// Takes an `update` command received from the appliance at `host`: hands it to
 /// [`update_task`], unless the running image is on trial or another update is underway.
-pub fn request(cmd: &Command, host: &str, http_port: u16) {
+pub fn request(cmd: &Command, host: &str, http_port: u16, pin: Option<Fingerprint>) {
     let Command::Update {
         version,
         sha256,
@@ -305,6 +308,7 @@ pub fn request(cmd: &Command, host: &str, http_port: u16) {
         size: *size,
         host,
         http_port,
+        pin,
     });
 }
 
@@ -359,22 +363,29 @@ async fn install(
     }
     let path = image::download_path(&req.sha256);
     let url = http::Url {
-        tls: false,
+        tls: req.pin.is_some(),
         host: &req.host,
         port: req.http_port,
         path: &path,
     };
     info!(
-        "update to {}: GET http://{}:{}{} into {slot:?}",
-        req.version, url.host, url.port, url.path
+        "update to {}: GET {}://{}:{}{} into {slot:?}",
+        req.version,
+        if url.tls { "https" } else { "http" },
+        url.host,
+        url.port,
+        url.path
     );
     let (mut rx, mut tx) = ([0u8; 4096], [0u8; 256]);
+    let mut tls = TlsBuffers::new();
     let server = (url.host, url.port);
-    let mut socket = net::connect(stack, server, &mut rx, &mut tx, DOWNLOAD_TIMEOUT).await?;
+    let pin = req.pin.as_ref();
+    let bufs = (&mut rx[..], &mut tx[..]);
+    let mut socket = link::open(stack, server, pin, bufs, &mut tls, DOWNLOAD_TIMEOUT).await?;
     let mut buf = [0u8; 1024];
     let n = http::write_get(&mut buf, &url).map_err(InstallError::Http)?;
-    socket.write_all(&buf[..n]).await.map_err(NetError::Tcp)?;
-    socket.flush().await.map_err(NetError::Tcp)?;
+    socket.write_all(&buf[..n]).await.map_err(NetError::Link)?;
+    socket.flush().await.map_err(NetError::Link)?;
 
     // the head; the first body bytes may come with it
     let mut got = 0;
@@ -382,7 +393,7 @@ async fn install(
         if got == buf.len() {
             return Err(InstallError::HeadTooLong);
         }
-        let n = socket.read(&mut buf[got..]).await.map_err(NetError::Tcp)?;
+        let n = socket.read(&mut buf[got..]).await.map_err(NetError::Link)?;
         if n == 0 {
             return Err(InstallError::Http(http::Error::BadResponse));
         }
@@ -411,13 +422,13 @@ async fn install(
         if download.received() == req.size {
             break;
         }
-        let n = socket.read(&mut buf).await.map_err(NetError::Tcp)?;
+        let n = socket.read(&mut buf).await.map_err(NetError::Link)?;
         if n == 0 {
             break; // the appliance closed early: `finish` says what is missing
         }
         body = 0..n;
     }
-    socket.close();
+    socket.close().await;
     with_slot(flash, entry, |nor| writer.finish(nor)).await?;
     let info = download.finish().map_err(InstallError::Download)?;
     if info.version.as_str() != req.version.as_str() {
