@@ -407,19 +407,9 @@ pub async fn run(stack: Stack<'static>, mut led: Led, cfg: &'static DeviceConfig
             None => target.insert(discover(stack, cfg).await).clone(),
         };
         let result = match (&mut session, &cfg.credential) {
-            (_, Credential::ApiKey(key)) => {
-                http_loop(stack, cfg, &here, key, &mut carry).await
-            }
+            (_, Credential::ApiKey(key)) => http_loop(stack, cfg, &here, key, &mut carry).await,
             (Some(session), Credential::Mqtt { .. }) => {
-                mqtt_loop(
-                    stack,
-                    cfg,
-                    &here,
-                    session,
-                    &mut carry,
-                    &mut led,
-                )
-                .await
+                mqtt_loop(stack, cfg, &here, session, &mut carry, &mut led).await
             }
             (None, Credential::Mqtt { .. }) => {
                 Timer::after(Duration::from_secs(3600)).await;
