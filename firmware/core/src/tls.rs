@@ -35,9 +35,10 @@ use crate::config::FINGERPRINT_LEN;
 /// The SHA-256 of a certificate's DER.
 pub type Fingerprint = [u8; FINGERPRINT_LEN];
 
-/// Size of the buffer a session decrypts records into: the largest TLS record (16 KiB of
-/// plaintext) with room for its header, padding and tag. A server may send records that large.
-pub const READ_BUFFER_LEN: usize = 16384 + 256;
+/// Size of the buffer a session decrypts records into: the largest TLS 1.3 record, a 5-byte
+/// header and at most 2^14 + 256 bytes of ciphertext (RFC 8446 §5.2). A server may send records
+/// that large (rustls does for bulk data, such as a firmware download).
+pub const READ_BUFFER_LEN: usize = 5 + 16384 + 256;
 /// Size of the buffer a session encrypts records from; longer writes become several records.
 pub const WRITE_BUFFER_LEN: usize = 4096;
 
