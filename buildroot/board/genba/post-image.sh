@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Buildroot post-image: the data partition (image/genba-layer.sh ext4, files owned by root as
 # in the Debian image; tmpfiles gives genba/ to the genba user at boot), then the SD-card image
-# from genimage.cfg: boot FAT (RASPIFIRM), read-only root (GENBAROOT), data (GENBADATA).
+# with the layout of image/sdcard.genimage.cfg: boot FAT (RASPIFIRM), read-only root slot A
+# (GENBAROOT), root slot B (empty), data (GENBADATA).
 set -euo pipefail
 BOARD_DIR="$(dirname "$0")"
 export PATH="$HOST_DIR/sbin:$HOST_DIR/bin:$PATH"
@@ -18,7 +19,14 @@ for f in "$BINARIES_DIR"/Image "$BINARIES_DIR"/*.dtb "$BINARIES_DIR"/rpi-firmwar
          "$BINARIES_DIR"/genba-settings.example.toml; do
   if [ -e "$f" ]; then FILES="$FILES \"${f#"$BINARIES_DIR"/}\","; fi
 done
-sed "s|@BOOT_FILES@|${FILES%,}|" "$BOARD_DIR/genimage.cfg.in" > "$BINARIES_DIR/genimage.cfg"
+# One genimage file: this board's boot FAT, then the card layout shared with the Debian image
+# (boot, root slots A and B, data). Root slot A takes Buildroot's rootfs.ext4; B stays empty.
+LAYOUT="$BR2_EXTERNAL_GENBA_PATH/../image/sdcard.genimage.cfg"
+BOOT_SIZE=$(sed -n '/partition boot {/,/}/s/^ *size = \([0-9]*M\)$/\1/p' "$LAYOUT")
+{
+  sed -e "s|@BOOT_FILES@|${FILES%,}|" -e "s|@BOOT_SIZE@|$BOOT_SIZE|" "$BOARD_DIR/boot.genimage.cfg.in"
+  cat "$LAYOUT"
+} > "$BINARIES_DIR/genimage.cfg"
 GENIMAGE_TMP="${BUILD_DIR}/genimage.tmp"
 rm -rf "$GENIMAGE_TMP"
 genimage --rootpath "${TARGET_DIR}" --tmppath "$GENIMAGE_TMP" \
