@@ -3,14 +3,14 @@
 //! refused grant is a config error; crashes and timeouts after sending never duplicate; a
 //! replay sends nothing new; 500s and 429 recover.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::fake_exment::{FakeExment, Inject, TokenInject, API_KEY, CLIENT_ID, CLIENT_SECRET};
 use genba_config::{ExmentConfig, ExmentSecrets};
 use genba_exment::{ExmentError, Forwarder};
+use genba_testkit::fake_exment::{
+    FakeExment, Inject, TokenInject, API_KEY, CLIENT_ID, CLIENT_SECRET,
+};
 use rand::Rng;
 
 const DAY_START_MS: i64 = 1_771_113_600_000; // 2026-02-15T00:00:00Z
@@ -133,7 +133,7 @@ fn assert_exactly_one_per_slot(fake: &FakeExment) {
 
 #[tokio::test]
 async fn a_days_backlog_drains_once_per_slot_within_budget_and_token_expiry_costs_one_reauth() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     fake.state.lock().unwrap().expire_after = Some(7);
     let dir = setup(true);
     let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
@@ -162,7 +162,7 @@ async fn a_days_backlog_drains_once_per_slot_within_budget_and_token_expiry_cost
 
 #[tokio::test]
 async fn a_refused_token_grant_is_a_config_error_and_is_not_retried() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = setup(true);
     let mut f = forwarder(&fake, &dir, "wrong-secret");
     let err = f.drain_once().await.unwrap_err().to_string();
@@ -184,7 +184,7 @@ async fn a_refused_token_grant_is_a_config_error_and_is_not_retried() {
 
 #[tokio::test]
 async fn crashes_and_timeouts_after_sending_never_duplicate_a_record() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = setup(true);
     // The 3rd bulk is stored but answered too late: its outcome is unknown to the forwarder.
     fake.state.lock().unwrap().script.extend([
@@ -215,7 +215,7 @@ async fn crashes_and_timeouts_after_sending_never_duplicate_a_record() {
 
 #[tokio::test]
 async fn a_429_is_waited_out_and_delivery_completes() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = setup(true);
     fake.state.lock().unwrap().rate_limit = 5;
     let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
@@ -238,7 +238,7 @@ async fn a_429_is_waited_out_and_delivery_completes() {
 
 #[tokio::test]
 async fn an_unknown_table_or_a_missing_scope_parks_the_records_with_exments_reason() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = setup(true);
     let cfg = ExmentConfig {
         table: "no_such_table".into(),
@@ -260,7 +260,7 @@ async fn an_unknown_table_or_a_missing_scope_parks_the_records_with_exments_reas
     assert_eq!(status.refused, 1920);
     assert!(fake.keys().is_empty());
 
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = setup(true);
     let cfg = ExmentConfig {
         scope: "value_read".into(),
@@ -285,7 +285,7 @@ async fn an_unknown_table_or_a_missing_scope_parks_the_records_with_exments_reas
 async fn exments_bulk_limit_and_validation_errors_are_permanent_refusals() {
     use genba_exment::client::{CallError, Client};
     use genba_exment::slots::Record;
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let mut tokens = genba_exment::token::Tokens::new(
@@ -331,7 +331,7 @@ async fn exments_bulk_limit_and_validation_errors_are_permanent_refusals() {
 
 #[tokio::test]
 async fn token_endpoint_429_other_4xx_and_5xx_are_retried_not_taken_as_refused_credentials() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     add_readings(&dir, 1, 1, 120, |_| "fridge-00".into());
     fake.state.lock().unwrap().token_script.extend([
@@ -358,7 +358,7 @@ async fn token_endpoint_429_other_4xx_and_5xx_are_retried_not_taken_as_refused_c
 
 #[tokio::test]
 async fn a_documented_credential_refusal_in_the_stock_passport_shape_is_a_config_error() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     add_readings(&dir, 1, 1, 60, |_| "fridge-00".into());
     fake.state.lock().unwrap().token_script.push_back(TokenInject::Answer(
@@ -402,7 +402,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 #[tokio::test]
 async fn a_proxy_echoing_the_request_leaks_no_secret_into_log_status_or_database() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     add_readings(&dir, 1, 1, 60, |_| "fridge-00".into());
     {
@@ -456,7 +456,7 @@ async fn a_proxy_echoing_the_request_leaks_no_secret_into_log_status_or_database
 
 #[tokio::test]
 async fn an_idle_drain_keeps_the_last_success() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     add_readings(&dir, 1, 1, 60, |_| "fridge-00".into());
     let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
@@ -486,7 +486,7 @@ fn assert_no_duplicates(fake: &FakeExment) {
 
 #[tokio::test]
 async fn a_create_exment_stores_after_the_timeout_is_found_by_a_later_lookup_not_sent_twice() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     add_readings(&dir, 1, 1, 120, |_| "fridge-00".into());
     // Exment takes 2 s to store the bulk: the forwarder (1 s timeout) gives up first.
@@ -529,7 +529,7 @@ async fn a_create_exment_stores_after_the_timeout_is_found_by_a_later_lookup_not
 
 #[tokio::test]
 async fn the_request_budget_keeps_a_margin_and_is_shared_by_processes_and_replay() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     add_readings(&dir, 1, 1, 240, |_| "fridge-00".into()); // 8 slots
     let cfg = || ExmentConfig {
@@ -554,7 +554,7 @@ async fn the_request_budget_keeps_a_margin_and_is_shared_by_processes_and_replay
 
 #[tokio::test]
 async fn lookups_of_long_keys_stay_under_the_url_limit_and_a_414_halves_them() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     // 25 devices with 32-character ids, 4 slots each: 100 unique keys.
     add_readings(&dir, 25, 1, 120, |d| format!("walk-in-freezer-{d:016}"));
@@ -583,7 +583,7 @@ async fn lookups_of_long_keys_stay_under_the_url_limit_and_a_414_halves_them() {
 
 #[tokio::test]
 async fn a_drain_reads_only_new_readings_and_old_sent_rows_are_pruned_without_duplicates() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     add_readings(&dir, 2, 2, 1440, |d| format!("fridge-{d:02}"));
     let mut f = forwarder(&fake, &dir, CLIENT_SECRET);
@@ -619,7 +619,7 @@ async fn a_drain_reads_only_new_readings_and_old_sent_rows_are_pruned_without_du
 
 #[tokio::test]
 async fn records_parked_for_a_wrong_table_arrive_once_after_the_config_is_fixed_and_retried() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     add_readings(&dir, 1, 1, 120, |_| "fridge-00".into());
     let wrong = || ExmentConfig {
@@ -646,7 +646,7 @@ async fn records_parked_for_a_wrong_table_arrive_once_after_the_config_is_fixed_
 
 #[tokio::test]
 async fn replay_resends_records_parked_for_a_missing_scope_once_the_scope_is_fixed() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     add_readings(&dir, 1, 1, 120, |_| "fridge-00".into());
     let read_only = ExmentConfig {
@@ -666,7 +666,7 @@ async fn replay_resends_records_parked_for_a_missing_scope_once_the_scope_is_fix
 #[tokio::test]
 async fn a_wrong_secret_keeps_the_forwarder_running_with_a_long_backoff_and_shows_in_store_status()
 {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = empty_db();
     add_readings(&dir, 1, 1, 120, |_| "fridge-00".into());
     let f = forwarder(&fake, &dir, "wrong-secret");
@@ -707,7 +707,7 @@ async fn a_tokyo_shop_gets_its_check_slot_in_japan_time_and_utc_stays_as_before(
         ("Asia/Tokyo", "2026-12-01 07:05:00"),
         ("UTC", "2026-11-30 22:05:00"),
     ] {
-        let fake = FakeExment::start().await;
+        let fake = FakeExment::start();
         let dir = empty_db();
         add_reading(&dir, "fridge-00", 0, at + 20_000, 4.0);
         let cfg = ExmentConfig {
@@ -729,7 +729,7 @@ async fn a_tokyo_shop_gets_its_check_slot_in_japan_time_and_utc_stays_as_before(
 
 #[tokio::test]
 async fn the_sink_test_checks_credentials_table_and_scope_without_creating_or_noting_anything() {
-    let fake = FakeExment::start().await;
+    let fake = FakeExment::start();
     let dir = setup(true);
     forwarder(&fake, &dir, CLIENT_SECRET).check().await.unwrap();
     assert!(fake.keys().is_empty(), "a test creates nothing");

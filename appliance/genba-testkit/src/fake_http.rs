@@ -18,6 +18,8 @@ pub struct Req {
     pub at: Instant,
     pub method: String,
     pub path: String,
+    /// The request target as sent: the path and its query.
+    pub target: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// What the fake answered (status, body).
@@ -36,6 +38,33 @@ impl Req {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
+
+    /// The query string, empty when there is none.
+    pub fn query(&self) -> &str {
+        self.target.split_once('?').map_or("", |(_, q)| q)
+    }
+
+    /// The request head as it came: request line and headers, one a line.
+    pub fn head(&self) -> String {
+        let mut head = format!("{} {} HTTP/1.1", self.method, self.target);
+        for (name, value) in &self.headers {
+            head.push_str(&format!("\n{name}: {value}"));
+        }
+        head
+    }
+}
+
+/// Work a fake does a while after a request arrived, whether or not its answer was sent (a
+/// service that finishes a request its client gave up on).
+#[derive(Clone)]
+pub struct Deferred(Arc<Mutex<Option<Work>>>);
+
+type Work = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferred")
+    }
 }
 
 /// An answer: status, body, content type, headers, and a delay before it is sent.
@@ -46,6 +75,8 @@ pub struct Reply {
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub delay: Option<Duration>,
+    /// Run this long after the request arrived.
+    pub deferred: Option<(Duration, Deferred)>,
 }
 
 impl Reply {
@@ -56,6 +87,7 @@ impl Reply {
             content_type,
             headers: Vec::new(),
             delay: None,
+            deferred: None,
         }
     }
     pub fn json(status: u16, body: serde_json::Value) -> Reply {
@@ -67,6 +99,11 @@ impl Reply {
     }
     pub fn after(mut self, d: Duration) -> Reply {
         self.delay = Some(d);
+        self
+    }
+    /// Runs `work` `d` after the request arrived, whatever happens to the answer.
+    pub fn meanwhile(mut self, d: Duration, work: impl FnOnce() + Send + 'static) -> Reply {
+        self.deferred = Some((d, Deferred(Arc::new(Mutex::new(Some(Box::new(work)))))));
         self
     }
 }
@@ -156,6 +193,7 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
+    let target = req.uri().to_string();
     let headers = req
         .headers()
         .iter()
@@ -176,6 +214,7 @@ async fn handle(
         at: Instant::now(),
         method,
         path,
+        target,
         headers,
         body,
         status: 0,
@@ -186,6 +225,15 @@ async fn handle(
     r.answer = reply.body.clone();
     // Recorded on arrival, so the order and times are those of the attempts.
     received.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+    if let Some((d, Deferred(work))) = reply.deferred {
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let work = work.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(work) = work {
+                work();
+            }
+        });
+    }
     if let Some(d) = reply.delay {
         tokio::time::sleep(d).await;
     }

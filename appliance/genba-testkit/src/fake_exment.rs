@@ -1,23 +1,19 @@
-//! A fake Exment on a real socket, written from shared/refs/exment-api.md: the api_key token
-//! grant with its 401 `{"message"}` answers, Bearer check (401 code 108), scope check (403 code
-//! 106), unknown table 404 `[]`, single create 201, bulk 200, >100 rows 400 code 109, validation
-//! 400 code 103, 60 requests a minute (429 + Retry-After), query-column lookup, and injected
-//! 500s, hangs, requests stored after the client gave up, token expiry, token-endpoint
-//! answers (429, a proxy's 400/5xx), a broken proxy echoing the request, and a web server's
-//! request-line limit (414).
-#![allow(dead_code)]
+//! A fake Exment on a real socket ([`crate::fake_http`]), written from shared/refs/exment-api.md:
+//! the api_key token grant with its 401 `{"message"}` answers, Bearer check (401 code 108),
+//! scope check (403 code 106), unknown table 404 `[]`, single create 201, bulk 200, >100 rows 400
+//! code 109, validation 400 code 103, 60 requests a minute (429 + Retry-After), query-column
+//! lookup, and injected 500s, hangs, requests stored after the client gave up, token expiry,
+//! token-endpoint answers (429, a proxy's 400/5xx), a broken proxy echoing the request, and a web
+//! server's request-line limit (414).
 
 use std::collections::{HashSet, VecDeque};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+
+use crate::fake_http::{FakeHttp, Reply, Req};
 
 pub const CLIENT_ID: &str = "9d6c3a1e-0000-4000-8000-000000000001";
 pub const CLIENT_SECRET: &str = "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3";
@@ -81,32 +77,24 @@ pub struct State {
 pub struct FakeExment {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<State>>,
+    _http: FakeHttp,
 }
 
 impl FakeExment {
-    pub async fn start() -> FakeExment {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    /// Serves on a free port of 127.0.0.1 (on a runtime of its own, so from sync or async
+    /// tests alike).
+    pub fn start() -> FakeExment {
         let state = Arc::new(Mutex::new(State {
             rate_limit: 60,
             ..State::default()
         }));
         let s = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(req, s.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        FakeExment { addr, state }
+        let http = FakeHttp::start(move |req| answer(req, &s));
+        FakeExment {
+            addr: http.addr,
+            state,
+            _http: http,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -138,72 +126,45 @@ impl FakeExment {
     }
 }
 
-fn text_reply(status: u16, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-    r.headers_mut()
-        .insert("content-type", "text/html".parse().unwrap());
-    r
+fn text_reply(status: u16, body: String) -> Reply {
+    Reply::new(status, &body, "text/html")
 }
 
-fn echo(status: u16, head: &str, body: &[u8]) -> Response<Full<Bytes>> {
+fn echo(status: u16, req: &Req) -> Reply {
     text_reply(
         status,
         format!(
-            "<html><body><h1>{status} Bad Gateway</h1><pre>upstream failed for:\n{head}\n{}</pre></body></html>",
-            String::from_utf8_lossy(body)
+            "<html><body><h1>{status} Bad Gateway</h1><pre>upstream failed for:\n{}\n{}</pre></body></html>",
+            req.head(),
+            String::from_utf8_lossy(&req.body)
         ),
     )
 }
 
-fn reply(status: u16, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    r
+fn reply(status: u16, body: Value) -> Reply {
+    Reply::json(status, body)
 }
 
-async fn handle(
-    req: Request<hyper::body::Incoming>,
-    state: Arc<Mutex<State>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let target = req.uri().to_string();
-    let mut head = format!("{} {target} HTTP/1.1", req.method());
-    for (name, value) in req.headers() {
-        head.push_str(&format!("\n{name}: {}", value.to_str().unwrap_or("?")));
-    }
+fn answer(req: &Req, state: &Arc<Mutex<State>>) -> Reply {
     let max_url_len = state.lock().unwrap().max_url_len;
     if let Some(limit) = max_url_len {
-        if target.len() > limit {
+        if req.target.len() > limit {
             state.lock().unwrap().rejected_414 += 1;
-            return Ok(text_reply(
+            return text_reply(
                 414,
                 "<html><head><title>414 Request-URI Too Large</title></head></html>".into(),
-            ));
+            );
         }
     }
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or_default().to_owned();
-    let method = req.method().clone();
     let bearer = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
+        .header("authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let is_form = req.headers().get("content-type").is_some_and(|v| {
-        v.as_bytes()
-            .starts_with(b"application/x-www-form-urlencoded")
-    });
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let is_form = req
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
 
-    if path == "/admin/oauth/token" && method == hyper::Method::POST {
+    if req.path == "/admin/oauth/token" && req.method == "POST" {
         let inject = {
             let mut st = state.lock().unwrap();
             let inject = st.token_script.pop_front();
@@ -212,51 +173,60 @@ async fn handle(
             }
             inject
         };
-        return Ok(match inject {
+        return match inject {
             Some(TokenInject::Answer(status, text, retry_after)) => {
-                let mut r = text_reply(status, text.clone());
-                if serde_json::from_str::<Value>(&text).is_ok() {
-                    r.headers_mut()
-                        .insert("content-type", "application/json".parse().unwrap());
+                let content_type = if serde_json::from_str::<Value>(&text).is_ok() {
+                    "application/json"
+                } else {
+                    "text/html"
+                };
+                let r = Reply::new(status, &text, content_type);
+                match retry_after {
+                    Some(s) => r.header("retry-after", s),
+                    None => r,
                 }
-                if let Some(s) = retry_after {
-                    r.headers_mut().insert("retry-after", s.into());
-                }
-                r
             }
             Some(TokenInject::EchoRequest(status)) => {
                 state.lock().unwrap().echoed += 1;
-                echo(status, &head, &body)
+                echo(status, req)
             }
-            None => token(&state, &body, is_form),
-        });
+            None => token(state, &req.body, is_form),
+        };
     }
-    let Some(rest) = path.strip_prefix("/admin/api/data/") else {
-        return Ok(reply(404, json!({"message": "Not Found"})));
+    let Some(rest) = req.path.strip_prefix("/admin/api/data/") else {
+        return reply(404, json!({"message": "Not Found"}));
     };
-    let (response, delay) = data(&state, &method, rest, &target, &query, bearer, &body);
+    let (response, delay) = data(
+        state,
+        &req.method,
+        rest,
+        &req.target,
+        req.query(),
+        bearer,
+        &req.body,
+    );
+    let response = match response {
+        Answer::Echo(status) => {
+            state.lock().unwrap().echoed += 1;
+            echo(status, req)
+        }
+        Answer::Reply(r) => r,
+    };
     match delay {
-        Some(Delay::Answer(d)) => tokio::time::sleep(d).await,
+        Some(Delay::Answer(d)) => response.after(d),
         Some(Delay::Store(d, rows)) => {
             // Stored after `d` whether or not the client is still there.
             let s = state.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(d).await;
-                let mut st = s.lock().unwrap();
-                st.late_rows -= rows.len();
-                st.records.extend(rows);
-            });
-            tokio::time::sleep(d + Duration::from_millis(100)).await;
+            response
+                .meanwhile(d, move || {
+                    let mut st = s.lock().unwrap();
+                    st.late_rows -= rows.len();
+                    st.records.extend(rows);
+                })
+                .after(d + Duration::from_millis(100))
         }
-        None => {}
+        None => response,
     }
-    if matches!(&response, Answer::Echo(_)) {
-        state.lock().unwrap().echoed += 1;
-    }
-    Ok(match response {
-        Answer::Echo(status) => echo(status, &head, &body),
-        Answer::Reply(r) => r,
-    })
 }
 
 enum Delay {
@@ -267,14 +237,14 @@ enum Delay {
 }
 
 enum Answer {
-    Reply(Response<Full<Bytes>>),
+    Reply(Reply),
     Echo(u16),
 }
 
 /// The data API, answered under the lock; a delay to apply before answering, if injected.
 fn data(
     state: &Arc<Mutex<State>>,
-    method: &hyper::Method,
+    method: &str,
     rest: &str,
     target: &str,
     query: &str,
@@ -290,7 +260,7 @@ fn data(
             json!({"code": "108", "message": "Could not authenticate. The access token is incorrect or has expired."}),
         ));
     };
-    let needed: &[&str] = if *method == hyper::Method::POST {
+    let needed: &[&str] = if method == "POST" {
         &["value_write"]
     } else {
         &["value_read", "value_write"]
@@ -313,9 +283,9 @@ fn data(
     if recent.len() >= st.rate_limit {
         let wait = 60 - now.duration_since(recent[0]).as_secs().min(59);
         st.rejected_429 += 1;
-        let mut r = reply(429, json!({"message": "Too Many Attempts."}));
-        r.headers_mut().insert("retry-after", wait.into());
-        return no_delay(r);
+        return no_delay(
+            reply(429, json!({"message": "Too Many Attempts."})).header("retry-after", wait),
+        );
     }
     st.calls.push(now);
     if let Some(n) = st.expire_after.as_mut() {
@@ -333,7 +303,7 @@ fn data(
     if table != TABLE && table != TABLE_ID {
         return no_delay(reply(404, json!([])));
     }
-    if *method == hyper::Method::GET && tail == "query-column" {
+    if method == "GET" && tail == "query-column" {
         st.lookup_urls.push(target.to_owned());
         let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
@@ -360,7 +330,7 @@ fn data(
             json!({"current_page": 1, "data": data, "total": total, "per_page": 100}),
         ));
     }
-    if *method != hyper::Method::POST || !tail.is_empty() {
+    if method != "POST" || !tail.is_empty() {
         return no_delay(reply(404, json!({"message": "Not Found"})));
     }
     let inject = st.script.pop_front();
@@ -416,7 +386,7 @@ fn data(
     )
 }
 
-fn token(state: &Arc<Mutex<State>>, body: &[u8], is_form: bool) -> Response<Full<Bytes>> {
+fn token(state: &Arc<Mutex<State>>, body: &[u8], is_form: bool) -> Reply {
     let p: Value = if is_form {
         let m: serde_json::Map<String, Value> = form_urlencoded::parse(body)
             .into_owned()
