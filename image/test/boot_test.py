@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Boot test of the Genba SD-card image under qemu-system-aarch64 (-M virt, software emulation).
+"""Boot test of the Genba SD-card image under qemu-system-aarch64 (-M virt, software emulation),
+then one first boot of a pristine card under the Raspberry Pi 3 model (-M raspi3b).
 
 qemu boots the kernel, initrd and cmdline.txt of the slot the card's genba-slot.txt names
 (os_prefix=slot-a/ or slot-b/), as the Pi firmware does, and stops when the guest restarts
@@ -273,6 +274,73 @@ class Vm:
         """A hard power cut: SIGKILL, no shutdown of the guest."""
         self.proc.kill()
         self.proc.wait()
+
+
+def pi3_model_boot(work, image, figures, timeout):
+    """A pristine card under qemu's Raspberry Pi 3 model (-M raspi3b): the Pi's device tree, its
+    SD host controller (the card appears late, as on a Pi) and a USB network adapter. The image's
+    own cmdline.txt, unchanged: the serial console is ttyS1, the Pi header's mini UART (qemu's
+    second serial port). The settings file must be applied, and the genba-ready line must be on
+    that serial console."""
+    log("Pi 3 model boot (-M raspi3b)")
+    card = Card(os.path.join(work, "pi3.img"), original=image)
+    run("cp", "--sparse=always", image, card.path)
+    # the model's SD card must be a power of two
+    size = 1 << (os.path.getsize(card.path) - 1).bit_length()
+    os.truncate(card.path, size)
+    settings = os.path.join(work, "pi3-settings.toml")
+    with open(settings, "w") as f:
+        f.write(f'[admin]\npassword = "{ADMIN_PASSWORD}"\n\n'
+                f'[[devices]]\nid = "{DEVICE}"\napi_key = "{DEVICE_KEY}"\n')
+    card.fat_put(settings, "genba-settings.toml")
+    files = {}
+    for name in ("vmlinuz", "initrd.img", "cmdline.txt", "bcm2837-rpi-3-b.dtb"):
+        files[name] = os.path.join(work, "pi3-" + name)
+        card.fat_get("slot-a/" + name, files[name])
+    with open(files["cmdline.txt"]) as f:
+        cmdline = f.read().strip()
+    http_port = free_port()
+    serial = os.path.join(work, "serial-pi3.log")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        ["qemu-system-aarch64", "-M", "raspi3b", "-kernel", files["vmlinuz"],
+         "-initrd", files["initrd.img"], "-dtb", files["bcm2837-rpi-3-b.dtb"],
+         "-append", cmdline, "-drive", f"file={card.path},if=sd,format=raw",
+         "-serial", "null", "-serial", f"file:{serial}", "-display", "none", "-no-reboot",
+         "-usb", "-device", "usb-net,netdev=n0",
+         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{http_port}-:80"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def console():
+        with open(serial, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    try:
+        wait_for("genba-ready on the Pi 3 model's serial console (ttyS1)", timeout,
+                 lambda: os.path.exists(serial) and "genba-ready: " in console())
+        figures["Pi 3 model first boot to ready (s)"] = round(time.monotonic() - started, 1)
+        ready = re.search(r"genba-ready: [^\r\n]*", console()).group(0)
+        log(ready)
+        check("slot A (" in ready and "genba-broker=active" in ready
+              and "genba-bridge=active" in ready,
+              "Pi 3 model: slot A, broker and bridge active, said on ttyS1")
+        wait_for("Pi 3 model: the settings file of a pristine card applied (firstboot's line)", 60,
+                 lambda: "genba-firstboot: applied /boot/firmware/genba-settings.toml"
+                 in console())
+        log("ok: Pi 3 model: the settings file of a pristine card was applied, not skipped")
+        base = f"http://127.0.0.1:{http_port}"
+        status, _ = notify(base, "pi3/hello", "over the Pi 3 model's USB network")
+        check(status == 200, "Pi 3 model: /notify answers over the USB network adapter")
+        reading = {"device_id": DEVICE, "ts_device": 1771156800000,
+                   "readings": [{"sensor_hw_id": "28FF4C3A91160457", "raw_celsius": 3.5,
+                                 "offset_c": 0.0, "celsius": 3.5}]}
+        status, body = request("POST", f"{base}/api/telemetry", json.dumps(reading).encode(),
+                               {"content-type": "application/json", "x-api-key": DEVICE_KEY})
+        check(status == 200 and json.loads(body).get("inserted") == 1,
+              f"Pi 3 model: the settings file's device key posts a reading ({body!r})")
+    finally:
+        proc.kill()
+        proc.wait()
+    os.remove(card.path)
 
 
 def request(method, url, body=None, headers=None, timeout=20):
@@ -677,6 +745,9 @@ def main():
     rows = db.execute("SELECT COUNT(*) FROM readings WHERE device_id = ?", (DEVICE,)).fetchone()[0]
     check(rows == 2, f"the guest's readings table holds the {rows} readings of {DEVICE}")
     figures["journal rows"] = len(payloads)
+
+    # --- the same image under the Pi 3 model ------------------------------------------------
+    pi3_model_boot(work, args.image, figures, args.timeout)
 
     log("figures: " + json.dumps(figures))
     if args.keep:
