@@ -1,7 +1,8 @@
 //! The firmware's own MQTT client (minimq 0.13, MQTT 5, as built into firmware/esp32c3) against
 //! the real appliance broker on the host: it authenticates, publishes telemetry made by the
 //! firmware core, which lands in the readings table, and receives a command sent by
-//! mosquitto_pub over MQTT 3.1.1, which the firmware core's parser accepts.
+//! mosquitto_pub over MQTT 3.1.1, which the firmware core's parser accepts; and, as a pinned
+//! device, over the firmware core's TLS session to the broker's MQTT over TLS listener.
 
 mod common;
 
@@ -128,4 +129,64 @@ async fn minimq_with_a_wrong_password_is_refused() {
         .await
         .expect("an answer");
     assert!(refused.is_err(), "a wrong password was accepted");
+}
+
+/// The firmware's whole stack for a pinned device: minimq over the firmware core's TLS session
+/// (embedded-tls, pinned to the appliance's local CA) to the broker's MQTT over TLS listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimq_over_the_cores_pinned_tls_session_publishes_to_the_tls_listener() {
+    use genba_firmware_core::{discovery, tls};
+    let hash = common::hash_password(PASSWORD);
+    let a = Appliance::start(
+        &format!(
+            "[mqtt]\nallow_anonymous = false\ntls_listen = \"127.0.0.1:0\"\n\
+             [[mqtt.users]]\nname = \"{USER}\"\npassword_hash = \"{hash}\"\n"
+        ),
+        "",
+    );
+    let ca = genba_tls::local_ca_fingerprint(&a.data_dir())
+        .unwrap()
+        .expect("TLS on: the appliance made its local CA");
+    let pin = discovery::parse_fingerprint(&ca).unwrap();
+    let (mut read, mut write) = (
+        vec![0u8; tls::READ_BUFFER_LEN],
+        vec![0u8; tls::WRITE_BUFFER_LEN],
+    );
+    let tcp = tokio::net::TcpStream::connect(a.endpoint("mqtts"))
+        .await
+        .unwrap();
+    let session_tls = tls::open(
+        FromTokio::new(tcp),
+        &pin,
+        rand_core::OsRng,
+        &mut read,
+        &mut write,
+    )
+    .await
+    .expect("the pinned handshake with the broker's TLS listener");
+    let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
+    let mut session = session(&mut rx, &mut tx, PASSWORD);
+    let mut conn = session
+        .connect(session_tls)
+        .await
+        .expect("minimq connects over TLS");
+    let mut t = Telemetry::new(DEVICE, "2026-02-15T12:00:00Z", 1_771_156_800_000, -58).unwrap();
+    t.push(Reading::new("28FF4C3A91160457", 3.5, 0.0).unwrap())
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = t.to_json(&mut buf).unwrap();
+    let topic = format!("devices/{DEVICE}/telemetry");
+    conn.publish(minimq::Publication::new(topic.as_str(), &buf[..n]).qos(minimq::QoS::AtLeastOnce))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while readings(&a) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "telemetry from minimq over TLS did not reach the readings table\n{}",
+            a.log()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), conn.poll()).await;
+    }
+    assert_eq!(readings(&a), 1);
 }
