@@ -9,6 +9,8 @@ use crate::fields::flatten;
 
 /// Largest body read as telemetry; larger ones are parked.
 pub const MAX_BODY: usize = 64 * 1024;
+/// The stream of a thermometer's refused TLS servers (the batch's `tls_refused`).
+pub const TLS_REFUSED: &str = "tls_refused";
 /// A device time before this (2001-09-09) means the device clock was never set.
 const PLAUSIBLE_MS: i64 = 1_000_000_000_000;
 
@@ -91,6 +93,20 @@ pub fn parse(
                 at_ms: Some(message.at_ms),
             })
             .collect();
+        // TLS servers the device refused since its previous batch (the firmware's pin check):
+        // a stream of its own, so it shows on the device's page and a rule can alarm on it.
+        if let Some(n) = obj
+            .get(TLS_REFUSED)
+            .and_then(Value::as_u64)
+            .filter(|&n| n > 0)
+        {
+            message.fields.push(Field {
+                name: TLS_REFUSED.into(),
+                value: FieldValue::Number(n as f64),
+                unit: None,
+                at_ms: Some(message.at_ms),
+            });
+        }
         message.readings = batch.readings;
         return Ok(message);
     }
@@ -160,6 +176,24 @@ mod tests {
         assert_eq!(m.fields[0].unit.as_deref(), Some("°C"));
         let other = parse("fridge-2", None, body, 5).unwrap_err();
         assert!(other.starts_with("device_id"), "{other}");
+    }
+
+    #[test]
+    fn refused_tls_servers_in_a_haccp_body_are_a_stream_of_the_device() {
+        let body = |refused: &str| {
+            format!(
+                r#"{{"device_id":"fridge-1","ts_device":1771156800000,{refused}"readings":[
+                {{"sensor_hw_id":"28FF01","raw_celsius":3.5,"offset_c":0.0,"celsius":3.5}}]}}"#
+            )
+        };
+        let m = parse("fridge-1", None, body(r#""tls_refused":2,"#).as_bytes(), 5).unwrap();
+        let f = m.fields.iter().find(|f| f.name == TLS_REFUSED).unwrap();
+        assert_eq!(f.value, FieldValue::Number(2.0));
+        assert_eq!(f.at_ms, Some(1_771_156_800_000));
+        assert_eq!(m.readings.len(), 1);
+        // none refused: no stream, as before
+        let m = parse("fridge-1", None, body("").as_bytes(), 5).unwrap();
+        assert!(m.fields.iter().all(|f| f.name != TLS_REFUSED));
     }
 
     #[test]

@@ -102,6 +102,10 @@ impl Reading {
     }
 }
 
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
 /// One telemetry batch: every sensor of one device read at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Telemetry {
@@ -118,6 +122,11 @@ pub struct Telemetry {
     /// The firmware version the device runs; empty (and left out of the JSON) when unknown.
     #[serde(default, skip_serializing_if = "str::is_empty")]
     pub fw: String<FW_MAX>,
+    /// TLS servers the device refused since its previous batch (their certificate chain did not
+    /// hold its pin: another appliance, or someone in between); left out of the JSON when 0.
+    /// The appliance keeps it as the device's `tls_refused` stream.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tls_refused: u16,
     /// The readings, at least one.
     pub readings: Vec<Reading, MAX_READINGS>,
 }
@@ -136,6 +145,7 @@ impl Telemetry {
             ts_device,
             rssi,
             fw: String::new(),
+            tls_refused: 0,
             readings: Vec::new(),
         };
         check_id(&t.device_id, Field::DeviceId, true)?;
@@ -431,6 +441,7 @@ mod tests {
         )
         .unwrap();
         t.set_firmware(&"9".repeat(FW_MAX)).unwrap();
+        t.tls_refused = u16::MAX;
         for i in 0..MAX_READINGS {
             let id = format!("{:016X}", u64::MAX - i as u64);
             t.push(Reading::new(&id, -54.9375, -9.9999).unwrap())
@@ -445,6 +456,21 @@ mod tests {
         assert_eq!(Telemetry::from_json(&buf[..n]).unwrap(), t);
         let mut small = [0u8; 64];
         assert_eq!(t.to_json(&mut small), Err(Error::BufferTooSmall));
+    }
+
+    #[test]
+    fn refused_tls_servers_are_counted_in_the_batch_and_left_out_when_none() {
+        let mut t = sample();
+        let mut buf = [0u8; JSON_MAX_LEN];
+        let n = t.to_json(&mut buf).unwrap();
+        assert!(!core::str::from_utf8(&buf[..n])
+            .unwrap()
+            .contains("tls_refused"));
+        t.tls_refused = 3;
+        let n = t.to_json(&mut buf).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+        assert_eq!(v["tls_refused"].as_u64(), Some(3));
+        assert_eq!(Telemetry::from_json(&buf[..n]), Ok(t));
     }
 
     #[test]

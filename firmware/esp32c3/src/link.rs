@@ -12,6 +12,7 @@ use genba_firmware_core::tls::{self, Fingerprint, READ_BUFFER_LEN, WRITE_BUFFER_
 use log::error;
 
 use crate::net::{self, NetError};
+use crate::state::{self, TLS_REFUSED};
 
 /// Record buffers of one TLS session (about 20 KiB).
 pub struct TlsBuffers {
@@ -109,7 +110,7 @@ impl Link<'_> {
 
 /// Connects to `host:port`; with a `pin`, opens a TLS session on `tls` that trusts only a
 /// server whose chain holds the pinned certificate. A refused certificate is logged as an
-/// error: it means another appliance, or someone in between.
+/// error (it means another appliance, or someone in between) and counted for the next batch.
 pub async fn open<'a>(
     stack: Stack<'static>,
     server: (&str, u16),
@@ -131,6 +132,7 @@ pub async fn open<'a>(
         Ok(Err(e)) => {
             if matches!(e, tls::Error::Refused(_)) {
                 error!("appliance at {}:{} refused: {e}", server.0, server.1);
+                state::with(&TLS_REFUSED, |n| *n = n.saturating_add(1));
             }
             Err(NetError::Tls(e))
         }

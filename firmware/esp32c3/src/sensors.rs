@@ -14,7 +14,7 @@ use genba_firmware_core::telemetry::{MAX_READINGS, Reading, Telemetry};
 use heapless::Vec;
 use log::{info, warn};
 
-use crate::state::{self, BACKLOG, CLOCK, DATA_READY, RSSI, SETTINGS, WAKE_SENSORS};
+use crate::state::{self, BACKLOG, CLOCK, DATA_READY, RSSI, SETTINGS, TLS_REFUSED, WAKE_SENSORS};
 
 /// Scratchpad reads per probe before giving up for this cycle.
 const READ_ATTEMPTS: usize = 3;
@@ -157,7 +157,12 @@ fn take_batch(
             Err(e) => warn!("{id}: {e:?}"),
         }
     }
-    (!batch.readings.is_empty()).then_some(batch)
+    if batch.readings.is_empty() {
+        return None;
+    }
+    // the TLS servers refused since the previous batch travel with this one
+    batch.tls_refused = state::with(&TLS_REFUSED, core::mem::take);
+    Some(batch)
 }
 
 /// Reads the probes every report interval (or at once on a send-now command) and queues

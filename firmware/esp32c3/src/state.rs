@@ -35,6 +35,10 @@ pub static SETTINGS: Shared<Settings<MAX_READINGS>> = Mutex::new(RefCell::new(Se
 /// Uptime to wall-clock mapping, set by SNTP.
 pub static CLOCK: Shared<Clock> = Mutex::new(RefCell::new(Clock::new()));
 
+/// TLS servers refused (their chain did not hold the pin) since the last batch was made; the
+/// next batch carries the count to the appliance (`tls_refused`).
+pub static TLS_REFUSED: Shared<u16> = Mutex::new(RefCell::new(0));
+
 /// Last Wi-Fi RSSI in dBm (0 = unknown).
 pub static RSSI: Shared<i16> = Mutex::new(RefCell::new(0));
 
