@@ -30,7 +30,9 @@
 //!    (`#`, `test/+` against `test/nosubscribe`) is granted, and the messages on denied topics
 //!    are not delivered to that client ([`Acl::read_denials`], checked for every delivery), as
 //!    Mosquitto's `acl_file` does.
-//! 3. A device account (`device = "fridge-1"`) may publish to topics matched by
+//! 3. A device account (`device = "fridge-1"`, or a client that logged in as `fridge-1` with
+//!    one of that device's keys, which is a device account even with no rule at all) may
+//!    publish to topics matched by
 //!    `devices/fridge-1/#` and subscribe to filters covered by `devices/fridge-1/commands` or
 //!    `devices/fridge-1/commands/#`, plus what the applicable rules grant it; nothing else, in
 //!    every case below.
@@ -73,6 +75,9 @@ pub struct Who<'a> {
     /// The CONNECT user name; `None` for an anonymous client.
     pub user: Option<&'a str>,
     pub client_id: &'a str,
+    /// The device whose key this client logged in with (user name = device id, password = one
+    /// of its enabled `telemetry:write` keys): a device account, whatever the config says.
+    pub device: Option<&'a str>,
 }
 
 /// The access rules of one broker, built once from its config.
@@ -139,7 +144,7 @@ impl Acl {
 
     /// Whether `who` may publish to the topic name `topic`.
     pub fn may_publish(&self, who: &Who<'_>, topic: &str) -> bool {
-        if self.unrestricted || who.user == Some(INTERNAL_USER) {
+        if self.unrestricted(who) {
             return true;
         }
         if topic.is_empty() || topic.contains(['+', '#', '\0']) {
@@ -165,7 +170,7 @@ impl Acl {
 
     /// Whether `who` may subscribe to `filter` (a shared subscription as its inner filter).
     pub fn may_subscribe(&self, who: &Who<'_>, filter: &str) -> bool {
-        if self.unrestricted || who.user == Some(INTERNAL_USER) {
+        if self.unrestricted(who) {
             return true;
         }
         let filter = unshared(filter);
@@ -193,7 +198,7 @@ impl Acl {
     /// The `deny_subscribe` patterns that apply to `who`, placeholders filled in: topics it
     /// must not receive through a subscription that only overlaps them. Empty for most clients.
     pub fn read_denials(&self, who: &Who<'_>) -> Vec<String> {
-        if self.unrestricted || who.user == Some(INTERNAL_USER) {
+        if self.unrestricted(who) {
             return Vec::new();
         }
         self.rules_for(who)
@@ -209,8 +214,20 @@ impl Acl {
             .unwrap_or(&self.everyone)
     }
 
-    fn device_of(&self, who: &Who<'_>) -> Option<&Patterns> {
-        who.user.and_then(|u| self.devices.get(u))
+    /// Nothing to check: Genba's own roles, or no rule and no device account at all (a device
+    /// key login is a device account even then).
+    fn unrestricted(&self, who: &Who<'_>) -> bool {
+        who.user == Some(INTERNAL_USER) || (self.unrestricted && who.device.is_none())
+    }
+
+    fn device_of(&self, who: &Who<'_>) -> Option<Cow<'_, Patterns>> {
+        match who.device {
+            Some(device) => Some(Cow::Owned(device_grants(device))),
+            None => who
+                .user
+                .and_then(|u| self.devices.get(u))
+                .map(Cow::Borrowed),
+        }
     }
 }
 
@@ -359,6 +376,7 @@ mod tests {
         Who {
             user: None,
             client_id,
+            device: None,
         }
     }
 
@@ -366,6 +384,7 @@ mod tests {
         Who {
             user: Some(name),
             client_id,
+            device: None,
         }
     }
 

@@ -68,6 +68,8 @@ struct Client {
     v5: bool,
     id: ClientId,
     user: Option<String>,
+    /// The device whose key opened this connection ([`crate::acl::Who::device`]).
+    device: Option<String>,
     access: Access,
     clean_start: bool,
     /// The session existed before this connection (CONNACK Session Present).
@@ -90,6 +92,7 @@ impl Client {
         Who {
             user: self.user.as_deref(),
             client_id: &self.id,
+            device: self.device.as_deref(),
         }
     }
 }
@@ -116,6 +119,7 @@ impl FrontDoor {
         peer: SocketAddr,
         connect: Connect,
         access: Access,
+        device: Option<String>,
     ) -> Result<(), PacketError> {
         let v5 = connect.level == 5;
         if connect.auth_method.is_some() {
@@ -165,6 +169,7 @@ impl FrontDoor {
         link.read_denials = self.accounts.now().acl.read_denials(&Who {
             user: connect.username.as_deref(),
             client_id: &client_id,
+            device: device.as_deref(),
         });
         let (attached, old_will) = self.broker.connect(
             &client_id,
@@ -228,6 +233,7 @@ impl FrontDoor {
             v5,
             id: client_id.as_str().into(),
             user: connect.username.clone(),
+            device,
             access,
             clean_start: connect.clean_start,
             resumed: attached.present,
@@ -735,7 +741,7 @@ impl DisabledDevices {
 
 impl FrontDoor {
     /// Whether `token` is an enabled `telemetry:write` key of `device` (`genba keys add`).
-    async fn device_key_ok(&self, token: &str, device: &str) -> bool {
+    pub(crate) async fn device_key_ok(&self, token: &str, device: &str) -> bool {
         let digest = genba_auth::passwords::api_key_digest(token);
         let device = device.to_owned();
         self.sessions

@@ -20,6 +20,7 @@ use crate::auth::{Access, Accounts, INTERNAL_USER};
 use crate::broker::Broker;
 use crate::connection::DisabledDevices;
 use crate::packet::{self, connack_refusal, read_frame, PacketError, Refusal};
+use genba_config::acl::is_device_id;
 
 /// How long a connection holding a slot may take to send CONNECT.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -228,12 +229,24 @@ impl FrontDoor {
             wr.write_all(&refuse(Refusal::ServerBusy)).await?;
             return Ok(());
         }
-        let access = self
+        let mut access = self
             .accounts
             .now()
             .verifier
             .check(connect.username.as_deref(), connect.password.as_deref())
             .await;
+        // A thermometer may log in as itself with one of its device keys (user name = device
+        // id, password = the key): no account in the config file needed.
+        let mut device = None;
+        if access == Access::Denied {
+            if let (Some(user), Some(key)) = (&connect.username, &connect.password) {
+                let key = std::str::from_utf8(key).unwrap_or_default();
+                if is_device_id(user) && !key.is_empty() && self.device_key_ok(key, user).await {
+                    access = Access::Client;
+                    device = Some(user.clone());
+                }
+            }
+        }
         if access == Access::Denied {
             let why = if connect.username.is_some() {
                 Refusal::BadCredentials
@@ -270,7 +283,8 @@ impl FrontDoor {
             }
         };
         drop(refusing);
-        self.serve_client(rd, wr, peer, connect, access).await
+        self.serve_client(rd, wr, peer, connect, access, device)
+            .await
     }
 }
 

@@ -1,16 +1,15 @@
-//! `genba devices provision`: registers a thermometer, gives it its own credential and writes
+//! `genba devices provision`: registers a thermometer, gives it its own credential (a device
+//! key: its HTTP `X-API-Key`, or its MQTT password with the device id as user name) and writes
 //! the config file the device reads from its `config` flash partition (the record format is
 //! `genba_firmware_core::config`, the same code the firmware decodes it with). The file goes to
 //! the device over USB with `espflash write-bin`.
 
-use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use genba_auth::passwords;
-use genba_config::Config;
 use genba_firmware_core::config::{
     self as device_config, Credential, DeviceConfig, Pins, AREA_LEN, PARTITION_OFFSET,
 };
@@ -20,16 +19,16 @@ use genba_firmware_core::telemetry::MAX_READINGS;
 use genba_store::devices::{self, DeviceChange};
 
 use crate::commands::Endpoints;
-use crate::firstboot::{dir_owner, write_file};
+use crate::firstboot::write_file;
 use crate::lifecycle::load_config;
 use crate::Common;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportArg {
-    /// MQTT 5 to the broker: telemetry and commands. Adds an [[mqtt.users]] device account to
-    /// the config file (a running broker takes it within seconds: it watches the file).
+    /// MQTT 5 to the broker: telemetry and commands (updates included). The device logs in with
+    /// its id as user name and its device key as password.
     Mqtt,
-    /// POST /api/telemetry with a device API key: telemetry only, works at once.
+    /// POST /api/telemetry with its device key (X-API-Key): telemetry only.
     Http,
 }
 
@@ -202,47 +201,6 @@ fn build_config(
     Ok(device)
 }
 
-/// Appends a device account for `id` to the config file, after checking the file with it
-/// parses and validates; comments and layout of the file stay as they are.
-fn add_mqtt_user(config_path: &Path, id: &str, password: &str) -> Result<PathBuf> {
-    // the config path may be a symlink from a read-only /etc to the data partition
-    let path = fs::canonicalize(config_path)
-        .with_context(|| format!("config file {}", config_path.display()))?;
-    let current = Config::read(&path)?;
-    if current.mqtt.users.iter().any(|u| u.name == id) {
-        anyhow::bail!(
-            "{} has an MQTT user {id:?} already; remove its [[mqtt.users]] entry to provision \
-             the device again (its old password then stops working)",
-            path.display()
-        );
-    }
-    let hash = passwords::hash_password(password).map_err(anyhow::Error::msg)?;
-    let mut text = fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    // the id is checked (A-Z a-z 0-9 - _ .) and an argon2 PHC string has no quotes
-    text.push_str(&format!(
-        "\n# device account added by `genba devices provision {id}`\n\
-         [[mqtt.users]]\nname = \"{id}\"\npassword_hash = \"{hash}\"\ndevice = \"{id}\"\n"
-    ));
-    let updated: Config = toml::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot add an [[mqtt.users]] table to it ({e}); add the device account by hand",
-            path.display()
-        )
-    })?;
-    if !updated.mqtt.users.iter().any(|u| u.name == id) {
-        anyhow::bail!(
-            "{}: the appended [[mqtt.users]] entry did not take; add the device account by hand",
-            path.display()
-        );
-    }
-    updated.validate(&path)?;
-    write_file(&path, text.as_bytes(), 0o600, dir_owner(&path)?)?;
-    Ok(path)
-}
-
 pub fn run(args: ProvisionArgs) -> Result<()> {
     genba_firmware_core::telemetry::validate_device_id(&args.id).map_err(|_| {
         anyhow::anyhow!(
@@ -281,28 +239,13 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.genba-config.bin", args.id)));
-    let config_path = match (args.transport, &args.common.config) {
-        (TransportArg::Mqtt, None) => anyhow::bail!(
-            "--transport mqtt adds the device's MQTT account to the config file: give --config \
-             (or GENBA_CONFIG), or use --transport http"
-        ),
-        (_, path) => path.clone(),
-    };
-
     let data_dir = config.data_dir();
     let conn = genba_store::open(&genba_store::db_path(&data_dir))?;
     let tx = conn.unchecked_transaction()?;
     let added = devices::add(&tx, &args.id, &DeviceChange::default())?;
-    let key_id = match args.transport {
-        TransportArg::Http => {
-            Some(genba_telemetry::keys::add_given(&tx, &args.id, &[], &secret)?.id)
-        }
-        TransportArg::Mqtt => None,
-    };
-    let account = match (args.transport, &config_path) {
-        (TransportArg::Mqtt, Some(path)) => Some(add_mqtt_user(path, &args.id, &secret)?),
-        _ => None,
-    };
+    // One credential for either transport: a device key (HTTP `X-API-Key`, or the MQTT
+    // password with the device id as user name), in force at once, revoked alone.
+    let key_id = genba_telemetry::keys::add_given(&tx, &args.id, &[], &secret)?.id;
     write_file(&out, &image, 0o600, None)?;
     tx.commit()?;
 
@@ -312,9 +255,11 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
         TransportArg::Http => "http",
     };
     if args.json {
-        let credential = match key_id {
-            Some(id) => serde_json::json!({"kind": "api_key", "key_id": id}),
-            None => serde_json::json!({"kind": "mqtt_user", "name": args.id}),
+        let credential = match args.transport {
+            TransportArg::Http => serde_json::json!({"kind": "api_key", "key_id": key_id}),
+            TransportArg::Mqtt => {
+                serde_json::json!({"kind": "device_key", "key_id": key_id, "username": args.id})
+            }
         };
         println!(
             "{}",
@@ -327,7 +272,6 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
                 "http_port": device.http_port,
                 "pin": pinned,
                 "credential": credential,
-                "config_file": account.as_ref().map(|p| p.display().to_string()),
                 "file": out.display().to_string(),
                 "file_bytes": image.len(),
                 "partition_offset": format!("{PARTITION_OFFSET:#x}"),
@@ -359,19 +303,15 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
         ),
         None => println!("it pins no TLS fingerprint (--pin)"),
     }
-    match (key_id, &account) {
-        (Some(id), _) => println!(
-            "credential: API key #{id} for {} (revoke it alone with `genba keys revoke {id}`)",
-            args.id
-        ),
-        (None, Some(path)) => println!(
-            "credential: MQTT device account {} added to {}; the running broker takes it within \
-             seconds (it watches that file)",
-            args.id,
-            path.display()
-        ),
-        (None, None) => {}
-    }
+    println!(
+        "credential: device key #{key_id} for {}{} (revoke it alone with `genba keys revoke \
+         {key_id}`)",
+        args.id,
+        match args.transport {
+            TransportArg::Mqtt => ", its MQTT password with the user name of the device id",
+            TransportArg::Http => "",
+        }
+    );
     println!(
         "config file: {} ({} bytes, mode 600: it holds the Wi-Fi pass phrase and the credential)",
         out.display(),

@@ -206,6 +206,10 @@ fn user_config(acl: &str) -> String {
 }
 
 fn connect_as(level: u8, client_id: &str, user: &str) -> Vec<u8> {
+    connect_login(level, client_id, user, "device-secret-1")
+}
+
+fn connect_login(level: u8, client_id: &str, user: &str, password: &str) -> Vec<u8> {
     let mut body = vec![
         0,
         4,
@@ -221,7 +225,7 @@ fn connect_as(level: u8, client_id: &str, user: &str) -> Vec<u8> {
     if level == 5 {
         body.push(0);
     }
-    for s in [client_id, user, "device-secret-1"] {
+    for s in [client_id, user, password] {
         body.extend_from_slice(&(s.len() as u16).to_be_bytes());
         body.extend_from_slice(s.as_bytes());
     }
@@ -294,6 +298,148 @@ fn device_accounts_and_access_rules_limit_topics_and_denials_are_never_journaled
             "notify/kitchen"
         ]
     );
+}
+
+/// A new key of `device` (`genba keys add --device`): its id and the key.
+fn device_key(a: &Appliance, device: &str) -> (i64, String) {
+    let (ok, out) = a.genba(&["keys", "add", "--device", device, "--json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    (
+        v["id"].as_i64().unwrap(),
+        v["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The CONNACK reason a CONNECT gets (0: accepted).
+fn connack_reason(a: &Appliance, connect: &[u8]) -> u8 {
+    let mut s = TcpStream::connect(a.mqtt).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(connect).unwrap();
+    let (header, body) = read_packet(&mut s).expect("CONNACK");
+    assert_eq!(header, 0x20, "CONNACK");
+    body[1]
+}
+
+#[test]
+fn a_device_logs_in_with_its_own_key_as_a_device_account_even_without_rules() {
+    // No [[mqtt.users]], no rules, anonymous allowed: everyone else may do anything here.
+    let a = Appliance::start("", "");
+    let (id, key) = device_key(&a, "fridge-7");
+    let (_, other_key) = device_key(&a, "fridge-8");
+    for level in [5u8, 4] {
+        let (mut d, _) = connect_raw(
+            &a,
+            &connect_login(level, &format!("f7-{level}"), "fridge-7", &key),
+        );
+        d.write_all(&publish(
+            level,
+            b"devices/fridge-7/telemetry",
+            1,
+            1,
+            b"{\"t\":4}",
+        ))
+        .unwrap();
+        assert_puback(&mut d, 1, 0, "own device topic");
+        d.write_all(&publish(
+            level,
+            b"devices/fridge-8/telemetry",
+            1,
+            2,
+            b"{\"t\":9}",
+        ))
+        .unwrap();
+        assert_puback(
+            &mut d,
+            2,
+            if level == 5 { 0x87 } else { 0 },
+            "another device's topic",
+        );
+        d.write_all(&publish(level, b"notify/anything", 1, 3, b"x"))
+            .unwrap();
+        assert_puback(
+            &mut d,
+            3,
+            if level == 5 { 0x87 } else { 0 },
+            "not a device topic",
+        );
+        assert_eq!(
+            subscribe(&mut d, level, 4, "devices/fridge-7/commands", 1),
+            1
+        );
+        assert_eq!(subscribe(&mut d, level, 5, "devices/#", 1), 0x80);
+    }
+    // another device's key, a wrong key: refused (MQTT 5 0x86, 3.1.1 return code 4)
+    let refused = |level: u8, password: &str| {
+        connack_reason(&a, &connect_login(level, "f7-x", "fridge-7", password))
+    };
+    assert_eq!(refused(5, &other_key), 0x86);
+    assert_eq!(refused(4, "not-the-key-0123456789"), 4);
+    // a revoked key no longer opens the door
+    let (ok, out) = a.genba(&["keys", "revoke", &id.to_string()]);
+    assert!(ok, "{out}");
+    assert_eq!(refused(5, &key), 0x86);
+    // only the own topic's messages were journaled
+    assert!(wait_until(Duration::from_secs(5), || a.journal().len() == 2));
+    std::thread::sleep(Duration::from_millis(300));
+    let topics: Vec<String> = a.journal().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        topics,
+        ["devices/fridge-7/telemetry", "devices/fridge-7/telemetry"]
+    );
+}
+
+#[test]
+fn an_account_added_to_the_config_file_logs_in_without_a_restart_and_a_broken_edit_changes_nothing()
+{
+    let a = Appliance::start(&user_config(""), "");
+    let path = a.dir.path().join("genba.toml");
+    let hash = common::hash_password("new-secret-2");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "\n[[mqtt.users]]\nname = \"fridge-2\"\npassword_hash = \"{hash}\"\ndevice = \"fridge-2\"\n"
+    ));
+    std::fs::write(&path, &text).unwrap();
+    let login = || {
+        common::mosquitto_pub(
+            a.mqtt.port(),
+            &[
+                "-u",
+                "fridge-2",
+                "-P",
+                "new-secret-2",
+                "-t",
+                "devices/fridge-2/hello",
+                "-m",
+                "x",
+                "-q",
+                "1",
+            ],
+        )
+        .status
+        .success()
+    };
+    // the running broker takes the new account within its 2 s look at the config file
+    assert!(
+        wait_until(Duration::from_secs(10), login),
+        "the new account never logged in; log:\n{}",
+        a.log()
+    );
+    assert!(
+        a.log().contains("MQTT accounts and access rules reloaded"),
+        "{}",
+        a.log()
+    );
+    // a config edit that does not check leaves the accounts as they were
+    std::fs::write(&path, format!("{text}\n[mqtt\nbroken = \n")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || a
+            .log()
+            .contains("config changed but does not check")),
+        "{}",
+        a.log()
+    );
+    assert!(login(), "the account was lost with the broken edit");
 }
 
 #[test]
