@@ -75,8 +75,10 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "SECS", default_value_t = 3.0)]
     pub discover_secs: f64,
     /// The fingerprint the simulated devices pin (SHA-256 of the appliance's TLS certificate
-    /// or of its CA, 64 hex digits): --discover ignores announcements that do not claim it.
-    /// A device config carries its own.
+    /// or of its CA, 64 hex digits). As the firmware, they then speak only TLS (MQTT over TLS,
+    /// or HTTPS with the firmware core's own session) to the appliance's TLS ports, trust only a
+    /// server whose chain holds that certificate, and --discover ignores announcements that do
+    /// not claim it. A device config carries its own.
     #[arg(long, value_name = "SHA256")]
     pub pin: Option<String>,
     /// The firmware version the simulated devices report in each batch (`fw`). MQTT devices

@@ -47,6 +47,36 @@ fn readings(a: &Appliance) -> i64 {
     .unwrap()
 }
 
+/// Publishes one batch of `probes` (id, raw °C, offset) made by the firmware core at QoS 1 and
+/// drives the client (PUBACK, keep-alive) until its readings are stored.
+async fn publish_until_stored<IO: minimq::Io>(
+    a: &Appliance,
+    conn: &mut minimq::Connection<'_, '_, IO>,
+    probes: &[(&str, f32, f32)],
+) {
+    let mut t = Telemetry::new(DEVICE, "2026-02-15T12:00:00Z", 1_771_156_800_000, -58).unwrap();
+    for &(id, raw, offset) in probes {
+        t.push(Reading::new(id, raw, offset).unwrap()).unwrap();
+    }
+    let mut buf = [0u8; 1024];
+    let n = t.to_json(&mut buf).unwrap();
+    let topic = format!("devices/{DEVICE}/telemetry");
+    conn.publish(minimq::Publication::new(topic.as_str(), &buf[..n]).qos(minimq::QoS::AtLeastOnce))
+        .await
+        .unwrap();
+    let want = probes.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while readings(a) < want {
+        assert!(
+            Instant::now() < deadline,
+            "telemetry from minimq did not reach the readings table\n{}",
+            a.log()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), conn.poll()).await;
+    }
+    assert_eq!(readings(a), want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minimq_publishes_telemetry_into_the_readings_table_and_receives_a_command() {
     let a = appliance();
@@ -62,28 +92,15 @@ async fn minimq_publishes_telemetry_into_the_readings_table_and_receives_a_comma
         .await
         .unwrap();
 
-    let mut t = Telemetry::new(DEVICE, "2026-02-15T12:00:00Z", 1_771_156_800_000, -58).unwrap();
-    t.push(Reading::new("28FF4C3A91160457", 3.5, -0.25).unwrap())
-        .unwrap();
-    t.push(Reading::new("28FF4C3A91160458", -18.0625, 0.0).unwrap())
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = t.to_json(&mut buf).unwrap();
-    let topic = format!("devices/{DEVICE}/telemetry");
-    conn.publish(minimq::Publication::new(topic.as_str(), &buf[..n]).qos(minimq::QoS::AtLeastOnce))
-        .await
-        .unwrap();
-
-    // Drive the client (PUBACK, keep-alive) until the readings are stored.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while readings(&a) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "telemetry from minimq did not reach the readings table"
-        );
-        let _ = tokio::time::timeout(Duration::from_millis(100), conn.poll()).await;
-    }
-    assert_eq!(readings(&a), 2);
+    publish_until_stored(
+        &a,
+        &mut conn,
+        &[
+            ("28FF4C3A91160457", 3.5, -0.25),
+            ("28FF4C3A91160458", -18.0625, 0.0),
+        ],
+    )
+    .await;
 
     // A command from an MQTT 3.1.1 client reaches the MQTT 5 device.
     let port = a.mqtt.port();
@@ -170,23 +187,5 @@ async fn minimq_over_the_cores_pinned_tls_session_publishes_to_the_tls_listener(
         .connect(session_tls)
         .await
         .expect("minimq connects over TLS");
-    let mut t = Telemetry::new(DEVICE, "2026-02-15T12:00:00Z", 1_771_156_800_000, -58).unwrap();
-    t.push(Reading::new("28FF4C3A91160457", 3.5, 0.0).unwrap())
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = t.to_json(&mut buf).unwrap();
-    let topic = format!("devices/{DEVICE}/telemetry");
-    conn.publish(minimq::Publication::new(topic.as_str(), &buf[..n]).qos(minimq::QoS::AtLeastOnce))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while readings(&a) < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "telemetry from minimq over TLS did not reach the readings table\n{}",
-            a.log()
-        );
-        let _ = tokio::time::timeout(Duration::from_millis(100), conn.poll()).await;
-    }
-    assert_eq!(readings(&a), 1);
+    publish_until_stored(&a, &mut conn, &[("28FF4C3A91160457", 3.5, 0.0)]).await;
 }
