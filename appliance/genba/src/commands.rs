@@ -212,25 +212,13 @@ pub fn keys(cmd: crate::KeysCommand) -> Result<()> {
 /// `genba simulate`: targets the running appliance of this data dir (run/endpoints.json), or
 /// the configured listen addresses; with `--discover`, the appliance mDNS finds first.
 pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<()> {
-    use genba_firmware_core::config::{Transport, DEFAULT_HTTPS_PORT, DEFAULT_MQTTS_PORT};
+    use genba_firmware_core::config::Transport;
     use genba_firmware_core::discovery::{Host, Stored};
-    use std::net::SocketAddr;
     let config = load_config(common)?;
     let data_dir = config.data_dir();
-    let endpoints = running_endpoints(common, &config);
     // devices that pin a certificate speak only TLS
     let pin = crate::simulate::pin(&args)?;
-    let (mut mqtt, mut http) = match pin {
-        None => (endpoints.mqtt, endpoints.http),
-        Some(_) => (
-            endpoints
-                .mqtts
-                .unwrap_or(SocketAddr::new(endpoints.mqtt.ip(), DEFAULT_MQTTS_PORT)),
-            endpoints
-                .https
-                .unwrap_or(SocketAddr::new(endpoints.http.ip(), DEFAULT_HTTPS_PORT)),
-        ),
-    };
+    let (mut mqtt, mut http) = running_endpoints(common, &config).for_device(pin.is_some());
     let found = if args.discover {
         Some(crate::simulate::discover(&args)?)
     } else {
@@ -297,6 +285,25 @@ pub struct Endpoints {
     pub http: std::net::SocketAddr,
     pub mqtts: Option<std::net::SocketAddr>,
     pub https: Option<std::net::SocketAddr>,
+}
+
+impl Endpoints {
+    /// The MQTT and HTTP addresses a device uses: the TLS ones when it pins a certificate (a
+    /// TLS listener that is not configured is taken at its default port), else the plain ones.
+    pub fn for_device(&self, pinned: bool) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        use genba_firmware_core::config::{DEFAULT_HTTPS_PORT, DEFAULT_MQTTS_PORT};
+        if !pinned {
+            return (self.mqtt, self.http);
+        }
+        let or_default =
+            |tls: Option<std::net::SocketAddr>, plain: std::net::SocketAddr, port| {
+                tls.unwrap_or(std::net::SocketAddr::new(plain.ip(), port))
+            };
+        (
+            or_default(self.mqtts, self.mqtt, DEFAULT_MQTTS_PORT),
+            or_default(self.https, self.http, DEFAULT_HTTPS_PORT),
+        )
+    }
 }
 
 /// The addresses of the appliance running on this data dir (what `genba up` or each role's

@@ -160,31 +160,20 @@ fn build_config(
         }
         Ok(port)
     };
-    let (mqtt, http) = match pin {
-        None => (endpoints.mqtt, endpoints.http),
-        Some(_) => {
-            let (needed, name) = match args.transport {
-                TransportArg::Mqtt => (endpoints.mqtts, "[mqtt] tls_listen"),
-                TransportArg::Http => (endpoints.https, "[http] tls_listen"),
-            };
-            if needed.is_none() {
-                anyhow::bail!(
-                    "--pin: a pinned device speaks only TLS, and this appliance serves no {name}; \
-                     set it in the config file, or give --pin none"
-                );
-            }
-            // the other one is for firmware downloads (HTTPS) or unused
-            let unset = |plain: SocketAddr, tls_port| SocketAddr::new(plain.ip(), tls_port);
-            (
-                endpoints
-                    .mqtts
-                    .unwrap_or(unset(endpoints.mqtt, device_config::DEFAULT_MQTTS_PORT)),
-                endpoints
-                    .https
-                    .unwrap_or(unset(endpoints.http, device_config::DEFAULT_HTTPS_PORT)),
-            )
+    if pin.is_some() {
+        let (served, name) = match args.transport {
+            TransportArg::Mqtt => (endpoints.mqtts, "[mqtt] tls_listen"),
+            TransportArg::Http => (endpoints.https, "[http] tls_listen"),
+        };
+        if served.is_none() {
+            anyhow::bail!(
+                "--pin: a pinned device speaks only TLS, and this appliance serves no {name}; \
+                 set it in the config file, or give --pin none"
+            );
         }
-    };
+    }
+    // with a pin, the other transport's TLS port is for firmware downloads (HTTPS) or unused
+    let (mqtt, http) = endpoints.for_device(pin.is_some());
     device.mqtt_port = port("MQTT", mqtt.port())?;
     device.http_port = port("HTTP", http.port())?;
     device.interval_s = args.interval;
