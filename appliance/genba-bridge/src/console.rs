@@ -34,6 +34,8 @@ use maud::Markup;
 
 use crate::Shared;
 
+mod provision;
+
 const COOKIE: &str = "genba_session";
 const LANG_COOKIE: &str = "genba_lang";
 
@@ -231,6 +233,10 @@ pub(crate) fn routes() -> Router<Shared> {
             post(upload_pi_update).layer(DefaultBodyLimit::max(
                 crate::system_update::MAX_BUNDLE_BYTES as usize + 65536,
             )),
+        )
+        .route(
+            genba_console::provision::PATH,
+            get(provision::form_page).post(provision::provision),
         )
         .route("/send", get(send_page))
         .route("/console/live", get(live))

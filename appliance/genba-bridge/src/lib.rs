@@ -72,6 +72,13 @@ pub struct BridgeSettings {
     /// The broker of this process (`genba up`): live copies go to it directly instead of over
     /// MQTT to `broker`.
     pub live: Option<Arc<dyn LiveHandoff>>,
+    /// Where devices reach the broker: MQTT and, when configured, MQTT over TLS (the console
+    /// writes them into the config of a device it provisions, with this bridge's ports).
+    pub device_mqtt: SocketAddr,
+    pub device_mqtts: Option<SocketAddr>,
+    /// SHA-256 (hex) of the local CA's certificate, when there is one: what provisioned
+    /// devices pin by default.
+    pub local_ca: Option<String>,
 }
 
 pub(crate) struct State {
@@ -96,6 +103,9 @@ pub(crate) struct State {
     metrics_dir: Option<PathBuf>,
     firmware_dir: PathBuf,
     updates_dir: PathBuf,
+    /// Where devices reach this appliance, for the ones the console provisions.
+    devices: genba_platform::provisioning::Served,
+    local_ca: Option<String>,
 }
 
 type Shared = Arc<State>;
@@ -157,8 +167,19 @@ pub async fn start(
         Some(t) => (Some(t.acceptor), t.ca_pem),
         None => (None, None),
     };
+    let tls_addr = match &listeners.https {
+        Some(l) if tls.is_some() => Some(local_addr("http.tls_listen", l)?),
+        _ => None,
+    };
     let db = Db::new(&settings.db_path);
     let state = Arc::new(State {
+        devices: genba_platform::provisioning::Served {
+            mqtt: settings.device_mqtt,
+            mqtts: settings.device_mqtts,
+            http: addr,
+            https: tls_addr,
+        },
+        local_ca: settings.local_ca,
         ca_pem,
         console: console::Console::new(&settings.http, &settings.console, &settings.exment),
         sinks: settings.sinks,
@@ -178,14 +199,9 @@ pub async fn start(
         provision_http: settings.provision_http,
         v2_limiter: genba_telemetry::limiter::Limiter::new(v2::RATE_PER_SEC, v2::BURST),
     });
-    let tls_addr = match (listeners.https, tls) {
-        (Some(l), Some(acceptor)) => {
-            let a = local_addr("http.tls_listen", &l)?;
-            tokio::spawn(serve(l, state.clone(), shutdown.clone(), Some(acceptor)));
-            Some(a)
-        }
-        _ => None,
-    };
+    if let (Some(l), Some(acceptor)) = (listeners.https, tls) {
+        tokio::spawn(serve(l, state.clone(), shutdown.clone(), Some(acceptor)));
+    }
     let done = tokio::spawn(serve(listeners.http, state, shutdown, None));
     Ok(RunningBridge {
         addr,

@@ -10,11 +10,23 @@ use genba_store::{Journal, Reader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// One request on its own connection; the raw answer.
+/// One JSON request on its own connection; the raw answer.
 async fn exchange(addr: SocketAddr, method: &str, path: &str, body: &str) -> String {
+    request(addr, method, path, "genba", "application/json", body).await
+}
+
+/// One request on its own connection, with this Host and Content-Type; the raw answer.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    content_type: &str,
+    body: &str,
+) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: genba\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -29,20 +41,15 @@ fn json_body(answer: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bridge_on_a_bound_listener_journals_a_notify_before_answering_and_stops_on_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("genba.sqlite3");
-    let journal = Journal::start(&db, 64, 64).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let settings = BridgeSettings {
+/// A bridge on `db` without a broker (messages are journaled and answered all the same), whose
+/// devices reach the broker on port 1883 of any address, without TLS.
+fn settings(dir: &std::path::Path, db: &std::path::Path) -> BridgeSettings {
+    BridgeSettings {
         http: genba_config::HttpConfig::default(),
-        // No broker here: the message is journaled and answered all the same.
         broker: "127.0.0.1:9".into(),
         internal_user: "genba-internal".into(),
         internal_secret: "an internal secret of some length".into(),
-        db_path: db.clone(),
+        db_path: db.to_owned(),
         telemetry: Default::default(),
         provision_http: false,
         console: Default::default(),
@@ -50,10 +57,23 @@ async fn a_bridge_on_a_bound_listener_journals_a_notify_before_answering_and_sto
         sinks: Vec::new(),
         tls: None,
         metrics_dir: None,
-        firmware_dir: dir.path().join("firmware"),
-        updates_dir: dir.path().join("updates"),
+        firmware_dir: dir.join("firmware"),
+        updates_dir: dir.join("updates"),
         live: None,
-    };
+        device_mqtt: "0.0.0.0:1883".parse().unwrap(),
+        device_mqtts: None,
+        local_ca: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_on_a_bound_listener_journals_a_notify_before_answering_and_stops_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("genba.sqlite3");
+    let journal = Journal::start(&db, 64, 64).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let settings = settings(dir.path(), &db);
     let listeners = Listeners {
         http: listener,
         https: None,
@@ -94,4 +114,136 @@ async fn a_bridge_on_a_bound_listener_journals_a_notify_before_answering_and_sto
         TcpStream::connect(bridge.addr).await.is_err(),
         "the port still accepts after shutdown"
     );
+}
+
+/// The text between `after` and the next `"` in `page`.
+fn attribute_after<'a>(page: &'a str, after: &str) -> &'a str {
+    let start = page
+        .find(after)
+        .unwrap_or_else(|| panic!("no {after} in {page}"))
+        + after.len();
+    let len = page[start..].find('"').expect("unterminated attribute");
+    &page[start..start + len]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_provisions_a_thermometer_whose_file_holds_its_own_registered_key() {
+    use base64::Engine;
+    use genba_firmware_core::config::{decode_area, Credential};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("genba.sqlite3");
+    let journal = Journal::start(&db, 64, 64).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let listeners = Listeners {
+        http: listener,
+        https: None,
+    };
+    let bridge = start(settings(dir.path(), &db), listeners, journal, shutdown)
+        .await
+        .unwrap();
+    let (addr, host) = (bridge.addr, "192.168.7.2:8080");
+    let form = "application/x-www-form-urlencoded";
+
+    // The form offers the address the browser reached the Pi at, and the defaults.
+    let page = request(addr, "GET", "/provision", host, "", "").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert_eq!(
+        attribute_after(&page, r#"name="appliance" value=""#),
+        "192.168.7.2"
+    );
+    assert_eq!(
+        attribute_after(
+            &page,
+            r#"name="interval" type="number" min="5" max="86400" value=""#
+        ),
+        "60"
+    );
+    let csrf = attribute_after(&page, r#"name="csrf" value=""#).to_owned();
+    let post = |fields: &str| {
+        format!("csrf={csrf}&{fields}&appliance=192.168.7.2&transport=mqtt&interval=30&onewire_gpio=4&led_gpio=8&offsets=&ntp_server=pool.ntp.org&pin=")
+    };
+    let registered = |id: &'static str| {
+        let db = db.clone();
+        move || {
+            let conn = genba_store::open(&db).unwrap();
+            genba_store::devices::get(&conn, id).unwrap().is_some()
+        }
+    };
+
+    // A short pass phrase is refused with its field marked; nothing is registered.
+    let refused = request(
+        addr,
+        "POST",
+        "/provision",
+        host,
+        form,
+        &post("id=fridge-9&wifi_ssid=shop&wifi_pass=short"),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 422"), "{refused}");
+    assert!(
+        refused.contains(
+            r#"id="wifi_pass" name="wifi_pass" type="password" maxlength="63" aria-invalid="true""#
+        ),
+        "{refused}"
+    );
+    assert!(refused.contains("(wifi_pass)"), "{refused}");
+    assert!(!refused.contains("short"), "the pass phrase is not echoed");
+    assert!(!registered("fridge-9")());
+    // A form without its CSRF token changes nothing either.
+    let forged = request(addr, "POST", "/provision", host, form, "id=fridge-9&wifi_ssid=shop&wifi_pass=a+long+pass+phrase&interval=30&onewire_gpio=4&led_gpio=8").await;
+    assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+    assert!(!registered("fridge-9")());
+
+    let done = request(
+        addr,
+        "POST",
+        "/provision",
+        host,
+        form,
+        &post("id=fridge-9&wifi_ssid=shop&wifi_pass=a+long+pass+phrase"),
+    )
+    .await;
+    assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+    assert!(
+        done.to_ascii_lowercase()
+            .contains("cache-control: no-store"),
+        "{done}"
+    );
+    assert!(
+        done.contains("espflash write-bin 0x3f0000 fridge-9.genba-config.bin"),
+        "{done}"
+    );
+    let file = base64::engine::general_purpose::STANDARD
+        .decode(attribute_after(
+            &done,
+            "data:application/octet-stream;base64,",
+        ))
+        .unwrap();
+    let device = decode_area(&file)
+        .expect("the firmware core reads the file")
+        .config;
+    assert_eq!(device.device_id.as_str(), "fridge-9");
+    assert_eq!(device.wifi_pass.as_str(), "a long pass phrase");
+    assert_eq!(
+        (device.host.as_str(), device.mqtt_port, device.interval_s),
+        ("192.168.7.2", 1883, 30)
+    );
+    let Credential::Mqtt { username, password } = &device.credential else {
+        panic!(
+            "an MQTT device logs in with a username: {:?}",
+            device.credential
+        );
+    };
+    assert_eq!(username.as_str(), "fridge-9");
+    assert!(registered("fridge-9")());
+    let conn = genba_store::open(&db).unwrap();
+    let key = genba_telemetry::keys::authorize(&conn, password, "telemetry:write")
+        .expect("the key in the file is registered");
+    assert_eq!(key.device_id, "fridge-9");
+
+    stop.send(true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(15), bridge.done).await;
 }

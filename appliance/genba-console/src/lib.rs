@@ -7,6 +7,7 @@ pub mod chart;
 pub mod i18n;
 pub mod layout;
 pub mod pages;
+pub mod provision;
 
 pub use i18n::{tr, Lang};
 pub use layout::{Flash, Nav, Role, Viewer};

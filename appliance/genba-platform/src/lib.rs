@@ -8,6 +8,7 @@
 //! - [`rules`]: the rules engine (thresholds with duration and hysteresis, silence, rate of
 //!   change, escalation), pure logic whose effects commit with the values it saw;
 //! - [`updates`]: the `update` command for a kept firmware image;
+//! - [`provisioning`]: a new thermometer's registration, device key and config record;
 //! - [`query`]: time ranges and aggregations as the `/v2` API and the console ask for them.
 //!
 //! Where it becomes durable: `genba_store::ingest` inside the journal writer's transaction.
@@ -16,6 +17,7 @@
 pub mod consumer;
 pub mod fields;
 pub mod message;
+pub mod provisioning;
 pub mod query;
 pub mod retention;
 pub mod rules;

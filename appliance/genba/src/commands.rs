@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use genba_auth::passwords;
 use genba_config::Secrets;
+use genba_platform::provisioning::Served;
 
 use crate::lifecycle::{endpoints_file, load_config};
 use crate::roles::Role;
@@ -279,37 +280,10 @@ pub fn simulate(common: &Common, args: crate::simulate::SimulateArgs) -> Result<
     Ok(())
 }
 
-/// Where the appliance serves MQTT, HTTP and, when TLS is on, MQTT over TLS and HTTPS.
-pub struct Endpoints {
-    pub mqtt: std::net::SocketAddr,
-    pub http: std::net::SocketAddr,
-    pub mqtts: Option<std::net::SocketAddr>,
-    pub https: Option<std::net::SocketAddr>,
-}
-
-impl Endpoints {
-    /// The MQTT and HTTP addresses a device uses: the TLS ones when it pins a certificate (a
-    /// TLS listener that is not configured is taken at its default port), else the plain ones.
-    pub fn for_device(&self, pinned: bool) -> (std::net::SocketAddr, std::net::SocketAddr) {
-        use genba_firmware_core::config::{DEFAULT_HTTPS_PORT, DEFAULT_MQTTS_PORT};
-        if !pinned {
-            return (self.mqtt, self.http);
-        }
-        let or_default =
-            |tls: Option<std::net::SocketAddr>, plain: std::net::SocketAddr, port| {
-                tls.unwrap_or(std::net::SocketAddr::new(plain.ip(), port))
-            };
-        (
-            or_default(self.mqtts, self.mqtt, DEFAULT_MQTTS_PORT),
-            or_default(self.https, self.http, DEFAULT_HTTPS_PORT),
-        )
-    }
-}
-
 /// The addresses of the appliance running on this data dir (what `genba up` or each role's
 /// process wrote in `run/`), or the configured ones when none runs or `--mqtt/--http` are
 /// given.
-pub fn running_endpoints(common: &Common, config: &genba_config::Config) -> Endpoints {
+pub fn running_endpoints(common: &Common, config: &genba_config::Config) -> Served {
     // Left by a process that died without cleaning up (SIGKILL, power cut): not used.
     let alive = |e: &serde_json::Value| {
         e["pid"]
@@ -331,7 +305,7 @@ pub fn running_endpoints(common: &Common, config: &genba_config::Config) -> Endp
             .and_then(|a| a.parse().ok())
             .filter(|_| common.mqtt.is_none() && common.http.is_none())
     };
-    Endpoints {
+    Served {
         mqtt: running("mqtt").unwrap_or(config.mqtt.listen),
         http: running("http").unwrap_or(config.http.listen),
         mqtts: running("mqtts").or(config.mqtt.tls_listen),

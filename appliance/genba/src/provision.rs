@@ -1,24 +1,16 @@
 //! `genba devices provision`: registers a thermometer, gives it its own credential (a device
 //! key: its HTTP `X-API-Key`, or its MQTT password with the device id as user name) and writes
-//! the config file the device reads from its `config` flash partition (the record format is
-//! `genba_firmware_core::config`, the same code the firmware decodes it with). The file goes to
-//! the device over USB with `espflash write-bin`.
+//! the config file the device reads from its `config` flash partition. The checks, the key and
+//! the record are `genba_platform::provisioning`'s, shared with the console's "Add a
+//! thermometer" page. The file goes to the device over USB with `espflash write-bin`.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
-use genba_auth::passwords;
-use genba_firmware_core::config::{
-    self as device_config, Credential, DeviceConfig, Pins, AREA_LEN, PARTITION_OFFSET,
-};
-use genba_firmware_core::discovery::{self, Fingerprint};
-use genba_firmware_core::offsets::Offsets;
-use genba_firmware_core::telemetry::MAX_READINGS;
-use genba_store::devices::{self, DeviceChange};
+use genba_firmware_core::config::{self as device_config, Pins};
+use genba_platform::provisioning::{self, Transport, PARTITION_OFFSET};
 
-use crate::commands::Endpoints;
 use crate::firstboot::write_file;
 use crate::lifecycle::load_config;
 use crate::Common;
@@ -92,161 +84,60 @@ pub struct ProvisionArgs {
     pub json: bool,
 }
 
-/// The fingerprint the device pins: `--pin`, else the local CA's when the appliance serves
-/// the device's transport over TLS (`tls`).
-fn pin(args: &ProvisionArgs, data_dir: &Path, tls: bool) -> Result<Option<Fingerprint>> {
-    match args.pin.as_deref() {
-        None if !tls => Ok(None),
-        Some("none") => Ok(None),
-        Some(hex) => discovery::parse_fingerprint(hex)
-            .map(Some)
-            .with_context(|| {
-                format!("--pin {hex:?}: a SHA-256 (64 hex digits) or `none` expected")
-            }),
-        None => {
-            let Some(hex) = genba_tls::local_ca_fingerprint(data_dir)? else {
-                return Ok(None);
-            };
-            discovery::parse_fingerprint(&hex)
-                .map(Some)
-                .context("the local CA's fingerprint is not a SHA-256")
+impl ProvisionArgs {
+    fn request(&self) -> provisioning::Request {
+        provisioning::Request {
+            id: self.id.clone(),
+            wifi_ssid: self.wifi_ssid.clone(),
+            wifi_pass: self.wifi_pass.clone(),
+            appliance: self.appliance.clone(),
+            transport: match self.transport {
+                TransportArg::Mqtt => Transport::Mqtt,
+                TransportArg::Http => Transport::Http,
+            },
+            interval_s: self.interval,
+            pins: Pins {
+                onewire: self.onewire_gpio,
+                led: self.led_gpio,
+                led_active_low: !self.led_active_high,
+            },
+            offsets: self.offsets.clone(),
+            ntp_server: self.ntp_server.clone(),
+            pin: self.pin.clone(),
         }
     }
-}
-
-/// The host the device is told to reach: `--appliance`, else the broker's address when a
-/// device on the LAN could reach it.
-fn appliance_host(args: &ProvisionArgs, mqtt: SocketAddr) -> Result<String> {
-    if let Some(host) = &args.appliance {
-        return Ok(host.clone());
-    }
-    let ip = mqtt.ip();
-    let lan = match ip {
-        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_loopback(),
-        IpAddr::V6(_) => false,
-    };
-    if lan {
-        Ok(ip.to_string())
-    } else {
-        anyhow::bail!(
-            "--appliance: the address devices reach this appliance at (IPv4 or DNS name); \
-             the broker listens on {mqtt}, which does not say"
-        )
-    }
-}
-
-/// The device's config with `credential`; every field checked by the firmware core's rules.
-/// `endpoints` are where the appliance serves (the running one's, else the configured ones);
-/// a pinned device is given the TLS ports.
-fn build_config(
-    args: &ProvisionArgs,
-    endpoints: &Endpoints,
-    credential: Credential,
-    pin: Option<Fingerprint>,
-) -> Result<DeviceConfig> {
-    let host = appliance_host(args, endpoints.mqtt)?;
-    let field = |e: device_config::Error| anyhow::anyhow!("{e}");
-    let mut device = DeviceConfig::new(
-        &args.id,
-        &args.wifi_ssid,
-        &args.wifi_pass,
-        &host,
-        credential,
-    )
-    .map_err(field)?;
-    let port = |name: &str, port: u16| {
-        if port == 0 {
-            anyhow::bail!("the {name} listen port is 0 (any free port): devices need a fixed one")
-        }
-        Ok(port)
-    };
-    if pin.is_some() {
-        let (served, name) = match args.transport {
-            TransportArg::Mqtt => (endpoints.mqtts, "[mqtt] tls_listen"),
-            TransportArg::Http => (endpoints.https, "[http] tls_listen"),
-        };
-        if served.is_none() {
-            anyhow::bail!(
-                "--pin: a pinned device speaks only TLS, and this appliance serves no {name}; \
-                 set it in the config file, or give --pin none"
-            );
-        }
-    }
-    // with a pin, the other transport's TLS port is for firmware downloads (HTTPS) or unused
-    let (mqtt, http) = endpoints.for_device(pin.is_some());
-    device.mqtt_port = port("MQTT", mqtt.port())?;
-    device.http_port = port("HTTP", http.port())?;
-    device.interval_s = args.interval;
-    device.pins = Pins {
-        onewire: args.onewire_gpio,
-        led: args.led_gpio,
-        led_active_low: !args.led_active_high,
-    };
-    device.offsets = Offsets::<MAX_READINGS>::parse_list(&args.offsets.join(","))
-        .map_err(|e| anyhow::anyhow!("--offset: {e}"))?;
-    device.set_ntp_server(&args.ntp_server).map_err(field)?;
-    device.ca_sha256 = pin;
-    device.validate().map_err(field)?;
-    Ok(device)
 }
 
 pub fn run(args: ProvisionArgs) -> Result<()> {
-    genba_firmware_core::telemetry::validate_device_id(&args.id).map_err(|_| {
-        anyhow::anyhow!(
-            "device id {:?}: 1-32 characters from A-Z a-z 0-9 - _ .",
-            args.id
-        )
-    })?;
     let config = load_config(&args.common)?;
-    let secret = passwords::generate_api_key();
-    let credential = match args.transport {
-        TransportArg::Mqtt => Credential::mqtt(&args.id, &secret),
-        TransportArg::Http => Credential::api_key(&secret),
-    }
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data_dir = config.data_dir();
     // Everything is checked before anything is created.
-    let endpoints = crate::commands::running_endpoints(&args.common, &config);
-    let tls = match args.transport {
-        TransportArg::Mqtt => endpoints.mqtts.is_some(),
-        TransportArg::Http => endpoints.https.is_some(),
-    };
-    let device = build_config(
-        &args,
-        &endpoints,
-        credential,
-        pin(&args, &config.data_dir(), tls)?,
+    let served = crate::commands::running_endpoints(&args.common, &config);
+    let local_ca = genba_tls::local_ca_fingerprint(&data_dir)?;
+    let prepared = provisioning::prepare(&args.request(), &served, local_ca.as_deref()).map_err(
+        |e| match e.field {
+            "id" => anyhow::anyhow!("device id {:?}: {}", args.id, e.message),
+            field => anyhow::anyhow!("--{}: {}", field.replace('_', "-"), e.message),
+        },
     )?;
-    let pinned = device
-        .ca_sha256
-        .as_ref()
-        .map(|fp| discovery::hex(fp).to_string());
-    let mut image = vec![0u8; AREA_LEN];
-    device
-        .area_image(&mut image)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.genba-config.bin", args.id)));
-    let data_dir = config.data_dir();
     let conn = genba_store::open(&genba_store::db_path(&data_dir))?;
     let tx = conn.unchecked_transaction()?;
-    let added = devices::add(&tx, &args.id, &DeviceChange::default())?;
-    // One credential for either transport: a device key (HTTP `X-API-Key`, or the MQTT
-    // password with the device id as user name), in force at once, revoked alone.
-    let key_id = genba_telemetry::keys::add_given(&tx, &args.id, &[], &secret)?.id;
-    write_file(&out, &image, 0o600, None)?;
+    let registered = provisioning::register(&tx, &prepared)?;
+    write_file(&out, &prepared.record, 0o600, None)?;
     tx.commit()?;
 
-    let flash = format!("espflash write-bin {PARTITION_OFFSET:#x} {}", out.display());
-    let transport = match args.transport {
-        TransportArg::Mqtt => "mqtt",
-        TransportArg::Http => "http",
-    };
+    let device = &prepared.device;
+    let pinned = prepared.pin_hex();
+    let key_id = registered.key_id;
+    let flash = provisioning::flash_command(&out.display().to_string());
     if args.json {
-        let credential = match args.transport {
-            TransportArg::Http => serde_json::json!({"kind": "api_key", "key_id": key_id}),
-            TransportArg::Mqtt => {
+        let credential = match prepared.transport {
+            Transport::Http => serde_json::json!({"kind": "api_key", "key_id": key_id}),
+            Transport::Mqtt => {
                 serde_json::json!({"kind": "device_key", "key_id": key_id, "username": args.id})
             }
         };
@@ -254,15 +145,15 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "device_id": args.id,
-                "new_device": added.is_some(),
-                "transport": transport,
+                "new_device": registered.new_device,
+                "transport": prepared.transport.as_str(),
                 "appliance": device.host.as_str(),
                 "mqtt_port": device.mqtt_port,
                 "http_port": device.http_port,
                 "pin": pinned,
                 "credential": credential,
                 "file": out.display().to_string(),
-                "file_bytes": image.len(),
+                "file_bytes": prepared.record.len(),
                 "partition_offset": format!("{PARTITION_OFFSET:#x}"),
                 "flash_command": flash,
             }))?
@@ -272,18 +163,13 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
     println!(
         "device {} {}; it reports to {} over {}",
         args.id,
-        if added.is_some() {
+        if registered.new_device {
             "registered"
         } else {
             "was registered already"
         },
         device.host,
-        match (args.transport, pinned.is_some()) {
-            (TransportArg::Mqtt, false) => format!("MQTT (port {})", device.mqtt_port),
-            (TransportArg::Http, false) => format!("HTTP (port {})", device.http_port),
-            (TransportArg::Mqtt, true) => format!("MQTT over TLS (port {})", device.mqtt_port),
-            (TransportArg::Http, true) => format!("HTTPS (port {})", device.http_port),
-        }
+        prepared.reports_over()
     );
     match &pinned {
         Some(fp) => println!(
@@ -296,15 +182,15 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
         "credential: device key #{key_id} for {}{} (revoke it alone with `genba keys revoke \
          {key_id}`)",
         args.id,
-        match args.transport {
-            TransportArg::Mqtt => ", its MQTT password with the user name of the device id",
-            TransportArg::Http => "",
+        match prepared.transport {
+            Transport::Mqtt => ", its MQTT password with the user name of the device id",
+            Transport::Http => "",
         }
     );
     println!(
         "config file: {} ({} bytes, mode 600: it holds the Wi-Fi pass phrase and the credential)",
         out.display(),
-        image.len()
+        prepared.record.len()
     );
     println!("write it to the device's config partition over USB:");
     println!("  {flash}");

@@ -319,6 +319,9 @@ pub async fn start(
                 live: started.broker.as_ref().map(|b| {
                     Arc::new(BrokerHandoff(b.broker.clone())) as Arc<dyn genba_bridge::LiveHandoff>
                 }),
+                device_mqtt: started.mqtt.unwrap_or(config.mqtt.listen),
+                device_mqtts: started.mqtts.or(config.mqtt.tls_listen),
+                local_ca: genba_tls::local_ca_fingerprint(&data_dir)?,
             },
             listeners,
             journal,

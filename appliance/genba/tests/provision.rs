@@ -232,7 +232,10 @@ fn a_device_pins_the_appliances_local_ca_or_what_pin_names_and_gets_the_tls_port
 
     // A bad pin is refused before anything is created.
     let (ok, out) = provision(&a, "fridge-bad", "http", &["--pin", "abc"]);
-    assert!(!ok && out.contains("--pin \"abc\""), "{out}");
+    assert!(
+        !ok && out.contains("--pin: \"abc\" is not a SHA-256"),
+        "{out}"
+    );
     assert!(!a.dir.path().join("fridge-bad.bin").exists());
     let (_, list) = a.genba(&["devices", "list", "--json"]);
     assert!(!list.contains("fridge-bad"), "{list}");

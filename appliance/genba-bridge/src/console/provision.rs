@@ -1,0 +1,183 @@
+//! `GET/POST /provision`: "Add a thermometer" (admins). The post is checked, registered and
+//! turned into the device's config file by genba-platform `provisioning`, the code `genba
+//! devices provision` runs; the file is handed over inside the answer and kept nowhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use axum::extract::{Query, Request, State as AxumState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use genba_console::provision::{self as page, ProvisionForm};
+use genba_console::Role;
+use genba_firmware_core::config::Pins;
+use genba_platform::provisioning::{self, ProvisionError, Request as Asked, Transport};
+
+use super::{db_error, html, posted, status_page, viewer};
+use crate::Shared;
+
+pub(super) async fn form_page(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let v = match viewer(&state, &headers, &q, page::PATH) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if v.role < Role::Admin {
+        return status_page(&v, StatusCode::FORBIDDEN, "Your role may not do this.");
+    }
+    let values = defaults(&headers);
+    html(page::form(&v, &form(&state, &values, None)), &q)
+}
+
+pub(super) async fn provision(AxumState(state): AxumState<Shared>, req: Request) -> Response {
+    let (v, f) = match posted(&state, req, page::PATH, Role::Admin).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let refused = |e: ProvisionError| {
+        let mut r = html(
+            page::form(&v, &form(&state, &f, Some((e.field, &e.message)))),
+            &BTreeMap::new(),
+        );
+        *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+        r
+    };
+    let asked = match request(&f) {
+        Ok(a) => a,
+        Err(e) => return refused(e),
+    };
+    let prepared = match provisioning::prepare(&asked, &state.devices, state.local_ca.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    let registered = state
+        .db
+        .run(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let registered = provisioning::register(&tx, &prepared);
+            if registered.is_ok() {
+                tx.commit()?;
+            }
+            Ok((prepared, registered))
+        })
+        .await;
+    let (prepared, registered) = match registered {
+        Ok((p, Ok(r))) => (p, r),
+        Ok((_, Err(e))) => {
+            tracing::error!(error = %e, "console: provisioning");
+            return refused(ProvisionError {
+                field: "id",
+                message: e.to_string(),
+            });
+        }
+        Err(e) => return db_error(e),
+    };
+    tracing::info!(device = %asked.id, user = ?v.user, key = registered.key_id, "console: device provisioned");
+    let file_name = format!("{}.genba-config.bin", asked.id);
+    let done = page::Provisioned {
+        id: &asked.id,
+        new_device: registered.new_device,
+        reports_to: format!("{} over {}", prepared.device.host, prepared.reports_over()),
+        pin: prepared.pin_hex(),
+        key_id: registered.key_id,
+        flash_command: provisioning::flash_command(&file_name),
+        file_base64: base64::engine::general_purpose::STANDARD.encode(&prepared.record),
+        file_bytes: prepared.record.len(),
+        file_name,
+    };
+    let mut r = html(page::provisioned(&v, &done), &BTreeMap::new());
+    // The page holds a secret: no copy in any cache, no referrer to other sites.
+    r.headers_mut().insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+fn form<'a>(
+    state: &'a Shared,
+    values: &'a HashMap<String, String>,
+    error: Option<(&'a str, &'a str)>,
+) -> ProvisionForm<'a> {
+    ProvisionForm {
+        values,
+        error,
+        default_pin: state
+            .local_ca
+            .as_deref()
+            .filter(|_| state.devices.tls(Transport::Mqtt)),
+    }
+}
+
+/// The form's first values: the defaults devices are provisioned with, and this Pi's address
+/// as the browser reached it when that is a LAN address a device could use too.
+fn defaults(headers: &HeaderMap) -> HashMap<String, String> {
+    let d = Asked::new("", "", "", Transport::Mqtt);
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit_once(':').map_or(Some(h), |(host, _)| Some(host)))
+        .and_then(|h| h.parse::<IpAddr>().ok())
+        .filter(|ip| matches!(ip, IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified()))
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    HashMap::from([
+        ("appliance".to_owned(), host),
+        ("transport".to_owned(), "mqtt".to_owned()),
+        ("interval".to_owned(), d.interval_s.to_string()),
+        ("onewire_gpio".to_owned(), d.pins.onewire.to_string()),
+        ("led_gpio".to_owned(), d.pins.led.to_string()),
+        ("ntp_server".to_owned(), d.ntp_server),
+    ])
+}
+
+/// The posted form as a provisioning request; a number that is not one names its field.
+fn request(f: &HashMap<String, String>) -> Result<Asked, ProvisionError> {
+    let text = |key: &str| f.get(key).map(|s| s.trim().to_owned()).unwrap_or_default();
+    fn number<T: std::str::FromStr>(
+        f: &HashMap<String, String>,
+        key: &'static str,
+    ) -> Result<T, ProvisionError> {
+        let raw = f.get(key).map(|s| s.trim()).unwrap_or_default();
+        raw.parse().map_err(|_| ProvisionError {
+            field: key,
+            message: format!("{raw:?} is not a number in range"),
+        })
+    }
+    let transport = match text("transport").as_str() {
+        "http" => Transport::Http,
+        "mqtt" | "" => Transport::Mqtt,
+        other => {
+            return Err(ProvisionError {
+                field: "transport",
+                message: format!("{other:?}: mqtt or http expected"),
+            })
+        }
+    };
+    // The pass phrase is taken as typed: spaces may belong to it.
+    let pass = f.get("wifi_pass").cloned().unwrap_or_default();
+    let mut asked = Asked::new(&text("id"), &text("wifi_ssid"), &pass, transport);
+    asked.appliance = Some(text("appliance")).filter(|a| !a.is_empty());
+    asked.interval_s = number(f, "interval")?;
+    asked.pins = Pins {
+        onewire: number(f, "onewire_gpio")?,
+        led: number(f, "led_gpio")?,
+        led_active_low: text("led_active_high") != "1",
+    };
+    asked.offsets = text("offsets")
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let ntp = text("ntp_server");
+    if !ntp.is_empty() {
+        asked.ntp_server = ntp;
+    }
+    asked.pin = Some(text("pin")).filter(|p| !p.is_empty());
+    Ok(asked)
+}

@@ -1,0 +1,140 @@
+//! "Add a thermometer": the form that provisions a device from the Pi, and the answer that
+//! hands over its config file once. The bridge checks and registers (genba-platform
+//! `provisioning`, the code `genba devices provision` runs); this module only renders.
+
+use std::collections::HashMap;
+
+use maud::{html, Markup};
+
+use crate::i18n::tr;
+use crate::layout::{csrf_field, page, Flash, Nav, Viewer};
+
+/// The path of the form.
+pub const PATH: &str = "/provision";
+
+/// What the form shows: the values typed or the defaults (never the Wi-Fi pass phrase), and
+/// the field a refusal names.
+pub struct ProvisionForm<'a> {
+    pub values: &'a HashMap<String, String>,
+    /// (field, message) of a refused post.
+    pub error: Option<(&'a str, &'a str)>,
+    /// What a pinned device pins by default: the local CA's SHA-256, when the appliance serves
+    /// TLS to devices.
+    pub default_pin: Option<&'a str>,
+}
+
+impl ProvisionForm<'_> {
+    fn value(&self, key: &str) -> &str {
+        self.values.get(key).map(String::as_str).unwrap_or_default()
+    }
+
+    /// `aria-invalid` for the field a refusal names.
+    fn invalid(&self, key: &str) -> Option<&'static str> {
+        self.error.filter(|(f, _)| *f == key).map(|_| "true")
+    }
+}
+
+pub fn form(v: &Viewer, f: &ProvisionForm) -> Markup {
+    let l = v.lang;
+    let flash = f.error.map(|(field, message)| {
+        Flash::Error(format!("{} ({field}): {message}", tr(l, "Not added")))
+    });
+    let transport = f.value("transport");
+    let body = html! {
+        p.muted { (tr(l, "The Pi registers the thermometer, gives it its own device key and makes its config file. You write the file to the board over USB; nothing is compiled.")) }
+        form.stack #provision method="post" action=(PATH) style="max-width:36rem" autocomplete="off" {
+            (csrf_field(v))
+            label for="id" { (tr(l, "Device id")) " (A-Z a-z 0-9 - _ .)" }
+            input #id name="id" value=(f.value("id")) required maxlength="32" pattern="[A-Za-z0-9._\\-]{1,32}" aria-invalid=[f.invalid("id")];
+            label for="wifi_ssid" { (tr(l, "Wi-Fi network (SSID)")) }
+            input #wifi_ssid name="wifi_ssid" value=(f.value("wifi_ssid")) required maxlength="32" aria-invalid=[f.invalid("wifi_ssid")];
+            label for="wifi_pass" { (tr(l, "Wi-Fi pass phrase (empty for an open network)")) }
+            input #wifi_pass name="wifi_pass" type="password" maxlength="63" aria-invalid=[f.invalid("wifi_pass")];
+            label for="appliance" { (tr(l, "This Pi's address as the device reaches it (it looks for genba.local first)")) }
+            input #appliance name="appliance" value=(f.value("appliance")) maxlength="63" aria-invalid=[f.invalid("appliance")];
+            label for="transport" { (tr(l, "Transport")) }
+            select #transport name="transport" aria-invalid=[f.invalid("transport")] {
+                option value="mqtt" selected[transport != "http"] { (tr(l, "MQTT: readings and commands, updates included")) }
+                option value="http" selected[transport == "http"] { (tr(l, "HTTP: readings only")) }
+            }
+            label for="interval" { (tr(l, "Seconds between readings")) }
+            input #interval name="interval" type="number" min="5" max="86400" value=(f.value("interval")) required aria-invalid=[f.invalid("interval")];
+            details open[f.error.is_some_and(|(k, _)| !matches!(k, "id" | "wifi_ssid" | "wifi_pass" | "appliance" | "transport" | "interval"))] {
+                summary { (tr(l, "More settings")) }
+                div.stack {
+                    label for="onewire_gpio" { (tr(l, "DS18B20 data GPIO")) }
+                    input #onewire_gpio name="onewire_gpio" type="number" min="0" max="21" value=(f.value("onewire_gpio")) aria-invalid=[f.invalid("onewire_gpio")];
+                    label for="led_gpio" { (tr(l, "Status LED GPIO")) }
+                    input #led_gpio name="led_gpio" type="number" min="0" max="21" value=(f.value("led_gpio")) aria-invalid=[f.invalid("led_gpio")];
+                    label for="led_active_high" {
+                        input #led_active_high name="led_active_high" type="checkbox" value="1" style="width:auto" checked[f.value("led_active_high") == "1"];
+                        " " (tr(l, "The LED lights when its pin is high"))
+                    }
+                    label for="offsets" { (tr(l, "Probe offsets (SENSOR_ID=°C, comma-separated)")) }
+                    input #offsets name="offsets" value=(f.value("offsets")) placeholder="28FF4C3A91160457=-0.25" aria-invalid=[f.invalid("offsets")];
+                    label for="ntp_server" { (tr(l, "Time server (NTP)")) }
+                    input #ntp_server name="ntp_server" value=(f.value("ntp_server")) maxlength="63" aria-invalid=[f.invalid("ntp_server")];
+                    label for="pin" { (tr(l, "Pinned certificate: SHA-256, or none")) }
+                    input #pin name="pin" value=(f.value("pin")) maxlength="64" placeholder=(f.default_pin.unwrap_or("none")) aria-invalid=[f.invalid("pin")];
+                    p.muted {
+                        @match f.default_pin {
+                            Some(_) => (tr(l, "Empty: the device pins this Pi's certificate authority and speaks only TLS.")),
+                            None => (tr(l, "Empty: this Pi serves no TLS to devices, so the device speaks plain MQTT or HTTP.")),
+                        }
+                    }
+                }
+            }
+            button type="submit" { (tr(l, "Add the thermometer")) }
+        }
+    };
+    page(v, Nav::None, tr(l, "Add a thermometer"), flash, body)
+}
+
+/// The answer to a provisioning that worked. The config file comes inside the page (a
+/// `data:` link) and is kept nowhere on the Pi: it holds the Wi-Fi pass phrase and the key.
+pub struct Provisioned<'a> {
+    pub id: &'a str,
+    pub new_device: bool,
+    /// "192.168.1.10 over MQTT over TLS (port 8883)".
+    pub reports_to: String,
+    pub pin: Option<String>,
+    pub key_id: i64,
+    pub file_name: String,
+    /// The file as base64.
+    pub file_base64: String,
+    pub file_bytes: usize,
+    pub flash_command: String,
+}
+
+pub fn provisioned(v: &Viewer, p: &Provisioned) -> Markup {
+    let l = v.lang;
+    let title = if p.new_device {
+        tr(l, "Thermometer registered")
+    } else {
+        tr(l, "Thermometer registered already: it gets a new key")
+    };
+    let body = html! {
+        dl #provisioned {
+            dt { (tr(l, "Device")) } dd #provisioned-id { a href={ "/devices/" (p.id) } { (p.id) } }
+            dt { (tr(l, "Reports to")) } dd { (p.reports_to) }
+            dt { (tr(l, "Pinned certificate")) }
+            dd { @match &p.pin { Some(fp) => code { (fp) }, None => (tr(l, "none (plain MQTT or HTTP)")) } }
+            dt { (tr(l, "Credential")) }
+            dd { (tr(l, "device key")) " #" (p.key_id) " · " code { "genba keys revoke " (p.key_id) } " " (tr(l, "revokes it alone")) }
+        }
+        p {
+            a.button #config-download download=(p.file_name) href={ "data:application/octet-stream;base64," (p.file_base64) } {
+                (tr(l, "Download the config file")) " (" (p.file_name) ", " (p.file_bytes / 1024) " KiB)"
+            }
+        }
+        p.banner role="note" { (tr(l, "The file holds the Wi-Fi pass phrase and the device key. This page is its only copy: download it now, and delete it once it is on the board.")) }
+        h2 { (tr(l, "Write it to the thermometer")) }
+        ol.stack {
+            li { (tr(l, "A new board needs Genba's firmware first: see the Firmware page and firmware/README.md (Flash).")) }
+            li { (tr(l, "Connect the board over USB and run:")) pre { code #flash-command { (p.flash_command) } } }
+            li { (tr(l, "Reset the board. It finds this Pi, logs in with its own key and appears on the Overview with its first reading.")) }
+        }
+        p { a.button href=(PATH) { (tr(l, "Add another")) } }
+    };
+    page(v, Nav::None, title, Some(Flash::Ok(title.to_owned())), body)
+}
