@@ -5,13 +5,15 @@ chromedriver, against `genba up` with real users, real readings (HTTP and MQTT) 
 Checks: login (wrong password refused, roles), device cards and their states, a value that
 changes live after a reading is posted (no reload), the connection-lost banner, a chart with
 the expected number of points, acknowledging an alarm with a note, the HACCP record (print
-layout, Japanese, CSV rows), the send form's answer page, a 390 px phone layout, labels,
-contrast and keyboard focus, and the weight of every page (gzip). Screenshots go to
+layout, Japanese, CSV rows), the send form's answer page, adding a thermometer (its config
+file drives a simulated device), a 390 px phone layout, labels, contrast and keyboard focus,
+and the weight of every page (gzip). Screenshots go to
 $SCREENSHOT_DIR (default target/console-screenshots).
 
 Run by scripts/test-console; prints 'console: N passed, N failed' last.
 """
 
+import base64
 import datetime
 import gzip
 import hashlib
@@ -429,6 +431,49 @@ def run_checks(d, a, base, n_values):
             assert f.read() == bundle
     _()
 
+    @check("add a thermometer: a refusal marks its field, then the device's config file comes once and a device made from it reports")
+    def _():
+        d.get(base + "/")
+        d.find_element(By.ID, "add-device").click()
+        wait(d, lambda: d.current_url.endswith("/provision"))
+        d.find_element(By.ID, "id").send_keys("fridge-7")
+        d.find_element(By.ID, "wifi_ssid").send_keys("shop-floor")
+        d.find_element(By.ID, "wifi_pass").send_keys("short")
+        # the browser reached the Pi on loopback, which a device cannot use: the form leaves it to us
+        appliance = d.find_element(By.ID, "appliance")
+        assert appliance.get_attribute("value") == "", appliance.get_attribute("value")
+        appliance.send_keys("127.0.0.1")
+        d.find_element(By.ID, "interval").clear()
+        d.find_element(By.ID, "interval").send_keys("5")
+        shot(d, "provision-form")
+        d.find_element(By.CSS_SELECTOR, "#provision button[type=submit]").click()
+        wait(d, lambda: d.find_elements(By.CSS_SELECTOR, ".banner.error"))
+        assert d.find_element(By.ID, "wifi_pass").get_attribute("aria-invalid") == "true"
+        assert "wifi_pass" in d.find_element(By.CSS_SELECTOR, ".banner.error").text
+        assert d.find_element(By.ID, "id").get_attribute("value") == "fridge-7", "typed values stay"
+        status, _b, _h = fetch(base + "/devices/fridge-7", session_cookie(d), accept_status=(404,))
+        assert status == 404, "a refused form registers nothing"
+        d.find_element(By.ID, "wifi_pass").send_keys("a long pass phrase")
+        d.find_element(By.CSS_SELECTOR, "#provision button[type=submit]").click()
+        wait(d, lambda: d.find_elements(By.ID, "config-download"))
+        link = d.find_element(By.ID, "config-download")
+        assert link.get_attribute("download") == "fridge-7.genba-config.bin"
+        assert d.find_element(By.ID, "flash-command").text == "espflash write-bin 0x3f0000 fridge-7.genba-config.bin"
+        shot(d, "provision")
+        href = link.get_attribute("href")
+        prefix = "data:application/octet-stream;base64,"
+        assert href.startswith(prefix), href[:60]
+        path = os.path.join(a.dir, "fridge-7.genba-config.bin")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(href[len(prefix):]))
+        # `genba simulate` plays the device this file describes: its id, its own key, this Pi.
+        genba("simulate", "--device-config", path, "--batches", "1", "--interval", "0.2",
+              config=a.config, data_dir=a.data)
+        d.get(base + "/")
+        wait(d, lambda: d.find_elements(By.ID, "device-fridge-7"))
+        assert "ok" in d.find_element(By.CSS_SELECTOR, "#device-fridge-7 .state").get_attribute("class")
+    _()
+
     @check("roles: a viewer sees alarms but cannot acknowledge or send commands")
     def _():
         login(d, base, "guest", "guest-password")
@@ -440,6 +485,10 @@ def run_checks(d, a, base, n_values):
         d.get(base + "/firmware")
         assert d.find_elements(By.ID, "fw-fridge-1") and not d.find_elements(By.CSS_SELECTOR, "#firmware-devices form")
         assert not d.find_elements(By.ID, "pi-upload"), "only admins upload an update of the Pi"
+        d.get(base + "/")
+        assert not d.find_elements(By.ID, "add-device"), "only admins add devices"
+        status, _b, _h = fetch(base + "/provision", session_cookie(d), accept_status=(403,))
+        assert status == 403, status
         login(d, base, "cook", "cook-password")
         d.get(base + "/devices/fridge-1")
         assert d.find_elements(By.ID, "command") and not d.find_elements(By.ID, "name")
@@ -450,7 +499,7 @@ def run_checks(d, a, base, n_values):
     @check("phone: 390 px wide without sideways scrolling")
     def _():
         d.set_window_size(390, 844)
-        for path in ("/", "/devices/fridge-1", "/alarms", f"/haccp?day={today}", "/firmware"):
+        for path in ("/", "/devices/fridge-1", "/alarms", f"/haccp?day={today}", "/firmware", "/provision"):
             d.get(base + path)
             width = d.execute_script("return document.documentElement.scrollWidth")
             assert width <= 390, (path, width)
@@ -463,7 +512,7 @@ def run_checks(d, a, base, n_values):
 
     @check("accessibility: every field has a label, text contrast >= 4.5, keyboard focus visible")
     def _():
-        for path in ("/", "/devices/fridge-1", "/alarms", f"/haccp?day={today}", "/firmware", "/send"):
+        for path in ("/", "/devices/fridge-1", "/alarms", f"/haccp?day={today}", "/firmware", "/send", "/provision"):
             d.get(base + path)
             unlabeled = d.execute_script(
                 "return Array.from(document.querySelectorAll('input,textarea,select'))"
@@ -491,7 +540,7 @@ def run_checks(d, a, base, n_values):
     def _():
         cookie = session_cookie(d)
         assets = sum(len(gzip.compress(fetch(base + p, cookie)[1])) for p in ("/assets/console.css", "/assets/console.js"))
-        for path in ("/", "/devices/fridge-1?range=1y", "/alarms", f"/haccp?month={today[:7]}", "/delivery", "/firmware", "/send"):
+        for path in ("/", "/devices/fridge-1?range=1y", "/alarms", f"/haccp?month={today[:7]}", "/delivery", "/firmware", "/send", "/provision"):
             html = fetch(base + path, cookie)[1]
             total = len(gzip.compress(html)) + assets
             print(f"     page weight {path}: {len(html)} B html, {total} B gzip with assets")

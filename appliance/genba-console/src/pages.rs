@@ -1,5 +1,6 @@
-//! The pages: overview, device, alarms, HACCP record, delivery, firmware, send. Each takes what the
-//! bridge read from the store and returns markup; none of them touches the store itself.
+//! The pages: overview, device, alarms, HACCP record, delivery, firmware, send (adding a
+//! thermometer is [`crate::provision`]). Each takes what the bridge read from the store and
+//! returns markup; none of them touches the store itself.
 
 use genba_store::alarms::Alarm;
 use genba_store::devices::Device;
@@ -131,6 +132,9 @@ pub fn overview(v: &Viewer, cards: &[DeviceCard], now_ms: i64) -> Markup {
                     }
                 }
             }
+        }
+        @if v.role >= Role::Admin {
+            p.noprint { a.button #add-device href=(crate::provision::PATH) { (tr(l, "Add a thermometer")) } }
         }
     };
     page(v, Nav::Overview, tr(l, "Overview"), None, body)

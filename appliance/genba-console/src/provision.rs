@@ -130,11 +130,11 @@ pub fn provisioned(v: &Viewer, p: &Provisioned) -> Markup {
         p.banner role="note" { (tr(l, "The file holds the Wi-Fi pass phrase and the device key. This page is its only copy: download it now, and delete it once it is on the board.")) }
         h2 { (tr(l, "Write it to the thermometer")) }
         ol.stack {
-            li { (tr(l, "A new board needs Genba's firmware first: see the Firmware page and firmware/README.md (Flash).")) }
+            li { (tr(l, "A new board needs Genba's firmware first:")) " " a href="/firmware" { (tr(l, "Firmware")) } " · firmware/README.md (Flash)" }
             li { (tr(l, "Connect the board over USB and run:")) pre { code #flash-command { (p.flash_command) } } }
             li { (tr(l, "Reset the board. It finds this Pi, logs in with its own key and appears on the Overview with its first reading.")) }
         }
         p { a.button href=(PATH) { (tr(l, "Add another")) } }
     };
-    page(v, Nav::None, title, Some(Flash::Ok(title.to_owned())), body)
+    page(v, Nav::None, title, None, body)
 }
