@@ -158,6 +158,24 @@ def esp32c3_image(version):
     return bytes(out) + hashlib.sha256(out).digest()
 
 
+def board_image(app):
+    """A whole-flash (4 MB) board image around `app`, laid out as
+    firmware/esp32c3/partitions.csv says: a bootloader stub at 0, the partition table at
+    0x8000 (32-byte entries: magic AA 50, type, subtype, offset, size, label), the app at
+    0x10000 (ota_0), the rest erased."""
+    board = bytearray(b"\xff" * 0x400000)
+    board[0:4] = bytes([0xE9, 3, 2, 0x20])
+    table = [("nvs", 1, 2, 0x9000, 0x4000), ("otadata", 1, 0, 0xD000, 0x2000),
+             ("phy_init", 1, 1, 0xF000, 0x1000), ("ota_0", 0, 0x10, 0x10000, 0x1F0000),
+             ("ota_1", 0, 0x11, 0x200000, 0x1F0000), ("config", 1, 6, 0x3F0000, 0x4000)]
+    for i, (label, kind, sub, offset, size) in enumerate(table):
+        entry = bytes([0xAA, 0x50, kind, sub]) + struct.pack("<II", offset, size)
+        entry += label.encode().ljust(16, b"\0") + b"\0" * 4
+        board[0x8000 + 32 * i:0x8000 + 32 * (i + 1)] = entry
+    board[0x10000:0x10000 + len(app)] = app
+    return bytes(board)
+
+
 def browser():
     opts = webdriver.ChromeOptions()
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000",
@@ -433,6 +451,14 @@ def run_checks(d, a, base, n_values):
 
     @check("add a thermometer: a refusal marks its field, then the device's config file comes once and a device made from it reports")
     def _():
+        # the Pi keeps a board image (firmware 1.2.0): the answer offers it for a new board
+        app = esp32c3_image("1.2.0")
+        board = board_image(app)
+        path = os.path.join(a.dir, "genba-fw-esp32c3-full-4MB.bin")
+        with open(path, "wb") as f:
+            f.write(board)
+        added = json.loads(genba("firmware", "add", path, "--json", config=a.config, data_dir=a.data))
+        assert added["image"]["board_size"] == len(board), added
         d.get(base + "/")
         d.find_element(By.ID, "add-device").click()
         wait(d, lambda: d.current_url.endswith("/provision"))
@@ -460,6 +486,11 @@ def run_checks(d, a, base, n_values):
         assert link.get_attribute("download") == "fridge-7.genba-config.bin"
         assert d.find_element(By.ID, "flash-command").text == "espflash write-bin 0x3f0000 fridge-7.genba-config.bin"
         shot(d, "provision")
+        board_link = d.find_element(By.CSS_SELECTOR, "#new-board a")
+        assert board_link.get_attribute("download") == "genba-fw-1.2.0-board.bin"
+        status, body, _h = fetch(board_link.get_attribute("href"))
+        assert status == 200 and body == board, (status, len(body))
+        assert "espflash write-bin 0x0 genba-fw-1.2.0-board.bin" in d.find_element(By.ID, "new-board").text
         href = link.get_attribute("href")
         prefix = "data:application/octet-stream;base64,"
         assert href.startswith(prefix), href[:60]

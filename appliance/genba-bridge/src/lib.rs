@@ -229,29 +229,36 @@ async fn ca_pem(AxumState(state): AxumState<Shared>) -> Response {
 
 /// `GET /firmware/SHA256.bin`: a firmware image kept by `genba firmware add`, for devices to
 /// update from. Public, like `/ca.pem`: the image is no secret, and the device checks what it
-/// got against the SHA-256 in its name (which the update command gives it).
+/// got against the SHA-256 in its name (which the update command gives it). `GET
+/// /firmware/SHA256-board.bin`: that app's board image (the whole flash), for new boards.
 async fn firmware_image(
     AxumState(state): AxumState<Shared>,
     axum::extract::Path(file): axum::extract::Path<String>,
 ) -> Response {
-    let Some(sha256) = file
-        .strip_suffix(".bin")
-        .filter(|s| genba_store::firmware::is_sha256(s))
-    else {
+    // `SHA256.bin` (the app, for updates) or `SHA256-board.bin` (the whole flash, new boards)
+    let name = file.strip_suffix(".bin").unwrap_or_default();
+    let (sha256, board) = match name.strip_suffix("-board") {
+        Some(sha) => (sha, true),
+        None => (name, false),
+    };
+    if !genba_store::firmware::is_sha256(sha256) {
         return Problem::new(
             StatusCode::NOT_FOUND,
-            "no such firmware image: the name is its SHA-256 (64 lower-case hex digits) and .bin",
+            "no such firmware image: the name is its SHA-256 (64 lower-case hex digits) and \
+             .bin, or -board.bin for its board image",
         )
         .into_response();
-    };
-    let path = state
-        .firmware_dir
-        .join(genba_store::firmware::file_name(sha256));
+    }
+    let path = state.firmware_dir.join(if board {
+        genba_store::firmware::board_file_name(sha256)
+    } else {
+        genba_store::firmware::file_name(sha256)
+    });
     match tokio::fs::read(&path).await {
         Ok(bytes) => (
             [
                 (CONTENT_TYPE, "application/octet-stream".to_owned()),
-                (hyper::header::ETAG, format!("\"{sha256}\"")),
+                (hyper::header::ETAG, format!("\"{name}\"")),
                 (
                     hyper::header::CACHE_CONTROL,
                     "public, max-age=31536000, immutable".to_owned(),

@@ -197,6 +197,17 @@ async fn the_console_provisions_a_thermometer_whose_file_holds_its_own_registere
     assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
     assert!(!registered("fridge-9")());
 
+    // A board image is kept: the answer offers it for a new board's first flash.
+    let image = genba_store::firmware::FirmwareImage {
+        sha256: "ab".repeat(32),
+        version: "1.5.0".into(),
+        project: "genba-fw-esp32c3".into(),
+        size: 675_472,
+        added_at_ms: 1,
+        board_size: Some(4 << 20),
+    };
+    genba_store::firmware::add(&genba_store::open(&db).unwrap(), &image).unwrap();
+
     let done = request(
         addr,
         "POST",
@@ -207,6 +218,15 @@ async fn the_console_provisions_a_thermometer_whose_file_holds_its_own_registere
     )
     .await;
     assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+    let board_link = format!(
+        r#"href="/firmware/{}-board.bin" download="genba-fw-1.5.0-board.bin""#,
+        image.sha256
+    );
+    assert!(done.contains(&board_link), "{done}");
+    assert!(
+        done.contains("espflash write-bin 0x0 genba-fw-1.5.0-board.bin"),
+        "{done}"
+    );
     assert!(
         done.to_ascii_lowercase()
             .contains("cache-control: no-store"),

@@ -537,7 +537,12 @@ pub fn firmware(
                         td.wide { code title=(i.sha256) { (i.sha256.get(..12).unwrap_or(&i.sha256)) "…" } }
                         td.wide { (local_time(i.added_at_ms)) }
                         td.num { (running(&i.version)) }
-                        td { a href=(genba_store::firmware::download_path(&i.sha256)) download { (tr(l, "Download")) } }
+                        td {
+                            a href=(genba_store::firmware::download_path(&i.sha256)) download { (tr(l, "Download")) }
+                            @if i.board_size.is_some() {
+                                " · " a.board href=(genba_store::firmware::board_download_path(&i.sha256)) download=(crate::provision::board_file_name(&i.version)) { (tr(l, "Board image")) }
+                            }
+                        }
                     }
                 } }
             } }

@@ -90,6 +90,18 @@ pub fn form(v: &Viewer, f: &ProvisionForm) -> Markup {
     page(v, Nav::None, tr(l, "Add a thermometer"), flash, body)
 }
 
+/// The name a board image is saved under: `genba-fw-VERSION-board.bin`.
+pub fn board_file_name(version: &str) -> String {
+    format!("genba-fw-{version}-board.bin")
+}
+
+/// A board image the Pi keeps, for a new board's first flash.
+pub struct BoardImage<'a> {
+    pub version: &'a str,
+    /// Its path on this Pi (`/firmware/SHA256-board.bin`).
+    pub href: String,
+}
+
 /// The answer to a provisioning that worked. The config file comes inside the page (a
 /// `data:` link) and is kept nowhere on the Pi: it holds the Wi-Fi pass phrase and the key.
 pub struct Provisioned<'a> {
@@ -104,6 +116,8 @@ pub struct Provisioned<'a> {
     pub file_base64: String,
     pub file_bytes: usize,
     pub flash_command: String,
+    /// The newest board image kept, for a new board.
+    pub board: Option<BoardImage<'a>>,
 }
 
 pub fn provisioned(v: &Viewer, p: &Provisioned) -> Markup {
@@ -130,7 +144,14 @@ pub fn provisioned(v: &Viewer, p: &Provisioned) -> Markup {
         p.banner role="note" { (tr(l, "The file holds the Wi-Fi pass phrase and the device key. This page is its only copy: download it now, and delete it once it is on the board.")) }
         h2 { (tr(l, "Write it to the thermometer")) }
         ol.stack {
-            li { (tr(l, "A new board needs Genba's firmware first:")) " " a href="/firmware" { (tr(l, "Firmware")) } " · firmware/README.md (Flash)" }
+            @match &p.board {
+                Some(b) => li #new-board {
+                    (tr(l, "A new board needs Genba's firmware once, before its config file:")) " "
+                    a href=(b.href) download=(board_file_name(b.version)) { (tr(l, "Download the board image")) " (" (b.version) ")" }
+                    pre { code { "espflash write-bin 0x0 " (board_file_name(b.version)) } }
+                },
+                None => li { (tr(l, "A new board needs Genba's firmware first:")) " " a href="/firmware" { (tr(l, "Firmware")) } " · firmware/README.md (Flash)" },
+            }
             li { (tr(l, "Connect the board over USB and run:")) pre { code #flash-command { (p.flash_command) } } }
             li { (tr(l, "Reset the board. It finds this Pi, logs in with its own key and appears on the Overview with its first reading.")) }
         }

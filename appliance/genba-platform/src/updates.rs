@@ -58,6 +58,7 @@ mod tests {
             project: "genba-fw-esp32c3".into(),
             size,
             added_at_ms: 0,
+            board_size: None,
         }
     }
 

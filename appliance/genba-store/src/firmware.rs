@@ -1,6 +1,8 @@
 //! Firmware images kept for device updates: one row per image, its file at
 //! `DATA_DIR/firmware/SHA256.bin` (written by `genba firmware add` before the row, removed after
-//! it). Devices fetch the file by its SHA-256 and check it against that name.
+//! it). Devices fetch the file by its SHA-256 and check it against that name. An image added as
+//! a whole-flash board image (bootloader, partition table and the app, for new boards) also
+//! keeps that file, `SHA256-board.bin` under the app's SHA-256.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,8 @@ pub struct FirmwareImage {
     pub project: String,
     pub size: i64,
     pub added_at_ms: i64,
+    /// The size of its board image, when one is kept ([`board_file_name`]).
+    pub board_size: Option<i64>,
 }
 
 /// Where the image files are.
@@ -41,6 +45,16 @@ pub fn download_path(sha256: &str) -> String {
     format!("/firmware/{}", file_name(sha256))
 }
 
+/// The name of the board image of the app with this SHA-256: `SHA256-board.bin`.
+pub fn board_file_name(sha256: &str) -> String {
+    format!("{sha256}-board.bin")
+}
+
+/// The appliance's HTTP path of that board image (`/firmware/SHA256-board.bin`).
+pub fn board_download_path(sha256: &str) -> String {
+    format!("/firmware/{}", board_file_name(sha256))
+}
+
 /// Whether `s` is a SHA-256 as this table keeps it (64 lower-case hex digits).
 pub fn is_sha256(s: &str) -> bool {
     s.len() == 64
@@ -48,7 +62,7 @@ pub fn is_sha256(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-const SELECT: &str = "SELECT sha256, version, project, size, added_at FROM firmware";
+const SELECT: &str = "SELECT sha256, version, project, size, added_at, board_size FROM firmware";
 
 fn row(r: &Row) -> rusqlite::Result<FirmwareImage> {
     Ok(FirmwareImage {
@@ -57,23 +71,28 @@ fn row(r: &Row) -> rusqlite::Result<FirmwareImage> {
         project: r.get(2)?,
         size: r.get(3)?,
         added_at_ms: r.get(4)?,
+        board_size: r.get(5)?,
     })
 }
 
-/// Adds an image; false when one with this SHA-256 is there already (it stays as it was).
+/// Adds an image; false when one with this SHA-256 is there already (it stays as it was, but
+/// gains the board image when this one brings it).
 pub fn add(conn: &Connection, image: &FirmwareImage) -> rusqlite::Result<bool> {
-    let added = conn.execute(
-        "INSERT OR IGNORE INTO firmware (sha256, version, project, size, added_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+    let known = find(conn, &image.sha256)?.is_some_and(|i| i.sha256 == image.sha256);
+    conn.execute(
+        "INSERT INTO firmware (sha256, version, project, size, added_at, board_size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (sha256) DO UPDATE SET board_size = COALESCE(excluded.board_size, board_size)",
         params![
             image.sha256,
             image.version,
             image.project,
             image.size,
-            image.added_at_ms
+            image.added_at_ms,
+            image.board_size
         ],
     )?;
-    Ok(added == 1)
+    Ok(!known)
 }
 
 /// Every image, newest first.
@@ -198,7 +217,28 @@ mod tests {
             project: "genba-fw-esp32c3".into(),
             size: 675_472,
             added_at_ms: at,
+            board_size: None,
         }
+    }
+
+    #[test]
+    fn an_image_added_again_as_a_board_image_gains_it_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::open(&dir.path().join("db")).unwrap();
+        assert!(add(&conn, &image('a', "1.0.0", 1)).unwrap());
+        assert_eq!(list(&conn).unwrap()[0].board_size, None);
+        let board = FirmwareImage {
+            board_size: Some(4 << 20),
+            ..image('a', "1.0.0", 2)
+        };
+        assert!(!add(&conn, &board).unwrap(), "the same app");
+        assert_eq!(list(&conn).unwrap()[0].board_size, Some(4 << 20));
+        assert!(!add(&conn, &image('a', "1.0.0", 3)).unwrap());
+        assert_eq!(list(&conn).unwrap()[0].board_size, Some(4 << 20));
+        assert_eq!(
+            board_download_path(&board.sha256),
+            format!("/firmware/{}-board.bin", board.sha256)
+        );
     }
 
     #[test]

@@ -275,6 +275,9 @@ const MIGRATIONS: &[&str] = &[
         requested_at INTEGER NOT NULL,                   -- unix ms
         requested_by TEXT    NOT NULL                    -- 'cli', 'console:USER'
      ) WITHOUT ROWID;",
+    // 13: an image added as a whole-flash board image also keeps that file, for new boards
+    // (DATA_DIR/firmware/SHA256-board.bin, SHA256 the app's).
+    "ALTER TABLE firmware ADD COLUMN board_size INTEGER; -- bytes; NULL: only the app is kept",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), MigrateError> {

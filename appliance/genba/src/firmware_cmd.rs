@@ -1,13 +1,15 @@
 //! `genba firmware`: the firmware images the appliance keeps for device updates. `add` checks
 //! an image with the firmware core (an ESP32-C3 app image that matches the SHA-256 it carries,
 //! small enough for an OTA slot), stores the file as `DATA_DIR/firmware/SHA256.bin` (written
-//! atomically, then the row) and devices fetch it from `GET /firmware/SHA256.bin`.
+//! atomically, then the row) and devices fetch it from `GET /firmware/SHA256.bin`. A board
+//! image (the whole flash) is checked with the core's `board` module: its app is kept as above,
+//! and the whole file as `SHA256-board.bin` for new boards.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use genba_firmware_core::image;
+use genba_firmware_core::{board, image};
 use genba_store::firmware::{self, FirmwareImage};
 use sha2::{Digest, Sha256};
 
@@ -19,8 +21,10 @@ use crate::Common;
 #[derive(Subcommand)]
 pub enum FirmwareCommand {
     /// Keep a firmware image for device updates: the app .bin that scripts/build-firmware
-    /// writes (firmware/esp32c3/target/images/genba-fw-esp32c3.bin), not the ELF. Its version
-    /// is read from the image.
+    /// writes (firmware/esp32c3/target/images/genba-fw-esp32c3.bin), not the ELF; or the
+    /// whole-flash board image of `scripts/build-firmware --full`
+    /// (genba-fw-esp32c3-full-4MB.bin), whose app is kept for updates and the whole file for
+    /// new boards. Its version is read from the image.
     Add {
         #[command(flatten)]
         common: Common,
@@ -53,16 +57,31 @@ pub fn run(cmd: FirmwareCommand) -> Result<()> {
             let size = std::fs::metadata(&file)
                 .with_context(|| format!("{}", file.display()))?
                 .len();
-            if size > image::SLOT_LEN as u64 {
+            if size > board::FLASH_LEN as u64 {
                 anyhow::bail!(
-                    "{}: {size} bytes, larger than a device's OTA slot ({} bytes)",
+                    "{}: {size} bytes, larger than a device's flash ({} bytes)",
                     file.display(),
-                    image::SLOT_LEN
+                    board::FLASH_LEN
                 );
             }
             let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
-            let info = image::check_image(&bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let (app, board_image) = if board::is_board_image(&bytes) {
+                let (app, _) = board::app_in_board(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: board image: {e}", file.display()))?;
+                (app.to_vec(), Some(&bytes[..]))
+            } else if bytes.len() > image::SLOT_LEN {
+                anyhow::bail!(
+                    "{}: {size} bytes, larger than a device's OTA slot ({} bytes), and not a \
+                     board image (no partition table at {:#x})",
+                    file.display(),
+                    image::SLOT_LEN,
+                    board::TABLE_AT
+                );
+            } else {
+                (bytes.clone(), None)
+            };
+            let info =
+                image::check_image(&app).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             // devices report the version they run as `fw`: it must be one they can send
             genba_firmware_core::telemetry::validate_firmware(&info.version).map_err(|e| {
                 anyhow::anyhow!(
@@ -73,19 +92,28 @@ pub fn run(cmd: FirmwareCommand) -> Result<()> {
                 )
             })?;
             let sha256 =
-                genba_firmware_core::discovery::hex(&Sha256::digest(&bytes).into()).to_string();
+                genba_firmware_core::discovery::hex(&Sha256::digest(&app).into()).to_string();
             let kept = FirmwareImage {
                 sha256: sha256.clone(),
                 version: info.version.to_string(),
                 project: info.project.to_string(),
-                size: bytes.len() as i64,
+                size: app.len() as i64,
                 added_at_ms: chrono::Utc::now().timestamp_millis(),
+                board_size: board_image.map(|b| b.len() as i64),
             };
-            let path = firmware::file(&data_dir, &sha256);
             let dir = firmware::dir(&data_dir);
             std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
-            // the file first, then the row: a row always has its file
-            write_file(&path, &bytes, 0o644, dir_owner(&dir)?)?;
+            // the files first, then the row: a row always has its files
+            let owner = dir_owner(&dir)?;
+            write_file(&firmware::file(&data_dir, &sha256), &app, 0o644, owner)?;
+            if let Some(b) = board_image {
+                write_file(
+                    &dir.join(firmware::board_file_name(&sha256)),
+                    b,
+                    0o644,
+                    owner,
+                )?;
+            }
             let db = genba_store::Db::new(&genba_store::db_path(&data_dir));
             let new = db.run_blocking(|c| firmware::add(c, &kept))?;
             if json {
@@ -98,6 +126,12 @@ pub fn run(cmd: FirmwareCommand) -> Result<()> {
                 kept.size,
                 if new { "kept" } else { "was kept already" },
             );
+            if board_image.is_some() {
+                println!(
+                    "its board image (bootloader, partition table and app) for new boards: {}",
+                    firmware::board_download_path(&sha256)
+                );
+            }
         }
         FirmwareCommand::List { common, json } => {
             let config = load_config(&common)?;
@@ -130,12 +164,18 @@ pub fn run(cmd: FirmwareCommand) -> Result<()> {
                     format!("no firmware image {image:?} (see `genba firmware list`)")
                 })?;
             db.run_blocking(|c| firmware::remove(c, &found.sha256))?;
-            let path = firmware::file(&data_dir, &found.sha256);
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing {}", path.display()))
+            let dir = firmware::dir(&data_dir);
+            for name in [
+                firmware::file_name(&found.sha256),
+                firmware::board_file_name(&found.sha256),
+            ] {
+                let path = dir.join(name);
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("removing {}", path.display()))
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
             println!("firmware {} ({}) removed", found.version, found.sha256);
         }

@@ -1,13 +1,14 @@
 //! `genba firmware` (issue 13 item 5, the appliance's side of updates): an image is checked by
 //! the firmware core before it is kept, kept once under its SHA-256, listed, served to devices
 //! at `GET /firmware/SHA256.bin` byte for byte, named in the `update` command `genba devices
-//! update` publishes (as the core parses it), and removed.
+//! update` publishes (as the core parses it), and removed. A whole-flash board image keeps its
+//! app for updates and the whole file for new boards.
 
 mod common;
 
 use common::http::Http;
 use common::Appliance;
-use genba_firmware_core::image;
+use genba_firmware_core::{board, image};
 use sha2::{Digest, Sha256};
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -284,6 +285,66 @@ fn an_image_is_checked_kept_once_listed_served_and_removed() {
 }
 
 /// A multipart/form-data body: (field name, file name, bytes) in order.
+#[test]
+fn a_board_image_keeps_its_app_for_updates_and_the_whole_flash_for_new_boards() {
+    let a = Appliance::start("", "");
+    let dir = a.dir.path();
+    let app = image::sample("1.5.0", "genba-fw-esp32c3");
+    let sha = sha256_hex(&app);
+    let whole = board::sample(&app);
+    std::fs::write(dir.join("full.bin"), &whole).unwrap();
+    let mut moved = whole.clone();
+    // the config partition (the 6th entry) somewhere the firmware does not read it
+    let at = board::TABLE_AT + 5 * 32 + 4;
+    moved[at..at + 4].copy_from_slice(&0x3e_0000u32.to_le_bytes());
+    std::fs::write(dir.join("moved.bin"), &moved).unwrap();
+    let add = |file: &str| {
+        a.genba(&[
+            "firmware",
+            "add",
+            dir.join(file).to_str().unwrap(),
+            "--json",
+        ])
+    };
+
+    let (ok, out) = add("moved.bin");
+    assert!(!ok && out.contains("no config partition"), "{out}");
+    let (ok, out) = add("full.bin");
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        answer["image"]["sha256"],
+        sha.as_str(),
+        "the app's hash names it"
+    );
+    assert_eq!(answer["image"]["size"], app.len());
+    assert_eq!(answer["image"]["version"], "1.5.0");
+    assert_eq!(answer["image"]["board_size"], board::FLASH_LEN);
+
+    let http = Http::new();
+    for (path, expected) in [
+        (format!("/firmware/{sha}.bin"), &app[..]),
+        (format!("/firmware/{sha}-board.bin"), &whole[..]),
+    ] {
+        let url = a.url(&path);
+        let body = http.block_on(async {
+            let r = http.client().get(&url).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{path}");
+            r.bytes().await.unwrap()
+        });
+        assert!(&body[..] == expected, "{path}: {} bytes", body.len());
+    }
+
+    let (ok, out) = a.genba(&["firmware", "remove", "1.5.0"]);
+    assert!(ok, "{out}");
+    let left = std::fs::read_dir(a.data_dir().join("firmware"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "the app and the board image are both removed");
+    let r = http.get(&a.url(&format!("/firmware/{sha}-board.bin")), &[]);
+    assert_eq!(r.status, 404, "{}", r.text);
+}
+
 fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     let boundary = "genba-test-7d3f1a";
     let mut body = Vec::new();

@@ -164,6 +164,33 @@ pub fn check_image(image: &[u8]) -> Result<AppInfo, ImageError> {
     Ok(info)
 }
 
+/// The length of the image at the start of `bytes` (an app in a flash slot, followed by
+/// erased flash): its header, its segments, the padding that ends with the checksum byte on a
+/// 16-byte boundary and, when `hash_appended`, the SHA-256.
+pub fn image_len(bytes: &[u8]) -> Result<usize, ImageError> {
+    let head = bytes.get(..24).ok_or(ImageError::TooShort)?;
+    if head[0] != IMAGE_MAGIC {
+        return Err(ImageError::NotAnImage);
+    }
+    let mut at = 24usize;
+    for _ in 0..head[1] {
+        let h = bytes.get(at..at + 8).ok_or(ImageError::TooShort)?;
+        let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+        at = at
+            .checked_add(8 + len)
+            .filter(|&end| end <= bytes.len())
+            .ok_or(ImageError::TooShort)?;
+    }
+    at = (at / 16 + 1) * 16;
+    if head[23] == 1 {
+        at += SHA_LEN;
+    }
+    if at > bytes.len() {
+        return Err(ImageError::TooShort);
+    }
+    Ok(at)
+}
+
 #[cfg(feature = "std")]
 extern crate std;
 
@@ -251,6 +278,17 @@ mod tests {
             let size = usize::from_str_radix(size.trim_start_matches("0x"), 16).unwrap();
             assert_eq!(size, SLOT_LEN);
         }
+    }
+
+    #[test]
+    fn an_image_followed_by_erased_flash_is_measured_to_its_last_byte() {
+        let img = sample("1.4.0", "genba-fw-esp32c3");
+        let mut slot = img.clone();
+        slot.extend_from_slice(&[0xFF; 4096]);
+        assert_eq!(image_len(&slot), Ok(img.len()));
+        assert_eq!(image_len(&img), Ok(img.len()));
+        assert_eq!(image_len(&img[..img.len() - 1]), Err(ImageError::TooShort));
+        assert_eq!(image_len(&[0xFF; 64]), Err(ImageError::NotAnImage));
     }
 
     #[test]

@@ -33,6 +33,7 @@
 
 pub mod backlog;
 pub mod backoff;
+pub mod board;
 pub mod clock;
 pub mod command;
 pub mod config;

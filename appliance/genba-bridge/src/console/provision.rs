@@ -62,12 +62,16 @@ pub(super) async fn provision(AxumState(state): AxumState<Shared>, req: Request)
             if registered.is_ok() {
                 tx.commit()?;
             }
-            Ok((prepared, registered))
+            // the newest board image, for a new board's first flash
+            let board = genba_store::firmware::list(c)?
+                .into_iter()
+                .find(|i| i.board_size.is_some());
+            Ok((prepared, registered, board))
         })
         .await;
-    let (prepared, registered) = match registered {
-        Ok((p, Ok(r))) => (p, r),
-        Ok((_, Err(e))) => {
+    let (prepared, registered, board) = match registered {
+        Ok((p, Ok(r), board)) => (p, r, board),
+        Ok((_, Err(e), _)) => {
             tracing::error!(error = %e, "console: provisioning");
             return refused(ProvisionError {
                 field: "id",
@@ -88,6 +92,10 @@ pub(super) async fn provision(AxumState(state): AxumState<Shared>, req: Request)
         file_base64: base64::engine::general_purpose::STANDARD.encode(&prepared.record),
         file_bytes: prepared.record.len(),
         file_name,
+        board: board.as_ref().map(|b| page::BoardImage {
+            version: &b.version,
+            href: genba_store::firmware::board_download_path(&b.sha256),
+        }),
     };
     let mut r = html(page::provisioned(&v, &done), &BTreeMap::new());
     // The page holds a secret: no copy in any cache, no referrer to other sites.
