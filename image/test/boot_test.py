@@ -328,13 +328,27 @@ def pi3_model_boot(work, image, figures, timeout):
                  in console())
         log("ok: Pi 3 model: the settings file of a pristine card was applied, not skipped")
         base = f"http://127.0.0.1:{http_port}"
-        status, _ = notify(base, "pi3/hello", "over the Pi 3 model's USB network")
-        check(status == 200, "Pi 3 model: /notify answers over the USB network adapter")
+        # The emulated Cortex-A53 is slow (the admin password's first argon2 check takes
+        # seconds under TCG on a busy host): the first request may time out, so it is asked
+        # again until the deadline, each time with a long timeout.
+        answered = {}
+
+        def notified():
+            try:
+                answered["status"], _ = notify(base, "pi3/hello", "over the Pi 3 model's USB network",
+                                               timeout=60)
+                return True
+            except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
+                log(f"Pi 3 model: /notify not answered yet ({e!r}); asking again")
+                return False
+        wait_for("Pi 3 model: /notify answered over the USB network adapter", 300, notified)
+        check(answered["status"] == 200, "Pi 3 model: /notify answers over the USB network adapter")
         reading = {"device_id": DEVICE, "ts_device": 1771156800000,
                    "readings": [{"sensor_hw_id": "28FF4C3A91160457", "raw_celsius": 3.5,
                                  "offset_c": 0.0, "celsius": 3.5}]}
         status, body = request("POST", f"{base}/api/telemetry", json.dumps(reading).encode(),
-                               {"content-type": "application/json", "x-api-key": DEVICE_KEY})
+                               {"content-type": "application/json", "x-api-key": DEVICE_KEY},
+                               timeout=60)
         check(status == 200 and json.loads(body).get("inserted") == 1,
               f"Pi 3 model: the settings file's device key posts a reading ({body!r})")
     finally:
@@ -356,12 +370,12 @@ def basic(user, password):
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def notify(base, topic, message, auth=True):
+def notify(base, topic, message, auth=True, timeout=20):
     headers = {"content-type": "application/json"}
     if auth:
         headers["authorization"] = basic("admin", ADMIN_PASSWORD)
     body = json.dumps({"topic": topic, "message": message}).encode()
-    return request("POST", f"{base}/notify", body, headers)
+    return request("POST", f"{base}/notify", body, headers, timeout)
 
 
 def wait_for(what, timeout, cond):
