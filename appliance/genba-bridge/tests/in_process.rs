@@ -66,19 +66,33 @@ fn settings(dir: &std::path::Path, db: &std::path::Path) -> BridgeSettings {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bridge_on_a_bound_listener_journals_a_notify_before_answering_and_stops_on_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("genba.sqlite3");
+/// A bridge started in-process on a port-0 listener, on a journal in `dir`'s `genba.sqlite3`;
+/// the sender stops it.
+async fn start_bridge(
+    dir: &std::path::Path,
+) -> (
+    genba_bridge::RunningBridge,
+    tokio::sync::watch::Sender<bool>,
+    std::path::PathBuf,
+) {
+    let db = dir.join("genba.sqlite3");
     let journal = Journal::start(&db, 64, 64).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let settings = settings(dir.path(), &db);
     let listeners = Listeners {
         http: listener,
         https: None,
     };
-    let bridge = start(settings, listeners, journal, shutdown).await.unwrap();
+    let bridge = start(settings(dir, &db), listeners, journal, shutdown)
+        .await
+        .unwrap();
+    (bridge, stop, db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_on_a_bound_listener_journals_a_notify_before_answering_and_stops_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bridge, stop, db) = start_bridge(dir.path()).await;
 
     let answer = exchange(
         bridge.addr,
@@ -132,17 +146,7 @@ async fn the_console_provisions_a_thermometer_whose_file_holds_its_own_registere
     use genba_firmware_core::config::{decode_area, Credential};
 
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("genba.sqlite3");
-    let journal = Journal::start(&db, 64, 64).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let listeners = Listeners {
-        http: listener,
-        https: None,
-    };
-    let bridge = start(settings(dir.path(), &db), listeners, journal, shutdown)
-        .await
-        .unwrap();
+    let (bridge, stop, db) = start_bridge(dir.path()).await;
     let (addr, host) = (bridge.addr, "192.168.7.2:8080");
     let form = "application/x-www-form-urlencoded";
 

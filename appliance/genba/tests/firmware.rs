@@ -18,6 +18,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// `genba firmware add FILE --json`: (ok, output).
+fn add_image(a: &Appliance, file: &std::path::Path) -> (bool, String) {
+    a.genba(&["firmware", "add", file.to_str().unwrap(), "--json"])
+}
+
 #[test]
 fn an_image_is_checked_kept_once_listed_served_and_removed() {
     let a = Appliance::start("", "");
@@ -25,14 +30,7 @@ fn an_image_is_checked_kept_once_listed_served_and_removed() {
     let good = image::sample("1.4.0", "genba-fw-esp32c3");
     let sha = sha256_hex(&good);
     std::fs::write(dir.join("good.bin"), &good).unwrap();
-    let add = |file: &str| {
-        a.genba(&[
-            "firmware",
-            "add",
-            dir.join(file).to_str().unwrap(),
-            "--json",
-        ])
-    };
+    let add = |file: &str| add_image(&a, &dir.join(file));
 
     let (ok, out) = add("good.bin");
     assert!(ok, "{out}");
@@ -298,14 +296,7 @@ fn a_board_image_keeps_its_app_for_updates_and_the_whole_flash_for_new_boards() 
     let at = board::TABLE_AT + 5 * 32 + 4;
     moved[at..at + 4].copy_from_slice(&0x3e_0000u32.to_le_bytes());
     std::fs::write(dir.join("moved.bin"), &moved).unwrap();
-    let add = |file: &str| {
-        a.genba(&[
-            "firmware",
-            "add",
-            dir.join(file).to_str().unwrap(),
-            "--json",
-        ])
-    };
+    let add = |file: &str| add_image(&a, &dir.join(file));
 
     let (ok, out) = add("moved.bin");
     assert!(!ok && out.contains("no config partition"), "{out}");
