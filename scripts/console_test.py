@@ -491,6 +491,21 @@ def run_checks(d, a, base, n_values):
         status, body, _h = fetch(board_link.get_attribute("href"))
         assert status == 200 and body == board, (status, len(body))
         assert "espflash write-bin 0x0 genba-fw-1.2.0-board.bin" in d.find_element(By.ID, "new-board").text
+        # One image for a new board, made in the browser: the board image with this config
+        # file at the config partition's offset, saved as a download.
+        downloads = os.path.join(a.dir, "downloads")
+        os.makedirs(downloads, exist_ok=True)
+        d.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
+        assert d.find_element(By.ID, "whole").is_displayed(), "the script shows the one-image box"
+        assert d.find_element(By.ID, "whole-command").text == "espflash write-bin 0x0 fridge-7.genba-board.bin"
+        d.find_element(By.ID, "whole-image").click()
+        whole_path = os.path.join(downloads, "fridge-7.genba-board.bin")
+        wait(d, lambda: os.path.exists(whole_path) and os.path.getsize(whole_path) == len(board), timeout=30)
+        with open(whole_path, "rb") as f:
+            whole = f.read()
+        config = base64.b64decode(link.get_attribute("href").split(",", 1)[1])
+        expected = board[:0x3F0000] + config + board[0x3F0000 + len(config):]
+        assert whole == expected, "the whole image is the board image with the config at 0x3f0000"
         href = link.get_attribute("href")
         prefix = "data:application/octet-stream;base64,"
         assert href.startswith(prefix), href[:60]

@@ -227,6 +227,12 @@ async fn the_console_provisions_a_thermometer_whose_file_holds_its_own_registere
         image.sha256
     );
     assert!(done.contains(&board_link), "{done}");
+    // the page's script puts the config into that board image at the config partition
+    let whole = format!(
+        r#"id="whole" hidden data-board="/firmware/{}-board.bin" data-name="fridge-9.genba-board.bin" data-offset="4128768""#,
+        image.sha256
+    );
+    assert!(done.contains(&whole), "{done}");
     assert!(
         done.contains("espflash write-bin 0x0 genba-fw-1.5.0-board.bin"),
         "{done}"

@@ -43,3 +43,40 @@
     });
   }, 15000);
 })();
+
+// Add a thermometer: one whole image for a new board, made here from the Pi's board image and
+// the config file in the page, so the secrets never go back to the Pi.
+(function () {
+  var box = document.getElementById('whole');
+  var link = document.getElementById('config-download');
+  if (!box || !link || !window.fetch || !window.Blob) return;
+  box.hidden = false;
+  var button = document.getElementById('whole-image');
+  var error = box.querySelector('.error');
+  button.addEventListener('click', function () {
+    button.disabled = true;
+    error.hidden = true;
+    fetch(box.dataset.board).then(function (r) {
+      if (!r.ok) throw new Error('HTTP ' + r.status);
+      return r.arrayBuffer();
+    }).then(function (buf) {
+      var image = new Uint8Array(buf);
+      var raw = atob(link.href.slice(link.href.indexOf(',') + 1));
+      var config = new Uint8Array(raw.length);
+      for (var i = 0; i < raw.length; i++) config[i] = raw.charCodeAt(i);
+      var at = Number(box.dataset.offset);
+      if (at + config.length > image.length) throw new Error('the config does not fit the board image');
+      image.set(config, at);
+      var a = document.createElement('a');
+      a.href = URL.createObjectURL(new Blob([image], { type: 'application/octet-stream' }));
+      a.download = box.dataset.name;
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(function () { URL.revokeObjectURL(a.href); }, 60000);
+    }).catch(function (e) {
+      error.textContent = box.dataset.failed + ': ' + e.message;
+      error.hidden = false;
+    }).then(function () { button.disabled = false; });
+  });
+})();

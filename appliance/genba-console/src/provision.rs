@@ -116,6 +116,9 @@ pub struct Provisioned<'a> {
     pub file_base64: String,
     pub file_bytes: usize,
     pub flash_command: String,
+    /// Where the config partition starts in the flash (the firmware core's
+    /// `config::PARTITION_OFFSET`): where the page's script puts the file into a board image.
+    pub config_offset: u32,
     /// The newest board image kept, for a new board.
     pub board: Option<BoardImage<'a>>,
 }
@@ -142,7 +145,22 @@ pub fn provisioned(v: &Viewer, p: &Provisioned) -> Markup {
             }
         }
         p.banner role="note" { (tr(l, "The file holds the Wi-Fi pass phrase and the device key. This page is its only copy: download it now, and delete it once it is on the board.")) }
-        h2 { (tr(l, "Write it to the thermometer")) }
+        @if let Some(b) = &p.board {
+            // Made by console.js in the browser (the secrets do not go back to the Pi); shown
+            // only where the script runs.
+            @let whole = format!("{}.genba-board.bin", p.id);
+            div #whole hidden data-board=(b.href) data-name=(whole) data-offset=(p.config_offset) data-failed=(tr(l, "The image could not be made")) {
+                h2 { (tr(l, "A new board: one image, one command")) }
+                p {
+                    button #whole-image type="button" { (tr(l, "Download this board's whole image")) }
+                    " " span.muted { (whole) ", 4 MiB: " (tr(l, "firmware")) " " (b.version) " + " (tr(l, "this config")) }
+                }
+                p.banner.error role="alert" hidden {}
+                pre { code #whole-command { "espflash write-bin 0x0 " (whole) } }
+                p.muted { (tr(l, "Your browser makes it from the Pi's board image and the config file above, so it holds the same secrets. It covers the whole flash: a board that already has data loses it.")) }
+            }
+        }
+        h2 { (tr(l, if p.board.is_some() { "Or step by step" } else { "Write it to the thermometer" })) }
         ol.stack {
             @match &p.board {
                 Some(b) => li #new-board {

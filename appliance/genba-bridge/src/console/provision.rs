@@ -89,6 +89,7 @@ pub(super) async fn provision(AxumState(state): AxumState<Shared>, req: Request)
         pin: prepared.pin_hex(),
         key_id: registered.key_id,
         flash_command: provisioning::flash_command(&file_name),
+        config_offset: provisioning::PARTITION_OFFSET,
         file_base64: base64::engine::general_purpose::STANDARD.encode(&prepared.record),
         file_bytes: prepared.record.len(),
         file_name,
