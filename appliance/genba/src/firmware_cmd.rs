@@ -68,7 +68,7 @@ pub fn run(cmd: FirmwareCommand) -> Result<()> {
             let (app, board_image) = if board::is_board_image(&bytes) {
                 let (app, _) = board::app_in_board(&bytes)
                     .map_err(|e| anyhow::anyhow!("{}: board image: {e}", file.display()))?;
-                (app.to_vec(), Some(&bytes[..]))
+                (app, Some(&bytes[..]))
             } else if bytes.len() > image::SLOT_LEN {
                 anyhow::bail!(
                     "{}: {size} bytes, larger than a device's OTA slot ({} bytes), and not a \
@@ -78,10 +78,10 @@ pub fn run(cmd: FirmwareCommand) -> Result<()> {
                     board::TABLE_AT
                 );
             } else {
-                (bytes.clone(), None)
+                (&bytes[..], None)
             };
             let info =
-                image::check_image(&app).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                image::check_image(app).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             // devices report the version they run as `fw`: it must be one they can send
             genba_firmware_core::telemetry::validate_firmware(&info.version).map_err(|e| {
                 anyhow::anyhow!(
@@ -92,7 +92,7 @@ pub fn run(cmd: FirmwareCommand) -> Result<()> {
                 )
             })?;
             let sha256 =
-                genba_firmware_core::discovery::hex(&Sha256::digest(&app).into()).to_string();
+                genba_firmware_core::discovery::hex(&Sha256::digest(app).into()).to_string();
             let kept = FirmwareImage {
                 sha256: sha256.clone(),
                 version: info.version.to_string(),
@@ -105,7 +105,7 @@ pub fn run(cmd: FirmwareCommand) -> Result<()> {
             std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
             // the files first, then the row: a row always has its files
             let owner = dir_owner(&dir)?;
-            write_file(&firmware::file(&data_dir, &sha256), &app, 0o644, owner)?;
+            write_file(&firmware::file(&data_dir, &sha256), app, 0o644, owner)?;
             if let Some(b) = board_image {
                 write_file(
                     &dir.join(firmware::board_file_name(&sha256)),
