@@ -73,6 +73,8 @@ pub fn tr(lang: Lang, en: &'static str) -> &'static str {
         "Time server (NTP)" => "時刻サーバー（NTP）",
         "Pinned certificate: SHA-256, or none" => "固定する証明書：SHA-256またはnone",
         "Empty: the device pins this Pi's certificate authority and speaks only TLS." => "空欄：このPiの認証局を固定し、TLSだけで通信します。",
+        "Empty: an MQTT device pins this Pi's certificate authority and speaks only TLS; an HTTP device speaks plain HTTP, as this Pi serves no HTTPS to devices." => "空欄：MQTTのデバイスはこのPiの認証局を固定し、TLSだけで通信します。このPiはデバイス向けHTTPSを提供していないため、HTTPのデバイスは平文のHTTPで通信します。",
+        "Empty: an HTTP device pins this Pi's certificate authority and speaks only HTTPS; an MQTT device speaks plain MQTT, as this Pi serves no MQTT over TLS." => "空欄：HTTPのデバイスはこのPiの認証局を固定し、HTTPSだけで通信します。このPiはMQTT over TLSを提供していないため、MQTTのデバイスは平文のMQTTで通信します。",
         "Empty: this Pi serves no TLS to devices, so the device speaks plain MQTT or HTTP." => "空欄：このPiはデバイス向けTLSを提供していないため、平文のMQTTまたはHTTPで通信します。",
         "Thermometer registered" => "温度計を登録しました",
         "Thermometer registered already: it gets a new key" => "登録済みの温度計です：新しいキーを発行しました",

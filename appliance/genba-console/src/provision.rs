@@ -18,12 +18,38 @@ pub struct ProvisionForm<'a> {
     pub values: &'a HashMap<String, String>,
     /// (field, message) of a refused post.
     pub error: Option<(&'a str, &'a str)>,
-    /// What a pinned device pins by default: the local CA's SHA-256, when the appliance serves
-    /// TLS to devices.
-    pub default_pin: Option<&'a str>,
+    /// The local CA's SHA-256, which a device pins by default when the appliance serves its
+    /// transport over TLS.
+    pub local_ca: Option<&'a str>,
+    /// Whether devices are served MQTT over TLS, and HTTPS.
+    pub tls_mqtt: bool,
+    pub tls_http: bool,
 }
 
-impl ProvisionForm<'_> {
+impl<'a> ProvisionForm<'a> {
+    /// Which transports a device that leaves the pin empty speaks over TLS.
+    fn tls_by_default(&self) -> (bool, bool) {
+        let ca = self.local_ca.is_some();
+        (ca && self.tls_mqtt, ca && self.tls_http)
+    }
+
+    fn pin_placeholder(&self) -> &'a str {
+        match self.tls_by_default() {
+            (false, false) => "none",
+            _ => self.local_ca.unwrap_or("none"),
+        }
+    }
+
+    /// The hint under the pin field: what an empty pin means for each transport.
+    fn pin_hint(&self) -> &'static str {
+        match self.tls_by_default() {
+            (true, true) => "Empty: the device pins this Pi's certificate authority and speaks only TLS.",
+            (true, false) => "Empty: an MQTT device pins this Pi's certificate authority and speaks only TLS; an HTTP device speaks plain HTTP, as this Pi serves no HTTPS to devices.",
+            (false, true) => "Empty: an HTTP device pins this Pi's certificate authority and speaks only HTTPS; an MQTT device speaks plain MQTT, as this Pi serves no MQTT over TLS.",
+            (false, false) => "Empty: this Pi serves no TLS to devices, so the device speaks plain MQTT or HTTP.",
+        }
+    }
+
     fn value(&self, key: &str) -> &str {
         self.values.get(key).map(String::as_str).unwrap_or_default()
     }
@@ -75,13 +101,8 @@ pub fn form(v: &Viewer, f: &ProvisionForm) -> Markup {
                     label for="ntp_server" { (tr(l, "Time server (NTP)")) }
                     input #ntp_server name="ntp_server" value=(f.value("ntp_server")) maxlength="63" aria-invalid=[f.invalid("ntp_server")];
                     label for="pin" { (tr(l, "Pinned certificate: SHA-256, or none")) }
-                    input #pin name="pin" value=(f.value("pin")) maxlength="64" placeholder=(f.default_pin.unwrap_or("none")) aria-invalid=[f.invalid("pin")];
-                    p.muted {
-                        @match f.default_pin {
-                            Some(_) => (tr(l, "Empty: the device pins this Pi's certificate authority and speaks only TLS.")),
-                            None => (tr(l, "Empty: this Pi serves no TLS to devices, so the device speaks plain MQTT or HTTP.")),
-                        }
-                    }
+                    input #pin name="pin" value=(f.value("pin")) maxlength="64" placeholder=(f.pin_placeholder()) aria-invalid=[f.invalid("pin")];
+                    p.muted { (tr(l, f.pin_hint())) }
                 }
             }
             button type="submit" { (tr(l, "Add the thermometer")) }
@@ -176,4 +197,50 @@ pub fn provisioned(v: &Viewer, p: &Provisioned) -> Markup {
         p { a.button href=(PATH) { (tr(l, "Add another")) } }
     };
     page(v, Nav::None, title, None, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::i18n::Lang;
+
+    fn form<'v>(
+        values: &'v HashMap<String, String>,
+        ca: Option<&'static str>,
+        mqtt: bool,
+        http: bool,
+    ) -> ProvisionForm<'v> {
+        ProvisionForm {
+            values,
+            error: None,
+            local_ca: ca,
+            tls_mqtt: mqtt,
+            tls_http: http,
+        }
+    }
+
+    #[test]
+    fn the_pin_hint_names_the_transports_an_empty_pin_makes_tls() {
+        let v = HashMap::new();
+        let ca = Some("ab12");
+        let https_only = form(&v, ca, false, true);
+        assert!(https_only
+            .pin_hint()
+            .starts_with("Empty: an HTTP device pins"));
+        assert_eq!(https_only.pin_placeholder(), "ab12");
+        let mqtts_only = form(&v, ca, true, false);
+        assert!(mqtts_only
+            .pin_hint()
+            .starts_with("Empty: an MQTT device pins"));
+        let both = form(&v, ca, true, true);
+        assert!(both.pin_hint().starts_with("Empty: the device pins"));
+        // Without a local CA nothing is pinned by default, whatever is served.
+        let no_ca = form(&v, None, true, true);
+        assert!(no_ca.pin_hint().contains("serves no TLS"));
+        assert_eq!(no_ca.pin_placeholder(), "none");
+        // Every hint has its Japanese text.
+        for f in [https_only, mqtts_only, both, no_ca] {
+            assert_ne!(tr(Lang::Ja, f.pin_hint()), f.pin_hint());
+        }
+    }
 }

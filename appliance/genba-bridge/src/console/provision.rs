@@ -115,10 +115,9 @@ fn form<'a>(
     ProvisionForm {
         values,
         error,
-        default_pin: state
-            .local_ca
-            .as_deref()
-            .filter(|_| state.devices.tls(Transport::Mqtt)),
+        local_ca: state.local_ca.as_deref(),
+        tls_mqtt: state.devices.tls(Transport::Mqtt),
+        tls_http: state.devices.tls(Transport::Http),
     }
 }
 
