@@ -20,6 +20,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::discovery::Found;
+use pinned::{Pinned, Refusals};
 
 mod pinned;
 mod update;
@@ -185,25 +186,41 @@ enum Transport {
         host: String,
         port: u16,
         key: String,
-        pin: discovery::Fingerprint,
+        pinned: Pinned,
     },
+}
+
+/// One simulated device: where it sends, where it downloads firmware, and the TLS servers it
+/// refused since its last batch.
+struct SimDevice {
+    id: String,
+    transport: Transport,
+    downloads: Downloads,
+    refused: Refusals,
+}
+
+impl SimDevice {
+    /// A device's TLS side: its pin (if any), counting into a counter of its own.
+    fn pinned(pin: Option<discovery::Fingerprint>) -> (Option<Pinned>, Refusals) {
+        let refused = Refusals::default();
+        let pinned = pin.map(|pin| Pinned {
+            pin,
+            refused: refused.clone(),
+        });
+        (pinned, refused)
+    }
 }
 
 impl Transport {
     /// `POST /api/telemetry` with `key`: HTTPS with the core's TLS when the device pins a
     /// certificate, else plain HTTP.
-    fn new_http(
-        host: &str,
-        port: u16,
-        key: String,
-        pin: Option<discovery::Fingerprint>,
-    ) -> Result<Transport> {
-        Ok(match pin {
-            Some(pin) => Transport::Https {
+    fn new_http(host: &str, port: u16, key: String, pinned: Option<Pinned>) -> Result<Transport> {
+        Ok(match pinned {
+            Some(pinned) => Transport::Https {
                 host: host.to_owned(),
                 port,
                 key,
-                pin,
+                pinned,
             },
             None => Transport::Http {
                 url: format!("http://{}{}", host_port(host, port), config::TELEMETRY_PATH),
@@ -222,13 +239,13 @@ struct Downloads {
 }
 
 impl Downloads {
-    fn new(host_port: &str, pin: Option<discovery::Fingerprint>) -> Result<Downloads> {
+    fn new(host_port: &str, pinned: Option<&Pinned>) -> Result<Downloads> {
         let builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
-        Ok(match pin {
-            Some(pin) => Downloads {
+        Ok(match pinned {
+            Some(pinned) => Downloads {
                 base: format!("https://{host_port}"),
                 client: builder
-                    .tls_backend_preconfigured(pinned::client_config(pin)?)
+                    .tls_backend_preconfigured(pinned::client_config(pinned)?)
                     .build()
                     .context("HTTPS client")?,
             },
@@ -282,23 +299,32 @@ pub async fn run(
         for d in 0..args.devices {
             let device_id = format!("sim-{d:03}");
             let credentials = args.username.as_deref().zip(args.password.as_deref());
+            let (pinned, refused) = SimDevice::pinned(pin);
+            let downloads = Downloads::new(
+                &host_port(&http.ip().to_string(), http.port()),
+                pinned.as_ref(),
+            )?;
             let transport = match args.via {
                 Via::Mqtt => Transport::Mqtt(Arc::new(MqttDevice::connect(
                     &device_id,
                     &mqtt.ip().to_string(),
                     mqtt.port(),
                     credentials,
-                    pin,
+                    pinned,
                 )?)),
                 Via::Http => Transport::new_http(
                     &http.ip().to_string(),
                     http.port(),
                     device_key(&db, &device_id)?,
-                    pin,
+                    pinned,
                 )?,
             };
-            let downloads = Downloads::new(&host_port(&http.ip().to_string(), http.port()), pin)?;
-            devices.push((device_id, transport, downloads));
+            devices.push(SimDevice {
+                id: device_id,
+                transport,
+                downloads,
+                refused,
+            });
         }
     } else {
         for path in &args.device_configs {
@@ -315,9 +341,9 @@ pub async fn run(
     });
     let tally = &run.tally;
     let mut tasks = tokio::task::JoinSet::new();
-    for (d, (device_id, transport, downloads)) in devices.into_iter().enumerate() {
+    for (d, sim) in devices.into_iter().enumerate() {
         let run = run.clone();
-        tasks.spawn(async move { device(device_id, d, transport, downloads, run).await });
+        tasks.spawn(async move { device(sim, d, run).await });
     }
     // A progress line on a terminal (indicatif hides it otherwise); Ctrl-C stops the devices
     // and still prints the summary.
@@ -352,10 +378,7 @@ pub async fn run(
 
 /// The device a provisioning file describes, connected as the firmware would connect it: to
 /// the appliance that `--discover` found and the device accepts, else to the one in the file.
-async fn provisioned(
-    path: &std::path::Path,
-    found: Option<&[Found]>,
-) -> Result<(String, Transport, Downloads)> {
+async fn provisioned(path: &std::path::Path, found: Option<&[Found]>) -> Result<SimDevice> {
     let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
     let device: DeviceConfig = config::decode_area(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
@@ -370,20 +393,24 @@ async fn provisioned(
         config::Transport::Http => http_port,
     };
     reachable(&host, port, &device.device_id).await?;
+    let (pinned, refused) = SimDevice::pinned(device.ca_sha256);
+    let downloads = Downloads::new(&host_port(&host, http_port), pinned.as_ref())?;
     let transport = match &device.credential {
         Credential::Mqtt { username, password } => Transport::Mqtt(Arc::new(MqttDevice::connect(
             &device.device_id,
             &host,
             mqtt_port,
             Some((username.as_str(), password.as_str())),
-            device.ca_sha256,
+            pinned,
         )?)),
-        Credential::ApiKey(key) => {
-            Transport::new_http(&host, http_port, key.to_string(), device.ca_sha256)?
-        }
+        Credential::ApiKey(key) => Transport::new_http(&host, http_port, key.to_string(), pinned)?,
     };
-    let downloads = Downloads::new(&host_port(&host, http_port), device.ca_sha256)?;
-    Ok((device.device_id.to_string(), transport, downloads))
+    Ok(SimDevice {
+        id: device.device_id.to_string(),
+        transport,
+        downloads,
+        refused,
+    })
 }
 
 /// `host:port`, with brackets around an IPv6 address.
@@ -481,13 +508,13 @@ fn device_key(db: &std::path::Path, device_id: &str) -> Result<String> {
     Ok(key)
 }
 
-async fn device(
-    device_id: String,
-    index: usize,
-    transport: Transport,
-    downloads: Downloads,
-    run: Arc<Run>,
-) -> Result<()> {
+async fn device(sim: SimDevice, index: usize, run: Arc<Run>) -> Result<()> {
+    let SimDevice {
+        id: device_id,
+        transport,
+        downloads,
+        refused,
+    } = sim;
     let (args, interval, tally) = (&run.args, run.interval, &run.tally);
     let mut firmware = update::Firmware::new(
         &args.firmware,
@@ -520,6 +547,8 @@ async fn device(
             )?;
             t.set_firmware(firmware.version())
                 .map_err(|e| anyhow::anyhow!("{e}"))?; // checked in `run` and by the update
+                                                       // the TLS servers refused since the previous batch travel with this one
+            t.tls_refused = refused.take();
             Tally::add(&tally.readings, t.readings.len() as u64);
             Tally::add(&tally.batches, 1);
             made += 1;
@@ -645,9 +674,9 @@ async fn send(transport: &Transport, t: &Telemetry) -> Result<(), SendError> {
             host,
             port,
             key,
-            pin,
+            pinned,
         } => {
-            let post = pinned::post(host.clone(), *port, *pin, key.clone(), buf);
+            let post = pinned::post(host.clone(), *port, pinned.clone(), key.clone(), buf);
             let status = tokio::time::timeout(SEND_TIMEOUT, post)
                 .await
                 .map_err(|_| SendError::Retry("HTTPS: timed out".into()))?
@@ -679,12 +708,12 @@ impl MqttDevice {
         host: &str,
         port: u16,
         credentials: Option<(&str, &str)>,
-        pin: Option<discovery::Fingerprint>,
+        pinned: Option<Pinned>,
     ) -> Result<MqttDevice> {
         let mut o = rumqttc::MqttOptions::new(device_id, host, port);
         o.set_keep_alive(Duration::from_secs(15));
-        if let Some(pin) = pin {
-            o.set_transport(pinned::mqtt_transport(pin)?);
+        if let Some(pinned) = &pinned {
+            o.set_transport(pinned::mqtt_transport(pinned)?);
         }
         if let Some((u, p)) = credentials {
             o.set_credentials(u, p);

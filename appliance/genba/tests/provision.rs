@@ -316,6 +316,105 @@ fn pinned_devices_deliver_over_tls_and_refuse_a_server_without_their_pin() {
     assert_eq!(readings(&a, "tls-stranger"), 0);
 }
 
+/// A TCP proxy on loopback that sends connections to `decoy` until one of them has carried a
+/// client's bytes (a TLS handshake tried there), and to `real` from then on: a device that
+/// meets a stranger's server first and then finds its own appliance.
+fn decoy_then_real(decoy: std::net::SocketAddr, real: std::net::SocketAddr) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn pipe(mut from: TcpStream, mut to: TcpStream) -> u64 {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            total += n as u64;
+        }
+        let _ = to.shutdown(Shutdown::Write);
+        total
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let met_decoy = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let to_decoy = !met_decoy.load(Ordering::SeqCst);
+            let Ok(server) = TcpStream::connect(if to_decoy { decoy } else { real }) else {
+                continue;
+            };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || pipe(s2, c2));
+            let met = met_decoy.clone();
+            std::thread::spawn(move || {
+                if pipe(client, server) > 0 && to_decoy {
+                    met.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_refused_server_is_counted_into_the_next_batch_that_reaches_the_appliance() {
+    // The device pins appliance A's CA; its first connection meets appliance B (another CA).
+    let a = tls_appliance();
+    let b = tls_appliance();
+    let (ok, out) = provision_for(&a, "127.0.0.1", "tls-met-stranger", "http", &[]);
+    assert!(ok, "{out}");
+    let mut device = decoded(&a, "tls-met-stranger").config;
+    assert!(device.ca_sha256.is_some());
+    device.http_port = decoy_then_real(b.endpoint("https"), a.endpoint("https"));
+    let mut area = vec![0u8; AREA_LEN];
+    device.area_image(&mut area).unwrap();
+    let file = a.dir.path().join("tls-met-stranger-moved.bin");
+    std::fs::write(&file, &area).unwrap();
+
+    let (ok, out) = a.genba(&[
+        "simulate",
+        "--device-config",
+        file.to_str().unwrap(),
+        "--batches",
+        "4",
+        "--sensors",
+        "1",
+        "--interval",
+        "0.5",
+    ]);
+    assert!(ok, "{out}\nlog:\n{}", a.log());
+    assert!(
+        out.contains(
+            "server certificate refused: no certificate of the server has the pinned SHA-256"
+        ),
+        "{out}"
+    );
+    // Every batch arrives, and the one made after the refusal says so: one refused server.
+    let counted = || -> Option<f64> {
+        let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+        conn.query_row(
+            "SELECT SUM(p.value) FROM points p JOIN streams s ON s.id = p.stream_id \
+             WHERE s.device_id = ?1 AND s.name = 'tls_refused'",
+            ["tls-met-stranger"],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let stored = common::wait_until(Duration::from_secs(15), || {
+        readings(&a, "tls-met-stranger") == 4 && counted().is_some()
+    });
+    assert!(
+        stored,
+        "readings: {}; {out}",
+        readings(&a, "tls-met-stranger")
+    );
+    assert_eq!(counted(), Some(1.0), "{out}");
+}
+
 #[test]
 fn a_corrupt_or_truncated_provisioning_file_is_refused_by_the_core() {
     let a = appliance();
