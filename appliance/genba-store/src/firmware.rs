@@ -102,6 +102,16 @@ pub fn list(conn: &Connection) -> rusqlite::Result<Vec<FirmwareImage>> {
     rows.collect()
 }
 
+/// The newest image that has a board image kept, for a new board's first flash.
+pub fn newest_board(conn: &Connection) -> rusqlite::Result<Option<FirmwareImage>> {
+    conn.query_row(
+        &format!("{SELECT} WHERE board_size IS NOT NULL ORDER BY added_at DESC, sha256 LIMIT 1"),
+        [],
+        row,
+    )
+    .optional()
+}
+
 /// The image with this SHA-256, or else the newest with this version.
 pub fn find(conn: &Connection, sha256_or_version: &str) -> rusqlite::Result<Option<FirmwareImage>> {
     conn.query_row(

@@ -2,15 +2,19 @@
 //! key: its HTTP `X-API-Key`, or its MQTT password with the device id as user name) and writes
 //! the config file the device reads from its `config` flash partition. The checks, the key and
 //! the record are `genba_platform::provisioning`'s, shared with the console's "Add a
-//! thermometer" page. The file goes to the device over USB with `espflash write-bin`.
+//! thermometer" page. The file goes to the device over USB with `espflash write-bin`, or, with
+//! `--write PORT`, this machine writes it (and the newest board image) to a board plugged into
+//! its own USB port (`board_flash`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use genba_firmware_core::board;
 use genba_firmware_core::config::{self as device_config, Pins};
 use genba_platform::provisioning::{self, Transport, PARTITION_OFFSET};
 
+use crate::board_flash;
 use crate::firstboot::write_file;
 use crate::lifecycle::load_config;
 use crate::Common;
@@ -68,9 +72,23 @@ pub struct ProvisionArgs {
     #[arg(long, default_value = device_config::DEFAULT_NTP_SERVER)]
     pub ntp_server: String,
     /// Where the config file goes (mode 600: it holds the Wi-Fi pass phrase and the
-    /// credential). Default: ID.genba-config.bin in the current directory.
+    /// credential). Default: ID.genba-config.bin in the current directory; with --write, no
+    /// file unless asked for.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write the device's flash over this machine's USB: the newest board image kept by
+    /// `genba firmware add` with the config inside (a blank board is ready in one step), checked
+    /// by MD5 and started. PORT is a serial port (/dev/ttyACM0) or `auto`: the one ESP32 board
+    /// plugged in. If the write fails, nothing is registered.
+    #[arg(long, value_name = "PORT|auto")]
+    pub write: Option<String>,
+    /// With --write: only the config partition, for a board that runs Genba's firmware already.
+    #[arg(long, requires = "write")]
+    pub config_only: bool,
+    /// With --write: the board is in its loader already (BOOT held while plugging it in) and
+    /// the serial lines do not reset it; press RESET afterwards to start it.
+    #[arg(long, requires = "write")]
+    pub no_reset: bool,
     /// The TLS certificate the device pins, as its SHA-256 (64 hex digits; the `fp` or `ca`
     /// that `genba status` and the mDNS announcement show), or `none`. A pinned device speaks
     /// only TLS (MQTT over TLS or HTTPS, so the appliance needs the transport's `tls_listen`),
@@ -120,20 +138,37 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
             field => anyhow::anyhow!("--{}: {}", field.replace('_', "-"), e.message),
         },
     )?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{}.genba-config.bin", args.id)));
     let conn = genba_store::open(&genba_store::db_path(&data_dir))?;
+    let write = match &args.write {
+        Some(port) => Some(Write::plan(
+            &args,
+            port,
+            &conn,
+            &data_dir,
+            &prepared.record,
+        )?),
+        None => None,
+    };
+    let out = args.out.clone().or_else(|| {
+        write
+            .is_none()
+            .then(|| PathBuf::from(format!("{}.genba-config.bin", args.id)))
+    });
     let tx = conn.unchecked_transaction()?;
     let registered = provisioning::register(&tx, &prepared)?;
-    write_file(&out, &prepared.record, 0o600, None)?;
+    if let Some(out) = &out {
+        write_file(out, &prepared.record, 0o600, None)?;
+    }
+    if let Some(w) = &write {
+        w.run()?; // on failure the transaction is dropped: nothing registered
+    }
     tx.commit()?;
 
     let device = &prepared.device;
     let pinned = prepared.pin_hex();
     let key_id = registered.key_id;
-    let flash = provisioning::flash_command(&out.display().to_string());
+    let file = out.as_ref().map(|o| o.display().to_string());
+    let flash = file.as_deref().map(provisioning::flash_command);
     if args.json {
         let credential = match prepared.transport {
             Transport::Http => serde_json::json!({"kind": "api_key", "key_id": key_id}),
@@ -152,10 +187,11 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
                 "http_port": device.http_port,
                 "pin": pinned,
                 "credential": credential,
-                "file": out.display().to_string(),
+                "file": file,
                 "file_bytes": prepared.record.len(),
                 "partition_offset": format!("{PARTITION_OFFSET:#x}"),
                 "flash_command": flash,
+                "written": write.as_ref().map(Write::json),
             }))?
         );
         return Ok(());
@@ -187,15 +223,125 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
             Transport::Http => "",
         }
     );
-    println!(
-        "config file: {} ({} bytes, mode 600: it holds the Wi-Fi pass phrase and the credential)",
-        out.display(),
-        prepared.record.len()
-    );
-    println!("write it to the device's config partition over USB:");
-    println!("  {flash}");
-    println!(
-        "(a new board needs the firmware first: firmware/README.md, \"Set up a thermometer\")"
-    );
+    if let Some(file) = &file {
+        println!(
+            "config file: {file} ({} bytes, mode 600: it holds the Wi-Fi pass phrase and the \
+             credential)",
+            prepared.record.len()
+        );
+    }
+    match (&write, &flash) {
+        (Some(w), _) => println!("{}", w.said()),
+        (None, Some(flash)) => {
+            println!("write it to the device's config partition over USB:");
+            println!("  {flash}");
+            println!(
+                "(a new board needs the firmware first: firmware/README.md, \"Set up a \
+                 thermometer\"; or plug it into this machine and use --write auto)"
+            );
+        }
+        (None, None) => {}
+    }
     Ok(())
+}
+
+/// What `--write` puts on the board: the newest board image with the config inside, at 0x0, or
+/// the config area alone at its partition.
+struct Write {
+    port: String,
+    usb: serialport::UsbPortInfo,
+    reset: board_flash::Reset,
+    offset: u32,
+    data: Vec<u8>,
+    /// The firmware version written with a board image.
+    firmware: Option<String>,
+}
+
+impl Write {
+    /// Everything checked before anything is registered: the port, and the board image.
+    fn plan(
+        args: &ProvisionArgs,
+        port: &str,
+        conn: &rusqlite::Connection,
+        data_dir: &Path,
+        record: &[u8],
+    ) -> Result<Write> {
+        let (port, usb) = board_flash::find_port(port)?;
+        let reset = if args.no_reset {
+            board_flash::Reset::None
+        } else {
+            board_flash::Reset::Lines
+        };
+        if args.config_only {
+            return Ok(Write {
+                port,
+                usb,
+                reset,
+                offset: PARTITION_OFFSET,
+                data: record.to_vec(),
+                firmware: None,
+            });
+        }
+        let image = genba_store::firmware::newest_board(conn)?.context(
+            "--write: this appliance keeps no board image; add one with `genba firmware add \
+             genba-fw-esp32c3-full-4MB.bin` (scripts/build-firmware --full), or write the \
+             config alone to a board that runs Genba's firmware (--config-only)",
+        )?;
+        let path = genba_store::firmware::dir(data_dir)
+            .join(genba_store::firmware::board_file_name(&image.sha256));
+        let mut data =
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        board::put_config(&mut data, record)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Write {
+            port,
+            usb,
+            reset,
+            offset: 0,
+            data,
+            firmware: Some(image.version),
+        })
+    }
+
+    fn run(&self) -> Result<()> {
+        let mut progress = board_flash::Progress::new();
+        board_flash::write(
+            &self.port,
+            self.usb.clone(),
+            self.reset,
+            self.offset,
+            &self.data,
+            &mut progress,
+        )
+    }
+
+    fn what(&self) -> String {
+        match &self.firmware {
+            Some(v) => format!("firmware {v} with the config"),
+            None => "the config".to_owned(),
+        }
+    }
+
+    fn said(&self) -> String {
+        let then = match self.reset {
+            board_flash::Reset::Lines => "the board restarts into it",
+            board_flash::Reset::None => "press RESET (or unplug the board) to start it",
+        };
+        format!(
+            "written to {}: {} ({} bytes at {:#x}, checked by MD5); {then}",
+            self.port,
+            self.what(),
+            self.data.len(),
+            self.offset
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "port": self.port,
+            "offset": format!("{:#x}", self.offset),
+            "bytes": self.data.len(),
+            "firmware": self.firmware,
+        })
+    }
 }

@@ -124,6 +124,18 @@ pub fn app_in_board(board: &[u8]) -> Result<(&[u8], AppInfo), BoardError> {
     Ok((app, info))
 }
 
+/// Puts a device's config area (a provisioning file, [`AREA_LEN`] bytes) into a board image at
+/// the config partition, so one write sets up a blank board: the same bytes as writing the
+/// board image and then the config file. The board image is checked first.
+pub fn put_config(board: &mut [u8], area: &[u8]) -> Result<(), BoardError> {
+    app_in_board(board)?;
+    if area.len() != AREA_LEN {
+        return Err(BoardError::Missing("a config area of the partition's size"));
+    }
+    board[PARTITION_OFFSET as usize..PARTITION_OFFSET as usize + AREA_LEN].copy_from_slice(area);
+    Ok(())
+}
+
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
@@ -159,6 +171,24 @@ pub fn sample(app: &[u8]) -> std::vec::Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_config_area_goes_in_at_the_config_partition_and_nothing_else_changes() {
+        let app = image::sample("1.4.0", "genba-fw-esp32c3");
+        let board = sample(&app);
+        let area = [0x5Au8; AREA_LEN];
+        let mut whole = board.clone();
+        put_config(&mut whole, &area).unwrap();
+        let at = PARTITION_OFFSET as usize;
+        assert_eq!(&whole[at..at + AREA_LEN], &area[..]);
+        assert_eq!(&whole[..at], &board[..at]);
+        assert_eq!(&whole[at + AREA_LEN..], &board[at + AREA_LEN..]);
+        // a short area, or an app image instead of a board image, is refused
+        assert!(put_config(&mut board.clone(), &area[1..]).is_err());
+        let mut not_board = app.clone();
+        not_board.resize(FLASH_LEN, 0xFF);
+        assert_eq!(put_config(&mut not_board, &area), Err(BoardError::NoTable));
+    }
 
     #[test]
     fn the_app_in_ota_0_is_found_whole_with_its_version() {

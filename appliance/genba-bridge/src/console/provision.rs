@@ -63,9 +63,7 @@ pub(super) async fn provision(AxumState(state): AxumState<Shared>, req: Request)
                 tx.commit()?;
             }
             // the newest board image, for a new board's first flash
-            let board = genba_store::firmware::list(c)?
-                .into_iter()
-                .find(|i| i.board_size.is_some());
+            let board = genba_store::firmware::newest_board(c)?;
             Ok((prepared, registered, board))
         })
         .await;
