@@ -3,7 +3,8 @@
 # checks the kernel modules image/dpkg-path-filters left in the tree.
 #  1. The modules a Pi 3/4/Zero 2 W needs are there (or built into the kernel): those of the
 #     boards' device trees, the on-board and common USB network, Wi-Fi and Bluetooth, USB
-#     storage, ext4 and vfat, netfilter.
+#     storage, ext4 and vfat, netfilter, and the USB serial ports thermometers are written
+#     through (`genba devices provision --write`: the ESP32-C3's own, CP210x and CH34x bridges).
 #  2. No module kept needs a symbol only an excluded module exported: `depmod -e` against the
 #     kernel's Module.symvers, from the linux-headers package of the same kernel (downloaded
 #     with the tree's apt configuration for this check only, not installed).
@@ -17,7 +18,8 @@ need="bcm2711_thermal bcm2835 bcm2835_rng bcm2835_thermal dwc2 genet hci_uart i2
   iproc_rng200 mdio_bcm_unimac pwm_bcm2835 reset_raspberrypi sdhci_iproc snd_soc_bcm2835_i2s
   spi_bcm2835 spi_bcm2835aux v3d vc4 vchiq xhci_pci smsc95xx lan78xx brcmfmac btbcm btusb
   cdc_ether r8152 ax88179_178a rtl8xxxu rt2800usb mt76x0u ath9k_htc usb_storage uas ext4 vfat
-  nls_cp437 nls_ascii nf_tables nf_conntrack squashfs loop dm_mod dm_verity"
+  nls_cp437 nls_ascii nf_tables nf_conntrack squashfs loop dm_mod dm_verity
+  cdc_acm cp210x ch341"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 found=0
