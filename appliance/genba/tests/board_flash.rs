@@ -158,7 +158,10 @@ fn nothing_is_registered_when_the_board_cannot_be_written() {
 
     // `auto` with no ESP32 on this machine's USB: refused, with what to do.
     let (ok, out) = provision(&a, "fridge-auto", "auto", &[]);
-    assert!(!ok && out.contains("no ESP32 board on this machine's USB"), "{out}");
+    assert!(
+        !ok && out.contains("no ESP32 board on this machine's USB"),
+        "{out}"
+    );
     assert!(!registered(&a, "fridge-auto"));
 
     // No board image kept: refused before anything else, with what to do.
