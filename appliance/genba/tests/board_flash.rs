@@ -59,24 +59,12 @@ impl Drop for FakeBoard {
 }
 
 fn provision(a: &Appliance, id: &str, port: &str, extra: &[&str]) -> (bool, String) {
-    let mut args = vec![
-        "devices",
-        "provision",
-        id,
-        "--wifi-ssid",
-        "shop-floor",
-        "--wifi-pass",
-        "wifi-pass-1234",
-        "--appliance",
-        "192.168.1.10",
-        "--transport",
-        "http",
-        "--write",
-        port,
-        "--no-reset",
-    ];
-    args.extend_from_slice(extra);
-    a.genba(&args)
+    let args: Vec<&str> = ["--write", port, "--no-reset"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    common::provision(a, id, "192.168.1.10", "http", &args)
 }
 
 fn registered(a: &Appliance, id: &str) -> bool {

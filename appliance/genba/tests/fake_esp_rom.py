@@ -134,6 +134,7 @@ class Rom:
 def main():
     dump = sys.argv[1]
     silent = "--silent" in sys.argv[2:]
+    debug = bool(os.environ.get("FAKE_ROM_DEBUG"))  # each command and its error code on stderr
     master, slave = os.openpty()
     tty.setraw(slave)  # no echo, no line editing, before anyone opens it
     print(os.ttyname(slave), flush=True)
@@ -160,8 +161,8 @@ def main():
             if not body:
                 continue  # two delimiters in a row: the second starts the next frame
             answer = rom.handle(unslip(body))
-            if os.environ.get("FAKE_ROM_DEBUG"):
-                print("op", hex(unslip(body)[1]) if len(body) > 1 else body, "->", answer and answer[:2] + (len(answer[2]), answer[3]), file=sys.stderr, flush=True)
+            if debug:
+                print("command", body[:2].hex(), "->", answer and answer[3], file=sys.stderr)
             if answer is None:
                 continue
             op, value, payload, error = answer

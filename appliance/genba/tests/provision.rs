@@ -37,24 +37,9 @@ fn provision_for(
     extra: &[&str],
 ) -> (bool, String) {
     let out = a.dir.path().join(format!("{id}.bin"));
-    let mut args = vec![
-        "devices",
-        "provision",
-        id,
-        "--wifi-ssid",
-        "shop-floor",
-        "--wifi-pass",
-        "wifi-pass-1234",
-        "--appliance",
-        appliance,
-        "--transport",
-        transport,
-        "--out",
-    ];
-    let out = out.to_str().unwrap().to_owned();
-    args.push(&out);
-    args.extend_from_slice(extra);
-    a.genba(&args)
+    let out = out.to_str().unwrap();
+    let args: Vec<&str> = ["--out", out].iter().chain(extra).copied().collect();
+    common::provision(a, id, appliance, transport, &args)
 }
 
 fn decoded(a: &Appliance, id: &str) -> Loaded {

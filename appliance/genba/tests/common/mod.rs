@@ -320,3 +320,29 @@ pub fn mosquitto_sub(port: u16, args: &[&str]) -> Child {
     std::thread::sleep(Duration::from_millis(700));
     child
 }
+
+/// `genba devices provision ID` with a Wi-Fi network and pass phrase, the appliance address and
+/// transport given, then `extra`: (status ok, stdout+stderr).
+pub fn provision(
+    a: &Appliance,
+    id: &str,
+    appliance: &str,
+    transport: &str,
+    extra: &[&str],
+) -> (bool, String) {
+    let mut args = vec![
+        "devices",
+        "provision",
+        id,
+        "--wifi-ssid",
+        "shop-floor",
+        "--wifi-pass",
+        "wifi-pass-1234",
+        "--appliance",
+        appliance,
+        "--transport",
+        transport,
+    ];
+    args.extend_from_slice(extra);
+    a.genba(&args)
+}
