@@ -79,6 +79,10 @@ pub struct BridgeSettings {
     /// SHA-256 (hex) of the local CA's certificate, when there is one: what provisioned
     /// devices pin by default.
     pub local_ca: Option<String>,
+    /// The serial ports "Add a thermometer" may write a board on: `None` for the ESP32 boards
+    /// plugged into this machine's USB when the page is asked (Espressif's vendor id), or
+    /// these ports.
+    pub usb_ports: Option<Vec<String>>,
 }
 
 pub(crate) struct State {
@@ -106,6 +110,7 @@ pub(crate) struct State {
     /// Where devices reach this appliance, for the ones the console provisions.
     devices: genba_platform::provisioning::Served,
     local_ca: Option<String>,
+    usb_ports: Option<Vec<String>>,
 }
 
 type Shared = Arc<State>;
@@ -180,6 +185,7 @@ pub async fn start(
             https: tls_addr,
         },
         local_ca: settings.local_ca,
+        usb_ports: settings.usb_ports,
         ca_pem,
         console: console::Console::new(&settings.http, &settings.console, &settings.exment),
         sinks: settings.sinks,

@@ -63,6 +63,7 @@ fn settings(dir: &std::path::Path, db: &std::path::Path) -> BridgeSettings {
         device_mqtt: "0.0.0.0:1883".parse().unwrap(),
         device_mqtts: None,
         local_ca: None,
+        usb_ports: None,
     }
 }
 
@@ -70,6 +71,18 @@ fn settings(dir: &std::path::Path, db: &std::path::Path) -> BridgeSettings {
 /// the sender stops it.
 async fn start_bridge(
     dir: &std::path::Path,
+) -> (
+    genba_bridge::RunningBridge,
+    tokio::sync::watch::Sender<bool>,
+    std::path::PathBuf,
+) {
+    start_bridge_with(dir, |_| {}).await
+}
+
+/// [`start_bridge`] with settings changed by `tweak`.
+async fn start_bridge_with(
+    dir: &std::path::Path,
+    tweak: impl FnOnce(&mut BridgeSettings),
 ) -> (
     genba_bridge::RunningBridge,
     tokio::sync::watch::Sender<bool>,
@@ -83,9 +96,9 @@ async fn start_bridge(
         http: listener,
         https: None,
     };
-    let bridge = start(settings(dir, &db), listeners, journal, shutdown)
-        .await
-        .unwrap();
+    let mut settings = settings(dir, &db);
+    tweak(&mut settings);
+    let bridge = start(settings, listeners, journal, shutdown).await.unwrap();
     (bridge, stop, db)
 }
 
@@ -273,6 +286,134 @@ async fn the_console_provisions_a_thermometer_whose_file_holds_its_own_registere
     let key = genba_telemetry::keys::authorize(&conn, password, "telemetry:write")
         .expect("the key in the file is registered");
     assert_eq!(key.device_id, "fridge-9");
+
+    stop.send(true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(15), bridge.done).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_writes_a_board_plugged_into_the_pi_before_registering_it() {
+    use genba_firmware_core::board;
+    use genba_firmware_core::config::{decode_area, Credential, AREA_LEN, PARTITION_OFFSET};
+    use genba_testkit::fake_esp_rom::FakeBoard;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Two "boards": a stand-in for the ESP32-C3's ROM loader on a pty, and a port where
+    // nothing answers.
+    let board_on_usb = FakeBoard::start(dir.path(), false);
+    let silent = FakeBoard::start(dir.path(), true);
+    let ports = vec![board_on_usb.port.clone(), silent.port.clone()];
+    let (bridge, stop, db) = start_bridge_with(dir.path(), |s| s.usb_ports = Some(ports)).await;
+    let (addr, host) = (bridge.addr, "192.168.7.2:8080");
+    let form = "application/x-www-form-urlencoded";
+    // The newest board image the Pi keeps, as `genba firmware add` leaves it.
+    let app = genba_firmware_core::image::sample("1.5.0", "genba-fw-esp32c3");
+    let board_image = board::sample(&app);
+    let sha = "cd".repeat(32);
+    std::fs::create_dir_all(dir.path().join("firmware")).unwrap();
+    std::fs::write(
+        dir.path()
+            .join("firmware")
+            .join(genba_store::firmware::board_file_name(&sha)),
+        &board_image,
+    )
+    .unwrap();
+    let image = genba_store::firmware::FirmwareImage {
+        sha256: sha,
+        version: "1.5.0".into(),
+        project: "genba-fw-esp32c3".into(),
+        size: app.len() as i64,
+        added_at_ms: 1,
+        board_size: Some(board_image.len() as i64),
+    };
+    genba_store::firmware::add(&genba_store::open(&db).unwrap(), &image).unwrap();
+    let registered = |id: &str| {
+        let conn = genba_store::open(&db).unwrap();
+        genba_store::devices::get(&conn, id).unwrap().is_some()
+    };
+
+    // The form offers the boards plugged in.
+    let page = request(addr, "GET", "/provision", host, "", "").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    for port in [&board_on_usb.port, &silent.port] {
+        assert!(
+            page.contains(&format!(r#"<option value="{port}">"#)),
+            "{page}"
+        );
+    }
+    let csrf = attribute_after(&page, r#"name="csrf" value=""#).to_owned();
+    let post = |id: &str, port: &str, extra: &str| {
+        format!("csrf={csrf}&id={id}&wifi_ssid=shop&wifi_pass=a+long+pass+phrase&appliance=192.168.7.2&transport=http&interval=30&onewire_gpio=4&led_gpio=8&offsets=&ntp_server=pool.ntp.org&pin=&write_port={port}&no_reset=1{extra}")
+    };
+
+    // A port that is not offered is refused; so is a board whose loader does not answer.
+    // Nothing is registered either time.
+    let refused = request(
+        addr,
+        "POST",
+        "/provision",
+        host,
+        form,
+        &post("fridge-x", "/dev/null", ""),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 422"), "{refused}");
+    assert!(
+        refused.contains("no ESP32 board is plugged in at /dev/null"),
+        "{refused}"
+    );
+    let refused = request(
+        addr,
+        "POST",
+        "/provision",
+        host,
+        form,
+        &post("fridge-x", &silent.port, "&config_only=1"),
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 422"), "{refused}");
+    assert!(
+        refused.contains(&format!("no ESP32-C3 loader answered on {}", silent.port)),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(r#"id="write_port" name="write_port" aria-invalid="true""#),
+        "{refused}"
+    );
+    assert!(!registered("fridge-x"));
+
+    // The board on the USB port gets the board image with the config inside; the answer says
+    // so and hands no file over.
+    let done = request(
+        addr,
+        "POST",
+        "/provision",
+        host,
+        form,
+        &post("fridge-usb", &board_on_usb.port, ""),
+    )
+    .await;
+    assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+    assert!(done.contains(r#"id="written""#), "{done}");
+    assert!(
+        done.contains("firmware 1.5.0 with the config (4194304 bytes at 0x0)"),
+        "{done}"
+    );
+    assert!(!done.contains("data:application/octet-stream"), "{done}");
+    assert!(registered("fridge-usb"));
+    let flash = board_on_usb.flash();
+    let at = PARTITION_OFFSET as usize;
+    assert_eq!(&flash[..at], &board_image[..at]);
+    assert_eq!(&flash[at + AREA_LEN..], &board_image[at + AREA_LEN..]);
+    let device = decode_area(&flash[at..at + AREA_LEN]).unwrap().config;
+    assert_eq!(device.device_id.as_str(), "fridge-usb");
+    let Credential::ApiKey(key) = &device.credential else {
+        panic!("an HTTP device holds an API key: {:?}", device.credential)
+    };
+    let conn = genba_store::open(&db).unwrap();
+    let key = genba_telemetry::keys::authorize(&conn, key, "telemetry:write")
+        .expect("the key on the board is registered");
+    assert_eq!(key.device_id, "fridge-usb");
 
     stop.send(true).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(15), bridge.done).await;

@@ -24,6 +24,8 @@ pub struct ProvisionForm<'a> {
     /// Whether devices are served MQTT over TLS, and HTTPS.
     pub tls_mqtt: bool,
     pub tls_http: bool,
+    /// The serial ports of the ESP32 boards plugged into this Pi, which it can write.
+    pub ports: Vec<String>,
 }
 
 impl<'a> ProvisionForm<'a> {
@@ -105,6 +107,29 @@ pub fn form(v: &Viewer, f: &ProvisionForm) -> Markup {
                     p.muted { (tr(l, f.pin_hint())) }
                 }
             }
+            @if f.ports.is_empty() {
+                p.muted #usb-none { (tr(l, "A board plugged into this Pi's USB can be written by the Pi itself: plug it in and reload this page.")) }
+            } @else {
+                fieldset #usb {
+                    legend { (tr(l, "Write it to the board plugged into this Pi")) }
+                    label for="write_port" { (tr(l, "USB port")) }
+                    select #write_port name="write_port" aria-invalid=[f.invalid("write_port")] {
+                        option value="" { (tr(l, "No: I write the file from my computer")) }
+                        @for port in &f.ports {
+                            option value=(port) selected[f.value("write_port") == port] { (port) }
+                        }
+                    }
+                    label {
+                        input #config_only name="config_only" type="checkbox" value="1" style="width:auto" checked[f.value("config_only") == "1"];
+                        " " (tr(l, "Only the config: the board runs Genba's firmware already"))
+                    }
+                    label {
+                        input #no_reset name="no_reset" type="checkbox" value="1" style="width:auto" checked[f.value("no_reset") == "1"];
+                        " " (tr(l, "The board is in its loader already (BOOT held while plugging it in); press RESET afterwards"))
+                    }
+                    p.muted { (tr(l, "The Pi writes its newest board image with this config inside, checks it and restarts the board. If the write fails, nothing is registered.")) }
+                }
+            }
             button type="submit" { (tr(l, "Add the thermometer")) }
         }
     };
@@ -142,6 +167,8 @@ pub struct Provisioned<'a> {
     pub config_offset: u32,
     /// The newest board image kept, for a new board.
     pub board: Option<BoardImage<'a>>,
+    /// What the Pi wrote to a board on its USB, in words; then the file is not handed over.
+    pub written: Option<String>,
 }
 
 pub fn provisioned(v: &Viewer, p: &Provisioned) -> Markup {
@@ -160,6 +187,21 @@ pub fn provisioned(v: &Viewer, p: &Provisioned) -> Markup {
             dt { (tr(l, "Credential")) }
             dd { (tr(l, "device key")) " #" (p.key_id) " · " code { "genba keys revoke " (p.key_id) } " " (tr(l, "revokes it alone")) }
         }
+        @if let Some(written) = &p.written {
+            p.banner #written role="status" { (tr(l, "Written to the board:")) " " (written) }
+            p { (tr(l, "The secrets went to the board only: no copy of the config file is anywhere. Mount the thermometer; it finds this Pi, logs in with its own key and appears on the Overview with its first reading.")) }
+            p { a.button href=(PATH) { (tr(l, "Add another")) } }
+        } @else {
+            (handed_over(v, p))
+        }
+    };
+    page(v, Nav::None, title, None, body)
+}
+
+/// The config file handed over in the page, and how to write it to the board.
+fn handed_over(v: &Viewer, p: &Provisioned) -> Markup {
+    let l = v.lang;
+    html! {
         p {
             a.button #config-download download=(p.file_name) href={ "data:application/octet-stream;base64," (p.file_base64) } {
                 (tr(l, "Download the config file")) " (" (p.file_name) ", " (p.file_bytes / 1024) " KiB)"
@@ -195,8 +237,7 @@ pub fn provisioned(v: &Viewer, p: &Provisioned) -> Markup {
             li { (tr(l, "Reset the board. It finds this Pi, logs in with its own key and appears on the Overview with its first reading.")) }
         }
         p { a.button href=(PATH) { (tr(l, "Add another")) } }
-    };
-    page(v, Nav::None, title, None, body)
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +257,7 @@ mod tests {
             local_ca: ca,
             tls_mqtt: mqtt,
             tls_http: http,
+            ports: Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@
 //! Where it becomes durable: `genba_store::ingest` inside the journal writer's transaction.
 //! The registry and the stream queries themselves are `genba_store::{devices, streams}`.
 
+pub mod board_flash;
 pub mod consumer;
 pub mod fields;
 pub mod message;

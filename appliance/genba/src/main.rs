@@ -1,6 +1,5 @@
 //! `genba`: one binary, one subcommand per role. See README.md.
 
-mod board_flash;
 mod command_sink;
 mod commands;
 mod discovery;

@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use genba_firmware_core::board;
 use genba_firmware_core::config::{self as device_config, Pins};
+use genba_platform::board_flash;
 use genba_platform::provisioning::{self, Transport, PARTITION_OFFSET};
 
-use crate::board_flash;
 use crate::firstboot::write_file;
 use crate::lifecycle::load_config;
 use crate::Common;
@@ -154,13 +153,16 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
             .is_none()
             .then(|| PathBuf::from(format!("{}.genba-config.bin", args.id)))
     });
+    // The board first: if its write fails, nothing is registered. (Not inside the transaction:
+    // that would hold the database's write lock against the running appliance for the minute a
+    // write takes.)
+    if let Some(w) = &write {
+        w.run()?;
+    }
     let tx = conn.unchecked_transaction()?;
     let registered = provisioning::register(&tx, &prepared)?;
     if let Some(out) = &out {
         write_file(out, &prepared.record, 0o600, None)?;
-    }
-    if let Some(w) = &write {
-        w.run()?; // on failure the transaction is dropped: nothing registered
     }
     tx.commit()?;
 
@@ -245,20 +247,16 @@ pub fn run(args: ProvisionArgs) -> Result<()> {
     Ok(())
 }
 
-/// What `--write` puts on the board: the newest board image with the config inside, at 0x0, or
-/// the config area alone at its partition.
+/// What `--write` puts on the board, and where.
 struct Write {
-    port: String,
-    usb: serialport::UsbPortInfo,
+    port: board_flash::Port,
     reset: board_flash::Reset,
-    offset: u32,
-    data: Vec<u8>,
-    /// The firmware version written with a board image.
-    firmware: Option<String>,
+    plan: board_flash::Plan,
 }
 
 impl Write {
-    /// Everything checked before anything is registered: the port, and the board image.
+    /// Everything checked before anything is written or registered: the port, and the board
+    /// image.
     fn plan(
         args: &ProvisionArgs,
         port: &str,
@@ -266,60 +264,25 @@ impl Write {
         data_dir: &Path,
         record: &[u8],
     ) -> Result<Write> {
-        let (port, usb) = board_flash::find_port(port)?;
+        let port = board_flash::find_port(port).context("--write")?;
         let reset = if args.no_reset {
             board_flash::Reset::None
         } else {
             board_flash::Reset::Lines
         };
-        if args.config_only {
-            return Ok(Write {
-                port,
-                usb,
-                reset,
-                offset: PARTITION_OFFSET,
-                data: record.to_vec(),
-                firmware: None,
-            });
-        }
-        let image = genba_store::firmware::newest_board(conn)?.context(
-            "--write: this appliance keeps no board image; add one with `genba firmware add \
-             genba-fw-esp32c3-full-4MB.bin` (scripts/build-firmware --full), or write the \
-             config alone to a board that runs Genba's firmware (--config-only)",
-        )?;
-        let path = genba_store::firmware::dir(data_dir)
-            .join(genba_store::firmware::board_file_name(&image.sha256));
-        let mut data =
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        board::put_config(&mut data, record)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        Ok(Write {
-            port,
-            usb,
-            reset,
-            offset: 0,
-            data,
-            firmware: Some(image.version),
-        })
+        let plan = if args.config_only {
+            board_flash::Plan::config_only(record)
+        } else {
+            board_flash::Plan::board(conn, &genba_store::firmware::dir(data_dir), record)
+                .context("--write (or --config-only for a board that runs Genba's firmware)")?
+        };
+        Ok(Write { port, reset, plan })
     }
 
     fn run(&self) -> Result<()> {
-        let mut progress = board_flash::Progress::new();
-        board_flash::write(
-            &self.port,
-            self.usb.clone(),
-            self.reset,
-            self.offset,
-            &self.data,
-            &mut progress,
-        )
-    }
-
-    fn what(&self) -> String {
-        match &self.firmware {
-            Some(v) => format!("firmware {v} with the config"),
-            None => "the config".to_owned(),
-        }
+        let mut progress = Progress::new();
+        board_flash::write(&self.port, self.reset, &self.plan, Some(&mut progress))?;
+        Ok(())
     }
 
     fn said(&self) -> String {
@@ -328,20 +291,50 @@ impl Write {
             board_flash::Reset::None => "press RESET (or unplug the board) to start it",
         };
         format!(
-            "written to {}: {} ({} bytes at {:#x}, checked by MD5); {then}",
-            self.port,
-            self.what(),
-            self.data.len(),
-            self.offset
+            "written to {}: {}, checked by MD5; {then}",
+            self.port.name,
+            self.plan.what()
         )
     }
 
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
-            "port": self.port,
-            "offset": format!("{:#x}", self.offset),
-            "bytes": self.data.len(),
-            "firmware": self.firmware,
+            "port": self.port.name,
+            "offset": format!("{:#x}", self.plan.offset),
+            "bytes": self.plan.data.len(),
+            "firmware": self.plan.firmware,
         })
+    }
+}
+
+/// An indicatif bar for the write, on stderr (hidden when stderr is not a terminal).
+struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            bar: indicatif::ProgressBar::new(0),
+        }
+    }
+}
+
+impl board_flash::ProgressCallbacks for Progress {
+    fn init(&mut self, addr: u32, total: usize) {
+        self.bar.set_length(total as u64);
+        self.bar.set_message(format!("{addr:#x}"));
+    }
+
+    fn update(&mut self, current: usize) {
+        self.bar.set_position(current as u64);
+    }
+
+    fn verifying(&mut self) {
+        self.bar.set_message("verifying");
+    }
+
+    fn finish(&mut self, _skipped: bool) {
+        self.bar.finish_and_clear();
     }
 }

@@ -1,62 +1,17 @@
 //! `genba devices provision --write PORT`: the appliance writes a thermometer plugged into its
 //! own USB port, with espflash's library. No board can be plugged in here, so the port is a
-//! pseudo-terminal with `fake_esp_rom.py` behind it: a stand-in for the ESP32-C3's ROM loader
+//! pseudo-terminal with genba-testkit's `fake_esp_rom.py` behind it: a stand-in for the ESP32-C3's ROM loader
 //! that follows Espressif's documented serial protocol and keeps the 4 MB flash it was sent.
 //! What is checked is that flash, byte for byte: the board image with the config inside, whose
 //! key is the one registered; the config alone; and nothing registered when the write fails.
 
 mod common;
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
 use common::Appliance;
 use genba_firmware_core::board::{self, FLASH_LEN};
 use genba_firmware_core::config::{decode_area, Credential, AREA_LEN, PARTITION_OFFSET};
 use genba_firmware_core::image;
-
-/// The fake ROM loader on a pty: its path, and where it saves the flash.
-struct FakeBoard {
-    child: Child,
-    port: String,
-    dump: PathBuf,
-}
-
-impl FakeBoard {
-    fn start(dir: &Path, silent: bool) -> FakeBoard {
-        let dump = dir.join(if silent {
-            "silent.flash"
-        } else {
-            "board.flash"
-        });
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_esp_rom.py");
-        let mut cmd = Command::new("python3");
-        cmd.arg(script).arg(&dump);
-        if silent {
-            cmd.arg("--silent");
-        }
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("python3");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().to_owned();
-        assert!(port.starts_with("/dev/pts/"), "{line:?}");
-        FakeBoard { child, port, dump }
-    }
-
-    fn flash(&self) -> Vec<u8> {
-        std::fs::read(&self.dump).expect("the fake board saved its flash")
-    }
-}
-
-impl Drop for FakeBoard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use genba_testkit::fake_esp_rom::FakeBoard;
 
 fn provision(a: &Appliance, id: &str, port: &str, extra: &[&str]) -> (bool, String) {
     let args: Vec<&str> = ["--write", port, "--no-reset"]

@@ -1,6 +1,8 @@
 //! `GET/POST /provision`: "Add a thermometer" (admins). The post is checked, registered and
 //! turned into the device's config file by genba-platform `provisioning`, the code `genba
-//! devices provision` runs; the file is handed over inside the answer and kept nowhere.
+//! devices provision` runs; the file is handed over inside the answer and kept nowhere, or,
+//! for a board plugged into this Pi, written to it first (genba-platform `board_flash`, as
+//! `--write` does).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -12,6 +14,7 @@ use base64::Engine;
 use genba_console::provision::{self as page, ProvisionForm};
 use genba_console::Role;
 use genba_firmware_core::config::Pins;
+use genba_platform::board_flash::{self, FlashError, Plan, Port, Reset};
 use genba_platform::provisioning::{self, ProvisionError, Request as Asked, Transport};
 
 use super::{db_error, html, posted, status_page, viewer};
@@ -29,7 +32,11 @@ pub(super) async fn form_page(
     if v.role < Role::Admin {
         return status_page(&v, StatusCode::FORBIDDEN, "Your role may not do this.");
     }
-    let values = defaults(&headers);
+    let mut values = defaults(&headers);
+    let ports = offered(&state);
+    if let [one] = ports.as_slice() {
+        values.insert("write_port".to_owned(), one.name.clone());
+    }
     html(page::form(&v, &form(&state, &values, None)), &q)
 }
 
@@ -52,6 +59,50 @@ pub(super) async fn provision(AxumState(state): AxumState<Shared>, req: Request)
     };
     let prepared = match provisioning::prepare(&asked, &state.devices, state.local_ca.as_deref()) {
         Ok(p) => p,
+        Err(e) => return refused(e),
+    };
+    // A board plugged into this Pi, when one was picked: written before anything is
+    // registered, so a failed write leaves nothing behind.
+    let written = match board_to_write(&state, &f) {
+        Ok(None) => None,
+        Ok(Some((port, reset))) => {
+            let (record, firmware_dir) = (prepared.record.clone(), state.firmware_dir.clone());
+            let config_only = f.get("config_only").is_some_and(|v| v == "1");
+            let plan = state
+                .db
+                .run(move |c| {
+                    Ok(if config_only {
+                        Ok(Plan::config_only(&record))
+                    } else {
+                        Plan::board(c, &firmware_dir, &record)
+                    })
+                })
+                .await;
+            let plan = match plan {
+                Ok(Ok(plan)) => plan,
+                Ok(Err(e)) => return refused(write_refused(e)),
+                Err(e) => return db_error(e),
+            };
+            let write =
+                move || board_flash::write(&port, reset, &plan, None).map(|()| (port, plan));
+            match tokio::task::spawn_blocking(write).await {
+                Ok(Ok((port, plan))) => {
+                    tracing::info!(device = %asked.id, port = %port.name, what = %plan.what(), "console: board written");
+                    Some(format!("{}, {}", port.name, plan.what()))
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(device = %asked.id, error = %e, "console: board not written");
+                    return refused(write_refused(e));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "console: board write task");
+                    return refused(ProvisionError {
+                        field: "write_port",
+                        message: "the write stopped unexpectedly; nothing was registered".into(),
+                    });
+                }
+            }
+        }
         Err(e) => return refused(e),
     };
     let registered = state
@@ -95,6 +146,7 @@ pub(super) async fn provision(AxumState(state): AxumState<Shared>, req: Request)
             version: &b.version,
             href: genba_store::firmware::board_download_path(&b.sha256),
         }),
+        written,
     };
     let mut r = html(page::provisioned(&v, &done), &BTreeMap::new());
     // The page holds a secret: no copy in any cache, no referrer to other sites.
@@ -116,6 +168,48 @@ fn form<'a>(
         local_ca: state.local_ca.as_deref(),
         tls_mqtt: state.devices.tls(Transport::Mqtt),
         tls_http: state.devices.tls(Transport::Http),
+        ports: offered(state).into_iter().map(|p| p.name).collect(),
+    }
+}
+
+/// The boards this Pi can write: plugged into its USB, or the ports the settings name.
+fn offered(state: &Shared) -> Vec<Port> {
+    board_flash::offered(state.usb_ports.as_deref())
+}
+
+/// The board the post asks to write (`write_port`, one of [`offered`]) and how to reset it.
+fn board_to_write(
+    state: &Shared,
+    f: &HashMap<String, String>,
+) -> Result<Option<(Port, Reset)>, ProvisionError> {
+    let Some(name) = f
+        .get("write_port")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(None);
+    };
+    let port = offered(state)
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| ProvisionError {
+            field: "write_port",
+            message: format!(
+                "no ESP32 board is plugged in at {name} any more; plug it in and reload the page"
+            ),
+        })?;
+    let reset = match f.get("no_reset").map(String::as_str) {
+        Some("1") => Reset::None,
+        _ => Reset::Lines,
+    };
+    Ok(Some((port, reset)))
+}
+
+/// A failed write as the form shows it: at the port field, and nothing registered.
+fn write_refused(e: FlashError) -> ProvisionError {
+    ProvisionError {
+        field: "write_port",
+        message: format!("{e}; nothing was registered"),
     }
 }
 
