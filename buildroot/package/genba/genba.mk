@@ -17,6 +17,8 @@ GENBA_SUBDIR =
 define GENBA_INSTALL_TARGET_CMDS
 	$(INSTALL) -D -m 0755 $(@D)/target/$(RUSTC_TARGET_NAME)/release/genba $(TARGET_DIR)/usr/bin/genba
 	$(INSTALL) -D -m 0644 $(@D)/systemd/genba.sysusers.conf $(TARGET_DIR)/usr/lib/sysusers.d/genba.conf
+	$(INSTALL) -D -m 0644 $(@D)/systemd/70-genba-boards.rules \
+		$(TARGET_DIR)/usr/lib/udev/rules.d/70-genba-boards.rules
 	$(INSTALL) -D -m 0644 $(@D)/systemd/journald.conf.d/genba.conf \
 		$(TARGET_DIR)/usr/lib/systemd/journald.conf.d/genba.conf
 endef
