@@ -6,7 +6,8 @@ Checks: login (wrong password refused, roles), device cards and their states, a 
 changes live after a reading is posted (no reload), the connection-lost banner, a chart with
 the expected number of points, acknowledging an alarm with a note, the HACCP record (print
 layout, Japanese, CSV rows), the send form's answer page, adding a thermometer (its config
-file drives a simulated device), a 390 px phone layout, labels, contrast and keyboard focus,
+file drives a simulated device; a board plugged into the Pi is written, here a stand-in for the
+ESP32-C3's ROM loader on a pty), a 390 px phone layout, labels, contrast and keyboard focus,
 and the weight of every page (gzip). Screenshots go to
 $SCREENSHOT_DIR (default target/console-screenshots).
 
@@ -33,13 +34,15 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENBA = os.environ.get("GENBA_BIN", os.path.join(ROOT, "target", "debug", "genba"))
 SHOTS = os.environ.get("SCREENSHOT_DIR", os.path.join(ROOT, "target", "console-screenshots"))
 PAGE_BUDGET = 150 * 1024
 PROBE = "28FF4C3A91160457"
+FAKE_ROM = os.path.join(ROOT, "appliance", "genba-testkit", "src", "fake_esp_rom.py")
+CONFIG_AT, CONFIG_LEN = 0x3F0000, 16384
 
 results = []
 
@@ -76,6 +79,11 @@ class Appliance:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="genba-console-")
         self.data = os.path.join(self.dir, "data")
+        # "a board plugged into the Pi": the ROM loader's stand-in on a pty, offered by the form
+        self.board_flash = os.path.join(self.dir, "board.flash")
+        self.board = subprocess.Popen(["/usr/bin/python3", FAKE_ROM, self.board_flash],
+                                      stdout=subprocess.PIPE, text=True)
+        self.board_port = self.board.stdout.readline().strip()
         hashes = {u: genba("passwd", stdin=f"{u}-password\n") for u in ("admin", "cook", "guest")}
         users = "".join(
             f'[[http.users]]\nname = "{u}"\npassword_hash = "{h}"\n' for u, h in hashes.items()
@@ -86,6 +94,7 @@ class Appliance:
                 '[mqtt]\nlisten = "127.0.0.1:0"\n[http]\nlisten = "127.0.0.1:0"\n'
                 + users
                 + '[console]\nadmins = ["admin"]\noperators = ["cook"]\n'
+                + f'board_ports = ["{self.board_port}"]\n'
                 + '[devices]\nauto_provision = "all"\n'
                 + f'[[rules]]\nname = "fridge-warm"\ndevice = "fridge-1"\nstream = "{PROBE}"\n'
                 + 'condition = "above"\nthreshold = 8.0\nhysteresis = 0.5\nseverity = "critical"\n'
@@ -132,6 +141,7 @@ class Appliance:
                        check=True, timeout=30)
 
     def stop(self):
+        self.board.kill()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -454,6 +464,7 @@ def run_checks(d, a, base, n_values):
         # the Pi keeps a board image (firmware 1.2.0): the answer offers it for a new board
         app = esp32c3_image("1.2.0")
         board = board_image(app)
+        a.kept_board = board
         path = os.path.join(a.dir, "genba-fw-esp32c3-full-4MB.bin")
         with open(path, "wb") as f:
             f.write(board)
@@ -471,6 +482,8 @@ def run_checks(d, a, base, n_values):
         appliance.send_keys("127.0.0.1")
         d.find_element(By.ID, "interval").clear()
         d.find_element(By.ID, "interval").send_keys("5")
+        # a board is plugged into the Pi (the next check), but this one is written from a computer
+        Select(d.find_element(By.ID, "write_port")).select_by_value("")
         shot(d, "provision-form")
         d.find_element(By.CSS_SELECTOR, "#provision button[type=submit]").click()
         wait(d, lambda: d.find_elements(By.CSS_SELECTOR, ".banner.error"))
@@ -518,6 +531,43 @@ def run_checks(d, a, base, n_values):
         d.get(base + "/")
         wait(d, lambda: d.find_elements(By.ID, "device-fridge-7"))
         assert "ok" in d.find_element(By.CSS_SELECTOR, "#device-fridge-7 .state").get_attribute("class")
+    _()
+
+    @check("add a thermometer plugged into the Pi: the Pi writes the board image with the config, hands nothing over, and the board reports")
+    def _():
+        board = a.kept_board  # the board image the previous check added (firmware 1.2.0)
+        d.get(base + "/provision")
+        port = d.find_element(By.ID, "write_port")
+        assert port.get_attribute("value") == a.board_port, "the one board plugged in is picked"
+        d.find_element(By.ID, "id").send_keys("fridge-8")
+        d.find_element(By.ID, "wifi_ssid").send_keys("shop-floor")
+        d.find_element(By.ID, "wifi_pass").send_keys("a long pass phrase")
+        d.find_element(By.ID, "appliance").send_keys("127.0.0.1")
+        d.find_element(By.ID, "interval").clear()
+        d.find_element(By.ID, "interval").send_keys("5")
+        # the stand-in cannot be reset by the serial lines, as a board held in its loader
+        d.find_element(By.ID, "no_reset").click()
+        d.execute_script("document.getElementById('usb').scrollIntoView()")
+        shot(d, "provision-usb-form")
+        d.find_element(By.CSS_SELECTOR, "#provision button[type=submit]").click()
+        wait(d, lambda: d.find_elements(By.ID, "written"), timeout=60)
+        written = d.find_element(By.ID, "written").text
+        assert a.board_port in written and "firmware 1.2.0 with the config" in written, written
+        assert not d.find_elements(By.ID, "config-download"), "the secrets went to the board only"
+        shot(d, "provision-usb")
+        with open(a.board_flash, "rb") as f:
+            flash = f.read()
+        assert len(flash) == len(board)
+        assert flash[:CONFIG_AT] == board[:CONFIG_AT], "the board image, up to the config partition"
+        assert flash[CONFIG_AT + CONFIG_LEN:] == board[CONFIG_AT + CONFIG_LEN:]
+        # the config the board got drives a simulated device: it reports to this Pi with its key
+        path = os.path.join(a.dir, "fridge-8.from-board.bin")
+        with open(path, "wb") as f:
+            f.write(flash[CONFIG_AT:CONFIG_AT + CONFIG_LEN])
+        genba("simulate", "--device-config", path, "--batches", "1", "--interval", "0.2",
+              config=a.config, data_dir=a.data)
+        d.get(base + "/")
+        wait(d, lambda: d.find_elements(By.ID, "device-fridge-8"))
     _()
 
     @check("roles: a viewer sees alarms but cannot acknowledge or send commands")

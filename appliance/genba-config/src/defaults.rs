@@ -91,6 +91,8 @@ check_secs = 60                          # how often space is checked
 admins = ["admin"]                       # may do everything (the first-boot admin is "admin")
 operators = []                           # may acknowledge alarms and send commands; others view
 session_minutes = 720
+# board_ports = ["/dev/ttyUSB0"]         # the serial ports "Add a thermometer" may write a board on;
+                                         #   unset: the ESP32 boards on this machine's USB (vendor 303a)
 
 [devices]
 # auto_provision = "authenticated"       # "off" | "authenticated" | "all"; unset: "all" only for the

@@ -161,6 +161,9 @@ pub struct ConsoleConfig {
     pub operators: Vec<String>,
     /// Idle minutes before a login ends.
     pub session_minutes: u32,
+    /// The serial ports "Add a thermometer" offers for writing a board plugged into this
+    /// machine. Unset: the ESP32 boards found on its USB (Espressif's vendor id).
+    pub board_ports: Option<Vec<String>>,
 }
 
 impl Default for ConsoleConfig {
@@ -169,6 +172,7 @@ impl Default for ConsoleConfig {
             admins: vec!["admin".into()],
             operators: Vec::new(),
             session_minutes: 720,
+            board_ports: None,
         }
     }
 }

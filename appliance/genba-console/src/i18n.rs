@@ -83,7 +83,7 @@ pub fn tr(lang: Lang, en: &'static str) -> &'static str {
         "Only the config: the board runs Genba's firmware already" => "設定だけ：ボードはすでにGenbaのファームウェアで動いている",
         "The board is in its loader already (BOOT held while plugging it in); press RESET afterwards" => "ボードはすでにローダーモード（BOOTを押しながら接続）。書き込み後にRESETを押す",
         "The Pi writes its newest board image with this config inside, checks it and restarts the board. If the write fails, nothing is registered." => "Piが最新のボードイメージにこの設定を入れて書き込み、検証してボードを再起動します。書き込みに失敗したときは何も登録されません。",
-        "Written to the board:" => "ボードに書き込みました：",
+        "Written to the board and checked:" => "ボードに書き込み、検証しました：",
         "The secrets went to the board only: no copy of the config file is anywhere. Mount the thermometer; it finds this Pi, logs in with its own key and appears on the Overview with its first reading." => "秘密情報はボードにだけ書き込まれ、設定ファイルの写しはどこにもありません。温度計を設置すると、このPiを見つけて自分のキーでログインし、最初の測定値とともに概要に表示されます。",
         "Thermometer registered" => "温度計を登録しました",
         "Thermometer registered already: it gets a new key" => "登録済みの温度計です：新しいキーを発行しました",

@@ -119,11 +119,11 @@ pub fn form(v: &Viewer, f: &ProvisionForm) -> Markup {
                             option value=(port) selected[f.value("write_port") == port] { (port) }
                         }
                     }
-                    label {
+                    label for="config_only" {
                         input #config_only name="config_only" type="checkbox" value="1" style="width:auto" checked[f.value("config_only") == "1"];
                         " " (tr(l, "Only the config: the board runs Genba's firmware already"))
                     }
-                    label {
+                    label for="no_reset" {
                         input #no_reset name="no_reset" type="checkbox" value="1" style="width:auto" checked[f.value("no_reset") == "1"];
                         " " (tr(l, "The board is in its loader already (BOOT held while plugging it in); press RESET afterwards"))
                     }
@@ -188,7 +188,7 @@ pub fn provisioned(v: &Viewer, p: &Provisioned) -> Markup {
             dd { (tr(l, "device key")) " #" (p.key_id) " · " code { "genba keys revoke " (p.key_id) } " " (tr(l, "revokes it alone")) }
         }
         @if let Some(written) = &p.written {
-            p.banner #written role="status" { (tr(l, "Written to the board:")) " " (written) }
+            p.banner.ok #written role="status" { (tr(l, "Written to the board and checked:")) " " (written) }
             p { (tr(l, "The secrets went to the board only: no copy of the config file is anywhere. Mount the thermometer; it finds this Pi, logs in with its own key and appears on the Overview with its first reading.")) }
             p { a.button href=(PATH) { (tr(l, "Add another")) } }
         } @else {

@@ -322,7 +322,7 @@ pub async fn start(
                 device_mqtt: started.mqtt.unwrap_or(config.mqtt.listen),
                 device_mqtts: started.mqtts.or(config.mqtt.tls_listen),
                 local_ca: genba_tls::local_ca_fingerprint(&data_dir)?,
-                usb_ports: None,
+                usb_ports: config.console.board_ports.clone(),
             },
             listeners,
             journal,
