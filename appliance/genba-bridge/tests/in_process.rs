@@ -346,31 +346,18 @@ async fn the_console_writes_a_board_plugged_into_the_pi_before_registering_it() 
         format!("csrf={csrf}&id={id}&wifi_ssid=shop&wifi_pass=a+long+pass+phrase&appliance=192.168.7.2&transport=http&interval=30&onewire_gpio=4&led_gpio=8&offsets=&ntp_server=pool.ntp.org&pin=&write_port={port}&no_reset=1{extra}")
     };
 
+    let submit =
+        |body: String| async move { request(addr, "POST", "/provision", host, form, &body).await };
+
     // A port that is not offered is refused; so is a board whose loader does not answer.
     // Nothing is registered either time.
-    let refused = request(
-        addr,
-        "POST",
-        "/provision",
-        host,
-        form,
-        &post("fridge-x", "/dev/null", ""),
-    )
-    .await;
+    let refused = submit(post("fridge-x", "/dev/null", "")).await;
     assert!(refused.starts_with("HTTP/1.1 422"), "{refused}");
     assert!(
         refused.contains("no ESP32 board is plugged in at /dev/null"),
         "{refused}"
     );
-    let refused = request(
-        addr,
-        "POST",
-        "/provision",
-        host,
-        form,
-        &post("fridge-x", &silent.port, "&config_only=1"),
-    )
-    .await;
+    let refused = submit(post("fridge-x", &silent.port, "&config_only=1")).await;
     assert!(refused.starts_with("HTTP/1.1 422"), "{refused}");
     assert!(
         refused.contains(&format!("no ESP32-C3 loader answered on {}", silent.port)),
@@ -384,15 +371,7 @@ async fn the_console_writes_a_board_plugged_into_the_pi_before_registering_it() 
 
     // The board on the USB port gets the board image with the config inside; the answer says
     // so and hands no file over.
-    let done = request(
-        addr,
-        "POST",
-        "/provision",
-        host,
-        form,
-        &post("fridge-usb", &board_on_usb.port, ""),
-    )
-    .await;
+    let done = submit(post("fridge-usb", &board_on_usb.port, "")).await;
     assert!(done.starts_with("HTTP/1.1 200"), "{done}");
     assert!(done.contains(r#"id="written""#), "{done}");
     assert!(

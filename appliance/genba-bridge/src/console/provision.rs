@@ -65,42 +65,11 @@ pub(super) async fn provision(AxumState(state): AxumState<Shared>, req: Request)
     // registered, so a failed write leaves nothing behind.
     let written = match board_to_write(&state, &f) {
         Ok(None) => None,
-        Ok(Some((port, reset))) => {
-            let (record, firmware_dir) = (prepared.record.clone(), state.firmware_dir.clone());
-            let config_only = f.get("config_only").is_some_and(|v| v == "1");
-            let plan = state
-                .db
-                .run(move |c| {
-                    Ok(if config_only {
-                        Ok(Plan::config_only(&record))
-                    } else {
-                        Plan::board(c, &firmware_dir, &record)
-                    })
-                })
-                .await;
-            let plan = match plan {
-                Ok(Ok(plan)) => plan,
-                Ok(Err(e)) => return refused(write_refused(e)),
-                Err(e) => return db_error(e),
-            };
-            let write =
-                move || board_flash::write(&port, reset, &plan, None).map(|()| (port, plan));
-            match tokio::task::spawn_blocking(write).await {
-                Ok(Ok((port, plan))) => {
-                    tracing::info!(device = %asked.id, port = %port.name, what = %plan.what(), "console: board written");
-                    Some(format!("{}, {}", port.name, plan.what()))
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(device = %asked.id, error = %e, "console: board not written");
-                    return refused(write_refused(e));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "console: board write task");
-                    return refused(ProvisionError {
-                        field: "write_port",
-                        message: "the write stopped unexpectedly; nothing was registered".into(),
-                    });
-                }
+        Ok(Some(board)) => {
+            match write_board(&state, board, &f, &asked.id, &prepared.record).await {
+                Ok(written) => Some(written),
+                Err(WriteFailed::Refused(e)) => return refused(e),
+                Err(WriteFailed::Db(e)) => return db_error(e),
             }
         }
         Err(e) => return refused(e),
@@ -203,6 +172,55 @@ fn board_to_write(
         _ => Reset::Lines,
     };
     Ok(Some((port, reset)))
+}
+
+/// Why a board was not written: the form shows it at the port field, or the database failed.
+enum WriteFailed {
+    Refused(ProvisionError),
+    Db(genba_store::StoreError),
+}
+
+/// Writes the device's config (`record`), inside the newest board image unless the form asks
+/// for the config alone, to the board on `port`; what was written, in words.
+async fn write_board(
+    state: &Shared,
+    (port, reset): (Port, Reset),
+    f: &HashMap<String, String>,
+    device: &str,
+    record: &[u8],
+) -> Result<String, WriteFailed> {
+    let (record, firmware_dir) = (record.to_vec(), state.firmware_dir.clone());
+    let config_only = f.get("config_only").is_some_and(|v| v == "1");
+    let plan = state
+        .db
+        .run(move |c| {
+            Ok(if config_only {
+                Ok(Plan::config_only(&record))
+            } else {
+                Plan::board(c, &firmware_dir, &record)
+            })
+        })
+        .await
+        .map_err(WriteFailed::Db)?
+        .map_err(|e| WriteFailed::Refused(write_refused(e)))?;
+    let write = move || board_flash::write(&port, reset, &plan, None).map(|()| (port, plan));
+    match tokio::task::spawn_blocking(write).await {
+        Ok(Ok((port, plan))) => {
+            tracing::info!(device, port = %port.name, what = %plan.what(), "console: board written");
+            Ok(format!("{}, {}", port.name, plan.what()))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(device, error = %e, "console: board not written");
+            Err(WriteFailed::Refused(write_refused(e)))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "console: board write task");
+            Err(WriteFailed::Refused(ProvisionError {
+                field: "write_port",
+                message: "the write stopped unexpectedly; nothing was registered".into(),
+            }))
+        }
+    }
 }
 
 /// A failed write as the form shows it: at the port field, and nothing registered.
