@@ -68,10 +68,18 @@ pub struct Port {
     usb: UsbPortInfo,
 }
 
+/// The serial ports of this machine. (serialport 4.10 without libudev reads `/sys/class/tty`
+/// and panics where there is none, as in some containers: then there are none.)
+fn serial_ports() -> Vec<serialport::SerialPortInfo> {
+    if cfg!(target_os = "linux") && !Path::new("/sys/class/tty").is_dir() {
+        return Vec::new();
+    }
+    serialport::available_ports().unwrap_or_default()
+}
+
 /// The serial ports with Espressif's USB vendor id: the ESP32 boards plugged in.
 pub fn espressif_ports() -> Vec<Port> {
-    serialport::available_ports()
-        .unwrap_or_default()
+    serial_ports()
         .into_iter()
         .filter_map(|p| match p.port_type {
             SerialPortType::UsbPort(usb) if usb.vid == ESPRESSIF_VID => Some(Port {
@@ -94,8 +102,7 @@ pub fn offered(fixed: Option<&[String]>) -> Vec<Port> {
 /// The port named, or with `auto` the one ESP32 board plugged in.
 pub fn find_port(asked: &str) -> Result<Port, FlashError> {
     if asked != "auto" {
-        let usb = serialport::available_ports()
-            .unwrap_or_default()
+        let usb = serial_ports()
             .into_iter()
             .find(|p| p.port_name == asked)
             .and_then(|p| match p.port_type {
