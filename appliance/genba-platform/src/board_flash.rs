@@ -94,7 +94,10 @@ pub fn espressif_ports() -> Vec<Port> {
 /// The ports a page may offer: these (`fixed`), or the ESP32 boards plugged in.
 pub fn offered(fixed: Option<&[String]>) -> Vec<Port> {
     match fixed {
-        Some(names) => names.iter().filter_map(|n| find_port(n).ok()).collect(),
+        Some(names) => {
+            let ports = serial_ports();
+            names.iter().map(|n| named(n, &ports)).collect()
+        }
         None => espressif_ports(),
     }
 }
@@ -102,24 +105,7 @@ pub fn offered(fixed: Option<&[String]>) -> Vec<Port> {
 /// The port named, or with `auto` the one ESP32 board plugged in.
 pub fn find_port(asked: &str) -> Result<Port, FlashError> {
     if asked != "auto" {
-        let usb = serial_ports()
-            .into_iter()
-            .find(|p| p.port_name == asked)
-            .and_then(|p| match p.port_type {
-                SerialPortType::UsbPort(usb) => Some(usb),
-                _ => None,
-            })
-            .unwrap_or(UsbPortInfo {
-                vid: 0,
-                pid: 0,
-                serial_number: None,
-                manufacturer: None,
-                product: None,
-            });
-        return Ok(Port {
-            name: asked.to_owned(),
-            usb,
-        });
+        return Ok(named(asked, &serial_ports()));
     }
     let mut found = espressif_ports();
     match found.len() {
@@ -128,6 +114,28 @@ pub fn find_port(asked: &str) -> Result<Port, FlashError> {
         _ => Err(FlashError::SeveralBoards(
             found.into_iter().map(|p| p.name).collect(),
         )),
+    }
+}
+
+/// The port `name`, with what `ports` (this machine's) say about its USB side, if anything.
+fn named(name: &str, ports: &[serialport::SerialPortInfo]) -> Port {
+    let usb = ports
+        .iter()
+        .find(|p| p.port_name == name)
+        .and_then(|p| match &p.port_type {
+            SerialPortType::UsbPort(usb) => Some(usb.clone()),
+            _ => None,
+        })
+        .unwrap_or(UsbPortInfo {
+            vid: 0,
+            pid: 0,
+            serial_number: None,
+            manufacturer: None,
+            product: None,
+        });
+    Port {
+        name: name.to_owned(),
+        usb,
     }
 }
 

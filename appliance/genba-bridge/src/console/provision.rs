@@ -33,11 +33,11 @@ pub(super) async fn form_page(
         return status_page(&v, StatusCode::FORBIDDEN, "Your role may not do this.");
     }
     let mut values = defaults(&headers);
-    let ports = offered(&state);
+    let ports = port_names(&state);
     if let [one] = ports.as_slice() {
-        values.insert("write_port".to_owned(), one.name.clone());
+        values.insert("write_port".to_owned(), one.clone());
     }
-    html(page::form(&v, &form(&state, &values, None)), &q)
+    html(page::form(&v, &form(&state, &values, None, ports)), &q)
 }
 
 pub(super) async fn provision(AxumState(state): AxumState<Shared>, req: Request) -> Response {
@@ -47,7 +47,10 @@ pub(super) async fn provision(AxumState(state): AxumState<Shared>, req: Request)
     };
     let refused = |e: ProvisionError| {
         let mut r = html(
-            page::form(&v, &form(&state, &f, Some((e.field, &e.message)))),
+            page::form(
+                &v,
+                &form(&state, &f, Some((e.field, &e.message)), port_names(&state)),
+            ),
             &BTreeMap::new(),
         );
         *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
@@ -130,6 +133,7 @@ fn form<'a>(
     state: &'a Shared,
     values: &'a HashMap<String, String>,
     error: Option<(&'a str, &'a str)>,
+    ports: Vec<String>,
 ) -> ProvisionForm<'a> {
     ProvisionForm {
         values,
@@ -137,8 +141,13 @@ fn form<'a>(
         local_ca: state.local_ca.as_deref(),
         tls_mqtt: state.devices.tls(Transport::Mqtt),
         tls_http: state.devices.tls(Transport::Http),
-        ports: offered(state).into_iter().map(|p| p.name).collect(),
+        ports,
     }
+}
+
+/// The names of the [`offered`] ports, for the form.
+fn port_names(state: &Shared) -> Vec<String> {
+    offered(state).into_iter().map(|p| p.name).collect()
 }
 
 /// The boards this Pi can write: plugged into its USB, or the ports the settings name.
